@@ -1,0 +1,397 @@
+"""The ``certaindex`` command line: ``solve`` one question, ``bench`` a data set.
+
+User mistakes and engine failures end with one ``error:`` line and a nonzero exit, never a
+traceback: 2 for bad input, 1 for an engine that fails, 3 when the model gives no answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from certaindex import __version__
+from certaindex.datasets import DatasetError, dataset_names, load_dataset
+from certaindex.engines import EngineError, make_engine
+from certaindex.bench import PROGRAM_NAMES, run_bench
+from certaindex.programs.cot import CoTConfig, CoTEvent, CoTResult, NoQuestionError, solve_cot, validate_question
+from certaindex.programs.self_consistency import NoAnswerError, SCConfig
+
+EXIT_ENGINE, EXIT_USAGE, EXIT_NO_ANSWER = 1, 2, 3
+MAX_BUDGET = 1_000_000
+
+out = Console()
+err = Console(stderr=True)
+
+
+class UsageError(ValueError):
+    """A mistake in the command line."""
+
+
+def _positive(name: str, value: int, upper: int | None = None) -> int:
+    if value < 1:
+        raise UsageError(f"--{name} must be at least 1, got {value}")
+    if upper is not None and value > upper:
+        raise UsageError(f"--{name} must be at most {upper}, got {value}")
+    return value
+
+
+def _add_engine_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine",
+        default="embedded",
+        help="'embedded' (llama.cpp in process, default model), 'embedded:/path/model.gguf', "
+        "or the URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1",
+    )
+    group.add_argument("--model", help="model name on the server (default: its first), or a GGUF path for embedded")
+    group.add_argument(
+        "--chat-template",
+        default="auto",
+        help="chat template: auto (from the model or server), chatml, deepseek-r1, qwen3-thinking, llama3, gemma, raw",
+    )
+    group.add_argument("--api-key", help="bearer token for the server")
+    group.add_argument(
+        "--extra-body",
+        help='JSON object of engine-specific fields sent with every HTTP request, e.g. \'{"repeat_penalty": 1.0}\'',
+    )
+
+
+def _add_cot_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reasoning")
+    group.add_argument("--budget", type=int, default=1024, help="most reasoning tokens (default 1024)")
+    group.add_argument("--probe-interval", type=int, default=32, help="reasoning tokens between probes (default 32)")
+    group.add_argument("--k", type=int, default=3, help="agreeing probes in a row needed to stop (default 3)")
+    group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
+    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+
+
+def _cot_config(args: argparse.Namespace, early_exit: bool = True) -> CoTConfig:
+    _positive("budget", args.budget, MAX_BUDGET)
+    _positive("probe-interval", args.probe_interval)
+    _positive("k", args.k, 100)
+    _positive("probe-tokens", args.probe_tokens, 1000)
+    if not 0 <= args.temperature <= 5:
+        raise UsageError(f"--temperature must be between 0 and 5, got {args.temperature}")
+    return CoTConfig(
+        budget=args.budget,
+        probe_interval=args.probe_interval,
+        k=args.k,
+        probe_tokens=args.probe_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        early_exit=early_exit,
+    )
+
+
+def _engine(args: argparse.Namespace, logprobs: bool = False):
+    extra_body = None
+    if args.extra_body:
+        try:
+            extra_body = json.loads(args.extra_body)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--extra-body is not valid JSON: {exc.msg}") from None
+        if not isinstance(extra_body, dict):
+            raise UsageError("--extra-body must be a JSON object")
+    return make_engine(
+        args.engine,
+        model=args.model,
+        chat_template=None if args.chat_template == "auto" else args.chat_template,
+        api_key=args.api_key,
+        logprobs=logprobs,
+        extra_body=extra_body,
+    )
+
+
+# -- solve ----------------------------------------------------------------------------------------
+
+
+async def _solve(args: argparse.Namespace) -> int:
+    question = validate_question(args.question)
+    config = _cot_config(args, early_exit=not args.no_early_exit)
+    engine = _engine(args)
+    try:
+        result = await _solve_with_progress(engine, question, config, quiet=args.quiet or args.json)
+        full: CoTResult | None = None
+        if args.compare and config.early_exit:
+            import dataclasses
+
+            full = await _solve_with_progress(
+                engine, question, dataclasses.replace(config, early_exit=False), quiet=args.quiet or args.json,
+                label="full reasoning (for comparison)",
+            )
+    finally:
+        await engine.aclose()
+
+    if args.json:
+        payload: dict[str, Any] = {"engine": engine.name, "result": result.to_dict()}
+        if full is not None:
+            payload["full"] = full.to_dict()
+        out.print_json(json.dumps(payload))
+    else:
+        _print_solution(engine.name, result, full, show_reasoning=args.show_reasoning)
+    if result.answer is None:
+        err.print(f"[red]error:[/red] the model gave no answer ({_reason_text(result)})")
+        return EXIT_NO_ANSWER
+    return 0
+
+
+async def _solve_with_progress(engine, question: str, config: CoTConfig, quiet: bool, label: str = "thinking") -> CoTResult:
+    if quiet:
+        return await solve_cot(engine, question, config)
+    with Progress(
+        TextColumn(f"[bold]{label}[/bold]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} reasoning tokens"),
+        TextColumn("{task.fields[probes]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("reason", total=config.budget, probes="")
+        answers: list[str] = []
+
+        def on_event(event: CoTEvent) -> None:
+            if event.probe is not None:
+                answers.append("?" if event.probe.answer is None else event.probe.answer[:12])
+            progress.update(
+                task,
+                completed=event.reasoning_tokens,
+                probes=("probes: " + " ".join(answers[-config.k :])) if answers else "",
+            )
+
+        return await solve_cot(engine, question, config, on_event=on_event)
+
+
+def _reason_text(result: CoTResult) -> str:
+    if result.stop_reason == "certain":
+        return f"stopped early: the last probes agreed after {result.reasoning_tokens} reasoning tokens"
+    if result.stop_reason == "finished":
+        return f"the model finished its reasoning after {result.reasoning_tokens} tokens"
+    return f"the budget of {result.budget} reasoning tokens ran out; the answer was forced by a final probe"
+
+
+def _print_solution(engine_name: str, result: CoTResult, full: CoTResult | None, show_reasoning: bool) -> None:
+    if show_reasoning:
+        out.rule("reasoning")
+        out.print(result.reasoning, markup=False, highlight=False)
+        out.rule()
+    out.print(f"[dim]engine:[/dim] {engine_name}")
+    out.print(f"[dim]question:[/dim] {result.question}", markup=True, highlight=False)
+    if result.answer is not None:
+        out.print(f"[bold green]answer:[/bold green] {result.answer}", highlight=False)
+    out.print(f"[dim]stopped:[/dim] {_reason_text(result)}")
+    out.print(
+        f"[dim]tokens:[/dim] {result.total_tokens} generated = {result.reasoning_tokens} reasoning "
+        f"+ {result.probe_tokens} in {len(result.probes)} probes + {result.answer_tokens} answer; "
+        f"budget {result.budget} reasoning tokens"
+    )
+    if full is not None:
+        saved = full.total_tokens - result.total_tokens
+        pct = 100.0 * saved / full.total_tokens if full.total_tokens else 0.0
+        same = "same answer" if _same(result.answer, full.answer) else f"full reasoning answered {full.answer!r}"
+        out.print(
+            f"[dim]saved:[/dim] {saved} tokens ({pct:.0f}%) against full reasoning, which generated "
+            f"{full.total_tokens} tokens ({same})"
+        )
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    from certaindex.answers import answers_equal
+
+    return answers_equal(a, b)
+
+
+# -- bench ----------------------------------------------------------------------------------------
+
+
+def _sc_config(args: argparse.Namespace) -> SCConfig:
+    _positive("samples", args.samples, 4096)
+    _positive("first-round", args.first_round)
+    _positive("round-size", args.round_size)
+    _positive("max-tokens", args.max_tokens, MAX_BUDGET)
+    if not 0 <= args.threshold <= 1:
+        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if not 0 < args.alpha < 1:
+        raise UsageError(f"--alpha must be in (0, 1), got {args.alpha}")
+    if not 0 <= args.sample_temperature <= 5:
+        raise UsageError(f"--sample-temperature must be between 0 and 5, got {args.sample_temperature}")
+    return SCConfig(
+        n=args.samples,
+        first_round=min(args.first_round, args.samples),
+        round_size=args.round_size,
+        max_tokens=args.max_tokens,
+        temperature=args.sample_temperature,
+        threshold=args.threshold,
+        alpha=args.alpha,
+        seed=args.seed,
+    )
+
+
+def _deepconf_config(args: argparse.Namespace, sc: SCConfig):
+    from certaindex.programs.deepconf import DeepConfConfig
+
+    _positive("window", args.window)
+    if not 0 < args.keep_percentile <= 100:
+        raise UsageError(f"--keep-percentile must be in (0, 100], got {args.keep_percentile}")
+    return DeepConfConfig(
+        n=sc.n,
+        warmup=min(args.warmup, sc.n),
+        keep_percentile=args.keep_percentile,
+        window=args.window,
+        threshold=sc.threshold,
+        max_tokens=sc.max_tokens,
+        temperature=sc.temperature,
+        seed=sc.seed,
+    )
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    from certaindex.bench import programs_for
+
+    if args.limit is not None:
+        _positive("limit", args.limit)
+    problems = load_dataset(args.dataset, limit=args.limit, offset=args.offset)
+    cot = _cot_config(args)
+    sc = _sc_config(args)
+    modes = programs_for(args.program, cot, sc, _deepconf_config(args, sc) if args.program == "deepconf" else None)
+    engine = _engine(args, logprobs=args.program == "deepconf")
+    try:
+        with Progress(
+            TextColumn("[bold]bench[/bold] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(args.dataset, total=len(problems) * len(modes))
+
+            def on_result(mode: str, problem, outcome) -> None:
+                progress.update(task, advance=1, description=f"{args.dataset} ({mode}: {problem.id})")
+
+            report = await run_bench(engine, problems, modes, on_result=on_result)
+    finally:
+        await engine.aclose()
+    _print_report(args, engine.name, len(problems), report, cot, sc)
+    return 0
+
+
+def _print_report(args, engine_name: str, n_problems: int, report, cot: CoTConfig, sc: SCConfig) -> None:
+    table = Table(title=f"{args.dataset}: {n_problems} problems, program {args.program}, engine {engine_name}")
+    columns = ("mode", "accuracy", "answered", "mean samples", "mean tokens (incl. probes)", "saving", "stops")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("mode", "stops") else "right")
+    for mode, s in report.summaries.items():
+        saving = "baseline" if mode == report.baseline else f"{100 * report.saving(mode):.1f}%"
+        stops = ", ".join(f"{k} {v}" for k, v in sorted(s.stop_reasons.items()))
+        table.add_row(
+            mode,
+            f"{100 * s.accuracy:.1f}% ({s.correct}/{s.n})",
+            f"{s.answered}/{s.n}",
+            f"{s.mean_samples:.2f}",
+            f"{s.mean_total_tokens:.1f}",
+            saving,
+            stops,
+        )
+    out.print(table)
+    for mode in list(report.summaries)[1:]:
+        out.print(f"{mode} gave the baseline's answer on {100 * report.same_answer_rate(mode):.1f}% of problems")
+    if args.program == "cot":
+        out.print(
+            f"settings: budget {cot.budget}, probe interval {cot.probe_interval}, k {cot.k}, "
+            f"probe tokens {cot.probe_tokens}, temperature {cot.temperature}"
+        )
+    else:
+        out.print(
+            f"settings: N {sc.n}, first round {sc.first_round}, rounds of {sc.round_size}, threshold {sc.threshold}, "
+            f"alpha {sc.alpha}, max tokens {sc.max_tokens}, temperature {sc.temperature}, seed {sc.seed}"
+        )
+    if args.out:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as fh:
+            for record in report.records:
+                fh.write(json.dumps(record) + "\n")
+        out.print(f"per-problem results written to {path}")
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certaindex", description="Stop LLM reasoning once its answer has settled (Dynasor-CoT early exit)."
+    )
+    parser.add_argument("--version", action="version", version=f"certaindex {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    solve = sub.add_parser("solve", help="answer one question with early-exit chain of thought")
+    solve.add_argument("question", help="the question")
+    _add_engine_args(solve)
+    _add_cot_args(solve)
+    solve.add_argument("--no-early-exit", action="store_true", help="reason in full, without probing")
+    solve.add_argument("--compare", action="store_true", help="also run full reasoning and report the tokens saved")
+    solve.add_argument("--show-reasoning", action="store_true", help="print the reasoning text")
+    solve.add_argument("--json", action="store_true", help="print the result as JSON")
+    solve.add_argument("--quiet", action="store_true", help="no live progress")
+
+    bench = sub.add_parser("bench", help="a program against its baseline on a data set")
+    bench.add_argument(
+        "--program",
+        default="cot",
+        choices=PROGRAM_NAMES,
+        help="cot: early exit against full reasoning (default); sc, sc-early, sc-anytime, deepconf, "
+        "first-finish: against fixed-N self-consistency",
+    )
+    bench.add_argument("--dataset", default="gsm8k", help=f"one of {', '.join(dataset_names())} or a JSONL path")
+    bench.add_argument("--limit", type=int, default=20, help="number of problems (default 20)")
+    bench.add_argument("--offset", type=int, default=0, help="skip this many problems first")
+    bench.add_argument("--out", help="write per-problem results to this JSONL file")
+    _add_engine_args(bench)
+    _add_cot_args(bench)
+    group = bench.add_argument_group("parallel programs")
+    group.add_argument("--samples", "-n", type=int, default=8, help="most samples N (default 8)")
+    group.add_argument("--first-round", type=int, default=4, help="samples in the first round (default 4)")
+    group.add_argument("--round-size", type=int, default=2, help="samples per later round (default 2)")
+    group.add_argument("--threshold", type=float, default=0.8, help="certaindex that stops sampling (default 0.8)")
+    group.add_argument("--alpha", type=float, default=0.05, help="error level of sc-anytime (default 0.05)")
+    group.add_argument("--max-tokens", type=int, default=512, help="most tokens per sample (default 512)")
+    group.add_argument("--sample-temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
+    group.add_argument("--warmup", type=int, default=4, help="deepconf warm-up traces (default 4)")
+    group.add_argument("--keep-percentile", type=float, default=90.0, help="deepconf: keep this %% (default 90)")
+    group.add_argument("--window", type=int, default=32, help="deepconf group window in tokens (default 32)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"solve": _solve, "bench": _bench}
+    try:
+        return asyncio.run(handlers[args.command](args))
+    except (UsageError, NoQuestionError, DatasetError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+    except EngineError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_ENGINE
+    except NoAnswerError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_NO_ANSWER
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

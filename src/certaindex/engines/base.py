@@ -1,0 +1,124 @@
+"""The one small interface every engine implements.
+
+Programs only ever continue a raw prompt (the chat template already applied), because probing a
+chain of thought means continuing *prompt + reasoning so far + probe suffix*, which chat endpoints
+cannot express. Engines therefore take text in and give text, token counts and optional top-k
+logprobs out.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Sequence
+
+
+class EngineError(RuntimeError):
+    """The engine could not produce a completion (unreachable, failing, misconfigured)."""
+
+
+class EngineConfigError(EngineError, ValueError):
+    """The engine was named or configured wrongly: a user mistake rather than a failure."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One continuation of a raw prompt.
+
+    ``n`` samples share the prompt, so engines with prefix caching compute it once.
+    ``logprobs`` asks for the top-k alternatives of every generated token (None: none).
+    """
+
+    prompt: str
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    n: int = 1
+    logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.logprobs is not None and self.logprobs < 1:
+            raise ValueError(f"logprobs must be >= 1 or None, got {self.logprobs}")
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A generated token, its logprob, and the top-k alternatives (token text -> logprob)."""
+
+    token: str
+    logprob: float
+    top: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Choice:
+    text: str
+    finish_reason: str  # "stop" (model ended or a stop string hit) or "length" (max_tokens reached)
+    completion_tokens: int
+    logprobs: tuple[TokenLogprobs, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    choices: tuple[Choice, ...]
+    prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices)
+
+    @property
+    def first(self) -> Choice:
+        return self.choices[0]
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """A piece of a streamed completion. ``finish_reason`` is set on the last piece only."""
+
+    text: str
+    tokens: int
+    logprobs: tuple[TokenLogprobs, ...] | None = None
+    finish_reason: str | None = None
+
+
+class Engine(abc.ABC):
+    """An inference engine: continue raw prompts, and render chat messages into a raw prompt."""
+
+    #: Human-readable identity, e.g. ``embedded:SmolLM2-135M-Instruct.Q4_1.gguf``.
+    name: str = "engine"
+
+    @abc.abstractmethod
+    async def generate(self, request: GenerationRequest) -> Completion:
+        """Continue ``request.prompt``. Raises :class:`EngineError` when the engine fails."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """Stream one completion (``n`` must be 1). Closing the iterator early stops the generation.
+
+        The default streams nothing until the whole completion is ready; engines override it.
+        """
+        if request.n != 1:
+            raise ValueError("stream() takes n=1; start one stream per sample")
+        choice = (await self.generate(request)).first
+        yield StreamDelta(choice.text, choice.completion_tokens, choice.logprobs, choice.finish_reason)
+
+    @abc.abstractmethod
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """Apply the model's chat template, ending with the assistant turn opened."""
+
+    async def aclose(self) -> None:
+        """Release connections or model memory. Safe to call twice."""
+
+    async def __aenter__(self) -> "Engine":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,313 @@
+"""OpenAI-compatible HTTP engine (vLLM, SGLang, llama.cpp server, llama-cpp-python server, Ollama).
+
+Uses the *completions* endpoint, not chat: probing continues a raw prefix, so the chat template is
+applied here (see :mod:`certaindex.chat_template`). ``n`` samples are sent as ``n`` concurrent
+requests on the same prompt, which gives exact per-sample token counts, lets a caller cancel one
+sample without the others, and still shares the prefix on engines with prefix caching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any, AsyncIterator, Sequence
+
+import httpx
+
+from certaindex.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
+from certaindex.engines.base import (
+    Choice,
+    Completion,
+    Engine,
+    EngineConfigError,
+    EngineError,
+    GenerationRequest,
+    StreamDelta,
+    TokenLogprobs,
+)
+
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def normalise_base_url(url: str) -> str:
+    """Accept ``http://host:port``, ``.../v1`` or ``.../v1/`` and return the server root."""
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise EngineConfigError(f"engine URL must start with http:// or https://, got {url!r}")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    return url
+
+
+class HTTPEngine(Engine):
+    """An engine behind an OpenAI-compatible server."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        chat_template: str | ChatTemplate | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 300.0,
+        connect_timeout_s: float = 10.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        max_connections: int = 256,
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        self.base_url = normalise_base_url(base_url)
+        self.model = model
+        self.max_retries = max_retries
+        # Engine-specific sampling fields sent with every request, e.g. {"repeat_penalty": 1.0} for
+        # llama-cpp-python's server, whose default (1.1) differs from vLLM's and llama.cpp's (1.0).
+        self.extra_body = dict(extra_body or {})
+        self.backoff_s = backoff_s
+        self._template_spec = chat_template
+        self._template: ChatTemplate | None = (
+            chat_template if isinstance(chat_template, ChatTemplate) else None
+        )
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
+        )
+        self._setup_lock = asyncio.Lock()
+        self._ready = False
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"http:{self.base_url}" + (f" ({self.model})" if self.model else "")
+
+    # -- setup -------------------------------------------------------------------------------
+
+    async def connect(self) -> "HTTPEngine":
+        """Resolve the model name and chat template once; fail early with a clear message."""
+        async with self._setup_lock:
+            if self._ready:
+                return self
+            if self.model is None:
+                models = await self._request_json("GET", "/v1/models")
+                data = models.get("data") or []
+                if not data:
+                    raise EngineError(f"{self.base_url} serves no models (GET /v1/models is empty)")
+                self.model = str(data[0]["id"])
+            if self._template is None:
+                self._template = await self._resolve_template()
+            self._ready = True
+        return self
+
+    async def _resolve_template(self) -> ChatTemplate:
+        spec = self._template_spec
+        if isinstance(spec, str) and spec != "auto":
+            return ChatTemplate.named(spec)
+        # llama.cpp's server publishes the model's own template; others do not.
+        try:
+            props = await self._request_json("GET", "/props", retries=0)
+            source = props.get("chat_template")
+            if isinstance(source, str) and source.strip():
+                return ChatTemplate(
+                    source=source,
+                    bos_token=str(props.get("bos_token") or ""),
+                    eos_token=str(props.get("eos_token") or ""),
+                    name="server",
+                )
+        except EngineError:
+            pass
+        return ChatTemplate.named(guess_template_name(self.model or ""))
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        template = self._template or ChatTemplate.named(
+            self._template_spec
+            if isinstance(self._template_spec, str) and self._template_spec != "auto"
+            else guess_template_name(self.model or "")
+        )
+        try:
+            return template.render(messages)
+        except ChatTemplateError as exc:
+            raise EngineError(str(exc)) from exc
+
+    # -- generation --------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        await self.connect()
+        seeds = [None if request.seed is None else request.seed + i for i in range(request.n)]
+        results = await asyncio.gather(*(self._one(request, seed) for seed in seeds))
+        return Completion(
+            choices=tuple(choice for choice, _ in results),
+            prompt_tokens=results[0][1],
+        )
+
+    def _body(self, request: GenerationRequest, seed: int | None, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": request.prompt,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "n": 1,
+            "stream": stream,
+        }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if seed is not None:
+            body["seed"] = seed
+        if request.logprobs is not None:
+            body["logprobs"] = request.logprobs
+        body.update(self.extra_body)
+        return body
+
+    async def _one(self, request: GenerationRequest, seed: int | None) -> tuple[Choice, int]:
+        payload = await self._request_json("POST", "/v1/completions", json=self._body(request, seed, stream=False))
+        return parse_completion_choice(payload, self.base_url)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """Server-sent events from the completions endpoint. Leaving the loop closes the connection,
+        which makes vLLM, SGLang and llama.cpp abort the generation upstream.
+
+        Token counts come from per-token logprobs when asked for, else one per event, corrected by
+        the final usage report where the server sends one (``stream_options.include_usage``)."""
+        if request.n != 1:
+            raise ValueError("stream() takes n=1; start one stream per sample")
+        await self.connect()
+        body = self._body(request, request.seed, stream=True)
+        try:
+            async with self._client.stream("POST", "/v1/completions", json=body) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise EngineError(
+                        f"{self.base_url}/v1/completions answered HTTP {response.status_code}: {_error_text(response)}"
+                    )
+                counted = 0
+                finish: str | None = None
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[len("data:") :].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        event = json.loads(data)
+                    except json.JSONDecodeError:
+                        raise EngineError(f"malformed stream event from {self.base_url}: {data[:200]!r}") from None
+                    if not isinstance(event, dict):
+                        raise EngineError(f"malformed stream event from {self.base_url}: {data[:200]!r}")
+                    if event.get("error"):
+                        raise EngineError(f"{self.base_url} reported an error mid-stream: {event['error']}")
+                    usage = event.get("usage") or {}
+                    for raw in event.get("choices") or []:
+                        text = raw.get("text") or ""
+                        logprobs = _parse_logprobs(raw.get("logprobs"))
+                        tokens = len(logprobs) if logprobs is not None else (1 if text else 0)
+                        counted += tokens
+                        finish = raw.get("finish_reason") or finish
+                        if text or logprobs:
+                            yield StreamDelta(text=text, tokens=tokens, logprobs=logprobs)
+                    if usage.get("completion_tokens") is not None and int(usage["completion_tokens"]) > counted:
+                        extra = int(usage["completion_tokens"]) - counted
+                        counted += extra
+                        yield StreamDelta(text="", tokens=extra)
+                if finish is None:
+                    raise EngineError(f"the stream from {self.base_url} ended before the completion finished")
+                yield StreamDelta(text="", tokens=0, finish_reason=finish)
+        except httpx.TimeoutException as exc:
+            raise EngineError(f"the engine at {self.base_url} timed out while streaming: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise EngineError(f"streaming from {self.base_url} failed: {exc or type(exc).__name__}") from exc
+
+    async def _request_json(
+        self, method: str, path: str, json: dict[str, Any] | None = None, retries: int | None = None
+    ) -> dict[str, Any]:
+        retries = self.max_retries if retries is None else retries
+        for attempt in range(retries + 1):
+            try:
+                response = await self._client.request(method, path, json=json)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                error = EngineError(f"cannot reach the engine at {self.base_url}: {exc or type(exc).__name__}")
+            except httpx.TimeoutException as exc:
+                error = EngineError(f"the engine at {self.base_url} timed out on {path}: {type(exc).__name__}")
+            except httpx.HTTPError as exc:
+                error = EngineError(f"HTTP error talking to {self.base_url}{path}: {exc or type(exc).__name__}")
+            else:
+                if response.status_code < 400:
+                    try:
+                        data = response.json()
+                    except ValueError:
+                        raise EngineError(
+                            f"{self.base_url}{path} answered with invalid JSON: {response.text[:200]!r}"
+                        ) from None
+                    if not isinstance(data, dict):
+                        raise EngineError(f"{self.base_url}{path} answered with a non-object: {data!r:.200}")
+                    return data
+                error = EngineError(
+                    f"{self.base_url}{path} answered HTTP {response.status_code}: {_error_text(response)}"
+                )
+                if response.status_code not in TRANSIENT_STATUS:
+                    raise error
+            if attempt < retries:
+                await asyncio.sleep(self.backoff_s * (2**attempt) * (1 + 0.1 * random.random()))
+        raise error
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+        if isinstance(data, dict):
+            err = data.get("error", data)
+            if isinstance(err, dict):
+                return str(err.get("message") or err)[:300]
+            return str(err)[:300]
+    except ValueError:
+        pass
+    return response.text[:300] or response.reason_phrase
+
+
+def parse_completion_choice(payload: dict[str, Any], where: str = "engine") -> tuple[Choice, int]:
+    """Turn one OpenAI completions response (n=1) into a Choice and its prompt token count."""
+    try:
+        raw = payload["choices"][0]
+        text = raw.get("text")
+        if not isinstance(text, str):
+            raise TypeError("choice has no text")
+        usage = payload.get("usage") or {}
+        logprobs = _parse_logprobs(raw.get("logprobs"))
+        completion_tokens = usage.get("completion_tokens")
+        if completion_tokens is None:
+            completion_tokens = len(logprobs) if logprobs is not None else 0
+        return (
+            Choice(
+                text=text,
+                finish_reason=str(raw.get("finish_reason") or "stop"),
+                completion_tokens=int(completion_tokens),
+                logprobs=logprobs,
+            ),
+            int(usage.get("prompt_tokens") or 0),
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise EngineError(f"malformed completion from {where}: {exc}: {str(payload)[:200]}") from exc
+
+
+def _parse_logprobs(raw: Any) -> tuple[TokenLogprobs, ...] | None:
+    """Legacy completions logprobs: parallel lists tokens / token_logprobs / top_logprobs."""
+    if not raw:
+        return None
+    tokens = raw.get("tokens") or []
+    token_lps = raw.get("token_logprobs") or []
+    tops = raw.get("top_logprobs") or [None] * len(tokens)
+    out = []
+    for token, lp, top in zip(tokens, token_lps, tops):
+        out.append(
+            TokenLogprobs(
+                token=str(token),
+                logprob=float(lp) if lp is not None else 0.0,
+                top={str(k): float(v) for k, v in (top or {}).items()},
+            )
+        )
+    return tuple(out)

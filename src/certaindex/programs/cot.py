@@ -1,0 +1,263 @@
+"""Chain of thought with probe-in-the-middle early exit (Dynasor-CoT).
+
+The model reasons in chunks of ``probe_interval`` tokens. After each chunk a *probe* is forked:
+the reasoning so far plus a suffix that asks for the final answer right now. Its short completion
+is read for an answer. Once the last ``k`` probes give the same answer and none of them hesitates,
+the answer has settled and the reasoning stops. Probe tokens are real compute: every result
+counts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal
+
+from certaindex.answers import answers_equal, extract_answer, extract_boxed, is_hesitant
+from certaindex.engines.base import Engine, GenerationRequest
+from certaindex.signals import ProbeObservation, probe_certaindex, probes_agree
+
+DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+DEFAULT_PROBE_SUFFIX = "... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# Where a probe's boxed answer ends: stopping there saves the tokens the model would write after it.
+PROBE_STOPS = ("}\\]", "} \\]", "}$", "}\n")
+
+StopReason = Literal["certain", "finished", "budget"]
+
+
+@dataclass(frozen=True)
+class CoTConfig:
+    """Settings of one early-exit chain of thought. ``early_exit=False`` gives full reasoning."""
+
+    budget: int = 2048  # most reasoning tokens (the model's max_tokens under full reasoning)
+    probe_interval: int = 64  # reasoning tokens between probes
+    k: int = 3  # consecutive agreeing probes needed to stop
+    probe_tokens: int = 20  # length of one probe's completion
+    answer_tokens: int = 256  # room for the answer after a reasoning model closes </think>
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = 0
+    early_exit: bool = True
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    probe_suffix: str = DEFAULT_PROBE_SUFFIX
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.budget >= 1, f"budget must be at least 1 token, got {self.budget}"),
+            (self.probe_interval >= 1, f"probe_interval must be at least 1 token, got {self.probe_interval}"),
+            (self.k >= 1, f"k must be at least 1, got {self.k}"),
+            (self.probe_tokens >= 1, f"probe_tokens must be at least 1, got {self.probe_tokens}"),
+            (self.answer_tokens >= 1, f"answer_tokens must be at least 1, got {self.answer_tokens}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (bool(self.probe_suffix.strip()), "probe_suffix must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe: where it was taken, what it said, and what it cost."""
+
+    at_tokens: int  # reasoning tokens generated when the probe was forked
+    text: str
+    answer: str | None
+    hesitant: bool
+    tokens: int
+    certaindex: float  # probe certaindex after this probe (1.0 means the exit condition holds)
+
+
+@dataclass
+class CoTResult:
+    question: str
+    answer: str | None
+    answer_text: str
+    stop_reason: StopReason
+    reasoning: str
+    prompt_tokens: int
+    reasoning_tokens: int
+    probe_tokens: int
+    answer_tokens: int
+    budget: int
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        """Every generated token: reasoning, probes and answer. This is the cost figure."""
+        return self.reasoning_tokens + self.probe_tokens + self.answer_tokens
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["total_tokens"] = self.total_tokens
+        return data
+
+
+@dataclass(frozen=True)
+class CoTEvent:
+    """Progress for live displays: a reasoning chunk arrived, or a probe answered."""
+
+    kind: Literal["chunk", "probe", "done"]
+    reasoning_tokens: int
+    probe_tokens: int
+    text: str = ""
+    probe: Probe | None = None
+
+
+class NoQuestionError(ValueError):
+    """The question is empty or not text a model can reason about."""
+
+
+def validate_question(question: str, max_chars: int = 100_000) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise NoQuestionError("the question is empty")
+    if len(question) > max_chars:
+        raise NoQuestionError(f"the question is {len(question)} characters long; the limit is {max_chars}")
+    if not any(ch.isalnum() for ch in question):
+        raise NoQuestionError("the question has no letters or digits")
+    return question.strip()
+
+
+def build_prompt_messages(question: str, system_prompt: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": question})
+    return messages
+
+
+def build_prompt(engine: Engine, question: str, config: CoTConfig) -> str:
+    return engine.render_chat(build_prompt_messages(question, config.system_prompt))
+
+
+def opens_box(probe_suffix: str) -> bool:
+    return probe_suffix.rstrip().endswith("\\boxed{")
+
+
+def read_probe_answer(probe_suffix: str, probe_text: str, hit_stop: bool = False) -> str | None:
+    """Read a probe's answer. The default suffix opens ``\\boxed{``, so the answer is what the model
+    writes before closing it; an unclosed box (the probe ran out of tokens) gives no answer.
+    ``hit_stop``: the completion ended on one of :data:`PROBE_STOPS`, which closed the box."""
+    if opens_box(probe_suffix):
+        return extract_boxed("\\boxed{" + probe_text + ("}" if hit_stop else ""))
+    return extract_answer(probe_text)
+
+
+async def solve_cot(
+    engine: Engine,
+    question: str,
+    config: CoTConfig = CoTConfig(),
+    on_event: Callable[[CoTEvent], None] | None = None,
+) -> CoTResult:
+    """Run one chain of thought, with early exit unless ``config.early_exit`` is False."""
+    question = validate_question(question)
+    prompt = build_prompt(engine, question, config)
+    thinking = prompt.rstrip().endswith(THINK_OPEN)
+    reasoning = ""
+    reasoning_tokens = probe_tokens = answer_tokens = 0
+    prompt_tokens = 0
+    probes: list[Probe] = []
+    observations: list[ProbeObservation] = []
+    stop_reason: StopReason = "budget"
+    emit = on_event or (lambda _event: None)
+
+    async def probe() -> Probe:
+        nonlocal probe_tokens
+        completion = await engine.generate(
+            GenerationRequest(
+                prompt=prompt + reasoning + config.probe_suffix,
+                max_tokens=config.probe_tokens,
+                stop=PROBE_STOPS if opens_box(config.probe_suffix) else (),
+                temperature=0.0,
+                seed=config.seed,
+            )
+        )
+        choice = completion.first
+        probe_tokens += choice.completion_tokens
+        hit_stop = choice.finish_reason == "stop" and opens_box(config.probe_suffix)
+        answer = read_probe_answer(config.probe_suffix, choice.text, hit_stop)
+        hesitant = is_hesitant(choice.text)
+        observations.append(ProbeObservation(answer=answer, hesitant=hesitant))
+        record = Probe(
+            at_tokens=reasoning_tokens,
+            text=choice.text,
+            answer=answer,
+            hesitant=hesitant,
+            tokens=choice.completion_tokens,
+            certaindex=probe_certaindex(observations, config.k, answers_equal),
+        )
+        probes.append(record)
+        emit(CoTEvent("probe", reasoning_tokens, probe_tokens, probe=record))
+        return record
+
+    while reasoning_tokens < config.budget:
+        # Full reasoning uses the same chunks, so an early exit's reasoning is an exact prefix of
+        # the full reasoning on a deterministic engine and the two are compared like for like.
+        completion = await engine.generate(
+            GenerationRequest(
+                prompt=prompt + reasoning,
+                max_tokens=min(config.probe_interval, config.budget - reasoning_tokens),
+                stop=(THINK_CLOSE,) if thinking else (),
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=None if config.seed is None else config.seed + reasoning_tokens,
+            )
+        )
+        choice = completion.first
+        prompt_tokens = prompt_tokens or completion.prompt_tokens
+        reasoning += choice.text
+        reasoning_tokens += choice.completion_tokens
+        emit(CoTEvent("chunk", reasoning_tokens, probe_tokens, text=choice.text))
+        if choice.finish_reason != "length" or choice.completion_tokens == 0:
+            stop_reason = "finished"
+            break
+        if config.early_exit and reasoning_tokens < config.budget:
+            await probe()
+            if probes_agree(observations, config.k, answers_equal):
+                stop_reason = "certain"
+                break
+
+    if stop_reason == "certain":
+        answer = probes[-1].answer
+        answer_text = format_answer(answer)
+    elif stop_reason == "finished" and thinking:
+        # The model closed its reasoning: let it write the answer, as it would without certaindex.
+        completion = await engine.generate(
+            GenerationRequest(
+                prompt=prompt + reasoning + THINK_CLOSE + "\n\n",
+                max_tokens=config.answer_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=config.seed,
+            )
+        )
+        answer_tokens += completion.first.completion_tokens
+        answer_text = completion.first.text.strip()
+        answer = extract_answer(answer_text) or extract_answer(reasoning)
+    elif stop_reason == "finished":
+        answer = extract_answer(reasoning)
+        answer_text = reasoning.strip()
+    else:
+        # Budget spent mid-thought: force an answer with one last probe, and say so.
+        last = await probe()
+        answer = last.answer
+        answer_text = format_answer(answer)
+
+    result = CoTResult(
+        question=question,
+        answer=answer,
+        answer_text=answer_text if answer is not None else "",
+        stop_reason=stop_reason,
+        reasoning=reasoning,
+        prompt_tokens=prompt_tokens,
+        reasoning_tokens=reasoning_tokens,
+        probe_tokens=probe_tokens,
+        answer_tokens=answer_tokens,
+        budget=config.budget,
+        probes=probes,
+    )
+    emit(CoTEvent("done", reasoning_tokens, probe_tokens))
+    return result
+
+
+def format_answer(answer: str | None) -> str:
+    return f"**Final Answer**\n\n\\[ \\boxed{{{answer}}} \\]" if answer is not None else ""

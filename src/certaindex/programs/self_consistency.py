@@ -1,0 +1,230 @@
+"""Self-consistency with certainty-driven early stopping, and its relatives.
+
+Samples are drawn in rounds on one shared prompt (engines with prefix caching compute it once).
+After each round the answers are clustered into classes of equivalent answers and a stopping rule
+decides whether the vote is already decided:
+
+* ``fixed``: never stop early (plain self-consistency with N samples, the baseline);
+* ``entropy``: the paper's certaindex (1 - normalised semantic entropy) reaches ``threshold``;
+* ``anytime``: the leader's lead is significant under an anytime-valid e-process at level ``alpha``
+  (see :mod:`certaindex.stopping`).
+
+Nothing is in flight when a round ends, so stopping wastes no tokens and every token is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+from certaindex.answers import answers_equal, extract_answer
+from certaindex.engines.base import Engine, GenerationRequest, StreamDelta
+from certaindex.programs.cot import DEFAULT_SYSTEM_PROMPT, build_prompt_messages, validate_question
+from certaindex.signals import Vote, majority_vote
+from certaindex.stopping import anytime_valid_leader, entropy_rule
+
+StopRule = Literal["fixed", "entropy", "anytime"]
+
+
+class NoAnswerError(RuntimeError):
+    """Every sample ended without an answer: there is nothing to vote on. Carries what was spent."""
+
+    def __init__(self, message: str, total_tokens: int = 0, samples_used: int = 0) -> None:
+        super().__init__(message)
+        self.total_tokens = total_tokens
+        self.samples_used = samples_used
+
+
+@dataclass(frozen=True)
+class SCConfig:
+    n: int = 16  # most samples (the budget N)
+    first_round: int = 4
+    round_size: int = 4
+    max_tokens: int = 1024
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int | None = 0
+    rule: StopRule = "entropy"
+    threshold: float = 0.8  # certaindex needed by the entropy rule
+    alpha: float = 0.05  # error level of the anytime-valid rule
+    min_samples: int = 2  # never stop on fewer samples than this
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.n >= 1, f"n (samples) must be at least 1, got {self.n}"),
+            (self.first_round >= 1, f"first_round must be at least 1, got {self.first_round}"),
+            (self.round_size >= 1, f"round_size must be at least 1, got {self.round_size}"),
+            (self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.rule in ("fixed", "entropy", "anytime"), f"unknown stopping rule {self.rule!r}"),
+            (0 <= self.threshold <= 1, f"threshold must be in [0, 1], got {self.threshold}"),
+            (0 < self.alpha < 1, f"alpha must be in (0, 1), got {self.alpha}"),
+            (self.min_samples >= 1, f"min_samples must be at least 1, got {self.min_samples}"),
+            (self.rule != "anytime" or self.n >= 2, "the anytime rule needs n >= 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    answer: str | None
+    tokens: int
+    finish_reason: str
+
+
+@dataclass
+class SCResult:
+    question: str
+    answer: str
+    vote: Vote
+    samples: list[Sample]
+    stop_reason: Literal["certain", "significant", "budget"]
+    prompt_tokens: int
+    certaindex_history: list[float] = field(default_factory=list)
+
+    @property
+    def samples_used(self) -> int:
+        return len(self.samples)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(s.tokens for s in self.samples)
+
+
+def decide(answers: list[str | None], config: SCConfig) -> tuple[Vote, str | None]:
+    """Vote on the answers so far and say why to stop (or None to go on)."""
+    vote = majority_vote(answers, answers_equal)
+    if len(answers) < config.min_samples or vote.answer is None:
+        return vote, None
+    if config.rule == "entropy" and entropy_rule(vote.certaindex, config.threshold):
+        return vote, "certain"
+    if config.rule == "anytime":
+        counts = [len(c) for c in vote.clusters]
+        if anytime_valid_leader(counts, max_samples=config.n, alpha=config.alpha).stop:
+            return vote, "significant"
+    return vote, None
+
+
+async def self_consistency(
+    engine: Engine,
+    question: str,
+    config: SCConfig = SCConfig(),
+    on_round: Callable[[Vote], None] | None = None,
+) -> SCResult:
+    question = validate_question(question)
+    prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
+    samples: list[Sample] = []
+    prompt_tokens = 0
+    history: list[float] = []
+    stop_reason = "budget"
+    vote = majority_vote([], answers_equal)
+    while len(samples) < config.n:
+        size = config.first_round if not samples else config.round_size
+        size = min(size, config.n - len(samples))
+        seed = None if config.seed is None else config.seed + len(samples)
+        completion = await engine.generate(
+            GenerationRequest(
+                prompt=prompt,
+                max_tokens=config.max_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=seed,
+                n=size,
+            )
+        )
+        prompt_tokens = prompt_tokens or completion.prompt_tokens
+        for choice in completion.choices:
+            samples.append(Sample(choice.text, extract_answer(choice.text), choice.completion_tokens, choice.finish_reason))
+        vote, reason = decide([s.answer for s in samples], config)
+        history.append(vote.certaindex)
+        if on_round:
+            on_round(vote)
+        if reason is not None:
+            stop_reason = reason
+            break
+    if vote.answer is None:
+        raise NoAnswerError(
+            f"none of the {len(samples)} samples gave an answer",
+            total_tokens=sum(s.tokens for s in samples),
+            samples_used=len(samples),
+        )
+    return SCResult(
+        question=question,
+        answer=vote.answer,
+        vote=vote,
+        samples=samples,
+        stop_reason=stop_reason,  # type: ignore[arg-type]
+        prompt_tokens=prompt_tokens,
+        certaindex_history=history,
+    )
+
+
+@dataclass
+class FirstFinishResult:
+    question: str
+    answer: str | None
+    text: str
+    total_tokens: int  # the winner's tokens plus what the cancelled samples had generated
+    samples_started: int
+
+
+async def first_finish(engine: Engine, question: str, n: int = 4, config: SCConfig = SCConfig()) -> FirstFinishResult:
+    """Start ``n`` samples, return the first to finish and cancel the rest at once (a cheap baseline:
+    shorter traces tend to be the right ones)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    question = validate_question(question)
+    prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
+    counts = [0] * n
+    texts = [""] * n
+
+    async def run(i: int) -> int:
+        request = GenerationRequest(
+            prompt=prompt,
+            max_tokens=config.max_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=None if config.seed is None else config.seed + i,
+        )
+        stream = engine.stream(request)
+        try:
+            async for delta in stream:
+                counts[i] += delta.tokens
+                texts[i] += delta.text
+        finally:
+            await stream.aclose()
+        return i
+
+    tasks = [asyncio.create_task(run(i)) for i in range(n)]
+    try:
+        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        winner = next(iter(done)).result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return FirstFinishResult(
+        question=question,
+        answer=extract_answer(texts[winner]),
+        text=texts[winner],
+        total_tokens=sum(counts),
+        samples_started=n,
+    )
+
+
+__all__ = [
+    "FirstFinishResult",
+    "NoAnswerError",
+    "SCConfig",
+    "SCResult",
+    "Sample",
+    "StreamDelta",
+    "first_finish",
+    "self_consistency",
+]

@@ -1,0 +1,86 @@
+"""Shared fixtures: the embedded model and a real OpenAI-compatible server on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def _model_path() -> Path | None:
+    try:
+        from certaindex.engines.embedded import default_model_path
+
+        import llama_cpp  # noqa: F401
+
+        return default_model_path()
+    except Exception:  # noqa: BLE001 - no embedded extra installed: model tests are skipped
+        return None
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    path = _model_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("the embedded model is not installed, but CI must run the model tests")
+        pytest.skip("embedded model not installed (pip install 'certaindex[embedded]')")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_engine(model_path: Path):
+    from certaindex.engines.embedded import EmbeddedEngine
+
+    return EmbeddedEngine(model_path=model_path, n_ctx=4096)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """llama-cpp-python's OpenAI-compatible server with the real model, started on loopback."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with log.open("wb") as log_fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "llama_cpp.server",
+                "--model", str(model_path), "--model_alias", "smollm2-135m-instruct",
+                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
+                "--n_threads", str(os.cpu_count() or 1), "--logits_all", "true",
+            ],
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

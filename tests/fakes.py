@@ -1,0 +1,189 @@
+"""Fakes for unit tests only: a scripted engine whose reasoning and probe replies are fixed in advance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from certaindex.chat_template import ChatTemplate
+from certaindex.engines.base import Choice, Completion, Engine, EngineError, GenerationRequest
+from certaindex.programs.cot import DEFAULT_PROBE_SUFFIX, THINK_CLOSE
+
+
+@dataclass
+class ScriptedFakeEngine(Engine):
+    """Continues prompts from a script. A token is one list element of ``reasoning``.
+
+    ``probe_reply(n)`` gives the probe completion (as tokens) after ``n`` reasoning tokens.
+    ``final_reply`` is what a reasoning model writes after ``</think>``.
+    ``ends_naturally``: the model stops by itself at the end of the script (else it runs on, "length").
+    """
+
+    reasoning: Sequence[str]
+    probe_reply: Callable[[int], Sequence[str]] = lambda n: ["42", "}", " \\]"]
+    final_reply: Sequence[str] = ("The answer is ", "\\boxed{42}", ".")
+    ends_naturally: bool = True
+    thinking: bool = False
+    fail_after_calls: int | None = None
+    calls: list[GenerationRequest] = field(default_factory=list)
+    name: str = "fake:scripted"
+    _base: str = ""
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        self._base = ChatTemplate.named("raw").render(messages) + ("<think>\n" if self.thinking else "")
+        return self._base
+
+    def _token(self, i: int) -> str:
+        """Script token i; a model that does not end by itself runs on with filler."""
+        return self.reasoning[i] if i < len(self.reasoning) else "more "
+
+    def _consumed(self, prompt: str) -> tuple[str, int]:
+        """Split the prompt after the rendered question into (script tokens already there, the rest)."""
+        if not prompt.startswith(self._base):
+            raise EngineError("prompt does not extend the rendered question")
+        text = prompt[len(self._base) :]
+        n, acc = 0, ""
+        limit = len(self.reasoning) if self.ends_naturally else 10**6
+        while n < limit and text.startswith(acc + self._token(n)):
+            acc += self._token(n)
+            n += 1
+        return text[len(acc) :], n
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        self.calls.append(request)
+        if self.fail_after_calls is not None and len(self.calls) > self.fail_after_calls:
+            raise EngineError("scripted failure")
+        rest, consumed = self._consumed(request.prompt)
+        if rest.endswith(DEFAULT_PROBE_SUFFIX):
+            tokens = list(self.probe_reply(consumed))
+            out = tokens[: request.max_tokens]
+            finish = "length" if len(tokens) > request.max_tokens else "stop"
+        elif rest.endswith(THINK_CLOSE + "\n\n"):
+            out, finish = list(self.final_reply)[: request.max_tokens], "stop"
+        elif rest:
+            raise EngineError(f"unexpected prompt tail {rest[-40:]!r}")
+        else:
+            available = (len(self.reasoning) - consumed) if self.ends_naturally else 10**6
+            count = min(request.max_tokens, available)
+            out = [self._token(consumed + i) for i in range(count)]
+            finish = "length" if available > request.max_tokens else "stop"
+        text, used = "", 0
+        for token in out:  # honour stop strings as servers do: cut before them, finish "stop"
+            text += token
+            used += 1
+            hits = [text.find(s) for s in request.stop if s in text]
+            if hits:
+                text, finish = text[: min(hits)], "stop"
+                break
+        choices = tuple(Choice(text=text, finish_reason=finish, completion_tokens=used) for _ in range(request.n))
+        return Completion(choices=choices, prompt_tokens=len(request.prompt.split()))
+
+
+@dataclass
+class SamplingFakeEngine(Engine):
+    """Samples answers from a fixed categorical distribution, seeded per sample, for parallel programs.
+
+    Every sample is ``tokens_per_sample`` tokens long and ends with ``\\boxed{answer}`` (``None`` in
+    the distribution means a sample that gives no answer). Streams one token per delta.
+    """
+
+    distribution: dict[str | None, float]
+    tokens_per_sample: int = 10
+    token_delay_s: float = 0.0
+    lengths: dict[int, int] = field(default_factory=dict)  # seed -> length override
+    logprob_of: dict[str | None, float] = field(default_factory=dict)  # answer -> each token's logprob
+    calls: list[GenerationRequest] = field(default_factory=list)
+    streamed_tokens: int = 0
+    name: str = "fake:sampling"
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        return ChatTemplate.named("raw").render(messages)
+
+    def _sample(self, seed: int | None) -> tuple[str, int]:
+        text, length, _ = self._sample_with_answer(seed)
+        return text, length
+
+    def _sample_with_answer(self, seed: int | None) -> tuple[str, int, str | None]:
+        import random
+
+        rng = random.Random(seed)
+        answers, weights = zip(*self.distribution.items())
+        answer = rng.choices(answers, weights=weights)[0]
+        length = self.lengths.get(seed if seed is not None else -1, self.tokens_per_sample)
+        text = "x " * (length - 1) + ("no idea" if answer is None else f"\\boxed{{{answer}}}")
+        return text, length, answer
+
+    def _logprobs(self, answer: str | None, count: int, want: int | None):
+        from certaindex.engines.base import TokenLogprobs
+
+        if want is None:
+            return None
+        import math
+
+        lp = self.logprob_of.get(answer, -0.1)
+        rest = math.log(max(1e-9, 1.0 - math.exp(lp)))  # the alternative takes the remaining mass
+        return tuple(TokenLogprobs(token="x", logprob=lp, top={"x": lp, "y": rest}) for _ in range(count))
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        self.calls.append(request)
+        choices = []
+        for i in range(request.n):
+            text, length, answer = self._sample_with_answer(None if request.seed is None else request.seed + i)
+            logprobs = self._logprobs(answer, length, request.logprobs)
+            choices.append(Choice(text=text, finish_reason="stop", completion_tokens=length, logprobs=logprobs))
+        return Completion(choices=tuple(choices), prompt_tokens=7)
+
+    async def stream(self, request: GenerationRequest):
+        import asyncio
+
+        from certaindex.engines.base import StreamDelta
+
+        self.calls.append(request)
+        text, length, answer = self._sample_with_answer(request.seed)
+        pieces = text.split(" ")
+        for i, piece in enumerate(pieces):
+            if self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s)
+            else:
+                await asyncio.sleep(0)
+            self.streamed_tokens += 1
+            last = i == len(pieces) - 1
+            yield StreamDelta(
+                text=piece + ("" if last else " "),
+                tokens=1,
+                logprobs=self._logprobs(answer, 1, request.logprobs),
+                finish_reason="stop" if last else None,
+            )
+
+
+@dataclass
+class StepFakeEngine(Engine):
+    """Writes solutions step by step for search tests: ``steps_to_answer`` reasoning steps, then a
+    boxed answer. Which answer a path reaches depends on its first step (seeded), so rewards can
+    tell paths apart."""
+
+    answers: Sequence[str] = ("7", "9")
+    steps_to_answer: int = 2
+    tokens_per_step: int = 4
+    calls: list[GenerationRequest] = field(default_factory=list)
+    name: str = "fake:steps"
+    _base: str = ""
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        self._base = ChatTemplate.named("raw").render(messages)
+        return self._base
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        self.calls.append(request)
+        done_steps = request.prompt[len(self._base) :].split("\n\n")[:-1]
+        choices = []
+        for i in range(request.n):
+            seed = (request.seed or 0) + i
+            if not done_steps:
+                text = f"path {self.answers[seed % len(self.answers)]} begins"
+            elif len(done_steps) < self.steps_to_answer:
+                text = f"{done_steps[0]} continues"
+            else:
+                text = f"so \\boxed{{{done_steps[0].split()[1]}}}"
+            choices.append(Choice(text=text, finish_reason="stop", completion_tokens=self.tokens_per_step))
+        return Completion(choices=tuple(choices), prompt_tokens=3)

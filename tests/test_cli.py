@@ -1,0 +1,113 @@
+"""The command line: clear one-line errors, exit codes, and the real embedded engine end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from certaindex import cli
+from certaindex.engines.base import EngineError
+from tests.conftest import free_port
+from tests.fakes import ScriptedFakeEngine
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "certaindex.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert fragment in lines[0]
+    assert "answer:" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["solve", ""], "empty"),
+        (["solve", "   "], "empty"),
+        (["solve", "?!"], "no letters or digits"),
+        (["solve", "What is 2+2?", "--budget", "0"], "--budget must be at least 1"),
+        (["solve", "What is 2+2?", "--probe-interval", "-5"], "--probe-interval"),
+        (["solve", "What is 2+2?", "--temperature", "-1"], "--temperature"),
+        (["solve", "What is 2+2?", "--engine", "ftp://nowhere"], "unknown engine"),
+        (["solve", "What is 2+2?", "--engine", "embedded:/no/such/model.gguf"], "model file not found"),
+        (["solve", "What is 2+2?", "--chat-template", "nonsense", "--engine", "http://127.0.0.1:9"], "unknown chat template"),
+        (["bench", "--dataset", "no-such-set"], "unknown data set"),
+        (["bench", "--limit", "0"], "--limit must be at least 1"),
+    ],
+)
+def test_user_mistakes_get_one_line_and_exit_2(args: list[str], fragment: str) -> None:
+    assert_clean_error(run_cli(*args, timeout=60), 2, fragment)
+
+
+def test_unreachable_engine_gets_one_line_and_exit_1() -> None:
+    proc = run_cli("solve", "What is 2+2?", "--engine", f"http://127.0.0.1:{free_port()}/v1", timeout=60)
+    assert_clean_error(proc, 1, "cannot reach the engine")
+
+
+def test_a_model_that_never_answers_exits_3_without_presenting_an_answer(monkeypatch, capsys) -> None:
+    fake = ScriptedFakeEngine(reasoning=["I ", "am ", "not ", "sure."], probe_reply=lambda n: ["hmm"])
+    monkeypatch.setattr(cli, "make_engine", lambda *a, **k: fake)
+    code = cli.main(["solve", "What is the answer?", "--quiet", "--probe-interval", "2"])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert "answer:" not in captured.out
+    assert "error: the model gave no answer" in captured.err
+
+
+def test_an_engine_failing_mid_run_exits_1(monkeypatch, capsys) -> None:
+    fake = ScriptedFakeEngine(reasoning=["a "] * 50, fail_after_calls=1)
+    monkeypatch.setattr(cli, "make_engine", lambda *a, **k: fake)
+    code = cli.main(["solve", "What is 1+1?", "--quiet", "--probe-interval", "4"])
+    assert code == 1
+    assert "error: scripted failure" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_solve_on_the_embedded_engine_reports_answer_and_saving(model_path) -> None:
+    proc = run_cli(
+        "solve", "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+        "to her friends in May. How many clips did Natalia sell altogether in April and May?",
+        "--budget", "256", "--compare", "--json",
+    )
+    assert proc.returncode in (0, 3), proc.stderr
+    payload = json.loads(proc.stdout)
+    result, full = payload["result"], payload["full"]
+    assert payload["engine"].startswith("embedded:SmolLM2-135M")
+    assert result["total_tokens"] == result["reasoning_tokens"] + result["probe_tokens"] + result["answer_tokens"]
+    assert full["probe_tokens"] == 0 or full["stop_reason"] == "budget"
+    assert full["reasoning"].startswith(result["reasoning"])
+
+
+@pytest.mark.model
+def test_bench_prints_its_table_on_the_embedded_engine(model_path, tmp_path) -> None:
+    out = tmp_path / "records.jsonl"
+    proc = run_cli("bench", "--dataset", "gsm8k", "--limit", "2", "--budget", "128", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "full reasoning" in proc.stdout and "early exit" in proc.stdout
+    assert "mean tokens" in proc.stdout
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2
+    for record in records:
+        full, early = record["modes"]["full reasoning"], record["modes"]["early exit"]
+        assert full["probe_tokens"] == 0 or full["stop_reason"] == "budget"
+        assert early["total_tokens"] > 0 and full["total_tokens"] > 0
+        assert early["samples"] == full["samples"] == 1
+
+
+def test_engine_errors_are_not_swallowed_as_usage_errors() -> None:
+    assert not issubclass(EngineError, ValueError)

@@ -1,0 +1,63 @@
+"""The OpenAI-compatible HTTP engine against a real server (llama-cpp-python's, started on loopback)."""
+
+from __future__ import annotations
+
+import pytest
+
+from certaindex.engines.base import EngineError, GenerationRequest
+from certaindex.engines.http import HTTPEngine, normalise_base_url
+from certaindex.programs.cot import CoTConfig, solve_cot
+from tests.conftest import free_port
+
+# llama-cpp-python's server applies repeat_penalty 1.1 unless told otherwise; the embedded engine uses 1.0.
+SAME_SAMPLING = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
+
+
+@pytest.mark.model
+async def test_http_engine_completes_with_logprobs_and_usage(llama_server: str) -> None:
+    async with HTTPEngine(llama_server + "/v1", chat_template="chatml") as engine:
+        prompt = engine.render_chat([{"role": "user", "content": QUESTION}])
+        completion = await engine.generate(
+            GenerationRequest(prompt=prompt, max_tokens=6, logprobs=3, n=2, temperature=0.0)
+        )
+        assert engine.model == "smollm2-135m-instruct"  # resolved from GET /v1/models
+        assert len(completion.choices) == 2
+        assert completion.prompt_tokens > 10
+        for choice in completion.choices:
+            assert choice.completion_tokens == 6 and choice.finish_reason == "length"
+            assert choice.logprobs is not None and len(choice.logprobs) == 6
+            assert all(lp.logprob <= 0 and 1 <= len(lp.top) <= 3 for lp in choice.logprobs)
+        assert completion.choices[0].text == completion.choices[1].text  # greedy
+
+
+@pytest.mark.model
+async def test_early_exit_through_the_server_matches_the_embedded_engine(llama_server: str, embedded_engine) -> None:
+    config = CoTConfig(budget=192, probe_interval=24, k=3, probe_tokens=12)
+    async with HTTPEngine(llama_server, chat_template="chatml", extra_body=SAME_SAMPLING) as engine:
+        over_http = await solve_cot(engine, QUESTION, config)
+    in_process = await solve_cot(embedded_engine, QUESTION, config)
+    assert over_http.total_tokens == over_http.reasoning_tokens + over_http.probe_tokens + over_http.answer_tokens
+    assert over_http.probes and all(p.tokens <= config.probe_tokens for p in over_http.probes)
+    # Same weights, same greedy decoding: the first chunk of reasoning is the same either way.
+    assert over_http.reasoning[:40] == in_process.reasoning[:40]
+
+
+async def test_unreachable_server_is_a_clear_engine_error() -> None:
+    engine = HTTPEngine(f"http://127.0.0.1:{free_port()}", model="m", chat_template="chatml", max_retries=1, backoff_s=0.01)
+    with pytest.raises(EngineError, match="cannot reach the engine"):
+        await engine.generate(GenerationRequest(prompt="hi", max_tokens=2))
+    await engine.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [("http://h:1/v1/", "http://h:1"), ("http://h:1", "http://h:1"), ("https://x.y/v1", "https://x.y")],
+)
+def test_base_url_normalisation(url: str, expected: str) -> None:
+    assert normalise_base_url(url) == expected
+
+
+def test_base_url_without_scheme_is_refused() -> None:
+    with pytest.raises(EngineError, match="http://"):
+        normalise_base_url("localhost:8000")
