@@ -132,14 +132,14 @@ async def test_evaluation_writes_a_table_and_a_pareto_png(traces, tmp_path) -> N
     assert report.thresholds is not None and report.thresholds.mu_c < report.thresholds.mu_i
     assert report.calib_size + report.test_size == 13
     names = [h.name for h in report.heldout]
-    assert names[0].startswith("target") and names[1].startswith("Learn-then-Test")
+    assert names[0].startswith("target") and names[1].startswith("LTT")
     assert sum(n.startswith("entropy") for n in names) == 4
 
     console = Console(record=True, width=220)
     for table in render_tables(report):
         console.print(table)
     text = console.export_text()
-    assert "full reasoning" in text and "probe every 5, k=1" in text and "held out" in text and "entropy bayes" in text
+    assert "full reasoning" in text and "probe 5 k=1" in text and "held out" in text and "entropy bayes" in text
     png = plot_pareto(report, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     json.dumps(report.to_dict())  # every figure is JSON-serialisable

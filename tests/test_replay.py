@@ -20,6 +20,19 @@ def script(n: int, tail: str = "") -> list[str]:
     return [f"t{i} " for i in range(n)] + ([tail] if tail else [])
 
 
+class EndsOnBoundaryFake(ScriptedFakeEngine):
+    """Like llama.cpp when the model ends exactly at a chunk boundary: the full chunk reports "length",
+    and the next request returns no tokens with "stop"."""
+
+    async def generate(self, request: GenerationRequest):
+        completion = await super().generate(request)
+        c = completion.first
+        if (c.finish_reason == "stop" and c.completion_tokens == request.max_tokens and not request.stop
+                and not request.prompt.endswith(DEFAULT_PROBE_SUFFIX)):
+            return dataclasses.replace(completion, choices=(dataclasses.replace(c, finish_reason="length"),))
+        return completion
+
+
 # Each case builds a fresh "live" engine (the scripted fake keeps per-question state).
 CASES = {
     "settles late": dict(reasoning=script(60, "so \\boxed{42}"), probe_reply=lambda n: ["1" if n < 22 else "42", "}"]),
@@ -29,7 +42,14 @@ CASES = {
     "unclosed": dict(reasoning=script(17, "\\boxed{5}"), probe_reply=lambda n: ["4", "2", "2", "2", "2"]),
     "thinking": dict(reasoning=script(38), thinking=True, probe_reply=lambda n: ["42" if n > 12 else "6", "}"]),
     "ends on a boundary": dict(reasoning=script(19, "x"), probe_reply=lambda n: ["9", "}"]),
+    "no tokens at the end": dict(cls=EndsOnBoundaryFake, reasoning=script(19, "\\boxed{9}"),
+                                 probe_reply=lambda n: [str(n // 10), "}"]),
 }
+
+
+def live_engine(name: str) -> ScriptedFakeEngine:
+    spec = dict(CASES[name])
+    return spec.pop("cls", ScriptedFakeEngine)(**spec)
 QUESTIONS = {name: f"Case {name}: what is the answer?" for name in CASES}
 SETTINGS = TraceSettings(granularity=G, budget=60, probe_tokens=4, logprobs=None)
 
@@ -37,8 +57,8 @@ SETTINGS = TraceSettings(granularity=G, budget=60, probe_tokens=4, logprobs=None
 @pytest.fixture(scope="module")
 async def traces() -> TraceSet:
     records = [
-        await record_one(ScriptedFakeEngine(**spec), Problem(name, QUESTIONS[name], "42"), SETTINGS)
-        for name, spec in CASES.items()
+        await record_one(live_engine(name), Problem(name, QUESTIONS[name], "42"), SETTINGS)
+        for name in CASES
     ]
     return TraceSet(TraceHeader(model="fake", engine="fake:scripted", settings=SETTINGS), records)
 
@@ -51,16 +71,22 @@ async def test_replay_equals_live_for_every_setting(traces, name) -> None:
         for k in (1, 2, 3):
             for budget in (60, 30):
                 config = SETTINGS.cot_config(probe_interval=m * G, k=k, budget=budget)
-                live = await solve_cot(ScriptedFakeEngine(**CASES[name]), QUESTIONS[name], config)
+                live = await solve_cot(live_engine(name), QUESTIONS[name], config)
                 replayed = await solve_cot(replay, QUESTIONS[name], config)
                 # Everything: answer, stop reason, reasoning, every probe, every token count.
                 assert replayed.to_dict() == live.to_dict(), (name, m, k, budget)
                 checked += 1
     full = SETTINGS.cot_config(early_exit=False, probe_interval=2 * G)
     assert (await solve_cot(replay, QUESTIONS[name], full)).to_dict() == (
-        await solve_cot(ScriptedFakeEngine(**CASES[name]), QUESTIONS[name], full)
+        await solve_cot(live_engine(name), QUESTIONS[name], full)
     ).to_dict()
     assert checked == 18
+
+
+async def test_a_final_chunk_without_tokens_is_recorded_and_replayed(traces) -> None:
+    record = next(r for r in traces.records if r.id == "no tokens at the end")
+    assert [c.tokens for c in record.chunks] == [5, 5, 5, 5, 0]
+    assert record.chunks[3].probe is not None and record.chunks[4].probe is None and record.stop == "finished"
 
 
 async def test_stop_reasons_are_all_covered(traces) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -73,6 +74,10 @@ def _add_cot_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
     group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    group.add_argument(
+        "--calibration",
+        help="JSON config written by `certaindex calibrate`: its probe interval and k replace the flags' values",
+    )
 
 
 def _cot_config(args: argparse.Namespace, early_exit: bool = True) -> CoTConfig:
@@ -82,7 +87,7 @@ def _cot_config(args: argparse.Namespace, early_exit: bool = True) -> CoTConfig:
     _positive("probe-tokens", args.probe_tokens, 1000)
     if not 0 <= args.temperature <= 5:
         raise UsageError(f"--temperature must be between 0 and 5, got {args.temperature}")
-    return CoTConfig(
+    config = CoTConfig(
         budget=args.budget,
         probe_interval=args.probe_interval,
         k=args.k,
@@ -91,6 +96,11 @@ def _cot_config(args: argparse.Namespace, early_exit: bool = True) -> CoTConfig:
         seed=args.seed,
         early_exit=early_exit,
     )
+    if getattr(args, "calibration", None):
+        from certaindex.evaluate import apply_calibration, load_calibration
+
+        config = dataclasses.replace(apply_calibration(config, load_calibration(args.calibration)), early_exit=early_exit)
+    return config
 
 
 def _engine(args: argparse.Namespace, logprobs: bool = False):
@@ -123,8 +133,6 @@ async def _solve(args: argparse.Namespace) -> int:
         result = await _solve_with_progress(engine, question, config, quiet=args.quiet or args.json)
         full: CoTResult | None = None
         if args.compare and config.early_exit:
-            import dataclasses
-
             full = await _solve_with_progress(
                 engine, question, dataclasses.replace(config, early_exit=False), quiet=args.quiet or args.json,
                 label="full reasoning (for comparison)",
@@ -370,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--warmup", type=int, default=4, help="deepconf warm-up traces (default 4)")
     group.add_argument("--keep-percentile", type=float, default=90.0, help="deepconf: keep this %% (default 90)")
     group.add_argument("--window", type=int, default=32, help="deepconf group window in tokens (default 32)")
+
+    from certaindex.cli_traces import add_subcommands
+
+    add_subcommands(sub)  # record, calibrate, evaluate
     return parser
 
 
@@ -377,8 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"solve": _solve, "bench": _bench}
+    handler = handlers.get(args.command) or args.handler
     try:
-        return asyncio.run(handlers[args.command](args))
+        return asyncio.run(handler(args))
     except (UsageError, NoQuestionError, DatasetError, ValueError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE

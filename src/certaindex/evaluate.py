@@ -85,8 +85,8 @@ class Policy:
         if self.family == "full":
             return "full reasoning"
         if self.family == "probe":
-            return f"probe every {self.probe_interval}, k={self.k}"
-        return f"entropy {self.method} (tau={self.threshold:.3f}), every {self.probe_interval}"
+            return f"probe {self.probe_interval} k={self.k}"
+        return f"entropy {self.method} tau={self.threshold:.3f}"
 
 
 @dataclass(frozen=True)
@@ -530,6 +530,12 @@ async def run_evaluation(
             notes.append(f"entropy stopping skipped: {exc}")
     else:
         notes.append("entropy stopping skipped: the traces were recorded without logprobs")
+    if thresholds is not None and thresholds.mu_c >= thresholds.mu_i:
+        notes.append(
+            f"correct probe answers do not come with lower entropy here (mu_c {thresholds.mu_c:.3f} >= mu_i "
+            f"{thresholds.mu_i:.3f}, d = {thresholds.d:.2f}, {thresholds.n_c} correct / {thresholds.n_i} incorrect): "
+            "the entropy thresholds carry no signal on these traces"
+        )
     if thresholds is not None:
         outcomes.update(await replay_outcomes(traces, _entropy_policies(thresholds, entropy_interval), None, correct))
     base = outcomes[full]
@@ -561,7 +567,7 @@ async def run_evaluation(
         else:
             for policy in _entropy_policies(fitted, entropy_interval):
                 rows = [simulate_entropy(r, policy.probe_interval, policy.threshold or 0.0, settings.budget, correct) for r in records]
-                heldout.append(HeldOut(f"entropy ({policy.method})", policy, f"tau={policy.threshold:.4f}",
+                heldout.append(HeldOut(f"entropy {policy.method}", policy, "",
                                        summarise(policy, rows, base, cal), summarise(policy, rows, base, test), test_full))
     return EvaluationReport(traces, summaries, thresholds, heldout, len({records[i].id for i in cal}),
                             len({records[i].id for i in test}), chosen, notes)
@@ -569,8 +575,8 @@ async def run_evaluation(
 
 def _method_title(name: str, alpha: float, delta: float, max_loss: float) -> str:
     if name == "ltt":
-        return f"Learn-then-Test (alpha={alpha:g}, delta={delta:g})"
-    return f"target accuracy (max loss {max_loss:.1%})"
+        return f"LTT alpha={alpha:g} delta={delta:g}"
+    return f"target loss<={max_loss:.1%}"
 
 
 # ------------------------------------------------------------------------------------- output
@@ -585,7 +591,7 @@ def render_tables(report: EvaluationReport) -> list[Any]:
     n = len(traces.records)
     table = Table(title=f"{n} traces of {traces.header.model} (g={s.granularity}, budget {s.budget}): every policy, all traces")
     for column in ("policy", "accuracy", "mean tokens (incl. probes)", "saving", "harmful", "helpful", "stops"):
-        table.add_column(column, justify="left" if column in ("policy", "stops") else "right")
+        table.add_column(column, justify="left" if column in ("policy", "stops") else "right", no_wrap=column != "stops")
     for summary in report.summaries:
         table.add_row(
             summary.policy.label,
@@ -601,20 +607,21 @@ def render_tables(report: EvaluationReport) -> list[Any]:
         f"(full reasoning on the test split: {100 * report.heldout[0].test_full.accuracy:.1f}%, "
         f"{report.heldout[0].test_full.mean_tokens:.1f} tokens)" if report.heldout else "held out"
     )
-    for column in ("fitted by", "setting", "calib acc", "test acc", "acc loss", "test tokens", "saving", "harmful", "note"):
-        held.add_column(column, justify="left" if column in ("fitted by", "setting", "note") else "right")
+    for column in ("fitted by", "setting", "calib acc", "test acc", "vs full", "test tokens", "saving", "harmful", "note"):
+        held.add_column(column, justify="left" if column in ("fitted by", "setting", "note") else "right",
+                        no_wrap=column != "note")
     for h in report.heldout:
         if h.test is None:
             held.add_row(h.name, "none", "", "", "", "", "", "", h.note)
             continue
         assert h.calib is not None and h.policy is not None
-        loss = h.test_full.accuracy - h.test.accuracy
+        change = h.test.accuracy - h.test_full.accuracy
         held.add_row(
             h.name,
-            h.policy.label if h.policy.family != "entropy" else f"every {h.policy.probe_interval}",
+            h.policy.label,
             f"{100 * h.calib.accuracy:.1f}%",
             f"{100 * h.test.accuracy:.1f}%",
-            f"{100 * loss:+.1f} pp",
+            f"{100 * change:+.1f} pp",
             f"{h.test.mean_tokens:.1f}",
             f"{100 * h.test.saving:.1f}%",
             str(h.test.harmful),
@@ -665,7 +672,7 @@ def plot_pareto(report: EvaluationReport, path: str | os.PathLike[str]) -> Path:
     ax.set_xlabel("mean generated tokens per problem (reasoning + probes + answer)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     return path

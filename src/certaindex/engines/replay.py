@@ -54,6 +54,8 @@ def _index(record: TraceRecord) -> _Indexed:
         cum_text.append(cum_text[-1] + chunk.text)
     by_text: dict[str, list[int]] = {}
     for i, text in enumerate(cum_text):
+        if i > 0 and record.chunks[i - 1].tokens == 0:
+            continue  # after a final chunk of no tokens (the model ended exactly at a boundary): same position
         by_text.setdefault(text, []).append(i)
     return _Indexed(record, cum_tokens, cum_text, by_text, cum_text[-1])
 

@@ -1,0 +1,45 @@
+"""Parallel programs end to end on the embedded llama.cpp engine with the real model."""
+
+from __future__ import annotations
+
+import pytest
+
+from certaindex.engines.embedded import EmbeddedEngine
+from certaindex.programs.deepconf import DeepConfConfig, deepconf
+from certaindex.programs.self_consistency import NoAnswerError, SCConfig, first_finish, self_consistency
+
+pytestmark = pytest.mark.model
+
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
+
+
+@pytest.fixture(scope="module")
+def logprob_engine(model_path):
+    return EmbeddedEngine(model_path=model_path, n_ctx=2048, logprobs=True)
+
+
+async def test_self_consistency_early_stop_spends_no_more_than_fixed_n(embedded_engine) -> None:
+    base = SCConfig(n=6, first_round=3, round_size=1, max_tokens=96, temperature=0.7, seed=1, threshold=0.5)
+    fixed = await self_consistency(embedded_engine, QUESTION, SCConfig(**{**base.__dict__, "rule": "fixed"}))
+    early = await self_consistency(embedded_engine, QUESTION, base)
+    assert fixed.samples_used == 6 and fixed.stop_reason == "budget"
+    assert fixed.total_tokens == sum(s.tokens for s in fixed.samples)
+    assert 3 <= early.samples_used <= 6
+    # Same seeds: the early run's samples are the fixed run's first samples.
+    assert [s.text for s in early.samples] == [s.text for s in fixed.samples[: early.samples_used]]
+    assert early.total_tokens <= fixed.total_tokens
+
+
+async def test_first_finish_and_deepconf_on_real_logprobs(logprob_engine) -> None:
+    ff = await first_finish(logprob_engine, QUESTION, n=2, config=SCConfig(max_tokens=64, seed=3))
+    assert ff.total_tokens >= len(ff.text.split()) // 2 and ff.samples_started == 2
+    config = DeepConfConfig(n=4, warmup=2, window=8, max_tokens=64, concurrency=2, keep_percentile=50)
+    try:
+        result = await deepconf(logprob_engine, QUESTION, config)
+    except NoAnswerError as exc:  # a 135M model may answer nothing; the cost is still reported
+        assert exc.total_tokens > 0
+        return
+    assert 2 <= result.samples_used <= 4
+    assert result.bar is not None and result.bar > 0
+    finished = [t for t in result.traces if not t.stopped_early]
+    assert finished and all(t.confidence > 0 for t in finished)
