@@ -10,6 +10,7 @@ ensure_venv() {
     "$python" -m venv .venv
   fi
   # llama-cpp-python is compiled from source on first install (a few minutes on 2 cores).
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"
+  # (This machine's pip configuration warns about absent local indexes; those lines are dropped.)
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2> >(grep -v "^WARNING: Location" >&2) >/dev/null
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${extras}]" 2> >(grep -v "^WARNING: Location" >&2)
 }

@@ -175,7 +175,7 @@ async def test_record_and_replay_on_the_embedded_model(model_path, tmp_path) -> 
         Problem("gsm8k-test-1", "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts "
                 "in total does it take?", "3"),
     ]
-    s = TraceSettings(granularity=16, budget=64, probe_tokens=12, logprobs=3)
+    s = TraceSettings(granularity=16, budget=48, probe_tokens=8, logprobs=3)
     engine = EmbeddedEngine(model_path=model_path, logprobs=True, n_ctx=2048)
     try:
         traces = await record_traces(engine, problems, s, tmp_path / "real.jsonl.gz")

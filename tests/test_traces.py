@@ -162,7 +162,7 @@ def test_bad_json_names_file_and_line(tmp_path, good_lines) -> None:
     lines[2] = lines[2][:40]
     path = tmp_path / "bad.jsonl.gz"
     write_lines(path, lines)
-    with pytest.raises(TraceFormatError, match=rf"bad\.jsonl\.gz:3: not valid JSON"):
+    with pytest.raises(TraceFormatError, match=r"bad\.jsonl\.gz:3: not valid JSON"):
         read_traces(path)
 
 

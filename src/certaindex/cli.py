@@ -146,7 +146,7 @@ async def _solve(args: argparse.Namespace) -> int:
             payload["full"] = full.to_dict()
         out.print_json(json.dumps(payload))
     else:
-        _print_solution(engine.name, result, full, show_reasoning=args.show_reasoning)
+        _print_solution(engine.name, result, full, show_reasoning=args.show_reasoning, expected=args.expected)
     if result.answer is None:
         err.print(f"[red]error:[/red] the model gave no answer ({_reason_text(result)})")
         return EXIT_NO_ANSWER
@@ -188,15 +188,20 @@ def _reason_text(result: CoTResult) -> str:
     return f"the budget of {result.budget} reasoning tokens ran out; the answer was forced by a final probe"
 
 
-def _print_solution(engine_name: str, result: CoTResult, full: CoTResult | None, show_reasoning: bool) -> None:
+def _print_solution(
+    engine_name: str, result: CoTResult, full: CoTResult | None, show_reasoning: bool, expected: str | None = None
+) -> None:
     if show_reasoning:
         out.rule("reasoning")
         out.print(result.reasoning, markup=False, highlight=False)
         out.rule()
     out.print(f"[dim]engine:[/dim] {engine_name}")
-    out.print(f"[dim]question:[/dim] {result.question}", markup=True, highlight=False)
+    out.print(f"[dim]question:[/dim] {escape(result.question)}", highlight=False)
     if result.answer is not None:
-        out.print(f"[bold green]answer:[/bold green] {result.answer}", highlight=False)
+        out.print(f"[bold green]answer:[/bold green] {escape(result.answer)}", highlight=False)
+    if expected is not None:
+        verdict = "[green]right[/green]" if _same(result.answer, expected) else "[red]wrong[/red]"
+        out.print(f"[dim]expected:[/dim] {escape(expected)} ({verdict})", highlight=False)
     out.print(f"[dim]stopped:[/dim] {_reason_text(result)}")
     out.print(
         f"[dim]tokens:[/dim] {result.total_tokens} generated = {result.reasoning_tokens} reasoning "
@@ -206,7 +211,7 @@ def _print_solution(engine_name: str, result: CoTResult, full: CoTResult | None,
     if full is not None:
         saved = full.total_tokens - result.total_tokens
         pct = 100.0 * saved / full.total_tokens if full.total_tokens else 0.0
-        same = "same answer" if _same(result.answer, full.answer) else f"full reasoning answered {full.answer!r}"
+        same = "same answer" if _same(result.answer, full.answer) else f"full reasoning answered {escape(repr(full.answer))}"
         out.print(
             f"[dim]saved:[/dim] {saved} tokens ({pct:.0f}%) against full reasoning, which generated "
             f"{full.total_tokens} tokens ({same})"
@@ -350,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--no-early-exit", action="store_true", help="reason in full, without probing")
     solve.add_argument("--compare", action="store_true", help="also run full reasoning and report the tokens saved")
     solve.add_argument("--show-reasoning", action="store_true", help="print the reasoning text")
+    solve.add_argument("--expected", help="the known right answer: also print whether the answer matches it")
     solve.add_argument("--json", action="store_true", help="print the result as JSON")
     solve.add_argument("--quiet", action="store_true", help="no live progress")
 

@@ -100,6 +100,9 @@ class Engine(abc.ABC):
     async def generate(self, request: GenerationRequest) -> Completion:
         """Continue ``request.prompt``. Raises :class:`EngineError` when the engine fails."""
 
+    async def prepare(self) -> None:
+        """Resolve what rendering needs (a server's model and chat template) before the first prompt."""
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         """Stream one completion (``n`` must be 1). Closing the iterator early stops the generation.
 

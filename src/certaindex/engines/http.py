@@ -64,8 +64,13 @@ class HTTPEngine(Engine):
         self.extra_body = dict(extra_body or {})
         self.backoff_s = backoff_s
         self._template_spec = chat_template
+        # A named template is resolved now, so a wrong name is refused before any request is sent.
         self._template: ChatTemplate | None = (
-            chat_template if isinstance(chat_template, ChatTemplate) else None
+            chat_template
+            if isinstance(chat_template, ChatTemplate)
+            else ChatTemplate.named(chat_template)
+            if isinstance(chat_template, str) and chat_template != "auto"
+            else None
         )
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
@@ -117,6 +122,9 @@ class HTTPEngine(Engine):
         except EngineError:
             pass
         return ChatTemplate.named(guess_template_name(self.model or ""))
+
+    async def prepare(self) -> None:
+        await self.connect()
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         template = self._template or ChatTemplate.named(

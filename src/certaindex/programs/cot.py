@@ -15,6 +15,7 @@ from typing import Callable, Literal
 from certaindex.answers import answers_equal, extract_answer, extract_boxed, is_hesitant
 from certaindex.engines.base import Engine, GenerationRequest
 from certaindex.signals import ProbeObservation, probe_certaindex, probes_agree
+from certaindex.validation import require
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_PROBE_SUFFIX = "... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
@@ -52,9 +53,7 @@ class CoTConfig:
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (bool(self.probe_suffix.strip()), "probe_suffix must not be empty"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        require(checks)
 
 
 @dataclass(frozen=True)
@@ -150,6 +149,7 @@ async def solve_cot(
 ) -> CoTResult:
     """Run one chain of thought, with early exit unless ``config.early_exit`` is False."""
     question = validate_question(question)
+    await engine.prepare()
     prompt = build_prompt(engine, question, config)
     thinking = prompt.rstrip().endswith(THINK_OPEN)
     reasoning = ""

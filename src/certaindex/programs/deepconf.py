@@ -19,9 +19,14 @@ import numpy as np
 
 from certaindex.answers import answers_equal, extract_answer
 from certaindex.engines.base import Engine, GenerationRequest
-from certaindex.programs.cot import DEFAULT_SYSTEM_PROMPT, build_prompt_messages, validate_question
+from certaindex.programs.cot import (
+    DEFAULT_SYSTEM_PROMPT,
+    build_prompt_messages,
+    validate_question,
+)
 from certaindex.programs.self_consistency import NoAnswerError
 from certaindex.signals import Vote, majority_vote, token_confidence, trace_confidence
+from certaindex.validation import require
 
 ConfidenceKind = Literal["mean", "lowest_group", "bottom_fraction", "tail"]
 
@@ -56,9 +61,7 @@ class DeepConfConfig:
             (self.concurrency >= 1, f"concurrency must be at least 1, got {self.concurrency}"),
             (self.confidence in ("mean", "lowest_group", "bottom_fraction", "tail"), f"unknown confidence {self.confidence!r}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        require(checks)
 
 
 @dataclass
@@ -103,6 +106,7 @@ def weighted_vote(traces: list[Trace], keep_fraction: float) -> Vote:
 
 async def deepconf(engine: Engine, question: str, config: DeepConfConfig = DeepConfConfig()) -> DeepConfResult:
     question = validate_question(question)
+    await engine.prepare()
     prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
     traces: list[Trace] = []
     bar: float | None = None

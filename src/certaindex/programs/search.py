@@ -25,9 +25,14 @@ import numpy as np
 
 from certaindex.answers import answers_equal, extract_answer
 from certaindex.engines.base import Choice, Engine, EngineError, GenerationRequest
-from certaindex.programs.cot import DEFAULT_SYSTEM_PROMPT, build_prompt_messages, validate_question
+from certaindex.programs.cot import (
+    DEFAULT_SYSTEM_PROMPT,
+    build_prompt_messages,
+    validate_question,
+)
 from certaindex.programs.self_consistency import NoAnswerError
 from certaindex.signals import aggregate_rewards, cluster_answers, reward_certaindex
+from certaindex.validation import require
 
 STEP_SEPARATOR = "\n\n"
 
@@ -131,9 +136,7 @@ class SearchConfig:
             (0 <= self.reject_margin <= 1, f"reject_margin must be in [0, 1], got {self.reject_margin}"),
             (0 <= self.threshold <= 1, f"threshold must be in [0, 1], got {self.threshold}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        require(checks)
 
 
 @dataclass
@@ -173,6 +176,7 @@ async def best_of_n(
     """Sample ``width`` complete candidates, score them, return the best. Without a PRM the reward
     is majority agreement (so best-of-N becomes a reward-ranked self-consistency)."""
     question = validate_question(question)
+    await engine.prepare()
     prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
     completion = await engine.generate(
         GenerationRequest(
@@ -217,6 +221,7 @@ async def rebase_search(
     expansions to better-rewarded nodes; stop when ``width`` candidates finished, the depth runs
     out, or the certaindex of finished candidates reaches ``threshold``."""
     question = validate_question(question)
+    await engine.prepare()
     prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
     frontier: list[Node] = [Node()]
     finished: list[Node] = []

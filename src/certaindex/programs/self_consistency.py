@@ -20,9 +20,14 @@ from typing import Callable, Literal
 
 from certaindex.answers import answers_equal, extract_answer
 from certaindex.engines.base import Engine, GenerationRequest, StreamDelta
-from certaindex.programs.cot import DEFAULT_SYSTEM_PROMPT, build_prompt_messages, validate_question
+from certaindex.programs.cot import (
+    DEFAULT_SYSTEM_PROMPT,
+    build_prompt_messages,
+    validate_question,
+)
 from certaindex.signals import Vote, majority_vote
 from certaindex.stopping import anytime_valid_leader, entropy_rule
+from certaindex.validation import require
 
 StopRule = Literal["fixed", "entropy", "anytime"]
 
@@ -65,9 +70,7 @@ class SCConfig:
             (self.min_samples >= 1, f"min_samples must be at least 1, got {self.min_samples}"),
             (self.rule != "anytime" or self.n >= 2, "the anytime rule needs n >= 2"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        require(checks)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ async def self_consistency(
     on_round: Callable[[Vote], None] | None = None,
 ) -> SCResult:
     question = validate_question(question)
+    await engine.prepare()
     prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
     samples: list[Sample] = []
     prompt_tokens = 0
@@ -180,6 +184,7 @@ async def first_finish(engine: Engine, question: str, n: int = 4, config: SCConf
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     question = validate_question(question)
+    await engine.prepare()
     prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
     counts = [0] * n
     texts = [""] * n
