@@ -111,3 +111,20 @@ def test_bench_prints_its_table_on_the_embedded_engine(model_path, tmp_path) -> 
 
 def test_engine_errors_are_not_swallowed_as_usage_errors() -> None:
     assert not issubclass(EngineError, ValueError)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("program", ["sc-early", "sc-anytime", "bon", "first-finish"])
+def test_bench_parallel_programs_on_the_embedded_engine(model_path, tmp_path, program: str) -> None:
+    out = tmp_path / "records.jsonl"
+    proc = run_cli(
+        "bench", "--program", program, "--limit", "1", "-n", "3", "--first-round", "2", "--round-size", "1",
+        "--max-tokens", "48", "--out", str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "sc (fixed N)" in proc.stdout and "mean samples" in proc.stdout
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    fixed = record["modes"]["sc (fixed N)"]
+    assert fixed["samples"] == 3 and fixed["total_tokens"] > 0
+    other = next(v for k, v in record["modes"].items() if k != "sc (fixed N)")
+    assert 1 <= other["samples"] <= 3 and other["total_tokens"] > 0

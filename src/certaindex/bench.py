@@ -66,6 +66,22 @@ def deepconf_program(config) -> ProgramFn:
     return run
 
 
+def bon_program(sc: SCConfig) -> ProgramFn:
+    """Best-of-N ranked by the policy model's own step confidence (no external PRM needed)."""
+    from certaindex.programs.search import SearchConfig, SelfConfidenceScorer, best_of_n
+
+    config = SearchConfig(width=sc.n, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p, seed=sc.seed)
+
+    async def run(engine: Engine, question: str) -> Outcome:
+        try:
+            r = await best_of_n(engine, question, config, scorer=SelfConfidenceScorer())
+        except NoAnswerError as exc:
+            return Outcome(None, exc.total_tokens, exc.samples_used, "no-answer")
+        return Outcome(r.answer, r.total_tokens, len(r.finished), r.stop_reason)
+
+    return run
+
+
 def first_finish_program(n: int, config: SCConfig) -> ProgramFn:
     async def run(engine: Engine, question: str) -> Outcome:
         r = await first_finish(engine, question, n=n, config=config)
@@ -87,13 +103,15 @@ def programs_for(name: str, cot: CoTConfig, sc: SCConfig, deepconf_config=None) 
         "sc-anytime": lambda: {**fixed, "sc-anytime": sc_program(dataclasses.replace(sc, rule="anytime"))},
         "deepconf": lambda: {**fixed, "deepconf (online)": deepconf_program(deepconf_config)},
         "first-finish": lambda: {**fixed, "first-finish": first_finish_program(sc.n, sc)},
+        "bon": lambda: {**fixed, "best-of-N (self-confidence)": bon_program(sc)},
     }
     if name not in table:
         raise ValueError(f"unknown program {name!r}: use one of {', '.join(sorted(table))}")
     return table[name]()
 
 
-PROGRAM_NAMES = ("cot", "sc", "sc-early", "sc-anytime", "deepconf", "first-finish")
+PROGRAM_NAMES = ("cot", "sc", "sc-early", "sc-anytime", "deepconf", "bon", "first-finish")
+LOGPROB_PROGRAMS = ("deepconf", "bon")
 
 
 @dataclass

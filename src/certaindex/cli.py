@@ -22,7 +22,7 @@ from rich.table import Table
 from certaindex import __version__
 from certaindex.datasets import DatasetError, dataset_names, load_dataset
 from certaindex.engines import EngineError, make_engine
-from certaindex.bench import PROGRAM_NAMES, run_bench
+from certaindex.bench import LOGPROB_PROGRAMS, PROGRAM_NAMES, run_bench
 from certaindex.programs.cot import CoTConfig, CoTEvent, CoTResult, NoQuestionError, solve_cot, validate_question
 from certaindex.programs.self_consistency import NoAnswerError, SCConfig
 
@@ -277,7 +277,7 @@ async def _bench(args: argparse.Namespace) -> int:
     cot = _cot_config(args)
     sc = _sc_config(args)
     modes = programs_for(args.program, cot, sc, _deepconf_config(args, sc) if args.program == "deepconf" else None)
-    engine = _engine(args, logprobs=args.program == "deepconf")
+    engine = _engine(args, logprobs=args.program in LOGPROB_PROGRAMS)
     try:
         with Progress(
             TextColumn("[bold]bench[/bold] {task.description}"),
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--program",
         default="cot",
         choices=PROGRAM_NAMES,
-        help="cot: early exit against full reasoning (default); sc, sc-early, sc-anytime, deepconf, "
+        help="cot: early exit against full reasoning (default); sc, sc-early, sc-anytime, deepconf, bon, "
         "first-finish: against fixed-N self-consistency",
     )
     bench.add_argument("--dataset", default="gsm8k", help=f"one of {', '.join(dataset_names())} or a JSONL path")
