@@ -128,3 +128,18 @@ def test_bench_parallel_programs_on_the_embedded_engine(model_path, tmp_path, pr
     assert fixed["samples"] == 3 and fixed["total_tokens"] > 0
     other = next(v for k, v in record["modes"].items() if k != "sc (fixed N)")
     assert 1 <= other["samples"] <= 3 and other["total_tokens"] > 0
+
+
+def test_solve_reads_a_calibration_file(monkeypatch, capsys, tmp_path) -> None:
+    calibration = tmp_path / "cal.json"
+    calibration.write_text(
+        json.dumps({"format": "certaindex-calibration", "version": 1, "policy": "cot-early", "probe_interval": 4, "k": 1})
+    )
+    fake = ScriptedFakeEngine(reasoning=["a "] * 40)
+    monkeypatch.setattr(cli, "make_engine", lambda *a, **k: fake)
+    code = cli.main(["solve", "What is 6*7?", "--json", "--calibration", str(calibration), "--probe-interval", "32"])
+    result = json.loads(capsys.readouterr().out)["result"]
+    assert code == 0
+    assert result["stop_reason"] == "certain" and result["reasoning_tokens"] == 4  # interval 4, k 1 from the file
+    calibration.write_text("{broken")
+    assert cli.main(["solve", "What is 6*7?", "--calibration", str(calibration)]) == 2
