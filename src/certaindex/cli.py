@@ -16,13 +16,14 @@ from typing import Any, Sequence
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from certaindex import __version__
 from certaindex.datasets import DatasetError, dataset_names, load_dataset
 from certaindex.engines import EngineError, make_engine
 from certaindex.bench import LOGPROB_PROGRAMS, PROGRAM_NAMES, run_bench
+from certaindex.cli_traces import add_subcommands, progress_bar
 from certaindex.programs.cot import CoTConfig, CoTEvent, CoTResult, NoQuestionError, solve_cot, validate_question
 from certaindex.programs.self_consistency import NoAnswerError, SCConfig
 
@@ -279,14 +280,7 @@ async def _bench(args: argparse.Namespace) -> int:
     modes = programs_for(args.program, cot, sc, _deepconf_config(args, sc) if args.program == "deepconf" else None)
     engine = _engine(args, logprobs=args.program in LOGPROB_PROGRAMS)
     try:
-        with Progress(
-            TextColumn("[bold]bench[/bold] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as progress:
+        with progress_bar("bench") as progress:
             task = progress.add_task(args.dataset, total=len(problems) * len(modes))
 
             def on_result(mode: str, problem, outcome) -> None:
@@ -358,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--expected", help="the known right answer: also print whether the answer matches it")
     solve.add_argument("--json", action="store_true", help="print the result as JSON")
     solve.add_argument("--quiet", action="store_true", help="no live progress")
+    solve.set_defaults(handler=_solve)
 
     bench = sub.add_parser("bench", help="a program against its baseline on a data set")
     bench.add_argument(
@@ -371,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--limit", type=int, default=20, help="number of problems (default 20)")
     bench.add_argument("--offset", type=int, default=0, help="skip this many problems first")
     bench.add_argument("--out", help="write per-problem results to this JSONL file")
+    bench.set_defaults(handler=_bench)
     _add_engine_args(bench)
     _add_cot_args(bench)
     group = bench.add_argument_group("parallel programs")
@@ -385,8 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--keep-percentile", type=float, default=90.0, help="deepconf: keep this %% (default 90)")
     group.add_argument("--window", type=int, default=32, help="deepconf group window in tokens (default 32)")
 
-    from certaindex.cli_traces import add_subcommands
-
     add_subcommands(sub)  # record, calibrate, evaluate
     return parser
 
@@ -394,10 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"solve": _solve, "bench": _bench}
-    handler = handlers.get(args.command) or args.handler
     try:
-        return asyncio.run(handler(args))
+        return asyncio.run(args.handler(args))
     except (UsageError, NoQuestionError, DatasetError, ValueError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE

@@ -87,7 +87,7 @@ def _check_policy_args(args: argparse.Namespace) -> tuple[list[int] | None, list
 
 def add_subcommands(subparsers: Any) -> None:
     """Add ``record``, ``calibrate`` and ``evaluate`` to an argparse subparsers object."""
-    from certaindex import cli  # lazily: cli imports this module to build its parser
+    from certaindex import cli  # lazily: cli imports this module at its top
 
     record = subparsers.add_parser(
         "record",
@@ -154,7 +154,8 @@ def add_subcommands(subparsers: Any) -> None:
 # ------------------------------------------------------------------------------------ handlers
 
 
-def _progress(label: str, quiet: bool) -> Progress:
+def progress_bar(label: str, quiet: bool = False) -> Progress:
+    """The progress bar of every long command (bench, record, replay), on stderr."""
     return Progress(
         TextColumn(f"[bold]{label}[/bold] {{task.description}}"),
         BarColumn(),
@@ -202,7 +203,7 @@ async def record_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     tokens = correct = 0
     try:
-        with _progress("record", args.quiet) as progress:
+        with progress_bar("record", args.quiet) as progress:
             task = progress.add_task(args.dataset, total=len(problems) * settings.samples)
 
             def on_progress(done: int, total: int, record) -> None:
@@ -256,7 +257,7 @@ async def calibrate_command(args: argparse.Namespace) -> int:
     traces = _read(args)
     full = full_policy(traces.settings)
     probes = probe_grid(traces.settings, intervals, ks)
-    with _progress("replay", args.quiet) as progress:
+    with progress_bar("replay", args.quiet) as progress:
         task = progress.add_task(f"{len(probes)} settings", total=(len(probes) + 1) * len(traces.records))
         outcomes = await replay_outcomes(traces, [full, *probes], lambda done, total: progress.update(task, completed=done))
     idx = list(range(len(traces.records)))
@@ -290,7 +291,7 @@ async def evaluate_command(args: argparse.Namespace) -> int:
     intervals, ks = _check_policy_args(args)
     _unit("--split", args.split)
     traces = _read(args)
-    with _progress("replay", args.quiet) as progress:
+    with progress_bar("replay", args.quiet) as progress:
         task = progress.add_task("policies", total=None)
 
         def on_progress(done: int, total: int) -> None:

@@ -40,10 +40,9 @@ from certaindex.programs.cot import (
     THINK_CLOSE,
     THINK_OPEN,
     CoTConfig,
-    build_prompt,
+    open_prompt,
     opens_box,
     read_probe_answer,
-    validate_question,
 )
 from certaindex.signals import token_confidence, token_entropy, trace_confidence
 
@@ -565,10 +564,9 @@ async def record_one(engine: Engine, problem: Problem, settings: TraceSettings, 
     The requests are exactly those :func:`certaindex.programs.cot.solve_cot` sends with
     ``probe_interval = g`` (plus logprobs), so replaying with any multiple of g reproduces it.
     """
-    question = validate_question(problem.question)
     seed = settings.sample_seed(sample)
     config = settings.cot_config(seed=seed)
-    prompt = build_prompt(engine, question, config)
+    question, prompt = await open_prompt(engine, problem.question, config.system_prompt)
     thinking = prompt.rstrip().endswith(THINK_OPEN)
     box = opens_box(settings.probe_suffix)
     g = settings.granularity
@@ -689,9 +687,7 @@ async def record_traces(
     Works with any engine: embedded llama.cpp, or an OpenAI-compatible HTTP server (a GPU box).
     ``on_progress(done, total, record)`` is called after every trace.
     """
-    connect = getattr(engine, "connect", None)
-    if connect is not None:
-        await connect()  # an HTTP engine resolves its chat template before the first prompt is rendered
+    await engine.prepare()  # an HTTP engine resolves its model name (for the header) and chat template
     header = TraceHeader(
         model=model or engine_model_name(engine),
         engine=engine.name,

@@ -124,8 +124,12 @@ def build_prompt_messages(question: str, system_prompt: str | None) -> list[dict
     return messages
 
 
-def build_prompt(engine: Engine, question: str, config: CoTConfig) -> str:
-    return engine.render_chat(build_prompt_messages(question, config.system_prompt))
+async def open_prompt(engine: Engine, question: str, system_prompt: str | None) -> tuple[str, str]:
+    """Validate the question and render it for ``engine`` (after letting it resolve its chat
+    template): the one way every program turns a question into its prompt."""
+    question = validate_question(question)
+    await engine.prepare()
+    return question, engine.render_chat(build_prompt_messages(question, system_prompt))
 
 
 def opens_box(probe_suffix: str) -> bool:
@@ -148,9 +152,7 @@ async def solve_cot(
     on_event: Callable[[CoTEvent], None] | None = None,
 ) -> CoTResult:
     """Run one chain of thought, with early exit unless ``config.early_exit`` is False."""
-    question = validate_question(question)
-    await engine.prepare()
-    prompt = build_prompt(engine, question, config)
+    question, prompt = await open_prompt(engine, question, config.system_prompt)
     thinking = prompt.rstrip().endswith(THINK_OPEN)
     reasoning = ""
     reasoning_tokens = probe_tokens = answer_tokens = 0

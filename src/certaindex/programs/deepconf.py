@@ -19,11 +19,7 @@ import numpy as np
 
 from certaindex.answers import answers_equal, extract_answer
 from certaindex.engines.base import Engine, GenerationRequest
-from certaindex.programs.cot import (
-    DEFAULT_SYSTEM_PROMPT,
-    build_prompt_messages,
-    validate_question,
-)
+from certaindex.programs.cot import DEFAULT_SYSTEM_PROMPT, open_prompt
 from certaindex.programs.self_consistency import NoAnswerError
 from certaindex.signals import Vote, majority_vote, token_confidence, trace_confidence
 from certaindex.validation import require
@@ -105,9 +101,7 @@ def weighted_vote(traces: list[Trace], keep_fraction: float) -> Vote:
 
 
 async def deepconf(engine: Engine, question: str, config: DeepConfConfig = DeepConfConfig()) -> DeepConfResult:
-    question = validate_question(question)
-    await engine.prepare()
-    prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
+    question, prompt = await open_prompt(engine, question, config.system_prompt)
     traces: list[Trace] = []
     bar: float | None = None
 

@@ -25,11 +25,7 @@ import numpy as np
 
 from certaindex.answers import answers_equal, extract_answer
 from certaindex.engines.base import Choice, Engine, EngineError, GenerationRequest
-from certaindex.programs.cot import (
-    DEFAULT_SYSTEM_PROMPT,
-    build_prompt_messages,
-    validate_question,
-)
+from certaindex.programs.cot import DEFAULT_SYSTEM_PROMPT, open_prompt
 from certaindex.programs.self_consistency import NoAnswerError
 from certaindex.signals import aggregate_rewards, cluster_answers, reward_certaindex
 from certaindex.validation import require
@@ -175,9 +171,7 @@ async def best_of_n(
 ) -> SearchResult:
     """Sample ``width`` complete candidates, score them, return the best. Without a PRM the reward
     is majority agreement (so best-of-N becomes a reward-ranked self-consistency)."""
-    question = validate_question(question)
-    await engine.prepare()
-    prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
+    question, prompt = await open_prompt(engine, question, config.system_prompt)
     completion = await engine.generate(
         GenerationRequest(
             prompt=prompt,
@@ -220,9 +214,7 @@ async def rebase_search(
     """Step-wise tree search (REBASE): expand the frontier one step at a time, giving more
     expansions to better-rewarded nodes; stop when ``width`` candidates finished, the depth runs
     out, or the certaindex of finished candidates reaches ``threshold``."""
-    question = validate_question(question)
-    await engine.prepare()
-    prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
+    question, prompt = await open_prompt(engine, question, config.system_prompt)
     frontier: list[Node] = [Node()]
     finished: list[Node] = []
     total = 0

@@ -20,11 +20,7 @@ from typing import Callable, Literal
 
 from certaindex.answers import answers_equal, extract_answer
 from certaindex.engines.base import Engine, GenerationRequest, StreamDelta
-from certaindex.programs.cot import (
-    DEFAULT_SYSTEM_PROMPT,
-    build_prompt_messages,
-    validate_question,
-)
+from certaindex.programs.cot import DEFAULT_SYSTEM_PROMPT, open_prompt
 from certaindex.signals import Vote, majority_vote
 from certaindex.stopping import anytime_valid_leader, entropy_rule
 from certaindex.validation import require
@@ -120,9 +116,7 @@ async def self_consistency(
     config: SCConfig = SCConfig(),
     on_round: Callable[[Vote], None] | None = None,
 ) -> SCResult:
-    question = validate_question(question)
-    await engine.prepare()
-    prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
+    question, prompt = await open_prompt(engine, question, config.system_prompt)
     samples: list[Sample] = []
     prompt_tokens = 0
     history: list[float] = []
@@ -183,9 +177,7 @@ async def first_finish(engine: Engine, question: str, n: int = 4, config: SCConf
     shorter traces tend to be the right ones)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    question = validate_question(question)
-    await engine.prepare()
-    prompt = engine.render_chat(build_prompt_messages(question, config.system_prompt))
+    question, prompt = await open_prompt(engine, question, config.system_prompt)
     counts = [0] * n
     texts = [""] * n
 
