@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -47,11 +49,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def llama_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    """llama-cpp-python's OpenAI-compatible server with the real model, started on loopback."""
+@contextlib.contextmanager
+def start_llama_server(model_path: Path, log_dir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start llama-cpp-python's OpenAI-compatible server with the real model on loopback; yield its
+    URL and process (tests that kill a server mid-run use the process); stop it on exit."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
+    log = log_dir / f"server-{port}.log"
     with log.open("wb") as log_fh:
         proc = subprocess.Popen(
             [
@@ -77,10 +80,18 @@ def llama_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
             if time.monotonic() > deadline:
                 pytest.fail(f"llama_cpp.server did not start: {log.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def llama_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """llama-cpp-python's OpenAI-compatible server with the real model, started on loopback."""
+    with start_llama_server(model_path, tmp_path_factory.mktemp("server")) as (url, _proc):
+        yield url

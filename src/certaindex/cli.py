@@ -23,6 +23,7 @@ from certaindex import __version__
 from certaindex.datasets import DatasetError, dataset_names, load_dataset
 from certaindex.engines import EngineError, make_engine
 from certaindex.bench import LOGPROB_PROGRAMS, PROGRAM_NAMES, run_bench
+from certaindex.cli_serve import add_serve_subcommand
 from certaindex.cli_traces import add_subcommands, progress_bar
 from certaindex.programs.cot import CoTConfig, CoTEvent, CoTResult, NoQuestionError, solve_cot, validate_question
 from certaindex.programs.self_consistency import NoAnswerError, SCConfig
@@ -382,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--window", type=int, default=32, help="deepconf group window in tokens (default 32)")
 
     add_subcommands(sub)  # record, calibrate, evaluate
+    add_serve_subcommand(sub)
     return parser
 
 

@@ -33,18 +33,36 @@ def make_engine(
     api_key: str | None = None,
     logprobs: bool = False,
     extra_body: dict | None = None,
+    timeout_s: float = 300.0,
 ) -> Engine:
     """Build an engine from a command-line style spec.
 
     ``embedded`` (the default model), ``embedded:/path/model.gguf`` or a ``.gguf`` path run llama.cpp
     in process; ``http://host:port`` (with or without ``/v1``) talks to an OpenAI-compatible server,
-    ``model`` naming the served model (default: the server's first).
+    ``model`` naming the served model (default: the server's first; ``timeout_s``: how long one
+    read from it may take). Several comma-separated URLs
+    (``http://a:8000/v1,http://b:8000/v1``) are replicas of one model behind a ReplicatedEngine.
     """
     spec = spec.strip()
     if spec.startswith(("http://", "https://")):
-        from certaindex.engines.http import HTTPEngine
+        from certaindex.engines.http import HTTPEngine, normalise_base_url
 
-        return HTTPEngine(spec, model=model, chat_template=chat_template, api_key=api_key, extra_body=extra_body)
+        urls = [url.strip() for url in spec.split(",")]
+        if any(not url.startswith(("http://", "https://")) for url in urls):
+            raise EngineConfigError(f"every replica in {spec!r} must be an http(s):// URL, separated by commas")
+        roots = [normalise_base_url(url) for url in urls]
+        if len(set(roots)) != len(roots):
+            raise EngineConfigError(f"a replica is named twice in {spec!r}")
+        engines = [
+            HTTPEngine(url, model=model, chat_template=chat_template, api_key=api_key, extra_body=extra_body,
+                       timeout_s=timeout_s)
+            for url in urls
+        ]
+        if len(engines) == 1:
+            return engines[0]
+        from certaindex.engines.replicas import ReplicatedEngine
+
+        return ReplicatedEngine(engines)
     if spec == "embedded" or spec.startswith("embedded:") or spec.endswith(".gguf"):
         from certaindex.engines.embedded import EmbeddedEngine
 

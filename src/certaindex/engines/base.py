@@ -21,6 +21,11 @@ class EngineConfigError(EngineError, ValueError):
     """The engine was named or configured wrongly: a user mistake rather than a failure."""
 
 
+class BudgetExhausted(EngineError):
+    """A scheduler refused the request: the program has no tokens left (programs treat it as their
+    own budget running out)."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One continuation of a raw prompt.
@@ -37,6 +42,7 @@ class GenerationRequest:
     seed: int | None = None
     n: int = 1
     logprobs: int | None = None
+    priority: int | None = None  # for engines that order requests (vLLM: lower runs sooner); others ignore it
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -82,12 +88,14 @@ class Completion:
 
 @dataclass(frozen=True)
 class StreamDelta:
-    """A piece of a streamed completion. ``finish_reason`` is set on the last piece only."""
+    """A piece of a streamed completion. ``finish_reason`` is set on the last piece only, and
+    ``prompt_tokens`` where the engine reports it (usually on the last piece)."""
 
     text: str
     tokens: int
     logprobs: tuple[TokenLogprobs, ...] | None = None
     finish_reason: str | None = None
+    prompt_tokens: int | None = None
 
 
 class Engine(abc.ABC):

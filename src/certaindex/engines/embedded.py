@@ -217,7 +217,14 @@ class EmbeddedEngine(Engine):
                 finish = raw.get("finish_reason")
                 # llama-cpp-python streams one token per chunk; the closing chunk may carry none.
                 tokens = 1 if text or not finish else 0
-                yield StreamDelta(text=text, tokens=tokens, logprobs=_logprobs(raw.get("logprobs")), finish_reason=finish)
+                prompt_tokens = self.count_tokens(request.prompt) if finish else None
+                yield StreamDelta(
+                    text=text,
+                    tokens=tokens,
+                    logprobs=_logprobs(raw.get("logprobs")),
+                    finish_reason=finish,
+                    prompt_tokens=prompt_tokens,
+                )
         finally:
             cancelled.set()
             await asyncio.shield(worker)

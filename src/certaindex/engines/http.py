@@ -81,6 +81,18 @@ class HTTPEngine(Engine):
         )
         self._setup_lock = asyncio.Lock()
         self._ready = False
+        self._owns_client = True
+        self._parent: HTTPEngine | None = None
+
+    def derive(self, extra_body: dict[str, Any]) -> "HTTPEngine":
+        """A view of this engine that sends ``extra_body`` too (per-request sampling fields such as
+        ``top_k``), sharing the connection pool, model and template. Closing the view closes nothing."""
+        view = object.__new__(HTTPEngine)
+        view.__dict__.update(self.__dict__)
+        view.extra_body = {**self.extra_body, **extra_body}
+        view._owns_client = False
+        view._parent = self
+        return view
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -90,6 +102,10 @@ class HTTPEngine(Engine):
 
     async def connect(self) -> "HTTPEngine":
         """Resolve the model name and chat template once; fail early with a clear message."""
+        if self._parent is not None:
+            await self._parent.connect()
+            self.model, self._template, self._ready = self._parent.model, self._parent._template, True
+            return self
         async with self._setup_lock:
             if self._ready:
                 return self
@@ -166,6 +182,8 @@ class HTTPEngine(Engine):
             body["seed"] = seed
         if request.logprobs is not None:
             body["logprobs"] = request.logprobs
+        if request.priority is not None:
+            body["priority"] = request.priority
         body.update(self.extra_body)
         return body
 
@@ -191,6 +209,7 @@ class HTTPEngine(Engine):
                         f"{self.base_url}/v1/completions answered HTTP {response.status_code}: {_error_text(response)}"
                     )
                 counted = 0
+                prompt_tokens: int | None = None
                 finish: str | None = None
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
@@ -207,6 +226,8 @@ class HTTPEngine(Engine):
                     if event.get("error"):
                         raise EngineError(f"{self.base_url} reported an error mid-stream: {event['error']}")
                     usage = event.get("usage") or {}
+                    if usage.get("prompt_tokens") is not None:
+                        prompt_tokens = int(usage["prompt_tokens"])
                     for raw in event.get("choices") or []:
                         text = raw.get("text") or ""
                         logprobs = _parse_logprobs(raw.get("logprobs"))
@@ -221,7 +242,7 @@ class HTTPEngine(Engine):
                         yield StreamDelta(text="", tokens=extra)
                 if finish is None:
                     raise EngineError(f"the stream from {self.base_url} ended before the completion finished")
-                yield StreamDelta(text="", tokens=0, finish_reason=finish)
+                yield StreamDelta(text="", tokens=0, finish_reason=finish, prompt_tokens=prompt_tokens)
         except httpx.TimeoutException as exc:
             raise EngineError(f"the engine at {self.base_url} timed out while streaming: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
@@ -260,8 +281,30 @@ class HTTPEngine(Engine):
                 await asyncio.sleep(self.backoff_s * (2**attempt) * (1 + 0.1 * random.random()))
         raise error
 
+    async def count_tokens(self, text: str) -> int | None:
+        """Tokens in ``text`` by the server's tokenizer, for servers whose streams do not report
+        usage (llama-cpp-python's). Tries llama.cpp's and vLLM's ``/tokenize``, then
+        llama-cpp-python's ``/extras/tokenize``; None when the server has neither."""
+        await self.connect()
+        attempts = (
+            ("/tokenize", {"model": self.model, "prompt": text, "content": text, "add_special": False}),
+            ("/extras/tokenize", {"model": self.model, "input": text}),
+        )
+        for path, body in attempts:
+            try:
+                data = await self._request_json("POST", path, json=body, retries=0)
+            except EngineError:
+                continue
+            tokens = data.get("tokens")
+            if isinstance(tokens, list):
+                return len(tokens)
+            if isinstance(data.get("count"), int):
+                return int(data["count"])
+        return None
+
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()
 
 
 def _error_text(response: httpx.Response) -> str:

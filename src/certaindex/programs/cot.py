@@ -10,10 +10,12 @@ counts them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 from certaindex.answers import answers_equal, extract_answer, extract_boxed, is_hesitant
-from certaindex.engines.base import Engine, GenerationRequest
+from contextlib import aclosing
+
+from certaindex.engines.base import BudgetExhausted, Engine, EngineError, GenerationRequest
 from certaindex.signals import ProbeObservation, probe_certaindex, probes_agree
 from certaindex.validation import require
 
@@ -81,6 +83,7 @@ class CoTResult:
     answer_tokens: int
     budget: int
     probes: list[Probe] = field(default_factory=list)
+    probe_failures: int = 0  # probes the engine failed (early exit was then given up)
 
     @property
     def total_tokens(self) -> int:
@@ -95,9 +98,10 @@ class CoTResult:
 
 @dataclass(frozen=True)
 class CoTEvent:
-    """Progress for live displays: a reasoning chunk arrived, or a probe answered."""
+    """Progress for live displays: reasoning text arrived (``delta``, when streaming), a reasoning
+    chunk ended, or a probe answered."""
 
-    kind: Literal["chunk", "probe", "done"]
+    kind: Literal["delta", "chunk", "probe", "done"]
     reasoning_tokens: int
     probe_tokens: int
     text: str = ""
@@ -124,11 +128,19 @@ def build_prompt_messages(question: str, system_prompt: str | None) -> list[dict
     return messages
 
 
-async def open_prompt(engine: Engine, question: str, system_prompt: str | None) -> tuple[str, str]:
+async def open_prompt(
+    engine: Engine,
+    question: str,
+    system_prompt: str | None,
+    messages: Sequence[dict[str, str]] | None = None,
+) -> tuple[str, str]:
     """Validate the question and render it for ``engine`` (after letting it resolve its chat
-    template): the one way every program turns a question into its prompt."""
+    template): the one way every program turns a question into its prompt. ``messages``: a whole
+    conversation to render instead (a proxied chat request); ``question`` then only labels it."""
     question = validate_question(question)
     await engine.prepare()
+    if messages is not None:
+        return question, engine.render_chat(messages)
     return question, engine.render_chat(build_prompt_messages(question, system_prompt))
 
 
@@ -150,9 +162,19 @@ async def solve_cot(
     question: str,
     config: CoTConfig = CoTConfig(),
     on_event: Callable[[CoTEvent], None] | None = None,
+    *,
+    stream_reasoning: bool = False,
+    probe_failures: Literal["raise", "full-reasoning"] = "raise",
+    messages: Sequence[dict[str, str]] | None = None,
 ) -> CoTResult:
-    """Run one chain of thought, with early exit unless ``config.early_exit`` is False."""
-    question, prompt = await open_prompt(engine, question, config.system_prompt)
+    """Run one chain of thought, with early exit unless ``config.early_exit`` is False.
+
+    ``stream_reasoning``: generate reasoning chunks with ``engine.stream`` and emit ``delta`` events
+    as text arrives (for servers that relay the reasoning live). ``probe_failures="full-reasoning"``:
+    a probe the engine fails does not fail the question; early exit is given up and the model
+    reasons to the end, as it would without certaindex. ``messages``: reason about this whole
+    conversation (rendered as is, ``config.system_prompt`` unused) rather than ``question`` alone."""
+    question, prompt = await open_prompt(engine, question, config.system_prompt, messages)
     thinking = prompt.rstrip().endswith(THINK_OPEN)
     reasoning = ""
     reasoning_tokens = probe_tokens = answer_tokens = 0
@@ -161,6 +183,42 @@ async def solve_cot(
     observations: list[ProbeObservation] = []
     stop_reason: StopReason = "budget"
     emit = on_event or (lambda _event: None)
+    early_exit = config.early_exit
+    failed_probes = 0
+
+    async def reasoning_chunk(request: GenerationRequest) -> tuple[str, int, str, int]:
+        """(text, tokens, finish_reason, prompt_tokens) of one reasoning chunk."""
+        if not stream_reasoning:
+            completion = await engine.generate(request)
+            choice = completion.first
+            return choice.text, choice.completion_tokens, choice.finish_reason, completion.prompt_tokens
+        parts: list[str] = []
+        tokens, finish, prompt = 0, None, 0
+        async with aclosing(engine.stream(request)) as deltas:
+            async for delta in deltas:
+                tokens += delta.tokens
+                finish = delta.finish_reason or finish
+                prompt = delta.prompt_tokens or prompt
+                if delta.text:
+                    parts.append(delta.text)
+                    emit(CoTEvent("delta", reasoning_tokens + tokens, probe_tokens, text=delta.text))
+        if finish is None:
+            raise EngineError(f"the stream from {engine.name} ended without a finish reason")
+        return "".join(parts), tokens, finish, prompt
+
+    async def probe_or_none() -> Probe | None:
+        """A probe, or None when it failed and failures fall back to full reasoning."""
+        nonlocal early_exit, failed_probes
+        try:
+            return await probe()
+        except BudgetExhausted:
+            raise
+        except EngineError:
+            if probe_failures == "raise":
+                raise
+            failed_probes += 1
+            early_exit = False
+            return None
 
     async def probe() -> Probe:
         nonlocal probe_tokens
@@ -194,27 +252,32 @@ async def solve_cot(
     while reasoning_tokens < config.budget:
         # Full reasoning uses the same chunks, so an early exit's reasoning is an exact prefix of
         # the full reasoning on a deterministic engine and the two are compared like for like.
-        completion = await engine.generate(
-            GenerationRequest(
-                prompt=prompt + reasoning,
-                max_tokens=min(config.probe_interval, config.budget - reasoning_tokens),
-                stop=(THINK_CLOSE,) if thinking else (),
-                temperature=config.temperature,
-                top_p=config.top_p,
-                seed=None if config.seed is None else config.seed + reasoning_tokens,
+        try:
+            text, tokens, finish_reason, chunk_prompt_tokens = await reasoning_chunk(
+                GenerationRequest(
+                    prompt=prompt + reasoning,
+                    max_tokens=min(config.probe_interval, config.budget - reasoning_tokens),
+                    stop=(THINK_CLOSE,) if thinking else (),
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    seed=None if config.seed is None else config.seed + reasoning_tokens,
+                )
             )
-        )
-        choice = completion.first
-        prompt_tokens = prompt_tokens or completion.prompt_tokens
-        reasoning += choice.text
-        reasoning_tokens += choice.completion_tokens
-        emit(CoTEvent("chunk", reasoning_tokens, probe_tokens, text=choice.text))
-        if choice.finish_reason != "length" or choice.completion_tokens == 0:
+        except BudgetExhausted:
+            break  # a scheduler has no tokens left for this program: its budget ran out
+        prompt_tokens = prompt_tokens or chunk_prompt_tokens
+        reasoning += text
+        reasoning_tokens += tokens
+        emit(CoTEvent("chunk", reasoning_tokens, probe_tokens, text=text))
+        if finish_reason != "length" or tokens == 0:
             stop_reason = "finished"
             break
-        if config.early_exit and reasoning_tokens < config.budget:
-            await probe()
-            if probes_agree(observations, config.k, answers_equal):
+        if early_exit and reasoning_tokens < config.budget:
+            try:
+                settled = await probe_or_none() is not None and probes_agree(observations, config.k, answers_equal)
+            except BudgetExhausted:
+                break
+            if settled:
                 stop_reason = "certain"
                 break
 
@@ -240,8 +303,11 @@ async def solve_cot(
         answer_text = reasoning.strip()
     else:
         # Budget spent mid-thought: force an answer with one last probe, and say so.
-        last = await probe()
-        answer = last.answer
+        try:
+            last = await probe_or_none()
+        except BudgetExhausted:  # not even a probe fits the scheduler's allowance: the last one stands
+            last = probes[-1] if probes else None
+        answer = last.answer if last is not None else extract_answer(reasoning)
         answer_text = format_answer(answer)
 
     result = CoTResult(
@@ -256,6 +322,7 @@ async def solve_cot(
         answer_tokens=answer_tokens,
         budget=config.budget,
         probes=probes,
+        probe_failures=failed_probes,
     )
     emit(CoTEvent("done", reasoning_tokens, probe_tokens))
     return result

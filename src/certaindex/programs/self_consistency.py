@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 from certaindex.answers import answers_equal, extract_answer
 from certaindex.engines.base import Engine, GenerationRequest, StreamDelta
@@ -115,8 +115,11 @@ async def self_consistency(
     question: str,
     config: SCConfig = SCConfig(),
     on_round: Callable[[Vote], None] | None = None,
+    messages: Sequence[dict[str, str]] | None = None,
 ) -> SCResult:
-    question, prompt = await open_prompt(engine, question, config.system_prompt)
+    """Sample in rounds until the stopping rule fires or ``config.n`` samples are drawn.
+    ``messages``: vote on this whole conversation instead of ``question`` (a proxied chat request)."""
+    question, prompt = await open_prompt(engine, question, config.system_prompt, messages)
     samples: list[Sample] = []
     prompt_tokens = 0
     history: list[float] = []

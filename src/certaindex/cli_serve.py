@@ -1,0 +1,99 @@
+"""``certaindex serve``: the OpenAI-compatible proxy on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import replace
+
+from certaindex.programs.cot import CoTConfig
+
+
+def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible proxy with early exit, in front of an engine",
+        description="Serve /v1/chat/completions (early-exit chain of thought for reasoning models), "
+        "/v1/completions and every other path (passed through), /v1/models, /health and /metrics.",
+    )
+    serve.add_argument("--upstream", help="the engine URL, e.g. http://localhost:8000/v1, or several replicas "
+                       "separated by commas "
+                       "(default: the embedded engine in process)")
+    serve.add_argument("--model", help="the upstream model name (default: its first) or an embedded GGUF path")
+    serve.add_argument("--chat-template", help="chat template name (default: read from the engine or guessed)")
+    serve.add_argument("--upstream-api-key", default=os.environ.get("CERTAINDEX_UPSTREAM_API_KEY"),
+                       help="API key for the upstream (env CERTAINDEX_UPSTREAM_API_KEY)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8100, help="port (default 8100)")
+    serve.add_argument("--api-key", default=os.environ.get("CERTAINDEX_API_KEY"),
+                       help="require clients to send this key as a Bearer token (env CERTAINDEX_API_KEY)")
+    serve.add_argument("--policy", default="auto", choices=["auto", "cot", "full", "sc", "off"],
+                       help="default for chat requests: auto = early exit for reasoning models, passthrough "
+                       "otherwise (default); requests choose their own with {\"certaindex\": {\"policy\": ...}}")
+    serve.add_argument("--calibration", help="calibration JSON from `certaindex calibrate`: default probe "
+                       "interval, k (and budget)")
+    serve.add_argument("--budget", type=int, default=4096, help="default most reasoning tokens (default 4096)")
+    serve.add_argument("--probe-interval", type=int, default=64, help="default tokens between probes (default 64)")
+    serve.add_argument("--k", type=int, default=3, help="default agreeing probes needed to stop (default 3)")
+    serve.add_argument("--max-concurrency", type=int, default=64, help="requests served at once (default 64)")
+    serve.add_argument("--max-queue", type=int, default=256,
+                       help="requests waiting for a slot before 429 is answered (default 256)")
+    serve.add_argument("--upstream-timeout", type=float, default=300.0,
+                       help="seconds one upstream read may take (default 300)")
+    serve.add_argument("--request-timeout", type=float, default=900.0,
+                       help="seconds a whole request may take (default 900)")
+    serve.add_argument("--extra-body", help="JSON object sent with every upstream request, e.g. '{\"top_k\": 20}'")
+    serve.add_argument("--log-content", action="store_true",
+                       help="log prompts and answers (off by default: only sizes and timings are logged)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(handler=_serve)
+
+
+def settings_from_args(args: argparse.Namespace):
+    from certaindex.evaluate import apply_calibration, load_calibration
+    from certaindex.server.settings import ServerSettings
+
+    cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval, k=args.k)
+    if args.calibration:
+        cot = apply_calibration(cot, load_calibration(args.calibration), budget=True)
+    extra = {}
+    if args.extra_body:
+        try:
+            extra = json.loads(args.extra_body)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--extra-body is not valid JSON: {exc}") from None
+        if not isinstance(extra, dict):
+            raise ValueError("--extra-body must be a JSON object")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    return replace(
+        ServerSettings(
+            upstream=args.upstream, model=args.model, chat_template=args.chat_template,
+            upstream_api_key=args.upstream_api_key, api_key=args.api_key or None, policy=args.policy,
+            max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+            upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
+            log_content=args.log_content, engine_extra_body=extra,
+        ),
+        cot=cot,
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from certaindex.server.app import create_app
+    except ImportError as exc:
+        raise ValueError(f"`certaindex serve` needs the server extra: pip install 'certaindex[server]' ({exc})") from None
+    settings = settings_from_args(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+        logging.getLogger("certaindex.server").warning(
+            "listening on %s without --api-key: anyone who can reach this address can use the engine", args.host)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            access_log=args.log_level == "debug", timeout_graceful_shutdown=5)
+    await uvicorn.Server(config).serve()
+    return 0

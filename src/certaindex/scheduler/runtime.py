@@ -1,0 +1,233 @@
+"""The asyncio side of the scheduler: programs run unmodified on a :class:`ScheduledEngine`.
+
+Each program gets a session whose engine turns every ``generate`` (a gang of ``request.n``) and
+``stream`` (a gang of 1) into submit -> wait for dispatch -> run on the inner engine -> finish.
+Requests are capped to the program's allowance; a program with nothing left gets
+:class:`~certaindex.engines.base.BudgetExhausted`, which ``solve_cot`` treats as its budget
+running out. Cancelling a task or closing a stream gives the gang's slots back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable, Sequence
+
+from certaindex.engines.base import (
+    BudgetExhausted,
+    Completion,
+    Engine,
+    EngineError,
+    GenerationRequest,
+    StreamDelta,
+)
+from certaindex.scheduler.core import Gang, SchedulerCore
+
+#: Longest wait before pending gangs are looked at again without any event (aging, deadlines).
+REPUMP_S = 1.0
+
+
+class Scheduler:
+    """Owns one core and one inner engine; every session's requests go through it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        core: SchedulerCore,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        engine_priorities: bool = False,
+    ) -> None:
+        """``engine_priorities``: send :meth:`SchedulerCore.engine_priority` as the request's
+        ``priority`` (only for servers that accept it, e.g. vLLM ``--scheduling-policy priority``)."""
+        self.engine = engine
+        self.core = core
+        self.clock = clock
+        self.engine_priorities = engine_priorities
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._by_program: dict[str, set[int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    @asynccontextmanager
+    async def session(
+        self, program_id: str, *, budget: int, deadline: float | None = None, priority: int = 0
+    ) -> AsyncIterator["ScheduledEngine"]:
+        """Run one program: yields the engine it must use. ``deadline`` is a time on ``clock``;
+        ``priority``: lower runs sooner. Leaving the block drops the program's pending gangs."""
+        self.core.add_program(program_id, now=self.clock(), budget=budget, deadline=deadline, priority=priority)
+        self._by_program[program_id] = set()
+        engine = ScheduledEngine(self, program_id)
+        try:
+            yield engine
+        finally:
+            engine.closed = True
+            for gang_id in self._by_program.pop(program_id, set()):
+                waiter = self._waiters.pop(gang_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(EngineError(f"the session of program {program_id!r} ended"))
+            self.core.remove_program(program_id)
+            self._pump()
+
+    # -- gang life cycle ---------------------------------------------------------------------
+
+    async def acquire(self, program_id: str, width: int, max_tokens: int) -> Gang:
+        """Submit a gang and wait until the core dispatches it. Cancelled while waiting: the gang
+        is withdrawn (or given back if it was dispatched meanwhile)."""
+        gang = self.core.submit(program_id, width=width, max_tokens=max_tokens, now=self.clock())
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[gang.gang_id] = waiter
+        self._by_program[program_id].add(gang.gang_id)
+        self._pump()
+        try:
+            await waiter
+        except BaseException:
+            self._forget(gang)
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.core.cancel(gang)  # dispatched just as we were cancelled: free its slots
+            elif program_id in self._by_program:  # still pending (a dropped gang is gone already)
+                try:
+                    self.core.cancel(gang)
+                except KeyError:
+                    pass
+            self._pump()
+            raise
+        self._forget(gang)
+        return gang
+
+    def release(self, gang: Gang, tokens: int | None) -> None:
+        """A dispatched gang ended: ``tokens`` generated, or None when unknown (failed, cancelled)."""
+        if tokens is None:
+            self.core.cancel(gang)
+        else:
+            self.core.finish(gang, tokens=tokens)
+        self._pump()
+
+    def _forget(self, gang: Gang) -> None:
+        self._waiters.pop(gang.gang_id, None)
+        ids = self._by_program.get(gang.program_id)
+        if ids is not None:
+            ids.discard(gang.gang_id)
+
+    def _pump(self) -> None:
+        """Start whatever the core dispatches now; look again later while gangs wait."""
+        for gang in self.core.dispatch(now=self.clock()):
+            waiter = self._waiters.get(gang.gang_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            else:  # nobody waits for it any more
+                self.core.cancel(gang)
+        if self.core.pending_gangs and self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._timer = loop.call_later(min(REPUMP_S, max(self.core.aging_s, 0.01)), self._repump)
+
+    def _repump(self) -> None:
+        self._timer = None
+        self._pump()
+
+
+class ScheduledEngine(Engine):
+    """The engine a program sees inside a session: the inner engine, behind the scheduler."""
+
+    def __init__(self, scheduler: Scheduler, program_id: str) -> None:
+        self.scheduler = scheduler
+        self.program_id = program_id
+        self.inner = scheduler.engine
+        self.closed = False
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"scheduled:{self.inner.name}"
+
+    @property
+    def allowance(self) -> int:
+        """Tokens this program may still generate."""
+        return self.scheduler.core.allowance(self.program_id)
+
+    def report(self, certaindex: float) -> None:
+        """Tell the scheduler how settled the program's answer is (0 unsure .. 1 settled)."""
+        self.scheduler.core.report(self.program_id, certaindex=certaindex)
+
+    async def prepare(self) -> None:
+        await self.inner.prepare()
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        return self.inner.render_chat(messages)
+
+    async def aclose(self) -> None:
+        """The inner engine is shared by every session: closing a session's view closes nothing."""
+
+    def _capped(self, request: GenerationRequest) -> GenerationRequest:
+        if self.closed:
+            raise EngineError(f"the session of program {self.program_id!r} has ended")
+        allowance = self.allowance
+        each = allowance // request.n
+        if each < 1:
+            raise BudgetExhausted(
+                f"program {self.program_id!r} has {allowance} tokens left, fewer than its {request.n} request(s) need"
+            )
+        if each < request.max_tokens:
+            request = dataclasses.replace(request, max_tokens=each)
+        return request
+
+    def _prioritised(self, request: GenerationRequest, gang: Gang) -> GenerationRequest:
+        if self.scheduler.engine_priorities and request.priority is None:
+            return dataclasses.replace(request, priority=self.scheduler.core.engine_priority(gang))
+        return request
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        request = self._capped(request)
+        gang = await self.scheduler.acquire(self.program_id, request.n, request.max_tokens)
+        try:
+            completion = await self.inner.generate(self._prioritised(request, gang))
+        except BaseException:
+            self.scheduler.release(gang, None)
+            raise
+        self.scheduler.release(gang, completion.completion_tokens)
+        return completion
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        if request.n != 1:
+            raise ValueError("stream() takes n=1; start one stream per sample")
+        request = self._capped(request)
+        gang = await self.scheduler.acquire(self.program_id, 1, request.max_tokens)
+        tokens = 0
+        inner = self.inner.stream(self._prioritised(request, gang))
+        try:
+            async for delta in inner:
+                tokens += delta.tokens
+                yield delta
+        finally:
+            try:
+                await inner.aclose()  # type: ignore[attr-defined]
+            finally:
+                self.scheduler.release(gang, tokens)  # closed early too: charge what was generated
+
+
+def cot_reporter(session: ScheduledEngine) -> Callable[[object], None]:
+    """An ``on_event`` callback for :func:`~certaindex.programs.cot.solve_cot` that reports each
+    probe's certaindex to the scheduler."""
+
+    def on_event(event: object) -> None:
+        probe = getattr(event, "probe", None)
+        if getattr(event, "kind", None) == "probe" and probe is not None:
+            session.report(probe.certaindex)
+
+    return on_event
+
+
+def sc_reporter(session: ScheduledEngine) -> Callable[[object], None]:
+    """An ``on_round`` callback for :func:`~certaindex.programs.self_consistency.self_consistency`
+    that reports the vote's certaindex after every round."""
+
+    def on_round(vote: object) -> None:
+        session.report(min(1.0, max(0.0, float(getattr(vote, "certaindex")))))
+
+    return on_round
+
+
+__all__ = ["BudgetExhausted", "REPUMP_S", "ScheduledEngine", "Scheduler", "cot_reporter", "sc_reporter"]

@@ -1,0 +1,162 @@
+"""Serve one chat request with a certaindex program and describe the outcome in OpenAI terms.
+
+The program runs as its own task and reports progress through a queue, so a streaming response can
+relay reasoning as it is generated and a disconnecting client can cancel the task (which closes
+the upstream requests in flight, aborting their generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from certaindex.engines.base import Engine, EngineError
+from certaindex.programs.cot import CoTEvent, CoTResult, format_answer, solve_cot
+from certaindex.programs.self_consistency import NoAnswerError, SCResult, self_consistency
+from certaindex.server.metering import MeteredEngine
+from certaindex.server.schema import ChatPlan
+
+
+@dataclass
+class ChatOutcome:
+    """The finished answer: reasoning (``reasoning_content``), answer (``content``) and cost."""
+
+    reasoning: str
+    content: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    reasoning_tokens: int
+    probe_tokens: int
+    answer_tokens: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Every token generated for this request, probes included: that is what it cost."""
+        return self.reasoning_tokens + self.probe_tokens + self.answer_tokens
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens + self.probe_tokens},
+            "certaindex": {
+                "reasoning_tokens": self.reasoning_tokens,
+                "probe_tokens": self.probe_tokens,
+                "answer_tokens": self.answer_tokens,
+            },
+        }
+
+
+def label(messages: list[dict[str, str]]) -> str:
+    """The question a conversation asks: its last user message (programs want one for results)."""
+    for message in reversed(messages):
+        if message["role"] == "user" and message["content"].strip():
+            return message["content"]
+    raise EngineError("the conversation has no user message with text")  # turned into a 400 upstream
+
+
+def cot_outcome(result: CoTResult, policy: str, upstream: MeteredEngine) -> ChatOutcome:
+    if result.stop_reason == "finished" and result.answer_tokens > 0:
+        content = result.answer_text  # a reasoning model closed </think> and wrote its answer
+    elif result.answer is not None:
+        content = format_answer(result.answer)
+    elif result.stop_reason == "finished":
+        content = result.reasoning.strip()  # plain text with no answer to extract: the text is it
+    else:
+        content = ""  # cut by the budget and no answer: nothing is presented as one
+    return ChatOutcome(
+        reasoning=result.reasoning,
+        content=content,
+        # Cut by the budget: the answer was forced by a probe, and the client is told so.
+        finish_reason="length" if result.stop_reason == "budget" else "stop",
+        prompt_tokens=result.prompt_tokens,
+        reasoning_tokens=result.reasoning_tokens,
+        probe_tokens=result.probe_tokens,
+        answer_tokens=result.answer_tokens,
+        details={
+            "policy": policy,
+            "stop_reason": result.stop_reason,
+            "answer": result.answer,
+            "budget": result.budget,
+            "probes": len(result.probes),
+            "probe_failures": result.probe_failures,
+            "upstream_requests": upstream.usage.requests,
+            "upstream_prompt_tokens": upstream.usage.prompt_tokens,
+        },
+    )
+
+
+def sc_outcome(result: SCResult, upstream: MeteredEngine) -> ChatOutcome:
+    return ChatOutcome(
+        reasoning="",
+        content=format_answer(result.answer),
+        finish_reason="stop",
+        prompt_tokens=result.prompt_tokens,
+        reasoning_tokens=result.total_tokens,
+        probe_tokens=0,
+        answer_tokens=0,
+        details={
+            "policy": "sc",
+            "stop_reason": result.stop_reason,
+            "answer": result.answer,
+            "samples": result.samples_used,
+            "certaindex": result.vote.certaindex,
+            "upstream_requests": upstream.usage.requests,
+            "upstream_prompt_tokens": upstream.usage.prompt_tokens,
+        },
+    )
+
+
+async def run_chat_program(
+    engine: Engine,
+    plan: ChatPlan,
+    events: asyncio.Queue[str] | None = None,
+) -> ChatOutcome:
+    """Run ``plan`` (policy cot, full or sc) on ``engine``. With ``events``, reasoning text is put
+    on the queue as it is generated. Engine failures propagate as :class:`EngineError`, except a
+    failed probe, after which the model simply reasons to the end."""
+    upstream = MeteredEngine(engine)
+    question = label(plan.messages)
+
+    def relay(event: CoTEvent) -> None:
+        if events is not None and event.kind == "delta" and event.text:
+            events.put_nowait(event.text)
+
+    if plan.policy == "sc":
+        try:
+            result = await self_consistency(upstream, question, plan.sc, messages=plan.messages)
+        except NoAnswerError as exc:
+            return ChatOutcome(
+                reasoning="", content="", finish_reason="length", prompt_tokens=0,
+                reasoning_tokens=exc.total_tokens, probe_tokens=0, answer_tokens=0,
+                details={"policy": "sc", "stop_reason": "no-answer", "samples": exc.samples_used,
+                         "upstream_requests": upstream.usage.requests},
+            )
+        return sc_outcome(result, upstream)
+    result = await solve_cot(
+        upstream, question, plan.cot, relay,
+        stream_reasoning=events is not None,
+        probe_failures="full-reasoning",
+        messages=plan.messages,
+    )
+    outcome = cot_outcome(result, plan.policy, upstream)
+    if outcome.prompt_tokens == 0:
+        outcome.prompt_tokens = await count_prompt_tokens(engine, plan)
+    return outcome
+
+
+async def count_prompt_tokens(engine: Engine, plan: ChatPlan) -> int:
+    """The prompt's tokens when the engine's stream did not report them (0 if it cannot say)."""
+    counter = getattr(engine, "count_tokens", None)
+    if counter is None:
+        return 0
+    try:
+        count = counter(engine.render_chat(plan.messages))
+        if asyncio.iscoroutine(count):
+            count = await count
+    except EngineError:
+        return 0
+    return int(count or 0)

@@ -1,0 +1,49 @@
+"""What a running proxy is configured with: where the upstream is, its limits, and its defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from certaindex.programs.cot import CoTConfig
+
+DefaultPolicy = Literal["auto", "cot", "sc", "full", "off"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Settings of one proxy. ``upstream`` None means the embedded default engine.
+
+    ``policy`` is the default for chat requests that do not name one: ``auto`` runs the early-exit
+    chain of thought for reasoning models (whose chat template opens ``<think>``) and passes every
+    other request through untouched.
+    """
+
+    upstream: str | None = None
+    model: str | None = None
+    upstream_api_key: str | None = None
+    chat_template: str | None = None
+    api_key: str | None = None  # clients must send ``Authorization: Bearer <api_key>``
+    policy: DefaultPolicy = "auto"
+    cot: CoTConfig = field(default_factory=lambda: CoTConfig(budget=4096, probe_interval=64, k=3))
+    max_concurrency: int = 64  # requests being served at once
+    max_queue: int = 256  # requests waiting for a slot; beyond this the proxy answers 429
+    upstream_timeout_s: float = 300.0  # one upstream read may take this long
+    request_timeout_s: float = 900.0  # a whole request may take this long
+    max_tokens_limit: int = 131_072  # larger max_tokens / budgets are refused as absurd
+    max_body_bytes: int = 8 * 1024 * 1024
+    log_content: bool = False  # log prompts and outputs (off: only ids, sizes, timings)
+    engine_extra_body: dict[str, Any] = field(default_factory=dict)  # sent with every upstream request
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.policy not in ("auto", "cot", "sc", "full", "off"):
+            problems.append(f"policy must be auto, cot, sc, full or off, got {self.policy!r}")
+        if self.max_concurrency < 1:
+            problems.append(f"max_concurrency must be at least 1, got {self.max_concurrency}")
+        if self.max_queue < 0:
+            problems.append(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.upstream_timeout_s <= 0 or self.request_timeout_s <= 0:
+            problems.append("timeouts must be positive")
+        if problems:
+            raise ValueError("; ".join(problems))

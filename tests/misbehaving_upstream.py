@@ -1,0 +1,162 @@
+"""A fake OpenAI-compatible upstream for fault-injection tests only (FakeUpstream), and a helper
+that serves any ASGI app with uvicorn on loopback in a background thread.
+
+The fake "model" reasons forever in tokens of ``"step "`` and answers every probe with
+``fake_answer}``; faults are switched on per request kind (``chunk``: reasoning, ``probe``: an
+answer probe, ``chat``: the chat endpoint) to refuse, fail, hang, break off or send garbage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from certaindex.programs.cot import DEFAULT_PROBE_SUFFIX
+
+Fault = str  # "500" | "hang" | "break" | "malformed" | "400"
+
+
+@dataclass
+class FakeUpstream:
+    model: str = "fake-reasoner"
+    answer: str = "42"
+    token_delay_s: float = 0.0
+    finish_after: int | None = None  # reasoning tokens after which the fake writes its answer and stops
+    final_text: str = " So the answer is \\boxed{7}."
+    faults: dict[str, Fault] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    active_streams: int = 0
+    streams_closed_early: int = 0
+    chat_bodies: list[dict[str, Any]] = field(default_factory=list)
+    other_paths: list[str] = field(default_factory=list)
+
+    def kind(self, prompt: str) -> str:
+        return "probe" if prompt.endswith(DEFAULT_PROBE_SUFFIX) else "chunk"
+
+    def reasoning_so_far(self, prompt: str) -> int:
+        return prompt.count("step ")
+
+    def continuation(self, prompt: str, max_tokens: int) -> tuple[list[str], str]:
+        if self.kind(prompt) == "probe":
+            return [self.answer, "}"], "stop"
+        done = self.reasoning_so_far(prompt)
+        if self.finish_after is not None and done + max_tokens >= self.finish_after:
+            return ["step "] * max(0, self.finish_after - done) + [self.final_text], "stop"
+        return ["step "] * max_tokens, "length"
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def completions(self, request: Request) -> Response:
+        body = await request.json()
+        prompt = body["prompt"]
+        kind = self.kind(prompt)
+        self.requests.append({"kind": kind, **body})
+        fault = self.faults.get(kind)
+        if fault == "500":
+            return JSONResponse({"error": {"message": "injected failure"}}, status_code=500)
+        if fault == "400":
+            return JSONResponse({"error": {"message": "prompt is too long"}}, status_code=400)
+        if fault == "hang":
+            await asyncio.sleep(3600)
+        if fault == "malformed" and not body.get("stream"):
+            return Response(b"{not json", media_type="application/json")
+        tokens, finish = self.continuation(prompt, int(body["max_tokens"]))
+        if not body.get("stream"):
+            if self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s * len(tokens))
+            return JSONResponse({
+                "id": "cmpl-fake", "object": "text_completion", "model": self.model,
+                "choices": [{"index": 0, "text": "".join(tokens), "finish_reason": finish, "logprobs": None}],
+                "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(tokens),
+                          "total_tokens": len(prompt) // 4 + len(tokens)},
+            })
+        return StreamingResponse(self._stream(prompt, tokens, finish, fault), media_type="text/event-stream")
+
+    async def _stream(self, prompt: str, tokens: list[str], finish: str, fault: Fault | None) -> Any:
+        self.active_streams += 1
+        finished = False
+        try:
+            for i, token in enumerate(tokens):
+                if self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s)
+                if fault == "break" and i == 2:
+                    raise ConnectionResetError("injected: the stream breaks off")
+                if fault == "malformed" and i == 2:
+                    yield b"data: {this is not json\n\n"
+                    continue
+                last = i == len(tokens) - 1
+                event = {"choices": [{"index": 0, "text": token, "finish_reason": finish if last else None}]}
+                yield f"data: {json.dumps(event)}\n\n".encode()
+            usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(tokens)}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            finished = True
+        finally:
+            self.active_streams -= 1
+            if not finished:
+                self.streams_closed_early += 1
+
+    async def chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.chat_bodies.append(body)
+        if self.faults.get("chat") == "500":
+            return JSONResponse({"error": {"message": "injected failure"}}, status_code=500)
+        return JSONResponse({
+            "id": "chatcmpl-upstream", "object": "chat.completion", "created": 0, "model": self.model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "plain upstream answer"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+        })
+
+    async def other(self, request: Request) -> Response:
+        self.other_paths.append(request.url.path)
+        return JSONResponse({"path": request.url.path, "method": request.method})
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/v1/models", self.models),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/embeddings", self.other, methods=["POST"]),
+        ])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serve ``app`` on loopback from a background thread; yields its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,111 @@
+"""The proxy in front of a real engine: llama-cpp-python's OpenAI server with the real model, and
+``certaindex serve`` started as a user would, called with the official ``openai`` client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.model
+
+GREEDY = '{"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}'
+QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have? "
+             "Put the final answer in \\boxed{}."}]
+
+
+@pytest.fixture(scope="module")
+def proxy(llama_server: str, tmp_path_factory: pytest.TempPathFactory):
+    """``certaindex serve`` in front of the real server, as its own process."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("proxy") / "proxy.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", f"{llama_server}/v1",
+             "--port", str(port), "--policy", "cot", "--budget", "96", "--probe-interval", "16", "--k", "2",
+             "--extra-body", GREEDY],
+            stdout=fh, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"certaindex serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"certaindex serve did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def test_openai_client_gets_an_early_exit_answer_from_a_real_engine(proxy):
+    url, _ = proxy
+    reply = client(url).chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, temperature=0)
+    info = reply.model_extra["certaindex"]
+    usage = reply.usage
+    details = usage.model_extra["certaindex"]
+    assert info["policy"] == "cot" and info["stop_reason"] in ("certain", "finished", "budget")
+    assert 0 < details["reasoning_tokens"] <= 96
+    assert usage.completion_tokens == details["reasoning_tokens"] + details["probe_tokens"] + details["answer_tokens"]
+    assert usage.prompt_tokens > 10  # counted by the real engine
+    if info["stop_reason"] == "certain":
+        assert details["reasoning_tokens"] < 96 and info["probes"] >= 2
+        assert "\\boxed{" in reply.choices[0].message.content
+    assert reply.choices[0].message.model_extra["reasoning_content"]
+
+
+def test_streaming_from_a_real_engine(proxy):
+    url, _ = proxy
+    stream = client(url).chat.completions.create(
+        model="smollm2-135m-instruct", messages=QUESTION, temperature=0, stream=True,
+        stream_options={"include_usage": True})
+    reasoning_pieces, finish, usage, info = 0, None, None, None
+    for piece in stream:
+        usage = piece.usage or usage
+        for choice in piece.choices:
+            if (choice.delta.model_extra or {}).get("reasoning_content"):
+                reasoning_pieces += 1
+            if choice.finish_reason:
+                finish, info = choice.finish_reason, piece.model_extra.get("certaindex")
+    assert reasoning_pieces > 3  # relayed token by token while the engine generated
+    assert finish in ("stop", "length") and info["stop_reason"] in ("certain", "finished", "budget")
+    assert usage.completion_tokens >= usage.model_extra["certaindex"]["reasoning_tokens"] > 0
+    # llama-cpp-python's streams carry no usage: the prompt is counted by the server's tokenizer.
+    assert usage.prompt_tokens > 10
+
+
+def test_policy_off_reaches_the_real_engine_untouched(proxy):
+    url, _ = proxy
+    reply = client(url).chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8,
+        extra_body={"certaindex": {"policy": "off"}})
+    assert not reply.id.startswith("chatcmpl-cdx")  # the engine's own response object
+    assert reply.usage.completion_tokens <= 8
+    assert "certaindex" not in (reply.model_extra or {})
+
+
+def test_metrics_and_health_of_a_real_stack(proxy):
+    url, log = proxy
+    assert httpx.get(f"{url}/health").json()["upstream_reachable"] is True
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "certaindex_requests_total" in metrics and "certaindex_tokens_total" in metrics
+    assert QUESTION[0]["content"][:20] not in log.read_text()  # prompts are not logged by default
