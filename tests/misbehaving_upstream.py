@@ -160,3 +160,14 @@ def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+if __name__ == "__main__":  # a stand-alone fake upstream, for benchmarks/proxy_overhead.py
+    import argparse
+
+    parser = argparse.ArgumentParser(description="fake OpenAI-compatible upstream (tests and benchmarks only)")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds per streamed token")
+    args = parser.parse_args()
+    uvicorn.run(FakeUpstream(token_delay_s=args.token_delay).app(), host="127.0.0.1", port=args.port,
+                log_level="warning")

@@ -109,3 +109,34 @@ def test_metrics_and_health_of_a_real_stack(proxy):
     metrics = httpx.get(f"{url}/metrics").text
     assert "certaindex_requests_total" in metrics and "certaindex_tokens_total" in metrics
     assert QUESTION[0]["content"][:20] not in log.read_text()  # prompts are not logged by default
+
+
+@pytest.fixture(scope="module")
+def embedded_proxy(embedded_engine):
+    """The proxy with no upstream: the embedded engine serves the chat requests in process."""
+    from certaindex.programs.cot import CoTConfig
+    from certaindex.server.app import create_app
+    from certaindex.server.settings import ServerSettings
+    from tests.misbehaving_upstream import serve_in_thread
+
+    settings = ServerSettings(policy="cot", cot=CoTConfig(budget=64, probe_interval=16, k=2))
+    with serve_in_thread(create_app(settings, engine=embedded_engine)) as url:
+        yield url
+
+
+def test_embedded_engine_serves_early_exit_and_plain_chat(embedded_proxy):
+    chat = client(embedded_proxy).chat.completions
+    reply = chat.create(model="any", messages=QUESTION, temperature=0)
+    info = reply.model_extra["certaindex"]
+    assert info["policy"] == "cot" and info["stop_reason"] in ("certain", "finished", "budget")
+    assert reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 0
+    stream = chat.create(model="any", messages=QUESTION, temperature=0, stream=True)
+    pieces = [c for piece in stream for c in piece.choices]
+    assert sum(1 for c in pieces if (c.delta.model_extra or {}).get("reasoning_content")) > 3
+    assert pieces[-1].finish_reason in ("stop", "length")
+    plain = chat.create(model="any", messages=[{"role": "user", "content": "Say hello."}], max_tokens=5,
+                        temperature=0, extra_body={"certaindex": {"policy": "off"}})
+    assert plain.model_extra["certaindex"]["policy"] == "off" and plain.usage.completion_tokens <= 5
+    models = client(embedded_proxy).models.list()
+    assert len(models.data) == 1
+    assert httpx.post(f"{embedded_proxy}/v1/completions", json={"prompt": "x"}).status_code == 404

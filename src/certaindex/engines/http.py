@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Sequence
 
 import httpx
 
+from certaindex.engines.pool import ShardedClient
 from certaindex.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
 from certaindex.engines.base import (
     Choice,
@@ -53,7 +54,7 @@ class HTTPEngine(Engine):
         connect_timeout_s: float = 10.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
-        max_connections: int = 256,
+        max_connections: int = 1024,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
         self.base_url = normalise_base_url(base_url)
@@ -73,16 +74,25 @@ class HTTPEngine(Engine):
             else None
         )
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(
+        self._pool = ShardedClient(
+            max_connections,
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
         )
         self._setup_lock = asyncio.Lock()
         self._ready = False
         self._owns_client = True
         self._parent: HTTPEngine | None = None
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        """A connection pool for one request (see :mod:`certaindex.engines.pool`)."""
+        return self._pool.pick()
+
+    @_client.setter
+    def _client(self, client: httpx.AsyncClient) -> None:
+        self._pool.replace(client)
 
     def derive(self, extra_body: dict[str, Any]) -> "HTTPEngine":
         """A view of this engine that sends ``extra_body`` too (per-request sampling fields such as
@@ -304,7 +314,7 @@ class HTTPEngine(Engine):
 
     async def aclose(self) -> None:
         if self._owns_client:
-            await self._client.aclose()
+            await self._pool.aclose()
 
 
 def _error_text(response: httpx.Response) -> str:

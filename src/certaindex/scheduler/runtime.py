@@ -102,7 +102,14 @@ class Scheduler:
             self.core.cancel(gang)
         else:
             self.core.finish(gang, tokens=tokens)
-        self._pump()
+        # Decide on the next loop turn, not now: the program whose request just ended submits its
+        # next step within this turn, so the core chooses between it and the waiting programs
+        # (deciding now would always hand the slot away and make programs take turns on the engine,
+        # losing the engine's cached prefix of every program each time).
+        try:
+            asyncio.get_running_loop().call_soon(self._pump)
+        except RuntimeError:
+            self._pump()
 
     def _forget(self, gang: Gang) -> None:
         self._waiters.pop(gang.gang_id, None)

@@ -76,7 +76,7 @@ class ProxyState:
 
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
     """The proxy app. ``engine``: use this engine instead of building one from ``settings``
-    (tests; embedding the proxy in a larger program). It is closed with the app."""
+    (tests; embedding the proxy in a larger program); the caller closes it."""
     admission = Admission(settings.max_concurrency, settings.max_queue)
     metrics = ProxyMetrics(lambda: admission.active, lambda: admission.waiting)
     holder: dict[str, ProxyState] = {}
@@ -100,7 +100,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         finally:
             if passthrough is not None:
                 await passthrough.aclose()
-            await inner.aclose()
+            if engine is None:  # an engine handed in belongs to the caller
+                await inner.aclose()
 
     app = FastAPI(title="certaindex proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.admission = admission

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 
 import httpx
 
+from certaindex.engines.pool import ShardedClient
 from certaindex.server.errors import ProxyError, error_body
 
 # Hop-by-hop and framing headers are the proxy's own business on each leg.
@@ -33,10 +34,7 @@ class Passthrough:
         self.upstream_api_key = upstream_api_key
         self.strip_client_auth = strip_client_auth
         self._next = 0
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
-        )
+        self.pool = ShardedClient(max_connections, timeout=httpx.Timeout(timeout_s, connect=10.0))
 
     @property
     def root_url(self) -> str:
@@ -51,7 +49,7 @@ class Passthrough:
         """Whether any upstream answers ``GET /v1/models`` (for ``/health``)."""
         for root in self.root_urls:
             try:
-                if (await self.client.get(f"{root}/v1/models", timeout=5.0)).status_code < 500:
+                if (await self.pool.pick().get(f"{root}/v1/models", timeout=5.0)).status_code < 500:
                     return True
             except httpx.HTTPError:
                 continue
@@ -71,12 +69,13 @@ class Passthrough:
         that refuses the connection is skipped (nothing was sent to it); other faults are final."""
         failure: ProxyError | None = None
         for root in self._rotation():
-            request = self.client.build_request(
+            client = self.pool.pick()
+            request = client.build_request(
                 method, f"{root}{path}" + (f"?{query}" if query else ""),
                 headers=self.request_headers(headers), content=body,
             )
             try:
-                return await self.client.send(request, stream=True)
+                return await client.send(request, stream=True)
             except httpx.ConnectError as exc:
                 failure = ProxyError(502, f"cannot reach the upstream at {root}: {exc or type(exc).__name__}",
                                      "upstream_error", code="upstream_unreachable")
@@ -109,4 +108,4 @@ class Passthrough:
             await response.aclose()
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.pool.aclose()
