@@ -415,3 +415,23 @@ def test_several_upstream_replicas_behind_one_proxy():
                 assert reply.id == "chatcmpl-upstream"
             assert len(first.chat_bodies) + len(second.chat_bodies) == 3
             assert first.chat_bodies and second.chat_bodies
+
+
+@pytest.mark.stack(upstream={"finish_after": 6})
+def test_self_consistency_policy_stops_sampling_once_the_vote_is_decided(stack):
+    reply = stack.client().chat.completions.create(
+        model="m", messages=QUESTION, max_tokens=32, extra_body={"certaindex": {"policy": "sc", "samples": 8}})
+    info = reply.model_extra["certaindex"]
+    assert info["policy"] == "sc" and info["stop_reason"] == "certain"
+    assert info["samples"] == 4 < 8  # the first round agreed: no more samples were drawn
+    assert len(stack.upstream.requests) == 4
+    assert "\\boxed{7}" in reply.choices[0].message.content
+    assert reply.usage.completion_tokens == 4 * 7  # per sample: 6 reasoning tokens and the answer
+
+
+@pytest.mark.stack(upstream={})
+def test_self_consistency_with_no_answer_is_not_presented_as_one(stack):
+    reply = stack.client().chat.completions.create(
+        model="m", messages=QUESTION, max_tokens=8, extra_body={"certaindex": {"policy": "sc", "samples": 4}})
+    assert reply.choices[0].finish_reason == "length" and reply.choices[0].message.content == ""
+    assert reply.model_extra["certaindex"]["stop_reason"] == "no-answer"
