@@ -24,6 +24,7 @@ from certaindex.datasets import DatasetError, dataset_names, load_dataset
 from certaindex.engines import EngineError, make_engine
 from certaindex.bench import LOGPROB_PROGRAMS, PROGRAM_NAMES, run_bench
 from certaindex.cli_serve import add_serve_subcommand
+from certaindex.validation import parse_json_object
 from certaindex.cli_traces import add_subcommands, progress_bar
 from certaindex.programs.cot import CoTConfig, CoTEvent, CoTResult, NoQuestionError, solve_cot, validate_question
 from certaindex.programs.self_consistency import NoAnswerError, SCConfig
@@ -106,14 +107,7 @@ def _cot_config(args: argparse.Namespace, early_exit: bool = True) -> CoTConfig:
 
 
 def _engine(args: argparse.Namespace, logprobs: bool = False):
-    extra_body = None
-    if args.extra_body:
-        try:
-            extra_body = json.loads(args.extra_body)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--extra-body is not valid JSON: {exc.msg}") from None
-        if not isinstance(extra_body, dict):
-            raise UsageError("--extra-body must be a JSON object")
+    extra_body = parse_json_object(args.extra_body, "--extra-body")
     return make_engine(
         args.engine,
         model=args.model,
@@ -384,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_subcommands(sub)  # record, calibrate, evaluate
     add_serve_subcommand(sub)
+    from certaindex.cli_loadtest import add_subcommands as add_serving_subcommands
+
+    add_serving_subcommands(sub)  # loadtest, simulate
     return parser
 
 

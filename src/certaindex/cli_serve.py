@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from dataclasses import replace
 
 from certaindex.programs.cot import CoTConfig
+from certaindex.validation import parse_json_object
 
 
 def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
@@ -58,14 +58,7 @@ def settings_from_args(args: argparse.Namespace):
     cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval, k=args.k)
     if args.calibration:
         cot = apply_calibration(cot, load_calibration(args.calibration), budget=True)
-    extra = {}
-    if args.extra_body:
-        try:
-            extra = json.loads(args.extra_body)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--extra-body is not valid JSON: {exc}") from None
-        if not isinstance(extra, dict):
-            raise ValueError("--extra-body must be a JSON object")
+    extra = parse_json_object(args.extra_body, "--extra-body") or {}
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     return replace(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+import json
+from typing import Any, Iterable
 
 
 def require(checks: Iterable[tuple[bool, str]]) -> None:
@@ -10,3 +11,16 @@ def require(checks: Iterable[tuple[bool, str]]) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+
+
+def parse_json_object(text: str | None, flag: str) -> dict[str, Any] | None:
+    """A command-line JSON object (e.g. ``--extra-body``); None when not given."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return value
