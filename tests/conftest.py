@@ -50,37 +50,25 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def start_llama_server(model_path: Path, log_dir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start llama-cpp-python's OpenAI-compatible server with the real model on loopback; yield its
-    URL and process (tests that kill a server mid-run use the process); stop it on exit."""
-    port = free_port()
-    log = log_dir / f"server-{port}.log"
+def server_process(args: list[str], log: Path, ready_url: str, name: str) -> Iterator[subprocess.Popen]:
+    """Run a server command, wait until ``ready_url`` answers 200 (failing the test with the tail of
+    its log if it exits or takes over 120 s), and stop it on exit."""
     with log.open("wb") as log_fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "llama_cpp.server",
-                "--model", str(model_path), "--model_alias", "smollm2-135m-instruct",
-                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
-                "--n_threads", str(os.cpu_count() or 1), "--logits_all", "true",
-            ],
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(args, stdout=log_fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     try:
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+                pytest.fail(f"{name} exited with {proc.returncode}: {log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield url, proc
+                pytest.fail(f"{name} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -88,6 +76,22 @@ def start_llama_server(model_path: Path, log_dir: Path) -> Iterator[tuple[str, s
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def start_llama_server(model_path: Path, log_dir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start llama-cpp-python's OpenAI-compatible server with the real model on loopback; yield its
+    URL and process (tests that kill a server mid-run use the process); stop it on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model_path), "--model_alias", "smollm2-135m-instruct",
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
+        "--n_threads", str(os.cpu_count() or 1), "--logits_all", "true",
+    ]
+    with server_process(args, log_dir / f"server-{port}.log", f"{url}/v1/models", "llama_cpp.server") as proc:
+        yield url, proc
 
 
 @pytest.fixture(scope="session")

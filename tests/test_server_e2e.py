@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, server_process
 
 pytestmark = pytest.mark.model
 
@@ -26,31 +23,12 @@ def proxy(llama_server: str, tmp_path_factory: pytest.TempPathFactory):
     """``certaindex serve`` in front of the real server, as its own process."""
     port = free_port()
     log = tmp_path_factory.mktemp("proxy") / "proxy.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", f"{llama_server}/v1",
-             "--port", str(port), "--policy", "cot", "--budget", "96", "--probe-interval", "16", "--k", "2",
-             "--extra-body", GREEDY],
-            stdout=fh, stderr=subprocess.STDOUT,
-        )
+    args = [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", f"{llama_server}/v1",
+            "--port", str(port), "--policy", "cot", "--budget", "96", "--probe-interval", "16", "--k", "2",
+            "--extra-body", GREEDY]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"certaindex serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"certaindex serve did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
+    with server_process(args, log, f"{url}/health", "certaindex serve"):
         yield url, log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def client(url: str) -> openai.OpenAI:
