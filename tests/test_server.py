@@ -435,3 +435,14 @@ def test_self_consistency_with_no_answer_is_not_presented_as_one(stack):
         model="m", messages=QUESTION, max_tokens=8, extra_body={"certaindex": {"policy": "sc", "samples": 4}})
     assert reply.choices[0].finish_reason == "length" and reply.choices[0].message.content == ""
     assert reply.model_extra["certaindex"]["stop_reason"] == "no-answer"
+
+
+@pytest.mark.stack(upstream={"token_delay_s": 0.05}, cot=replace(COT, probe_interval=40, budget=400))
+def test_non_streaming_client_disconnect_cancels_the_program(stack):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{stack.url}/v1/chat/completions", json={"model": "m", "messages": QUESTION}, timeout=0.5)
+    assert wait_until(lambda: stack.admission.active == 0)
+    requests_at_cancel = len(stack.upstream.requests)
+    time.sleep(3)  # a program still running would have asked for its next chunk (2 s each) by now
+    assert len(stack.upstream.requests) == requests_at_cancel <= 2
+    assert 'certaindex_client_disconnects_total 1.0' in httpx.get(f"{stack.url}/metrics").text

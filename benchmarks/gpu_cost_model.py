@@ -1,0 +1,159 @@
+"""Fit the simulator's engine cost model on a GPU (run through the device tool).
+
+No model weights and no serving engine can reach the device machines, so this times the work a
+tuned engine's decode step does for a real architecture: every layer of Qwen2.5-7B's shape
+(DeepSeek-R1-Distill-Qwen-7B's architecture) with random bf16 weights (the cost does not depend
+on them) - fused QKV, grouped-query attention over a KV cache (PyTorch SDPA), output projection,
+gated MLP, the LM head - replayed as one CUDA graph per (batch, context), as vLLM and SGLang do, so
+Python and kernel-launch overhead are not counted. Prefill is the same stack over a whole prompt.
+Norms, rotary embeddings and sampling are left out (a few percent). What the simulator needs is
+the shape of the curve: fixed cost per step, cost per running request, cost per context token.
+
+    PYTHONPATH=src python3 benchmarks/gpu_cost_model.py --out $OUT/cost-model-h100-qwen7b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from certaindex.costmodel import fit_cost_model  # noqa: E402
+
+HEAD_DIM = 128
+SHAPES = {  # hidden, layers, query heads, kv heads, MLP width, vocabulary
+    "qwen2.5-7b": (3584, 28, 28, 4, 18944, 152064),
+    "qwen2.5-1.5b": (1536, 28, 12, 2, 8960, 151936),
+}
+
+
+class Stack:
+    def __init__(self, shape: str) -> None:
+        hidden, layers, heads, kv, inter, vocab = SHAPES[shape]
+        self.hidden, self.heads, self.kv = hidden, heads, kv
+        bf16 = dict(device="cuda", dtype=torch.bfloat16)
+        scale = hidden ** -0.5
+        self.layers = [
+            (
+                torch.randn(hidden, (heads + 2 * kv) * HEAD_DIM, **bf16) * scale,
+                torch.randn(heads * HEAD_DIM, hidden, **bf16) * scale,
+                torch.randn(hidden, 2 * inter, **bf16) * scale,
+                torch.randn(inter, hidden, **bf16) * inter ** -0.5,
+            )
+            for _ in range(layers)
+        ]
+        self.lm_head = torch.randn(hidden, vocab, **bf16) * scale
+
+    def forward(self, x: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+        """x: (batch, tokens, hidden). With caches, attend over them (decode); else causal (prefill)."""
+        b, t, _ = x.shape
+        for i, (w_qkv, w_o, w_up, w_down) in enumerate(self.layers):
+            qkv = x @ w_qkv
+            q, k, v = qkv.split([self.heads * HEAD_DIM, self.kv * HEAD_DIM, self.kv * HEAD_DIM], dim=-1)
+            q = q.view(b, t, self.heads, HEAD_DIM).transpose(1, 2)
+            k = k.view(b, t, self.kv, HEAD_DIM).transpose(1, 2)
+            v = v.view(b, t, self.kv, HEAD_DIM).transpose(1, 2)
+            if caches is not None:
+                cache_k, cache_v = caches[i]
+                cache_k[:, :, -1:].copy_(k)  # the new token's slot (its position is fixed in the graph)
+                cache_v[:, :, -1:].copy_(v)
+                k, v = cache_k, cache_v
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=caches is None, enable_gqa=True)
+            x = x + attn.transpose(1, 2).reshape(b, t, -1) @ w_o
+            gate, up = (x @ w_up).chunk(2, dim=-1)
+            x = x + (F.silu(gate) * up) @ w_down
+        return x[:, -1] @ self.lm_head
+
+
+@torch.inference_mode()
+def decode_step_s(stack: Stack, batch: int, context: int, replays: int = 20) -> float:
+    caches = [
+        (torch.randn(batch, stack.kv, context + 1, HEAD_DIM, device="cuda", dtype=torch.bfloat16),
+         torch.randn(batch, stack.kv, context + 1, HEAD_DIM, device="cuda", dtype=torch.bfloat16))
+        for _ in stack.layers
+    ]
+    x = torch.randn(batch, 1, stack.hidden, device="cuda", dtype=torch.bfloat16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            stack.forward(x, caches)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        stack.forward(x, caches)
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    del graph, caches
+    return start.elapsed_time(end) / 1e3 / replays
+
+
+@torch.inference_mode()
+def prefill_s(stack: Stack, tokens: int) -> float:
+    x = torch.randn(1, tokens, stack.hidden, device="cuda", dtype=torch.bfloat16)
+    stack.forward(x, None)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        stack.forward(x, None)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / 5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="qwen2.5-7b", choices=sorted(SHAPES))
+    parser.add_argument("--batches", default="1,4,16,32,64,128")
+    parser.add_argument("--contexts", default="256,1024,2048,4096")
+    parser.add_argument("--max-batch", type=int, default=128, help="the batch the simulated engine decodes together")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    stack = Stack(args.shape)
+    device = torch.cuda.get_device_name(0)
+    steps = []
+    for batch in map(int, args.batches.split(",")):
+        for context in map(int, args.contexts.split(",")):
+            seconds = decode_step_s(stack, batch, context)
+            steps.append((batch, float(batch * context), seconds))
+            print(f"decode batch {batch:3d} context {context:5d}: {seconds * 1e3:7.3f} ms/step", flush=True)
+            torch.cuda.empty_cache()
+    joins = []
+    for tokens in (128, 512, 1024, 2048, 4096):
+        seconds = prefill_s(stack, tokens)
+        joins.append((tokens, seconds))
+        print(f"prefill {tokens:5d} tokens: {seconds * 1e3:7.3f} ms", flush=True)
+    model_cost = fit_cost_model(
+        steps, joins, max_batch=args.max_batch, prefix_cache="program", probe_suffix_tokens=25,
+        meta={
+            "engine": f"{args.shape}-shaped decoder stack, random bf16 weights, CUDA-graph decode steps, "
+                      f"PyTorch {torch.__version__} SDPA (no serving engine or weights reach the device)",
+            "machine": f"{device}, device tool ({platform.node()})",
+            "command": " ".join(["python3", *sys.argv]),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "steps": steps,
+            "joins": joins,
+        },
+    )
+    model_cost.save(args.out)
+    print(f"fitted: a={model_cost.a * 1e3:.3f} ms, b={model_cost.b * 1e3:.4f} ms/request, "
+          f"c={model_cost.c * 1e9:.3f} ns/context token, prefill {model_cost.prefill_s * 1e6:.2f} us/token, "
+          f"request {model_cost.request_s * 1e3:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
