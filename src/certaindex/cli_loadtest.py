@@ -1,0 +1,314 @@
+"""Command-line subcommands for online serving: ``loadtest`` (live, on an engine) and ``simulate``
+(the same programs and scheduler core against a fitted engine cost model).
+
+``certaindex/cli.py`` adds them with :func:`add_subcommands`; handlers are async functions of the
+parsed arguments returning an exit status. Mistakes raise ``ValueError`` (exit 2), engine
+failures ``EngineError`` (exit 1), as everywhere in the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from certaindex.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise, trace_arrivals
+
+__all__ = ["add_subcommands", "loadtest_command", "simulate_command", "summary_table"]
+
+DEFAULT_TRACES = "benchmarks/traces/gsm8k-smollm2-135m.jsonl.gz"
+DEFAULT_COST_MODEL = "benchmarks/results/cost-model-embedded.json"
+BASELINE = "full-fcfs"
+
+
+# ------------------------------------------------------------------------------------ arguments
+
+
+def _floats(option: str, text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers, e.g. 0.1,0.2; got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise ValueError(f"{option} takes numbers > 0, got {text!r}")
+    return values
+
+
+def _policies(text: str) -> list[str]:
+    from certaindex.loadtest import policy_spec
+
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError("--policies names no policy")
+    for name in names:
+        policy_spec(name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"--policies names a policy twice: {text!r}")
+    return names
+
+
+def _slos(values: Sequence[float] | None) -> list[float]:
+    slos = list(values or [30.0])
+    for s in slos:
+        if not math.isfinite(s) or s <= 0:
+            raise ValueError(f"--slo takes seconds > 0, got {s}")
+    return list(dict.fromkeys(slos))
+
+
+def _add_serving_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("serving")
+    group.add_argument("--capacity", type=int, default=1,
+                       help="most requests in flight at once, the engine's useful batch size (default 1: llama.cpp "
+                       "in process runs one generation at a time)")
+    group.add_argument("--policies", default="full-fcfs,exit-fcfs,exit-sched",
+                       help="policies to compare, comma-separated (default: all three; full-fcfs is the baseline)")
+    group.add_argument("--slo", type=float, action="append",
+                       help="latency SLO in seconds; repeat for several (default 30). The first is the deadline "
+                       "exit-sched is told (arrival + SLO)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default 0)")
+    group.add_argument("--aging", type=float, default=30.0,
+                       help="exit-sched: seconds after which a waiting request goes first (default 30)")
+    group.add_argument("--out", help="write per-program records to this JSONL file")
+    group.add_argument("--report", help="also write the command and the table to this text file")
+
+
+def _add_reasoning_args(parser: argparse.ArgumentParser, budget: int | None, interval: int | None) -> None:
+    group = parser.add_argument_group("reasoning")
+    group.add_argument("--budget", type=int, default=budget,
+                       help="most reasoning tokens" + (f" (default {budget})" if budget else " (default: the traces')"))
+    group.add_argument("--probe-interval", type=int, default=interval,
+                       help="reasoning tokens between probes" + (f" (default {interval})" if interval else " (default: g)"))
+    group.add_argument("--k", type=int, default=3, help="agreeing probes in a row needed to stop (default 3)")
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Add ``loadtest`` and ``simulate`` to the ``certaindex`` parser."""
+    from certaindex import cli
+
+    load = sub.add_parser(
+        "loadtest",
+        help="replay a data set as Poisson arrivals against an engine; compare full-fcfs, exit-fcfs, exit-sched",
+    )
+    load.add_argument("--dataset", default="gsm8k", help="a data set name or a JSONL path (default gsm8k)")
+    load.add_argument("--limit", type=int, default=12, help="programs (problems) to send (default 12)")
+    load.add_argument("--offset", type=int, default=0, help="skip this many problems first")
+    load.add_argument("--rate", type=float, default=0.5, help="arrival rate in programs per second (default 0.5)")
+    load.add_argument("--arrivals", help="file of arrival times in seconds, one per line (replaces --rate)")
+    _add_serving_args(load)
+    cli._add_engine_args(load)
+    group = load.add_argument_group("reasoning")
+    group.add_argument("--budget", type=int, default=384, help="most reasoning tokens (default 384)")
+    group.add_argument("--probe-interval", type=int, default=16, help="reasoning tokens between probes (default 16)")
+    group.add_argument("--k", type=int, default=2, help="agreeing probes in a row needed to stop (default 2)")
+    group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
+    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    group.add_argument("--sample-seed", type=int, default=0, help="sampling seed of the programs (default 0)")
+    group.add_argument("--calibration", help="JSON config from `certaindex calibrate` (probe interval and k)")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
+    load.set_defaults(handler=loadtest_command)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="simulate serving recorded traces under each policy against a fitted engine cost model",
+    )
+    sim.add_argument("--traces", default=DEFAULT_TRACES, help=f"trace file (default {DEFAULT_TRACES})")
+    sim.add_argument("--cost-model", default=DEFAULT_COST_MODEL,
+                     help=f"cost model JSON from benchmarks/engine_cost.py (default {DEFAULT_COST_MODEL})")
+    sim.add_argument("--rates", required=True, help="arrival rates to sweep, programs/s, comma-separated")
+    sim.add_argument("--programs", type=int, default=200, help="programs per rate (default 200)")
+    sim.add_argument("--replicas", type=int, default=1,
+                     help="engine replicas, each with its own scheduler core (default 1)")
+    _add_serving_args(sim)
+    _add_reasoning_args(sim, None, None)
+    sim.set_defaults(k=2)
+    sim.add_argument("--png", help="plot prefix: writes PREFIX-slo<S>.png per SLO and PREFIX-throughput.png")
+    sim.set_defaults(handler=simulate_command)
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+def summary_table(rows: Sequence[tuple[str, Summary, Summary | None]], slos: Sequence[float], title: str) -> Table:
+    """One row per (label, summary, baseline): the figures, and ratios against the baseline."""
+    table = Table(title=title)
+    for column in ("run", "prog/s", "tok/s", "p50 s", "p90 s", "p99 s", "mean s"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for slo in slos:
+        table.add_column(f"SLO {slo:g}s", justify="right")
+    for column in ("accuracy", "mean tokens", "prog/s ×", "tok/s ×", "latency ×"):
+        table.add_column(column, justify="right")
+    for label, s, base in rows:
+        ratio = s.ratio(base) if base is not None else None
+        table.add_row(
+            label,
+            f"{s.programs_per_s:.4f}",
+            f"{s.tokens_per_s:.1f}",
+            *(f"{s.latency[p]:.1f}" for p in (50, 90, 99)),
+            f"{s.mean_latency:.1f}",
+            *(f"{s.slo[float(slo)]:.0%}" for slo in slos),
+            f"{s.accuracy:.1%}",
+            f"{s.mean_tokens:.1f}",
+            *((f"{ratio['programs_per_s']:.2f}", f"{ratio['tokens_per_s']:.2f}", f"{ratio['mean_latency']:.2f}")
+              if ratio else ("", "", "")),
+        )
+    return table
+
+
+def _emit(table: Table, notes: Sequence[str], report: str | None) -> None:
+    console = Console(width=200)
+    console.print(table)
+    for note in notes:
+        console.print(note, highlight=False)
+    if report:
+        path = Path(report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as fh:
+            fh.write("$ certaindex " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n\n")
+            file_console = Console(file=fh, width=200, no_color=True, force_terminal=False)
+            file_console.print(table)
+            for note in notes:
+                file_console.print(note, highlight=False)
+        console.print(f"report written to {path}")
+
+
+def _write_records(path: str, records: Sequence[tuple[dict, ProgramRecord]]) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", encoding="utf-8") as fh:
+        for extra, record in records:
+            fh.write(json.dumps({**extra, **record.to_dict()}) + "\n")
+
+
+# ------------------------------------------------------------------------------------ loadtest
+
+
+def _read_arrivals(path: str) -> list[float]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split()
+    except OSError as exc:
+        raise ValueError(f"cannot read --arrivals {path}: {exc.strerror or exc}") from None
+    try:
+        return trace_arrivals([float(x) for x in lines], start=0.0)
+    except ValueError as exc:
+        raise ValueError(f"--arrivals {path}: {exc}") from None
+
+
+def _make_engine(args: argparse.Namespace):
+    from certaindex import cli
+
+    return cli._engine(args)
+
+
+async def loadtest_command(args: argparse.Namespace) -> int:
+    from certaindex import cli
+    from certaindex.cli_traces import progress_bar
+    from certaindex.datasets import load_dataset
+    from certaindex.loadtest import run_loadtest
+
+    policies = _policies(args.policies)
+    slos = _slos(args.slo)
+    cli._positive("limit", args.limit)
+    cli._positive("capacity", args.capacity)
+    if args.offset < 0:
+        raise ValueError(f"--offset must be >= 0, got {args.offset}")
+    if not math.isfinite(args.rate) or args.rate <= 0:
+        raise ValueError(f"--rate must be a number of programs per second > 0, got {args.rate}")
+    config = cli._cot_config(argparse.Namespace(**{**vars(args), "seed": args.sample_seed}))
+    problems = load_dataset(args.dataset)[args.offset : args.offset + args.limit]
+    if not problems:
+        raise ValueError(f"--offset {args.offset} leaves no problems in {args.dataset}")
+    if args.arrivals:
+        arrivals = _read_arrivals(args.arrivals)[: len(problems)]
+        if len(arrivals) < len(problems):
+            raise ValueError(f"--arrivals has {len(arrivals)} times for {len(problems)} programs")
+    else:
+        arrivals = poisson_arrivals(len(problems), args.rate, args.seed)
+    engine = _make_engine(args)
+    try:
+        with progress_bar("loadtest", quiet=args.quiet) as progress:
+            task = progress.add_task("programs", total=len(problems) * len(policies))
+
+            def done(record: ProgramRecord) -> None:
+                progress.update(task, advance=1, description=f"{record.policy}")
+
+            log: dict[str, list[list[int]]] = {}
+            results = await run_loadtest(
+                engine, problems, arrivals, config, capacity=args.capacity, slo_s=slos[0], policies=policies,
+                aging_s=args.aging, on_done=done, request_log=log,
+            )
+    finally:
+        await engine.aclose()
+    summaries = {name: summarise(name, records, slos) for name, records in results.items()}
+    base = summaries.get(BASELINE)
+    rows = [(name, s, base) for name, s in summaries.items()]
+    load = f"--arrivals {args.arrivals}" if args.arrivals else f"Poisson {args.rate:g}/s, seed {args.seed}"
+    title = (f"loadtest: {len(problems)} {args.dataset} programs, {load}, capacity {args.capacity}, "
+             f"engine {engine.name}")
+    notes = [
+        f"budget {config.budget}, probe interval {config.probe_interval}, k {config.k}; exit-sched deadline = "
+        f"arrival + {slos[0]:g} s; ratios (×) against {BASELINE}" if base else "",
+        "policies ran one after another on the same engine and the same arrival times",
+    ]
+    _emit(summary_table(rows, slos, title), [n for n in notes if n], args.report)
+    if args.out:
+        _write_records(args.out, [({"problem_index": int(r.program_id.split(":")[1]), "requests": log.get(r.program_id, [])}, r)
+                                  for records in results.values() for r in records])
+    return 0
+
+
+# ------------------------------------------------------------------------------------ simulate
+
+
+async def simulate_command(args: argparse.Namespace) -> int:
+    from certaindex import cli
+    from certaindex.costmodel import CostModel
+    from certaindex.simulator import plot_sweep, sweep
+    from certaindex.traces import read_traces
+
+    policies = _policies(args.policies)
+    slos = _slos(args.slo)
+    rates = _floats("--rates", args.rates)
+    for name in ("programs", "replicas", "capacity", "k"):
+        cli._positive(name, getattr(args, name))
+    cost = CostModel.load(args.cost_model)
+    traces = read_traces(args.traces)
+    settings = traces.settings
+    budget = args.budget or settings.budget
+    interval = args.probe_interval or settings.granularity
+    config = settings.cot_config(probe_interval=interval, k=args.k, budget=budget)
+    rows: list[tuple[str, Summary, Summary | None]] = []
+
+    def done(policy: str, rate: float, summary: Summary) -> None:
+        Console(stderr=True).print(f"rate {rate:g}/s {policy}: mean latency {summary.mean_latency:.1f} s", highlight=False)
+
+    results = sweep(
+        traces, cost, policies, rates, config, programs=args.programs, capacity=args.capacity,
+        replicas=args.replicas, slos=slos, seed=args.seed, aging_s=args.aging, on_done=done,
+    )
+    for rate in rates:
+        base = results.get((BASELINE, rate))
+        for policy in policies:
+            rows.append((f"{rate:g}/s {policy}", results[(policy, rate)][0], base[0] if base else None))
+    title = (f"simulate: {args.programs} programs per rate from {Path(args.traces).name}, {args.replicas} replica(s), "
+             f"capacity {args.capacity}, cost model {Path(args.cost_model).name}")
+    notes = [
+        f"cost model: step_s = {cost.a:.3g} + {cost.b:.3g}*batch + {cost.c:.3g}*context; prefill {cost.prefill_s:.3g} s/token, "
+        f"request {cost.request_s:.3g} s, max batch {cost.max_batch}, prefix cache {cost.prefix_cache}",
+        f"budget {budget}, probe interval {interval}, k {args.k}; exit-sched deadline = arrival + {slos[0]:g} s; "
+        f"ratios (×) against {BASELINE} at the same rate",
+    ]
+    if args.png:
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        paths = plot_sweep(results, slos, args.png, title=f"{Path(args.traces).name}, {args.replicas} replica(s)")
+        notes.append("plots: " + ", ".join(paths))
+    _emit(summary_table(rows, slos, title), notes, args.report)
+    if args.out:
+        _write_records(args.out, [({"rate": rate}, r) for (_, rate), (_, records) in results.items() for r in records])
+    return 0

@@ -1,0 +1,574 @@
+"""Discrete-event simulation of online serving: the real programs and the real scheduler core,
+an engine replaced by a cost model.
+
+Every program is ``solve_cot`` itself, answered from recorded traces (:class:`ReplayEngine`), so
+its requests, token counts, probe answers and early-exit decisions are exactly those of a live run
+(see docs/traces.md). Every request goes through the same :class:`SchedulerCore` as the live
+scheduler (submit, dispatch, finish, certaindex reports, allowances). Only time is modelled: the
+engine runs continuous batching, one token per running request per decode step, each step costing
+``CostModel.step_s(batch, context)``, plus a prefill of the tokens its prefix cache lacks when a
+request joins (:mod:`certaindex.costmodel`).
+
+Time advances from event to event (arrival, a request finishing), jumping whole runs of steps in
+closed form, so a sweep of thousands of programs takes seconds. Replicas are independent engines,
+each with its own core; a program arriving goes to the replica with the fewest live programs.
+
+Like the live runtime (scheduler/runtime.py), a finished gang's program submits its next request
+before the freed slot is dispatched, so the scheduler core chooses between it and the waiting
+programs (shortest remaining work keeps a program that is nearly done on the engine).
+
+Approximation: when the certaindex core's allowance cuts a request below what the program asked,
+the cut is rounded down to whole recorded chunks (traces hold chunks of g tokens), and a probe that
+does not fit counts as the budget running out; the live runtime cuts to the exact token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+
+from certaindex.answers import answers_equal
+from certaindex.costmodel import CostModel
+from certaindex.engines.base import BudgetExhausted, Choice, Completion, Engine, EngineError, GenerationRequest
+from certaindex.engines.replay import ReplayEngine
+from certaindex.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise
+from certaindex.loadtest import policy_spec, program_budget
+from certaindex.programs.cot import CoTConfig, CoTResult, solve_cot
+from certaindex.scheduler.core import Gang, SchedulerCore
+from certaindex.traces import TraceRecord, TraceSet
+
+__all__ = ["LoggedProgram", "SimulationError", "plot_sweep", "simulate", "simulate_logged", "sweep"]
+
+
+class SimulationError(RuntimeError):
+    """The simulation cannot go on (a program asked for something the traces cannot serve)."""
+
+
+# ------------------------------------------------------------------------------ programs as coroutines
+
+
+class _Ask:
+    """What a program's engine call yields to the simulator: answered by ``coroutine.send``."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self.request = request
+
+    def __await__(self) -> Generator["_Ask", Any, Completion]:
+        return (yield self)
+
+
+class _YieldingEngine(Engine):
+    """The engine a simulated program sees: every generate is handed to the simulator."""
+
+    def __init__(self, replay: ReplayEngine | None) -> None:
+        self.replay = replay
+        self.name = f"sim:{replay.name if replay is not None else 'log'}"
+
+    def render_chat(self, messages):  # type: ignore[override]
+        if self.replay is None:
+            raise SimulationError("a logged program renders no prompts")
+        return self.replay.render_chat(messages)
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        return await _Ask(request)
+
+
+@dataclass(frozen=True)
+class LoggedProgram:
+    """A program as a live run logged it (``certaindex loadtest --out``): its requests in order,
+    each ``[is_probe, prompt_tokens, max_tokens, tokens]`` (a probe's with a fifth item, the
+    certaindex the program reported after it), and its outcome. Simulating it checks
+    the timing model on exactly the work that ran, whatever the engine's output would be now."""
+
+    program_id: str
+    arrival: float
+    requests: tuple[tuple, ...]
+    tokens: int
+    correct: bool = False
+    answer: str | None = None
+    stop_reason: str = ""
+
+
+async def _scripted(engine: Engine, program: LoggedProgram, report: Callable[[float], None] | None) -> None:
+    for entry in program.requests:
+        is_probe, _prompt_tokens, max_tokens = entry[:3]
+        await engine.generate(GenerationRequest(prompt="probe" if is_probe else "", max_tokens=max(1, max_tokens)))
+        if report is not None and len(entry) > 4:
+            report(float(entry[4]))
+
+
+def _run_sync(coroutine: Any) -> Any:
+    """Run a coroutine that never suspends (the replay engine's generate) to its result."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coroutine.close()
+    raise SimulationError("the replay engine suspended; it must answer at once")
+
+
+_CORRECT: dict[tuple[str | None, str], bool] = {}
+
+
+def _correct(answer: str | None, gold: str) -> bool:
+    """answers_equal, memoised: replayed programs give the same few answers over and over, and
+    symbolic comparison is the slowest step of a simulation."""
+    key = (answer, gold)
+    if key not in _CORRECT:
+        _CORRECT[key] = answers_equal(answer, gold)
+    return _CORRECT[key]
+
+
+# ------------------------------------------------------------------------------------- state
+
+
+@dataclass(eq=False)
+class _Program:
+    program_id: str
+    trace: TraceRecord | None
+    arrival: float
+    logged: LoggedProgram | None = None
+    cursor: int = 0  # next logged request
+    coroutine: Any = None
+    replica: "_Replica | None" = None
+    start: float | None = None
+    end: float | None = None
+    result: CoTResult | None = None
+    cached_end: int = 0  # tokens of its context an engine with per-program prefix caching holds
+
+
+@dataclass(eq=False)
+class _Request:
+    program: _Program
+    gang: Gang
+    tokens: int  # tokens it generates
+    base: int  # prompt + reasoning tokens in its prompt (what a cache can hold)
+    context: int  # tokens in its context when it joins (base, plus the probe suffix for probes)
+    is_probe: bool
+    remaining: int = 0  # decode steps left
+    length: int = 0  # current context length
+
+
+@dataclass(eq=False)
+class _GangState:
+    program: _Program
+    completion: Completion
+    outstanding: int
+    is_probe: bool
+
+
+@dataclass(eq=False)
+class _Replica:
+    index: int
+    core: SchedulerCore
+    time: float = 0.0  # its last step boundary
+    queue: deque = field(default_factory=deque)  # dispatched, waiting for a batch slot
+    active: list = field(default_factory=list)
+    live: int = 0
+    last_program: _Program | None = None  # "last" prefix cache: whose sequence the KV holds
+    last_end: int = 0
+
+    def next_finish(self, cost: CostModel) -> float:
+        if not self.active:
+            return math.inf
+        k = min(r.remaining for r in self.active)
+        return self.time + cost.steps_s(k, len(self.active), sum(r.length for r in self.active))
+
+
+# ------------------------------------------------------------------------------------ simulator
+
+
+class _Simulation:
+    def __init__(
+        self,
+        traces: TraceSet | None,
+        cost: CostModel,
+        policy: str,
+        config: CoTConfig,
+        *,
+        capacity: int,
+        replicas: int,
+        slo_s: float | None,
+        aging_s: float,
+    ) -> None:
+        self.spec = policy_spec(policy)
+        self.policy = policy
+        self.cost = cost
+        self.config = dataclasses.replace(config, early_exit=self.spec.early_exit)
+        self.budget = program_budget(self.config)
+        self.replay = ReplayEngine(traces) if traces is not None else None
+        self.granularity = traces.settings.granularity if traces is not None else 1
+        self.suffix = self.config.probe_suffix
+        self.slo_s = slo_s
+        self.replicas = [
+            _Replica(i, SchedulerCore(self.spec.core_policy, capacity=capacity, aging_s=aging_s)) for i in range(replicas)
+        ]
+        self.gangs: dict[Gang, _GangState] = {}
+        self.records: list[ProgramRecord] = []
+
+    # -- programs ---------------------------------------------------------------------------
+
+    def arrive(self, program: _Program, now: float) -> None:
+        replica = min(self.replicas, key=lambda r: (r.live, r.index))
+        replica.live += 1
+        program.replica = replica
+        deadline = program.arrival + self.slo_s if self.spec.deadlines and self.slo_s is not None else None
+        replica.core.add_program(program.program_id, now=now, budget=self.budget, deadline=deadline)
+        if program.logged is not None:
+            core, pid = replica.core, program.program_id
+            report = (lambda c: core.report(pid, certaindex=c)) if self.spec.deadlines else None
+            program.coroutine = _scripted(_YieldingEngine(self.replay), program.logged, report)  # type: ignore[arg-type]
+        else:
+            assert program.trace is not None
+            engine = _YieldingEngine(self.replay)  # type: ignore[arg-type]
+            config = dataclasses.replace(self.config, seed=program.trace.seed)
+            on_event = self._reporter(replica.core, program.program_id) if self.spec.deadlines else None
+            program.coroutine = solve_cot(engine, program.trace.question, config, on_event)
+        self.resume(program, now, None)
+
+    @staticmethod
+    def _reporter(core: SchedulerCore, program_id: str) -> Callable[[object], None]:
+        def on_event(event: object) -> None:
+            probe = getattr(event, "probe", None)
+            if getattr(event, "kind", None) == "probe" and probe is not None:
+                core.report(program_id, certaindex=probe.certaindex)
+
+        return on_event
+
+    def resume(self, program: _Program, now: float, completion: Completion | None) -> None:
+        """Run the program until it asks the engine for something it may have, or ends."""
+        replica = program.replica
+        assert replica is not None
+        value: Any = completion
+        error: BaseException | None = None
+        while True:
+            try:
+                asked = program.coroutine.throw(error) if error is not None else program.coroutine.send(value)
+            except StopIteration as stop:
+                self._finish_program(program, now, stop.value)
+                return
+            except EngineError as exc:
+                raise SimulationError(f"program {program.program_id} ({program.trace.id}): {exc}") from exc
+            error = None
+            if not isinstance(asked, _Ask):
+                raise SimulationError(f"a program awaited {asked!r}; only engine calls can be simulated")
+            try:
+                request, served, is_probe = self._capped(program, asked.request)
+            except BudgetExhausted as exc:
+                error = exc
+                continue
+            gang = replica.core.submit(program.program_id, width=request.n, max_tokens=request.max_tokens, now=now)
+            self.gangs[gang] = _GangState(program, served, request.n, is_probe)
+            return
+
+    def _capped(self, program: _Program, request: GenerationRequest) -> tuple[GenerationRequest, Completion, bool]:
+        """The request as the runtime's allowance cap sends it, the recorded answer to it, and
+        whether it is a probe (the only request whose prompt ends in the probe suffix)."""
+        if program.logged is not None:  # what ran, as it ran: no allowance cuts
+            is_probe, prompt_tokens, _, tokens = program.logged.requests[program.cursor][:4]
+            program.cursor += 1
+            base = max(0, prompt_tokens - self.cost.probe_suffix_tokens) if is_probe else prompt_tokens
+            choice = Choice(text="", finish_reason="length", completion_tokens=tokens)
+            return request, Completion(choices=(choice,), prompt_tokens=base), bool(is_probe)
+        assert self.replay is not None
+        core = program.replica.core  # type: ignore[union-attr]
+        allowance = core.allowance(program.program_id)
+        each = allowance // request.n
+        if each < 1:
+            raise BudgetExhausted(f"program {program.program_id!r} has {allowance} tokens left")
+        is_probe = request.prompt.endswith(self.suffix)
+        if each < request.max_tokens:
+            if is_probe:
+                capped = dataclasses.replace(request, max_tokens=each)
+                try:
+                    return capped, _run_sync(self.replay.generate(capped)), True
+                except EngineError:
+                    raise BudgetExhausted("the probe does not fit the allowance") from None
+            whole = each // self.granularity * self.granularity
+            if whole < 1:
+                raise BudgetExhausted(f"program {program.program_id!r} has less than a chunk left")
+            request = dataclasses.replace(request, max_tokens=whole)
+        try:
+            return request, _run_sync(self.replay.generate(request)), is_probe
+        except EngineError as exc:
+            raise SimulationError(f"program {program.program_id} ({program.trace.id}): {exc}") from exc
+
+    def _finish_program(self, program: _Program, now: float, result: CoTResult | None) -> None:
+        replica = program.replica
+        assert replica is not None
+        replica.core.remove_program(program.program_id)
+        replica.live -= 1
+        program.end = now
+        program.result = result
+        start = program.start if program.start is not None else now
+        if program.logged is not None:
+            logged = program.logged
+            tokens, correct, answer, stop = logged.tokens, logged.correct, logged.answer, logged.stop_reason
+        else:
+            assert result is not None and program.trace is not None
+            tokens, answer, stop = result.total_tokens, result.answer, result.stop_reason
+            correct = _correct(result.answer, program.trace.gold)
+        self.records.append(
+            ProgramRecord(
+                program_id=program.program_id,
+                arrival=program.arrival,
+                start=start,
+                end=now,
+                tokens=tokens,
+                correct=correct,
+                policy=self.policy,
+                answer=answer,
+                stop_reason=stop,
+            )
+        )
+
+    # -- engine -----------------------------------------------------------------------------
+
+    def dispatch(self, replica: _Replica) -> None:
+        """Start what the core dispatches; fill the batch from the engine's queue."""
+        for gang in replica.core.dispatch(now=replica.time):
+            state = self.gangs[gang]
+            program = state.program
+            if program.start is None:
+                program.start = replica.time
+            base = state.completion.prompt_tokens
+            context = base + (self.cost.probe_suffix_tokens if state.is_probe else 0)
+            for choice in state.completion.choices:
+                replica.queue.append(_Request(program, gang, choice.completion_tokens, base, context, state.is_probe))
+        while replica.queue and len(replica.active) < self.cost.max_batch:
+            self._join(replica, replica.queue.popleft())
+
+    def _join(self, replica: _Replica, request: _Request) -> None:
+        program = request.program
+        if self.cost.prefix_cache == "last":
+            cached = min(request.base, replica.last_end) if replica.last_program is program else 0
+        else:
+            cached = min(request.base, program.cached_end)
+        replica.time += self.cost.join_s(request.context - cached)
+        request.remaining = max(1, request.tokens)  # even an empty completion takes one step
+        request.length = request.context
+        replica.active.append(request)
+
+    def advance(self, replica: _Replica, until: float) -> None:
+        """Run whole decode steps up to the first step boundary at or after ``until`` (no request
+        finishes on the way: callers process finishes first)."""
+        if not replica.active:
+            replica.time = max(replica.time, until)
+            return
+        if replica.time >= until:
+            return
+        batch = len(replica.active)
+        context = sum(r.length for r in replica.active)
+        k_max = min(r.remaining for r in replica.active)
+        lo, hi = 1, k_max  # smallest k whose end reaches `until`
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if replica.time + self.cost.steps_s(mid, batch, context) >= until:
+                hi = mid
+            else:
+                lo = mid + 1
+        self._steps(replica, lo, batch, context)
+
+    def _steps(self, replica: _Replica, k: int, batch: int, context: int) -> None:
+        replica.time += self.cost.steps_s(k, batch, context)
+        for request in replica.active:
+            request.remaining -= k
+            request.length += k
+
+    def finish_next(self, replica: _Replica) -> None:
+        """Run the batch until its first request finishes; hand the finished gangs' answers back."""
+        batch = len(replica.active)
+        k = min(r.remaining for r in replica.active)
+        self._steps(replica, k, batch, sum(r.length for r in replica.active))
+        done = [r for r in replica.active if r.remaining <= 0]
+        replica.active = [r for r in replica.active if r.remaining > 0]
+        now = replica.time
+        finished: list[_GangState] = []
+        for request in done:
+            self._remember_cache(replica, request)
+            state = self.gangs[request.gang]
+            state.outstanding -= 1
+            if state.outstanding == 0:
+                del self.gangs[request.gang]
+                replica.core.finish(request.gang, tokens=state.completion.completion_tokens)
+                finished.append(state)
+        for state in finished:
+            self.resume(state.program, now, state.completion)
+        self.dispatch(replica)
+
+    def _remember_cache(self, replica: _Replica, request: _Request) -> None:
+        end = request.base if request.is_probe else request.base + request.tokens
+        replica.last_program, replica.last_end = request.program, end
+        request.program.cached_end = end
+
+    # -- main loop --------------------------------------------------------------------------
+
+    def run(self, programs: list[_Program]) -> list[ProgramRecord]:
+        pending = deque(sorted(programs, key=lambda p: p.arrival))
+        while True:
+            next_arrival = pending[0].arrival if pending else math.inf
+            replica = min(self.replicas, key=lambda r: r.next_finish(self.cost))
+            next_finish = replica.next_finish(self.cost)
+            if next_arrival == math.inf and next_finish == math.inf:
+                break
+            if next_finish <= next_arrival:
+                self.finish_next(replica)
+                continue
+            program = pending.popleft()
+            # It goes to the least-loaded replica, which first runs to its next step boundary.
+            target = min(self.replicas, key=lambda r: (r.live, r.index))
+            self.advance(target, program.arrival)
+            self.arrive(program, program.arrival)
+            self.dispatch(target)
+        stuck = [r for r in self.replicas if r.core.pending_gangs or r.queue or r.live]
+        if stuck:
+            raise SimulationError(
+                f"the simulation stopped with work left on replica {stuck[0].index} "
+                f"({stuck[0].core.pending_gangs} pending gangs, {stuck[0].live} live programs)"
+            )
+        return sorted(self.records, key=lambda r: r.arrival)
+
+
+def simulate(
+    traces: TraceSet,
+    cost: CostModel,
+    policy: str,
+    arrivals: Sequence[float],
+    config: CoTConfig,
+    *,
+    capacity: int,
+    replicas: int = 1,
+    slo_s: float | None = None,
+    aging_s: float = 30.0,
+    order: Sequence[int] | None = None,
+) -> list[ProgramRecord]:
+    """Serve programs arriving at ``arrivals`` under ``policy``; program i replays trace
+    ``order[i]`` (default ``i % len(traces)``, the traces in file order)."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, got {replicas}")
+    if not traces.records:
+        raise ValueError("the trace set holds no traces")
+    if order is not None and len(order) != len(arrivals):
+        raise ValueError(f"{len(arrivals)} arrivals but {len(order)} trace indices")
+    g = traces.settings.granularity
+    if config.probe_interval % g or config.budget % g or config.budget > traces.settings.budget:
+        raise ValueError(
+            f"the traces serve probe intervals and budgets that are multiples of g={g} and at most "
+            f"{traces.settings.budget} tokens; got interval {config.probe_interval}, budget {config.budget}"
+        )
+    indices = list(order) if order is not None else [i % len(traces.records) for i in range(len(arrivals))]
+    programs = [
+        _Program(f"{policy}:{i}:{traces.records[j].id}", traces.records[j], float(t))
+        for i, (t, j) in enumerate(zip(arrivals, indices))
+    ]
+    sim = _Simulation(traces, cost, policy, config, capacity=capacity, replicas=replicas, slo_s=slo_s, aging_s=aging_s)
+    return sim.run(programs)
+
+
+def simulate_logged(
+    programs: Sequence[LoggedProgram],
+    cost: CostModel,
+    policy: str,
+    *,
+    capacity: int,
+    replicas: int = 1,
+    slo_s: float | None = None,
+    aging_s: float = 30.0,
+) -> list[ProgramRecord]:
+    """Serve logged programs (their requests exactly as they ran live) under ``policy``: the check
+    of the cost model against a load test, free of any difference in what the engine writes. The
+    certaindex core hears the logged certaindex reports and cuts nothing."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, got {replicas}")
+    for program in programs:
+        if not program.requests:
+            raise ValueError(f"logged program {program.program_id!r} made no requests")
+    sims = [_Program(p.program_id, None, float(p.arrival), logged=p) for p in programs]
+    config = CoTConfig()
+    sim = _Simulation(None, cost, policy, config, capacity=capacity, replicas=replicas, slo_s=slo_s, aging_s=aging_s)
+    return sim.run(sims)
+
+
+def sweep(
+    traces: TraceSet,
+    cost: CostModel,
+    policies: Sequence[str],
+    rates: Sequence[float],
+    config: CoTConfig,
+    *,
+    programs: int,
+    capacity: int,
+    replicas: int = 1,
+    slos: Sequence[float] = (),
+    seed: int = 0,
+    aging_s: float = 30.0,
+    on_done: Callable[[str, float, Summary], None] | None = None,
+) -> dict[tuple[str, float], tuple[Summary, list[ProgramRecord]]]:
+    """Every policy at every arrival rate; one seed draws the arrival times and which traces arrive,
+    shared by all policies at a rate."""
+    results: dict[tuple[str, float], tuple[Summary, list[ProgramRecord]]] = {}
+    for rate in rates:
+        rng = np.random.default_rng([seed, int(round(rate * 1e6))])
+        arrivals = poisson_arrivals(programs, rate, rng)
+        order = [int(i) for i in rng.integers(0, len(traces.records), size=programs)]
+        for policy in policies:
+            records = simulate(
+                traces, cost, policy, arrivals, config, capacity=capacity, replicas=replicas,
+                slo_s=slos[0] if slos else None, aging_s=aging_s, order=order,
+            )
+            summary = summarise(policy, records, slos)
+            results[(policy, rate)] = (summary, records)
+            if on_done is not None:
+                on_done(policy, rate, summary)
+    return results
+
+
+def plot_sweep(
+    results: dict[tuple[str, float], tuple[Summary, list[ProgramRecord]]], slos: Sequence[float], prefix: str, title: str = ""
+) -> list[str]:
+    """PNG plots against arrival rate, one curve per policy: SLO attainment (one file per SLO) and
+    throughput (programs/s). Returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(dict.fromkeys(p for p, _ in results))
+    rates = sorted({r for _, r in results})
+    written: list[str] = []
+
+    def curve(ax, value: Callable[[Summary], float]) -> None:
+        for policy in policies:
+            ax.plot(rates, [value(results[(policy, r)][0]) for r in rates], marker="o", label=policy)
+        ax.set_xlabel("arrival rate (programs/s)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+
+    for slo in slos:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        curve(ax, lambda s: s.slo[float(slo)])
+        ax.set_ylabel(f"SLO attainment (latency <= {slo:g} s)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title)
+        path = f"{prefix}-slo{slo:g}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    curve(ax, lambda s: s.programs_per_s)
+    ax.set_ylabel("throughput (programs/s)")
+    ax.set_title(title)
+    path = f"{prefix}-throughput.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    return written
