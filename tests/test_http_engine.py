@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from certaindex.engines.base import EngineError, GenerationRequest
@@ -32,17 +34,39 @@ async def test_http_engine_completes_with_logprobs_and_usage(llama_server: str) 
 
 
 @pytest.mark.model
-async def test_early_exit_through_the_server_matches_the_embedded_engine(llama_server: str, embedded_engine) -> None:
+async def test_early_exit_runs_through_the_server(llama_server: str) -> None:
     config = CoTConfig(budget=192, probe_interval=24, k=3, probe_tokens=12)
     async with HTTPEngine(llama_server, chat_template="chatml", extra_body=SAME_SAMPLING) as engine:
         over_http = await solve_cot(engine, QUESTION, config)
-    in_process = await solve_cot(embedded_engine, QUESTION, config)
     assert over_http.total_tokens == over_http.reasoning_tokens + over_http.probe_tokens + over_http.answer_tokens
     assert over_http.probes and all(p.tokens <= config.probe_tokens for p in over_http.probes)
-    # Same weights, same greedy decoding: the reasoning starts the same either way. Only its start:
-    # the server reuses cached prefixes of earlier requests, which changes batch shapes and so, at
-    # near-tied logits of this 135M model, can change a later token (seen in about 1 run in 3).
-    assert over_http.reasoning[:16] == in_process.reasoning[:16]
+    assert over_http.reasoning_tokens <= config.budget and over_http.reasoning
+
+
+@pytest.mark.model
+async def test_the_server_and_the_embedded_engine_agree_on_the_next_token(llama_server: str, model_path) -> None:
+    """Same weights and the same chat rendering either way: the next token's distribution matches.
+    Compared as numbers with a tolerance, not as text, because llama.cpp's greedy text depends on
+    its KV-cache state (a reused prefix changes batch shapes), which flips near-tied tokens of this
+    135M model: comparing reasoning text failed about 1 run in 3."""
+    from certaindex.engines.embedded import EmbeddedEngine
+
+    request = GenerationRequest(prompt="", max_tokens=1, logprobs=5, temperature=0.0)
+    async with HTTPEngine(llama_server, chat_template="chatml", extra_body=SAME_SAMPLING) as engine:
+        prompt = engine.render_chat([{"role": "user", "content": QUESTION}])
+        over_http = (await engine.generate(dataclasses.replace(request, prompt=prompt))).choices[0]
+    embedded = EmbeddedEngine(model_path=model_path, logprobs=True, chat_template="chatml")
+    try:
+        assert embedded.render_chat([{"role": "user", "content": QUESTION}]) == prompt
+        in_process = (await embedded.generate(dataclasses.replace(request, prompt=prompt))).choices[0]
+    finally:
+        await embedded.aclose()
+    top_http, top_local = over_http.logprobs[0].top, in_process.logprobs[0].top
+    assert len(top_http) == len(top_local) == 5
+    shared = set(top_http) & set(top_local)
+    assert len(shared) >= 4, (top_http, top_local)
+    for token in shared:
+        assert abs(top_http[token] - top_local[token]) < 0.1, (token, top_http, top_local)
 
 
 async def test_unreachable_server_is_a_clear_engine_error() -> None:

@@ -69,14 +69,19 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_cot_args(parser: argparse.ArgumentParser) -> None:
+def _add_cot_args(
+    parser: argparse.ArgumentParser, budget: int = 1024, interval: int = 32, k: int = 3, seed_flag: str = "--seed"
+) -> None:
+    """The chain-of-thought flags; ``seed_flag`` renames the sampling seed where ``--seed`` means
+    something else (the load test's arrivals); ``_cot_config`` reads it as ``seed``."""
     group = parser.add_argument_group("reasoning")
-    group.add_argument("--budget", type=int, default=1024, help="most reasoning tokens (default 1024)")
-    group.add_argument("--probe-interval", type=int, default=32, help="reasoning tokens between probes (default 32)")
-    group.add_argument("--k", type=int, default=3, help="agreeing probes in a row needed to stop (default 3)")
+    group.add_argument("--budget", type=int, default=budget, help=f"most reasoning tokens (default {budget})")
+    group.add_argument("--probe-interval", type=int, default=interval,
+                       help=f"reasoning tokens between probes (default {interval})")
+    group.add_argument("--k", type=int, default=k, help=f"agreeing probes in a row needed to stop (default {k})")
     group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
     group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    group.add_argument(seed_flag, dest="sampling_seed", type=int, default=0, help="sampling seed (default 0)")
     group.add_argument(
         "--calibration",
         help="JSON config written by `certaindex calibrate`: its probe interval and k replace the flags' values",
@@ -96,7 +101,7 @@ def _cot_config(args: argparse.Namespace, early_exit: bool = True) -> CoTConfig:
         k=args.k,
         probe_tokens=args.probe_tokens,
         temperature=args.temperature,
-        seed=args.seed,
+        seed=args.sampling_seed,
         early_exit=early_exit,
     )
     if getattr(args, "calibration", None):
@@ -242,7 +247,7 @@ def _sc_config(args: argparse.Namespace) -> SCConfig:
         temperature=args.sample_temperature,
         threshold=args.threshold,
         alpha=args.alpha,
-        seed=args.seed,
+        seed=args.sampling_seed,
     )
 
 

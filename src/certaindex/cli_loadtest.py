@@ -103,14 +103,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--arrivals", help="file of arrival times in seconds, one per line (replaces --rate)")
     _add_serving_args(load)
     cli._add_engine_args(load)
-    group = load.add_argument_group("reasoning")
-    group.add_argument("--budget", type=int, default=384, help="most reasoning tokens (default 384)")
-    group.add_argument("--probe-interval", type=int, default=16, help="reasoning tokens between probes (default 16)")
-    group.add_argument("--k", type=int, default=2, help="agreeing probes in a row needed to stop (default 2)")
-    group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
-    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    group.add_argument("--sample-seed", type=int, default=0, help="sampling seed of the programs (default 0)")
-    group.add_argument("--calibration", help="JSON config from `certaindex calibrate` (probe interval and k)")
+    cli._add_cot_args(load, budget=384, interval=16, k=2, seed_flag="--sample-seed")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(handler=loadtest_command)
 
@@ -220,7 +213,7 @@ async def loadtest_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--offset must be >= 0, got {args.offset}")
     if not math.isfinite(args.rate) or args.rate <= 0:
         raise ValueError(f"--rate must be a number of programs per second > 0, got {args.rate}")
-    config = cli._cot_config(argparse.Namespace(**{**vars(args), "seed": args.sample_seed}))
+    config = cli._cot_config(args)
     problems = load_dataset(args.dataset)[args.offset : args.offset + args.limit]
     if not problems:
         raise ValueError(f"--offset {args.offset} leaves no problems in {args.dataset}")
