@@ -45,6 +45,9 @@ class CoreMachine(RuleBasedStateMachine):
     def fits(self, width: int, running: int) -> bool:
         return running == 0 or running + width <= CAPACITY
 
+    def age_key(self, gang: Gang) -> tuple[float, int]:
+        return self.programs[gang.program_id]["arrived"], gang.gang_id
+
     def remaining(self, pid: str) -> int:
         p = self.programs[pid]
         return max(0, p["budget"] - p["used"]) * (Q - round(p["certaindex"] * Q))
@@ -64,7 +67,8 @@ class CoreMachine(RuleBasedStateMachine):
         pid = f"p{self.next_pid}"
         self.next_pid += 1
         self.core.add_program(pid, now=self.now, budget=budget, deadline=deadline, priority=priority)
-        self.programs[pid] = {"budget": budget, "used": 0, "certaindex": 0.0, "deadline": deadline, "priority": priority}
+        self.programs[pid] = {"budget": budget, "used": 0, "certaindex": 0.0, "deadline": deadline, "priority": priority,
+                              "arrived": self.now}
 
     @precondition(lambda self: self.programs)
     @rule(data=st.data())
@@ -120,7 +124,7 @@ class CoreMachine(RuleBasedStateMachine):
     @rule()
     def dispatch(self) -> None:
         running_before = self.running_width()
-        oldest = min(self.pending.values(), key=lambda g: (g.submitted, g.gang_id), default=None)
+        oldest = min(self.pending.values(), key=self.age_key, default=None)
         heads = {}
         for g in sorted(self.pending.values(), key=lambda g: g.gang_id):
             heads.setdefault(g.program_id, g)
@@ -143,8 +147,9 @@ class CoreMachine(RuleBasedStateMachine):
                 assert not self.fits(head.width, self.running_width())
                 assert all(g.gang_id < head.gang_id for g in started), "a later gang overtook a waiting one"
             return
-        if oldest is not None and self.now - oldest.submitted >= AGING_S:
-            # Aged: the oldest gang goes first, or nothing starts until it fits (no starvation).
+        if oldest is not None and self.now - self.age_key(oldest)[0] >= AGING_S:
+            # Aged (per program): the oldest program's gang goes first, or nothing starts until it
+            # fits (no starvation).
             if self.fits(oldest.width, running_before):
                 assert started and started[0] == oldest
             else:
@@ -279,6 +284,24 @@ def test_an_aged_gang_holds_back_later_ones_until_it_fits() -> None:
     assert core.dispatch(now=13) == [wide]
     core.finish(wide, tokens=4)
     assert core.dispatch(now=14) == [late]
+
+
+def test_aging_is_per_program_so_the_oldest_program_keeps_the_engine() -> None:
+    """Under overload every gang waits past aging_s. The oldest *program*'s next step goes before a
+    gang that has waited longer, so it finishes instead of the engine switching at every step."""
+    core = SchedulerCore("certaindex", capacity=1, aging_s=10)
+    core.add_program("old", now=0, budget=10_000)
+    step = core.submit("old", width=1, max_tokens=10, now=0)
+    assert core.dispatch(now=0) == [step]
+    core.add_program("new", now=1, budget=100)  # far less remaining work than `old`
+    waiting = core.submit("new", width=1, max_tokens=10, now=2)
+    assert core.dispatch(now=2) == []
+    core.finish(step, tokens=10)
+    step = core.submit("old", width=1, max_tokens=10, now=20)
+    assert core.dispatch(now=20) == [step]  # `waiting` has waited 18 s, but `old` arrived first
+    core.finish(step, tokens=10)
+    core.remove_program("old")
+    assert core.dispatch(now=21) == [waiting]
 
 
 def test_budget_moves_from_confident_to_unsure_programs_and_back() -> None:

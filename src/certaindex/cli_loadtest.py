@@ -68,13 +68,14 @@ def _add_serving_args(parser: argparse.ArgumentParser) -> None:
                        help="most requests in flight at once, the engine's useful batch size (default 1: llama.cpp "
                        "in process runs one generation at a time)")
     group.add_argument("--policies", default="full-fcfs,exit-fcfs,exit-sched",
-                       help="policies to compare, comma-separated (default: all three; full-fcfs is the baseline)")
+                       help="policies to compare, comma-separated, from full-fcfs, full-sched, exit-fcfs, exit-sched "
+                       "(default full-fcfs,exit-fcfs,exit-sched; full-fcfs is the baseline)")
     group.add_argument("--slo", type=float, action="append",
                        help="latency SLO in seconds; repeat for several (default 30). The first is the deadline "
                        "exit-sched is told (arrival + SLO)")
     group.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default 0)")
     group.add_argument("--aging", type=float, default=30.0,
-                       help="exit-sched: seconds after which a waiting request goes first (default 30)")
+                       help="*-sched: seconds after its arrival from which a program goes before all later ones (default 30)")
     group.add_argument("--out", help="write per-program records to this JSONL file")
     group.add_argument("--report", help="also write the command and the table to this text file")
 

@@ -1,8 +1,10 @@
 """Online serving load test: chain-of-thought programs arriving over time at one engine.
 
-Three policies run one after another on the same engine and the *same* arrival times:
+Policies run one after another on the same engine and the *same* arrival times:
 
-* ``full-fcfs``: full reasoning, first-come-first-served scheduler core;
+* ``full-fcfs``: full reasoning, first-come-first-served scheduler core (the baseline);
+* ``full-sched``: full reasoning under the ``certaindex`` core (no probes, so no certaindex: it
+  separates what scheduling alone gains from what early exit adds);
 * ``exit-fcfs``: early exit (probe agreement), first-come-first-served core;
 * ``exit-sched``: early exit under the ``certaindex`` core, which hears every probe's certaindex and
   each program's deadline (arrival + the first SLO), so it can run nearly-settled and urgent
@@ -39,8 +41,8 @@ __all__ = [
     "run_policy",
 ]
 
-PolicyName = Literal["full-fcfs", "exit-fcfs", "exit-sched"]
-POLICIES: tuple[PolicyName, ...] = ("full-fcfs", "exit-fcfs", "exit-sched")
+PolicyName = Literal["full-fcfs", "full-sched", "exit-fcfs", "exit-sched"]
+POLICIES: tuple[PolicyName, ...] = ("full-fcfs", "exit-fcfs", "exit-sched")  # the default comparison
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class PolicySpec:
 def policy_spec(name: str) -> PolicySpec:
     specs = {
         "full-fcfs": PolicySpec("full-fcfs", False, "fcfs", False),
+        "full-sched": PolicySpec("full-sched", False, "certaindex", True),
         "exit-fcfs": PolicySpec("exit-fcfs", True, "fcfs", False),
         "exit-sched": PolicySpec("exit-sched", True, "certaindex", True),
     }
