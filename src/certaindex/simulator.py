@@ -551,24 +551,20 @@ def plot_sweep(
         ax.grid(alpha=0.3)
         ax.legend()
 
-    for slo in slos:
+    def figure(name: str, value: Callable[[Summary], float], ylabel: str, ylim: tuple[float, float] | None) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
-        curve(ax, lambda s: s.slo[float(slo)])
-        ax.set_ylabel(f"SLO attainment (latency <= {slo:g} s)")
-        ax.set_ylim(-0.02, 1.02)
+        curve(ax, value)
+        ax.set_ylabel(ylabel)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.set_title(title)
-        path = f"{prefix}-slo{slo:g}.png"
+        path = f"{prefix}-{name}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    curve(ax, lambda s: s.programs_per_s)
-    ax.set_ylabel("throughput (programs/s)")
-    ax.set_title(title)
-    path = f"{prefix}-throughput.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+
+    for slo in slos:
+        figure(f"slo{slo:g}", lambda s, slo=slo: s.slo[float(slo)], f"SLO attainment (latency <= {slo:g} s)", (-0.02, 1.02))
+    figure("throughput", lambda s: s.programs_per_s, "throughput (programs/s)", None)
     return written
