@@ -6,8 +6,9 @@ and this client. Measurements, interleaved so machine noise hits both sides alik
 1. per request: one chat request passed through (policy ``off``) against the same request sent to
    the upstream directly;
 2. per probe step: the same early-exit chain of thought run by ``solve_cot`` in this process
-   straight against the upstream, against the proxy running it (``policy cot``); the difference is
-   divided by the upstream requests the program made (reasoning chunks and probes);
+   straight against the upstream, against the proxy running it (``policy cot``), once with the
+   proxy's scheduler on (the default) and once against a second proxy with ``--scheduler off``;
+   each difference is divided by the upstream requests the program made (chunks and probes);
 3. load: ``--streams`` streaming requests at once through the proxy: answered, errors, peak in
    flight, the proxy's memory before and after.
 
@@ -96,8 +97,11 @@ async def per_request(upstream: str, proxy: str, rounds: int) -> list[str]:
     ]
 
 
-async def per_probe_step(upstream: str, proxy: str, rounds: int, config: CoTConfig, extra: dict) -> list[str]:
-    direct, proxied, steps = [], [], []
+async def per_probe_step(upstream: str, proxies: dict[str, str], rounds: int, config: CoTConfig,
+                         extra: dict) -> list[str]:
+    """Direct, then each proxy (e.g. with and without its scheduler), interleaved round by round."""
+    direct, steps = [], []
+    proxied: dict[str, list[float]] = {name: [] for name in proxies}
     mismatches = 0
     body = {"model": "m", "messages": MESSAGES, "temperature": 0, **extra,
             "certaindex": {"policy": "cot", "budget": config.budget, "probe_interval": config.probe_interval,
@@ -107,27 +111,33 @@ async def per_probe_step(upstream: str, proxy: str, rounds: int, config: CoTConf
             started = time.perf_counter()
             result = await solve_cot(engine, QUESTION, config, messages=MESSAGES)
             direct_s = time.perf_counter() - started
-            started = time.perf_counter()
-            response = await client.post(f"{proxy}/v1/chat/completions", json=body)
-            response.raise_for_status()
-            proxied_s = time.perf_counter() - started
-            info = response.json()["certaindex"]
-            if info["stop_reason"] != result.stop_reason:
-                mismatches += 1  # the two runs parted ways (engine nondeterminism); reported below
+            times, infos = {}, []
+            for name, proxy in proxies.items():
+                started = time.perf_counter()
+                response = await client.post(f"{proxy}/v1/chat/completions", json=body)
+                response.raise_for_status()
+                times[name] = time.perf_counter() - started
+                infos.append(response.json()["certaindex"])
+            if any(info["stop_reason"] != result.stop_reason for info in infos):
+                mismatches += 1  # the runs parted ways (engine nondeterminism); reported below
             if i >= 2:
                 direct.append(direct_s)
-                proxied.append(proxied_s)
-                steps.append(info["upstream_requests"])
-    per_step = [(p - d) / s for p, d, s in zip(proxied, direct, steps)]
-    return [
+                for name in proxies:
+                    proxied[name].append(times[name])
+                steps.append(infos[0]["upstream_requests"])
+    lines = [
         f"early-exit chain of thought, {rounds} runs each, interleaved "
         f"(budget {config.budget}, probe interval {config.probe_interval}, k {config.k}):",
         f"  solve_cot direct     {summary(direct)}",
-        f"  through the proxy    {summary(proxied)}",
-        f"  upstream requests per run (chunks + probes): median {statistics.median(steps):.0f}",
-        f"  added per probe step median {statistics.median(per_step) * 1e3:.3f} ms",
-        f"  runs where direct and proxied stopped for different reasons: {mismatches}",
     ]
+    for name, times in proxied.items():
+        lines.append(f"  proxy, {name:<14} {summary(times)}")
+    lines.append(f"  upstream requests per run (chunks + probes): median {statistics.median(steps):.0f}")
+    for name, times in proxied.items():
+        per_step = [(p - d) / s for p, d, s in zip(times, direct, steps)]
+        lines.append(f"  added per probe step, {name}: median {statistics.median(per_step) * 1e3:.3f} ms")
+    lines.append(f"  runs where a proxied run stopped for another reason than the direct one: {mismatches}")
+    return lines
 
 
 async def load(proxy: str, proxy_proc: psutil.Process, streams: int) -> list[str]:
@@ -226,14 +236,21 @@ def main() -> None:
 
     with (given_upstream() if args.upstream else fake_upstream()) as upstream:
         lines.append(f"upstream: {args.upstream or 'fake upstream (tests/misbehaving_upstream.py, 2 ms per streamed token)'}")
-        port = free_port()
-        proxy = f"http://127.0.0.1:{port}"
-        serve = [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", f"{upstream}/v1", "--port", str(port),
-                 "--max-concurrency", str(max(64, args.streams)), "--max-queue", str(max(256, args.streams)),
-                 "--log-level", "warning", "--extra-body", args.extra_body]
-        with process(serve, f"{proxy}/health") as proc:
+        port, plain_port = free_port(), free_port()
+        proxy, plain = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{plain_port}"
+
+        def serve(port_: int, *flags: str) -> list[str]:
+            return [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", f"{upstream}/v1",
+                    "--port", str(port_), "--max-concurrency", str(max(64, args.streams)),
+                    "--max-queue", str(max(256, args.streams)), "--log-level", "warning",
+                    "--extra-body", args.extra_body, *flags]
+
+        # The proxy as shipped (scheduler on), and one with --scheduler off: the scheduler's share.
+        with process(serve(port), f"{proxy}/health") as proc, process(serve(plain_port, "--scheduler", "off"),
+                                                                       f"{plain}/health"):
             lines += asyncio.run(per_request(upstream, proxy, args.requests))
-            lines += asyncio.run(per_probe_step(upstream, proxy, args.programs, config, extra))
+            lines += asyncio.run(per_probe_step(upstream, {"scheduler on": proxy, "scheduler off": plain},
+                                                args.programs, config, extra))
             for wave in range(args.waves if args.streams else 0):  # a leak would grow wave after wave
                 lines.append(f"wave {wave + 1} of {args.waves}")
                 lines += asyncio.run(load(proxy, psutil.Process(proc.pid), args.streams))

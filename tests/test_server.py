@@ -446,3 +446,79 @@ def test_non_streaming_client_disconnect_cancels_the_program(stack):
     time.sleep(3)  # a program still running would have asked for its next chunk (2 s each) by now
     assert len(stack.upstream.requests) == requests_at_cancel <= 2
     assert 'certaindex_client_disconnects_total 1.0' in httpx.get(f"{stack.url}/metrics").text
+
+
+# -- the program-aware scheduler in the proxy -----------------------------------------------------
+
+SIX_SEVEN = [{"role": "user", "content": "What is 6 * 7?"}]
+FIVE_EIGHT = [{"role": "user", "content": "What is 5 * 8?"}]
+
+
+def _two_programs_at_once(stack) -> list[str]:
+    """Send two chat requests together; return which program each upstream request served, in order."""
+
+    def ask(messages) -> None:
+        stack.client().chat.completions.create(model="m", messages=messages)
+
+    threads = [threading.Thread(target=ask, args=(m,)) for m in (SIX_SEVEN, FIVE_EIGHT)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return ["6*7" if "6 * 7" in r["prompt"] else "5*8" for r in stack.upstream.requests]
+
+
+def _switches(order: list[str]) -> int:
+    return sum(a != b for a, b in zip(order, order[1:]))
+
+
+@pytest.mark.stack(capacity=1, upstream={"token_delay_s": 0.01})
+def test_scheduler_keeps_one_program_on_the_engine_until_it_ends(stack):
+    """certaindex (default), capacity 1: a program's next step goes before the other program's
+    first, so the engine keeps one program's cached prefix until that program is done."""
+    order = _two_programs_at_once(stack)
+    assert len(order) == 2 * 2 * COT.k  # each program: k chunks and k probes
+    assert _switches(order) == 1, order
+
+
+@pytest.mark.stack(capacity=1, scheduler="fcfs", upstream={"token_delay_s": 0.01})
+def test_fcfs_scheduler_makes_programs_take_turns(stack):
+    order = _two_programs_at_once(stack)
+    assert len(order) == 2 * 2 * COT.k
+    assert _switches(order) >= 3, order
+
+
+@pytest.mark.stack(engine_priorities=True)
+def test_scheduler_priorities_reach_an_upstream_that_takes_them(stack):
+    stack.client().chat.completions.create(model="m", messages=QUESTION, extra_body={"certaindex": {"priority": 2}})
+    priorities = [r.get("priority") for r in stack.upstream.requests]
+    assert priorities and all(isinstance(p, int) for p in priorities), priorities
+    stack.upstream.requests.clear()
+    stack.client().chat.completions.create(model="m", messages=QUESTION)
+    assert max(r["priority"] for r in stack.upstream.requests) < min(priorities)  # class 0 runs before class 2
+
+
+def test_without_engine_priorities_no_priority_is_sent(stack):
+    stack.client().chat.completions.create(model="m", messages=QUESTION, extra_body={"certaindex": {"priority": 2}})
+    assert stack.upstream.requests and all("priority" not in r for r in stack.upstream.requests)
+
+
+@pytest.mark.parametrize("options", [{"priority": 5000}, {"priority": "high"}, {"deadline_s": 0}, {"deadline_s": -3}])
+def test_bad_scheduling_options_get_a_400(stack, options):
+    response = httpx.post(f"{stack.url}/v1/chat/completions",
+                          json={"model": "m", "messages": QUESTION, "certaindex": options})
+    assert response.status_code == 400 and next(iter(options)) in response.json()["error"]["message"]
+
+
+@pytest.mark.stack(scheduler="off")
+def test_scheduler_off_serves_the_same_answer(stack):
+    reply = stack.client().chat.completions.create(model="m", messages=QUESTION)
+    assert "\\boxed{42}" in reply.choices[0].message.content
+    assert "certaindex_scheduler_programs" not in httpx.get(f"{stack.url}/metrics").text
+
+
+def test_scheduler_metrics_are_exported_and_settle(stack):
+    stack.client().chat.completions.create(model="m", messages=QUESTION, extra_body={"certaindex": {"deadline_s": 30}})
+    text = httpx.get(f"{stack.url}/metrics").text
+    for gauge in ("certaindex_scheduler_programs", "certaindex_scheduler_running", "certaindex_scheduler_waiting"):
+        assert f"{gauge} 0.0" in text

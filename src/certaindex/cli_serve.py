@@ -44,6 +44,19 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
                        help="seconds one upstream read may take (default 300)")
     serve.add_argument("--request-timeout", type=float, default=900.0,
                        help="seconds a whole request may take (default 900)")
+    group = serve.add_argument_group("scheduling (docs/scheduler.md)")
+    group.add_argument("--scheduler", default="certaindex", choices=["certaindex", "fcfs", "off"],
+                       help="order the chat programs' upstream requests: certaindex (settled and urgent programs "
+                       "first, budget to unsure ones; default), fcfs, or off (send everything at once)")
+    group.add_argument("--capacity", type=int,
+                       help="upstream requests in flight at once (default: 1 for the embedded engine, which runs "
+                       "one at a time; else --max-concurrency). Give the engine's batch size, e.g. vLLM's "
+                       "--max-num-seqs times the replicas")
+    group.add_argument("--aging", type=float, default=30.0,
+                       help="seconds after its arrival from which a program goes before all later ones (default 30)")
+    group.add_argument("--engine-priorities", action="store_true",
+                       help="send each request's scheduling priority upstream (vLLM --scheduling-policy priority; "
+                       "SGLang --enable-priority-scheduling)")
     serve.add_argument("--extra-body", help="JSON object sent with every upstream request, e.g. '{\"top_k\": 20}'")
     serve.add_argument("--log-content", action="store_true",
                        help="log prompts and answers (off by default: only sizes and timings are logged)")
@@ -67,7 +80,8 @@ def settings_from_args(args: argparse.Namespace):
             upstream_api_key=args.upstream_api_key, api_key=args.api_key or None, policy=args.policy,
             max_concurrency=args.max_concurrency, max_queue=args.max_queue,
             upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
-            log_content=args.log_content, engine_extra_body=extra,
+            log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
+            capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
         ),
         cot=cot,
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
@@ -31,6 +30,7 @@ from certaindex.engines.base import Completion, Engine, EngineError, GenerationR
 from certaindex.loadgen import ProgramRecord
 from certaindex.programs.cot import CoTConfig, solve_cot
 from certaindex.scheduler import Scheduler, SchedulerCore, cot_reporter
+from certaindex.scheduler.budgets import program_budget
 
 __all__ = [
     "POLICIES",
@@ -65,14 +65,6 @@ def policy_spec(name: str) -> PolicySpec:
     if name not in specs:
         raise ValueError(f"unknown policy {name!r}: use one of {', '.join(specs)}")
     return specs[name]
-
-
-def program_budget(config: CoTConfig) -> int:
-    """Tokens one program may spend in all: its reasoning budget, a probe after every chunk plus
-    the forced last one, and a reasoning model's answer. Under FCFS a program never hits it, so
-    scheduled and unscheduled runs are the same; the certaindex core redistributes it."""
-    probes = math.ceil(config.budget / config.probe_interval) + 1 if config.early_exit else 1
-    return config.budget + probes * config.probe_tokens + config.answer_tokens
 
 
 # The record of the program whose task is running: the engine wrapper notes its first dispatch.

@@ -37,7 +37,8 @@ from certaindex.costmodel import CostModel
 from certaindex.engines.base import BudgetExhausted, Choice, Completion, Engine, EngineError, GenerationRequest
 from certaindex.engines.replay import ReplayEngine
 from certaindex.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise
-from certaindex.loadtest import policy_spec, program_budget
+from certaindex.loadtest import policy_spec
+from certaindex.scheduler.budgets import program_budget
 from certaindex.programs.cot import CoTConfig, CoTResult, solve_cot
 from certaindex.scheduler.core import Gang, SchedulerCore
 from certaindex.traces import TraceRecord, TraceSet

@@ -52,13 +52,21 @@ class Scheduler:
 
     @asynccontextmanager
     async def session(
-        self, program_id: str, *, budget: int, deadline: float | None = None, priority: int = 0
+        self,
+        program_id: str,
+        *,
+        budget: int,
+        deadline: float | None = None,
+        priority: int = 0,
+        engine: Engine | None = None,
     ) -> AsyncIterator["ScheduledEngine"]:
         """Run one program: yields the engine it must use. ``deadline`` is a time on ``clock``;
-        ``priority``: lower runs sooner. Leaving the block drops the program's pending gangs."""
+        ``priority``: lower runs sooner. ``engine``: run this program's requests on it instead of
+        the scheduler's own (the same upstream with per-request fields, e.g. ``HTTPEngine.derive``);
+        it shares the scheduler's capacity. Leaving the block drops the program's pending gangs."""
         self.core.add_program(program_id, now=self.clock(), budget=budget, deadline=deadline, priority=priority)
         self._by_program[program_id] = set()
-        engine = ScheduledEngine(self, program_id)
+        engine = ScheduledEngine(self, program_id, engine)
         try:
             yield engine
         finally:
@@ -140,11 +148,14 @@ class Scheduler:
 class ScheduledEngine(Engine):
     """The engine a program sees inside a session: the inner engine, behind the scheduler."""
 
-    def __init__(self, scheduler: Scheduler, program_id: str) -> None:
+    def __init__(self, scheduler: Scheduler, program_id: str, inner: Engine | None = None) -> None:
         self.scheduler = scheduler
         self.program_id = program_id
-        self.inner = scheduler.engine
+        self.inner = inner or scheduler.engine
         self.closed = False
+        counter = getattr(self.inner, "count_tokens", None)
+        if counter is not None:
+            self.count_tokens = counter  # the inner engine's tokenizer, where it has one
 
     @property
     def name(self) -> str:  # type: ignore[override]

@@ -24,6 +24,8 @@ from certaindex.engines.base import Engine, EngineError, GenerationRequest
 from certaindex.engines.http import normalise_base_url
 from certaindex.programs.cot import THINK_OPEN
 from certaindex.programs.self_consistency import SCConfig
+from certaindex.scheduler import Scheduler, SchedulerCore
+from certaindex.scheduler.budgets import program_budget, sc_program_budget
 from certaindex.server.admission import Admission, Slot
 from certaindex.server.chat_programs import ChatOutcome, run_chat_program
 from certaindex.server.errors import ProxyError, bad_request, error_body, upstream_failed
@@ -48,6 +50,7 @@ class ProxyState:
     passthrough: Passthrough | None
     admission: Admission
     metrics: ProxyMetrics
+    scheduler: Scheduler | None = None
     sc: SCConfig = field(default_factory=lambda: SCConfig(n=8, first_round=4, round_size=2, max_tokens=1024))
     reasoning_model: bool | None = None
 
@@ -94,7 +97,12 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
                 [normalise_base_url(url) for url in settings.upstream.split(",")], settings.upstream_api_key,
                 strip_client_auth=settings.api_key is not None, timeout_s=settings.upstream_timeout_s,
             )
-        holder["state"] = ProxyState(settings, inner, passthrough, admission, metrics)
+        scheduler = None
+        if settings.scheduler != "off":
+            core = SchedulerCore(settings.scheduler, capacity=settings.scheduler_capacity, aging_s=settings.aging_s)
+            scheduler = Scheduler(inner, core, engine_priorities=settings.engine_priorities)
+            metrics.watch_scheduler(core)
+        holder["state"] = ProxyState(settings, inner, passthrough, admission, metrics, scheduler)
         try:
             yield
         finally:
@@ -204,9 +212,21 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             args += [plan.messages, outcome.content]
         log.info(line, *args)
 
+    async def scheduled_program(plan: ChatPlan, engine_: Engine, events: asyncio.Queue[Any] | None) -> ChatOutcome:
+        """The program in a scheduler session (its upstream requests queue and are ordered there),
+        or straight on the engine with ``--scheduler off``."""
+        scheduler = state().scheduler
+        if scheduler is None:
+            return await run_chat_program(engine_, plan, events)
+        budget = sc_program_budget(plan.sc) if plan.policy == "sc" else program_budget(plan.cot)
+        deadline = None if plan.deadline_s is None else scheduler.clock() + plan.deadline_s
+        async with scheduler.session(new_id(), budget=budget, deadline=deadline, priority=plan.priority,
+                                     engine=engine_) as session:
+            return await run_chat_program(session, plan, events, report=session.report)
+
     async def run_program(plan: ChatPlan, engine_: Engine, events: asyncio.Queue[Any] | None) -> ChatOutcome:
         try:
-            return await asyncio.wait_for(run_chat_program(engine_, plan, events), settings.request_timeout_s)
+            return await asyncio.wait_for(scheduled_program(plan, engine_, events), settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise ProxyError(504, f"the request took longer than {settings.request_timeout_s:g} s",
                              "upstream_error", code="request_timeout") from None

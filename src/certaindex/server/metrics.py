@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from certaindex.scheduler.core import SchedulerCore
 
 
 class ProxyMetrics:
@@ -33,6 +36,16 @@ class ProxyMetrics:
         in_flight.set_function(active)
         queued = Gauge("certaindex_requests_queued", "Requests waiting for a slot", registry=r)
         queued.set_function(waiting)
+
+    def watch_scheduler(self, core: "SchedulerCore") -> None:
+        """Export the scheduler's state: programs, upstream requests in flight, gangs waiting."""
+        r = self.registry
+        Gauge("certaindex_scheduler_programs", "Programs under the scheduler", registry=r).set_function(
+            lambda: core.live_programs)
+        Gauge("certaindex_scheduler_running", "Upstream requests the scheduler has in flight",
+              registry=r).set_function(lambda: core.running)
+        Gauge("certaindex_scheduler_waiting", "Request groups waiting for the scheduler",
+              registry=r).set_function(lambda: core.pending_gangs)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

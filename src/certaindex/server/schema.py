@@ -49,6 +49,8 @@ class CertaindexOptions(BaseModel):
     answer_tokens: int | None = Field(default=None, ge=1)
     samples: int | None = Field(default=None, ge=1, le=64)  # sc: most samples
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # sc: certaindex to stop at
+    deadline_s: float | None = Field(default=None, gt=0.0, le=86_400.0)  # scheduler: answer wanted within
+    priority: int | None = Field(default=None, ge=-1000, le=1000)  # scheduler: lower runs sooner
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class ChatPlan:
     sc: SCConfig
     sampling_extra: dict[str, Any] = field(default_factory=dict)
     passthrough_reason: str | None = None  # why a request is passed through (for logs/headers)
+    deadline_s: float | None = None  # seconds after arrival the client wants the answer by
+    priority: int = 0  # scheduler priority class, lower runs sooner
 
 
 def parse_options(raw: Any) -> CertaindexOptions:
@@ -229,4 +233,6 @@ def plan_chat(body: dict[str, Any], default_policy: Policy, cot: CoTConfig, sc: 
         sc=sc_config,
         sampling_extra=extra,
         passthrough_reason=passthrough_reason,
+        deadline_s=options.deadline_s,
+        priority=options.priority or 0,
     )

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from certaindex.programs.cot import CoTConfig
 
 DefaultPolicy = Literal["auto", "cot", "sc", "full", "off"]
+SchedulerPolicy = Literal["certaindex", "fcfs", "off"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,17 @@ class ServerSettings:
     max_body_bytes: int = 8 * 1024 * 1024
     log_content: bool = False  # log prompts and outputs (off: only ids, sizes, timings)
     engine_extra_body: dict[str, Any] = field(default_factory=dict)  # sent with every upstream request
+    # Program-aware scheduling of the chat programs' upstream requests (certaindex.scheduler).
+    scheduler: SchedulerPolicy = "certaindex"
+    capacity: int | None = None  # upstream requests in flight; None: 1 embedded, else max_concurrency
+    aging_s: float = 30.0  # a program this old goes before all later ones
+    engine_priorities: bool = False  # send each request's priority upstream (vLLM --scheduling-policy priority)
+
+    @property
+    def scheduler_capacity(self) -> int:
+        if self.capacity is not None:
+            return self.capacity
+        return 1 if self.upstream is None else self.max_concurrency
 
     def __post_init__(self) -> None:
         problems = []
@@ -45,5 +57,11 @@ class ServerSettings:
             problems.append(f"max_queue must be >= 0, got {self.max_queue}")
         if self.upstream_timeout_s <= 0 or self.request_timeout_s <= 0:
             problems.append("timeouts must be positive")
+        if self.scheduler not in ("certaindex", "fcfs", "off"):
+            problems.append(f"scheduler must be certaindex, fcfs or off, got {self.scheduler!r}")
+        if self.capacity is not None and self.capacity < 1:
+            problems.append(f"capacity must be at least 1, got {self.capacity}")
+        if not 0 <= self.aging_s < float("inf"):
+            problems.append(f"aging must be a finite number of seconds >= 0, got {self.aging_s}")
         if problems:
             raise ValueError("; ".join(problems))

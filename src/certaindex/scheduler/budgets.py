@@ -1,0 +1,27 @@
+"""The token budget a program's scheduler session opens with: everything the program may generate.
+
+Sized so that a program running alone is never cut (under ``fcfs`` scheduled and unscheduled runs
+are the same); the ``certaindex`` core lends what settled programs do not need to unsure ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+from certaindex.programs.cot import CoTConfig
+from certaindex.programs.self_consistency import SCConfig
+
+
+def program_budget(config: CoTConfig) -> int:
+    """A chain of thought: its reasoning budget, a probe after every chunk plus the forced last one,
+    and a reasoning model's answer."""
+    probes = math.ceil(config.budget / config.probe_interval) + 1 if config.early_exit else 1
+    return config.budget + probes * config.probe_tokens + config.answer_tokens
+
+
+def sc_program_budget(config: SCConfig) -> int:
+    """Self-consistency: every sample it may draw, each at most ``max_tokens``."""
+    return config.n * config.max_tokens
+
+
+__all__ = ["program_budget", "sc_program_budget"]
