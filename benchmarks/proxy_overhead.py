@@ -25,7 +25,6 @@ import asyncio
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -42,31 +41,15 @@ from certaindex.engines.http import HTTPEngine  # noqa: E402
 from certaindex.engines.pool import ShardedClient  # noqa: E402
 from certaindex.programs.cot import CoTConfig, solve_cot  # noqa: E402
 from tests.misbehaving_upstream import free_port  # noqa: E402
+from tests.processes import running_server  # noqa: E402
 
 QUESTION = "What is 6 * 7?"
 MESSAGES = [{"role": "user", "content": QUESTION}]
 
 
-@contextmanager
-def process(args: list[str], ready_url: str) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{args[:4]} exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{args[:4]} did not start")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+def process(args: list[str], ready_url: str):
+    """The server command running, answering at ``ready_url`` (output kept in a temporary log)."""
+    return running_server(args, ready_url, " ".join(args[:4]), cwd=ROOT)
 
 
 def summary(values: list[float]) -> str:

@@ -7,12 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
+
+from tests.processes import ServerDidNotStart, running_server
 
 
 def _model_path() -> Path | None:
@@ -53,29 +53,13 @@ def free_port() -> int:
 def server_process(args: list[str], log: Path, ready_url: str, name: str) -> Iterator[subprocess.Popen]:
     """Run a server command, wait until ``ready_url`` answers 200 (failing the test with the tail of
     its log if it exits or takes over 120 s), and stop it on exit."""
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen(args, stdout=log_fh, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+    stack = contextlib.ExitStack()
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{name} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{name} did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
+        proc = stack.enter_context(running_server(args, ready_url, name, log))
+    except ServerDidNotStart as exc:
+        pytest.fail(str(exc))
+    with stack:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager

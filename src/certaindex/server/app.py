@@ -222,7 +222,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         deadline = None if plan.deadline_s is None else scheduler.clock() + plan.deadline_s
         async with scheduler.session(new_id(), budget=budget, deadline=deadline, priority=plan.priority,
                                      engine=engine_) as session:
-            return await run_chat_program(session, plan, events, report=session.report)
+            return await run_chat_program(session, plan, events)
 
     async def run_program(plan: ChatPlan, engine_: Engine, events: asyncio.Queue[Any] | None) -> ChatOutcome:
         try:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from certaindex.engines.base import Engine, EngineError
 from certaindex.programs.cot import CoTEvent, CoTResult, format_answer, solve_cot
 from certaindex.programs.self_consistency import NoAnswerError, SCResult, self_consistency
+from certaindex.scheduler import ScheduledEngine, cot_reporter, sc_reporter
 from certaindex.server.metering import MeteredEngine
 from certaindex.server.schema import ChatPlan
 
@@ -114,24 +115,22 @@ async def run_chat_program(
     engine: Engine,
     plan: ChatPlan,
     events: asyncio.Queue[str] | None = None,
-    report: Callable[[float], None] | None = None,
 ) -> ChatOutcome:
     """Run ``plan`` (policy cot, full or sc) on ``engine``. With ``events``, reasoning text is put
-    on the queue as it is generated; ``report`` hears every certaindex (each probe's, each vote's),
-    e.g. a scheduler session's. Engine failures propagate as :class:`EngineError`, except a failed
-    probe, after which the model simply reasons to the end."""
+    on the queue as it is generated. On a scheduler session every certaindex (each probe's, each
+    vote's) is reported to the scheduler. Engine failures propagate as :class:`EngineError`, except
+    a failed probe, after which the model simply reasons to the end."""
     upstream = MeteredEngine(engine)
     question = label(plan.messages)
+    scheduled = isinstance(engine, ScheduledEngine)
+    report_probe = cot_reporter(engine) if scheduled else None
+    on_round = sc_reporter(engine) if scheduled else None
 
     def relay(event: CoTEvent) -> None:
         if events is not None and event.kind == "delta" and event.text:
             events.put_nowait(event.text)
-        if report is not None and event.kind == "probe" and event.probe is not None:
-            report(event.probe.certaindex)
-
-    def on_round(vote: Any) -> None:
-        if report is not None:
-            report(min(1.0, max(0.0, float(vote.certaindex))))
+        if report_probe is not None:
+            report_probe(event)
 
     if plan.policy == "sc":
         try:
