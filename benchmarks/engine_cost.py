@@ -12,7 +12,7 @@ Two kinds of measurement, each on fresh prompts (a random first line defeats pre
   context. (A server that caches only some prompts mixes prefill in: give it --max-batch slots.)
 
 Each point is the median of ``--repeats`` runs. The fit is least squares with non-negative
-coefficients (certaindex.costmodel). The embedded engine serialises generations, so it is
+coefficients (certaindex.serving.costmodel). The embedded engine serialises generations, so it is
 measured at batch 1 only and written with max_batch 1 and a last-sequence prefix cache.
 """
 
@@ -29,10 +29,10 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from certaindex.costmodel import fit_cost_model
+from certaindex.serving.costmodel import fit_cost_model
 from certaindex.engines import make_engine
 from certaindex.engines.base import Engine, GenerationRequest
-from certaindex.programs.cot import DEFAULT_PROBE_SUFFIX
+from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX
 
 
 def _prompt(words: int, rng: random.Random) -> str:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from certaindex.costmodel import fit_cost_model  # noqa: E402
+from certaindex.serving.costmodel import fit_cost_model  # noqa: E402
 
 HEAD_DIM = 128
 SHAPES = {  # hidden, layers, query heads, kv heads, MLP width, vocabulary

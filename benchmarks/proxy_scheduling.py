@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 import openai  # noqa: E402
 
-from certaindex.answers import answers_equal, extract_answer  # noqa: E402
-from certaindex.datasets import load_dataset  # noqa: E402
-from certaindex.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise  # noqa: E402
+from certaindex.core.answers import answers_equal, extract_answer  # noqa: E402
+from certaindex.core.datasets import load_dataset  # noqa: E402
+from certaindex.serving.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from benchmarks.proxy_overhead import process  # noqa: E402
 

@@ -19,9 +19,9 @@ import shlex
 import sys
 from collections import defaultdict
 
-from certaindex.costmodel import CostModel
-from certaindex.loadgen import ProgramRecord, summarise
-from certaindex.simulator import LoggedProgram, simulate_logged
+from certaindex.serving.costmodel import CostModel
+from certaindex.serving.loadgen import ProgramRecord, summarise
+from certaindex.serving.simulator import LoggedProgram, simulate_logged
 
 
 def main(argv: list[str] | None = None) -> int:

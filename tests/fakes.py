@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from certaindex.chat_template import ChatTemplate
+from certaindex.engines.chat_template import ChatTemplate
 from certaindex.engines.base import Choice, Completion, Engine, EngineError, GenerationRequest
-from certaindex.programs.cot import DEFAULT_PROBE_SUFFIX, THINK_CLOSE
+from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX, THINK_CLOSE
 
 
 @dataclass

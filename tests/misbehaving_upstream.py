@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from certaindex.programs.cot import DEFAULT_PROBE_SUFFIX
+from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX
 
 Fault = str  # "500" | "hang" | "break" | "malformed" | "400"
 

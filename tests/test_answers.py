@@ -1,4 +1,4 @@
-"""Tests for certaindex.answers: extraction tables, equivalence tables, properties and threads."""
+"""Tests for certaindex.core.answers: extraction tables, equivalence tables, properties and threads."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certaindex.answers import (
+from certaindex.core.answers import (
     HESITATION_WORDS,
     answers_equal,
     canonical_answer,
@@ -341,7 +341,7 @@ def test_hostile_inputs_finish() -> None:
     code = textwrap.dedent(
         r"""
         import time
-        from certaindex.answers import answers_equal, canonical_answer, extract_answer
+        from certaindex.core.answers import answers_equal, canonical_answer, extract_answer
         start = time.monotonic()
         assert answers_equal(r"9^{9^{9}}", r"9^{9^{9}}")
         assert not answers_equal(r"9^{9^{9}}", "3")

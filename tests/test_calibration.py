@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from certaindex.calibration import (
+from certaindex.core.calibration import (
     PolicyPoint,
     binomial_cdf,
     cheapest_within,

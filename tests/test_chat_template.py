@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from certaindex.chat_template import BUILTIN_TEMPLATES, ChatTemplate, ChatTemplateError, guess_template_name
+from certaindex.engines.chat_template import BUILTIN_TEMPLATES, ChatTemplate, ChatTemplateError, guess_template_name
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
 

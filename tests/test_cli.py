@@ -61,7 +61,7 @@ def test_unreachable_engine_gets_one_line_and_exit_1() -> None:
 
 def test_a_model_that_never_answers_exits_3_without_presenting_an_answer(monkeypatch, capsys) -> None:
     fake = ScriptedFakeEngine(reasoning=["I ", "am ", "not ", "sure."], probe_reply=lambda n: ["hmm"])
-    monkeypatch.setattr(cli, "make_engine", lambda *a, **k: fake)
+    monkeypatch.setattr(cli.common, "make_engine", lambda *a, **k: fake)
     code = cli.main(["solve", "What is the answer?", "--quiet", "--probe-interval", "2"])
     captured = capsys.readouterr()
     assert code == 3
@@ -71,7 +71,7 @@ def test_a_model_that_never_answers_exits_3_without_presenting_an_answer(monkeyp
 
 def test_an_engine_failing_mid_run_exits_1(monkeypatch, capsys) -> None:
     fake = ScriptedFakeEngine(reasoning=["a "] * 50, fail_after_calls=1)
-    monkeypatch.setattr(cli, "make_engine", lambda *a, **k: fake)
+    monkeypatch.setattr(cli.common, "make_engine", lambda *a, **k: fake)
     code = cli.main(["solve", "What is 1+1?", "--quiet", "--probe-interval", "4"])
     assert code == 1
     assert "error: scripted failure" in capsys.readouterr().err
@@ -136,7 +136,7 @@ def test_solve_reads_a_calibration_file(monkeypatch, capsys, tmp_path) -> None:
         json.dumps({"format": "certaindex-calibration", "version": 1, "policy": "cot-early", "probe_interval": 4, "k": 1})
     )
     fake = ScriptedFakeEngine(reasoning=["a "] * 40)
-    monkeypatch.setattr(cli, "make_engine", lambda *a, **k: fake)
+    monkeypatch.setattr(cli.common, "make_engine", lambda *a, **k: fake)
     code = cli.main(["solve", "What is 6*7?", "--json", "--calibration", str(calibration), "--probe-interval", "32"])
     result = json.loads(capsys.readouterr().out)["result"]
     assert code == 0

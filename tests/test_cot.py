@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 
 from certaindex.engines.base import EngineError
-from certaindex.programs.cot import (
-    DEFAULT_PROBE_SUFFIX,
-    CoTConfig,
-    NoQuestionError,
-    read_probe_answer,
-    solve_cot,
-)
+from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX, NoQuestionError, read_probe_answer
+from certaindex.programs.cot import CoTConfig, solve_cot
 from tests.fakes import ScriptedFakeEngine
 
 QUESTION = "What is six times seven?"

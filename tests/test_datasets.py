@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from certaindex.answers import canonical_answer
-from certaindex.datasets import DatasetError, load_dataset
+from certaindex.core.answers import canonical_answer
+from certaindex.core.datasets import DatasetError, load_dataset
 
 
 def test_shipped_gsm8k_is_the_whole_test_split_with_numeric_gold_answers() -> None:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from certaindex.answers import answers_equal
+from certaindex.core.answers import answers_equal
 from certaindex.engines.base import GenerationRequest
 from certaindex.programs.cot import CoTConfig, solve_cot
 

@@ -8,9 +8,9 @@ import json
 import pytest
 from rich.console import Console
 
-from certaindex import cli_traces
-from certaindex.datasets import Problem
-from certaindex.evaluate import (
+from certaindex.cli import traces as cli_traces
+from certaindex.core.datasets import Problem
+from certaindex.evaluation.evaluate import (
     Policy,
     apply_calibration,
     calibration_config,

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certaindex.loadgen import (
+from certaindex.serving.loadgen import (
     ProgramRecord,
     latency_percentiles,
     poisson_arrivals,

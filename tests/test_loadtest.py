@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from certaindex import cli, cli_loadtest
-from certaindex.datasets import Problem
-from certaindex.engines.replay import ReplayEngine
-from certaindex.loadtest import POLICIES, program_budget, run_loadtest, run_policy
+from certaindex import cli
+from certaindex.cli import serving as cli_loadtest
+from certaindex.core.datasets import Problem
+from certaindex.traces.replay import ReplayEngine
+from certaindex.serving.loadtest import POLICIES, program_budget, run_loadtest, run_policy
 from certaindex.programs.cot import CoTConfig, solve_cot
 from certaindex.traces import read_traces
 
@@ -93,7 +94,7 @@ def test_cli_loadtest_bad_input_exits_2(argv, message, traces, monkeypatch, caps
 
 
 def test_cli_simulate_table_and_plots(tmp_path, capsys):
-    from certaindex.costmodel import CostModel
+    from certaindex.serving.costmodel import CostModel
 
     cost = CostModel(a=0.01, b=0.0, c=0.0, prefill_s=0.001).save(tmp_path / "cost.json")
     code = cli.main(["simulate", "--traces", str(TRACES), "--cost-model", str(cost), "--rates", "0.5,1",

@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 
-from certaindex.datasets import Problem
+from certaindex.core.datasets import Problem
 from certaindex.engines.base import EngineError, GenerationRequest
-from certaindex.engines.replay import ReplayEngine
-from certaindex.programs.cot import DEFAULT_PROBE_SUFFIX, PROBE_STOPS, solve_cot
+from certaindex.traces.replay import ReplayEngine
+from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX, PROBE_STOPS
+from certaindex.programs.cot import solve_cot
 from certaindex.traces import TraceHeader, TraceSet, TraceSettings, record_one
 from tests.fakes import ScriptedFakeEngine
 

@@ -8,7 +8,7 @@ from typing import AsyncIterator, Sequence
 
 import pytest
 
-from certaindex.chat_template import ChatTemplate
+from certaindex.engines.chat_template import ChatTemplate
 from certaindex.engines import make_engine
 from certaindex.engines.base import (
     BudgetExhausted,
@@ -419,7 +419,7 @@ GREEDY = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
 
 @pytest.mark.model
 async def test_two_real_servers_keep_programs_together_and_survive_a_kill(model_path, tmp_path):
-    from certaindex.datasets import load_dataset
+    from certaindex.core.datasets import load_dataset
     from certaindex.engines.http import HTTPEngine
     from certaindex.programs.cot import CoTConfig, solve_cot
     from tests.conftest import start_llama_server

@@ -1,4 +1,4 @@
-"""Tests for certaindex.signals: hand-computed values, edge cases, validation and properties."""
+"""Tests for certaindex.core.signals: hand-computed values, edge cases, validation and properties."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certaindex.signals import (
+from certaindex.core.signals import (
     ProbeObservation,
     TraceConfidence,
     Vote,

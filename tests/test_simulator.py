@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from certaindex.costmodel import CostModel, fit_cost_model, fit_linear
-from certaindex.engines.replay import ReplayEngine
-from certaindex.loadgen import summarise
+from certaindex.serving.costmodel import CostModel, fit_cost_model, fit_linear
+from certaindex.traces.replay import ReplayEngine
+from certaindex.serving.loadgen import summarise
 from certaindex.programs.cot import solve_cot
-from certaindex.simulator import plot_sweep, simulate, sweep
+from certaindex.serving.simulator import plot_sweep, simulate, sweep
 from certaindex.traces import read_traces
 
 TRACES = Path(__file__).resolve().parents[1] / "benchmarks" / "traces" / "gsm8k-smollm2-135m.jsonl.gz"
@@ -185,7 +185,7 @@ def test_sweep_and_plots(traces, config, tmp_path):
 
 
 def test_logged_programs_cost_what_their_requests_cost():
-    from certaindex.simulator import LoggedProgram, simulate_logged
+    from certaindex.serving.simulator import LoggedProgram, simulate_logged
 
     # Two programs of two requests each; 1 s per token, 0.01 s per prefilled token.
     cost = unit_cost(prefill_s=0.01, probe_suffix_tokens=0)

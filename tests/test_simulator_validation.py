@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from certaindex.costmodel import fit_cost_model
-from certaindex.datasets import load_dataset
-from certaindex.loadgen import summarise
-from certaindex.loadtest import run_policy
+from certaindex.serving.costmodel import fit_cost_model
+from certaindex.core.datasets import load_dataset
+from certaindex.serving.loadgen import summarise
+from certaindex.serving.loadtest import run_policy
 from certaindex.programs.cot import CoTConfig
-from certaindex.simulator import LoggedProgram, simulate_logged
+from certaindex.serving.simulator import LoggedProgram, simulate_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.5

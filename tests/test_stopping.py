@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certaindex.stopping import anytime_valid_leader, entropy_rule, pair_evalue
+from certaindex.core.stopping import anytime_valid_leader, entropy_rule, pair_evalue
 
 
 def numeric_evalue(x: int, y: int, steps: int = 200_000) -> float:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from certaindex.datasets import Problem
+from certaindex.core.datasets import Problem
 from certaindex.engines.base import Completion, GenerationRequest, TokenLogprobs
-from certaindex.programs.cot import DEFAULT_PROBE_SUFFIX, PROBE_STOPS
+from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX, PROBE_STOPS
 from certaindex.traces import (
     FORMAT,
     VERSION,

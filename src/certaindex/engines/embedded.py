@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
-from certaindex.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
+from certaindex.engines.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
 from certaindex.engines.base import (
     Choice,
     Completion,

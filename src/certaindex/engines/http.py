@@ -1,7 +1,7 @@
 """OpenAI-compatible HTTP engine (vLLM, SGLang, llama.cpp server, llama-cpp-python server, Ollama).
 
 Uses the *completions* endpoint, not chat: probing continues a raw prefix, so the chat template is
-applied here (see :mod:`certaindex.chat_template`). ``n`` samples are sent as ``n`` concurrent
+applied here (see :mod:`certaindex.engines.chat_template`). ``n`` samples are sent as ``n`` concurrent
 requests on the same prompt, which gives exact per-sample token counts, lets a caller cancel one
 sample without the others, and still shares the prefix on engines with prefix caching.
 """
@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Sequence
 import httpx
 
 from certaindex.engines.pool import ShardedClient
-from certaindex.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
+from certaindex.engines.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
 from certaindex.engines.base import (
     Choice,
     Completion,

@@ -12,18 +12,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal, Sequence
 
-from certaindex.answers import answers_equal, extract_answer, extract_boxed, is_hesitant
 from contextlib import aclosing
 
+from certaindex.core.answers import answers_equal, extract_answer, is_hesitant
+from certaindex.core.prompting import (
+    PROBE_STOPS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    DEFAULT_PROBE_SUFFIX,
+    DEFAULT_SYSTEM_PROMPT,
+    format_answer,
+    opens_box,
+    read_probe_answer,
+)
+from certaindex.core.signals import ProbeObservation, probe_certaindex, probes_agree
+from certaindex.core.validation import require
 from certaindex.engines.base import BudgetExhausted, Engine, EngineError, GenerationRequest
-from certaindex.signals import ProbeObservation, probe_certaindex, probes_agree
-from certaindex.validation import require
-
-DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-DEFAULT_PROBE_SUFFIX = "... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-# Where a probe's boxed answer ends: stopping there saves the tokens the model would write after it.
-PROBE_STOPS = ("}\\]", "} \\]", "}$", "}\n")
+from certaindex.programs.base import open_prompt
 
 StopReason = Literal["certain", "finished", "budget"]
 
@@ -106,55 +111,6 @@ class CoTEvent:
     probe_tokens: int
     text: str = ""
     probe: Probe | None = None
-
-
-class NoQuestionError(ValueError):
-    """The question is empty or not text a model can reason about."""
-
-
-def validate_question(question: str, max_chars: int = 100_000) -> str:
-    if not isinstance(question, str) or not question.strip():
-        raise NoQuestionError("the question is empty")
-    if len(question) > max_chars:
-        raise NoQuestionError(f"the question is {len(question)} characters long; the limit is {max_chars}")
-    if not any(ch.isalnum() for ch in question):
-        raise NoQuestionError("the question has no letters or digits")
-    return question.strip()
-
-
-def build_prompt_messages(question: str, system_prompt: str | None) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": question})
-    return messages
-
-
-async def open_prompt(
-    engine: Engine,
-    question: str,
-    system_prompt: str | None,
-    messages: Sequence[dict[str, str]] | None = None,
-) -> tuple[str, str]:
-    """Validate the question and render it for ``engine`` (after letting it resolve its chat
-    template): the one way every program turns a question into its prompt. ``messages``: a whole
-    conversation to render instead (a proxied chat request); ``question`` then only labels it."""
-    question = validate_question(question)
-    await engine.prepare()
-    if messages is not None:
-        return question, engine.render_chat(messages)
-    return question, engine.render_chat(build_prompt_messages(question, system_prompt))
-
-
-def opens_box(probe_suffix: str) -> bool:
-    return probe_suffix.rstrip().endswith("\\boxed{")
-
-
-def read_probe_answer(probe_suffix: str, probe_text: str, hit_stop: bool = False) -> str | None:
-    """Read a probe's answer. The default suffix opens ``\\boxed{``, so the answer is what the model
-    writes before closing it; an unclosed box (the probe ran out of tokens) gives no answer.
-    ``hit_stop``: the completion ended on one of :data:`PROBE_STOPS`, which closed the box."""
-    if opens_box(probe_suffix):
-        return extract_boxed("\\boxed{" + probe_text + ("}" if hit_stop else ""))
-    return extract_answer(probe_text)
 
 
 async def solve_cot(
@@ -328,5 +284,3 @@ async def solve_cot(
     return result
 
 
-def format_answer(answer: str | None) -> str:
-    return f"**Final Answer**\n\n\\[ \\boxed{{{answer}}} \\]" if answer is not None else ""

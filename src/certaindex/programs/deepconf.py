@@ -17,12 +17,13 @@ from typing import Literal
 
 import numpy as np
 
-from certaindex.answers import answers_equal, extract_answer
+from certaindex.core.answers import answers_equal, extract_answer
 from certaindex.engines.base import Engine, GenerationRequest
-from certaindex.programs.cot import DEFAULT_SYSTEM_PROMPT, open_prompt
+from certaindex.core.prompting import DEFAULT_SYSTEM_PROMPT
+from certaindex.programs.base import open_prompt
 from certaindex.programs.self_consistency import NoAnswerError
-from certaindex.signals import Vote, majority_vote, token_confidence, trace_confidence
-from certaindex.validation import require
+from certaindex.core.signals import Vote, majority_vote, token_confidence, trace_confidence
+from certaindex.core.validation import require
 
 ConfidenceKind = Literal["mean", "lowest_group", "bottom_fraction", "tail"]
 

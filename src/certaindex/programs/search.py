@@ -23,12 +23,13 @@ from typing import Literal, Protocol, Sequence
 import httpx
 import numpy as np
 
-from certaindex.answers import answers_equal, extract_answer
+from certaindex.core.answers import answers_equal, extract_answer
 from certaindex.engines.base import Choice, Engine, EngineError, GenerationRequest
-from certaindex.programs.cot import DEFAULT_SYSTEM_PROMPT, open_prompt
+from certaindex.core.prompting import DEFAULT_SYSTEM_PROMPT
+from certaindex.programs.base import open_prompt
 from certaindex.programs.self_consistency import NoAnswerError
-from certaindex.signals import aggregate_rewards, cluster_answers, reward_certaindex
-from certaindex.validation import require
+from certaindex.core.signals import aggregate_rewards, cluster_answers, reward_certaindex
+from certaindex.core.validation import require
 
 STEP_SEPARATOR = "\n\n"
 

@@ -7,7 +7,7 @@ decides whether the vote is already decided:
 * ``fixed``: never stop early (plain self-consistency with N samples, the baseline);
 * ``entropy``: the paper's certaindex (1 - normalised semantic entropy) reaches ``threshold``;
 * ``anytime``: the leader's lead is significant under an anytime-valid e-process at level ``alpha``
-  (see :mod:`certaindex.stopping`).
+  (see :mod:`certaindex.core.stopping`).
 
 Nothing is in flight when a round ends, so stopping wastes no tokens and every token is counted.
 """
@@ -18,12 +18,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
-from certaindex.answers import answers_equal, extract_answer
+from certaindex.core.answers import answers_equal, extract_answer
 from certaindex.engines.base import Engine, GenerationRequest, StreamDelta
-from certaindex.programs.cot import DEFAULT_SYSTEM_PROMPT, open_prompt
-from certaindex.signals import Vote, majority_vote
-from certaindex.stopping import anytime_valid_leader, entropy_rule
-from certaindex.validation import require
+from certaindex.core.prompting import DEFAULT_SYSTEM_PROMPT
+from certaindex.programs.base import open_prompt
+from certaindex.core.signals import Vote, majority_vote
+from certaindex.core.stopping import anytime_valid_leader, entropy_rule
+from certaindex.core.validation import require
 
 StopRule = Literal["fixed", "entropy", "anytime"]
 

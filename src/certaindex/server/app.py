@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from certaindex.engines import make_engine
 from certaindex.engines.base import Engine, EngineError, GenerationRequest
 from certaindex.engines.http import normalise_base_url
-from certaindex.programs.cot import THINK_OPEN
+from certaindex.core.prompting import THINK_OPEN
 from certaindex.programs.self_consistency import SCConfig
 from certaindex.scheduler import Scheduler, SchedulerCore
 from certaindex.scheduler.budgets import program_budget, sc_program_budget

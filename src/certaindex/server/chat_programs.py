@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from certaindex.engines.base import Engine, EngineError
-from certaindex.programs.cot import CoTEvent, CoTResult, format_answer, solve_cot
+from certaindex.core.prompting import format_answer
+from certaindex.programs.cot import CoTEvent, CoTResult, solve_cot
 from certaindex.programs.self_consistency import NoAnswerError, SCResult, self_consistency
 from certaindex.scheduler import ScheduledEngine, cot_reporter, sc_reporter
 from certaindex.server.metering import MeteredEngine

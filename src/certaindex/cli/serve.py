@@ -8,7 +8,7 @@ import os
 from dataclasses import replace
 
 from certaindex.programs.cot import CoTConfig
-from certaindex.validation import parse_json_object
+from certaindex.core.validation import parse_json_object
 
 
 def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +65,7 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from certaindex.evaluate import apply_calibration, load_calibration
+    from certaindex.evaluation.evaluate import apply_calibration, load_calibration
     from certaindex.server.settings import ServerSettings
 
     cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval, k=args.k)

@@ -2,7 +2,7 @@
 
 Everything here is a small, deterministic function of numbers and strings: no I/O, no engine,
 no model. Answer equivalence is injected as ``equal(a, b) -> bool`` so that this module does not
-depend on the answer parser (programs pass ``certaindex.answers.answers_equal``).
+depend on the answer parser (programs pass ``certaindex.core.answers.answers_equal``).
 
 Four families of signal, one per reasoning program:
 
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 Equal = Callable[[str, str], bool]
-"""Answer equivalence, e.g. ``certaindex.answers.answers_equal``."""
+"""Answer equivalence, e.g. ``certaindex.core.answers.answers_equal``."""
 
 # Engines round logprobs; a top token with probability ~1 may come back as a tiny positive number.
 _LOGPROB_TOLERANCE = 1e-6

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from certaindex.engines.base import Choice, Completion, Engine, EngineError, GenerationRequest
-from certaindex.programs.cot import PROBE_STOPS, THINK_CLOSE, build_prompt_messages, opens_box
-from certaindex.traces import TraceRecord, TraceSet, read_traces
+from certaindex.core.prompting import PROBE_STOPS, THINK_CLOSE, build_prompt_messages, opens_box
+from certaindex.traces.format import TraceRecord, TraceSet, read_traces
 
 __all__ = ["ReplayEngine"]
 

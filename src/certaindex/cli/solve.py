@@ -1,4 +1,4 @@
-"""The ``certaindex`` command line: ``solve`` one question, ``bench`` a data set.
+"""``certaindex solve`` (one question) and ``certaindex bench`` (a program against its baseline on a data set).
 
 User mistakes and engine failures end with one ``error:`` line and a nonzero exit, never a
 traceback: 2 for bad input, 1 for an engine that fails, 3 when the model gives no answer.
@@ -7,129 +7,30 @@ traceback: 2 for bad input, 1 for an engine that fails, 3 when the model gives n
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
-import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from certaindex import __version__
-from certaindex.datasets import DatasetError, dataset_names, load_dataset
-from certaindex.engines import EngineError, make_engine
-from certaindex.bench import LOGPROB_PROGRAMS, PROGRAM_NAMES, run_bench
-from certaindex.cli_serve import add_serve_subcommand
-from certaindex.validation import parse_json_object
-from certaindex.cli_traces import add_subcommands, progress_bar
-from certaindex.programs.cot import CoTConfig, CoTEvent, CoTResult, NoQuestionError, solve_cot, validate_question
-from certaindex.programs.self_consistency import NoAnswerError, SCConfig
-
-EXIT_ENGINE, EXIT_USAGE, EXIT_NO_ANSWER = 1, 2, 3
-MAX_BUDGET = 1_000_000
-
-out = Console()
-err = Console(stderr=True)
-
-
-class UsageError(ValueError):
-    """A mistake in the command line."""
-
-
-def _positive(name: str, value: int, upper: int | None = None) -> int:
-    if value < 1:
-        raise UsageError(f"--{name} must be at least 1, got {value}")
-    if upper is not None and value > upper:
-        raise UsageError(f"--{name} must be at most {upper}, got {value}")
-    return value
-
-
-def _add_engine_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("engine")
-    group.add_argument(
-        "--engine",
-        default="embedded",
-        help="'embedded' (llama.cpp in process, default model), 'embedded:/path/model.gguf', "
-        "or the URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1",
-    )
-    group.add_argument("--model", help="model name on the server (default: its first), or a GGUF path for embedded")
-    group.add_argument(
-        "--chat-template",
-        default="auto",
-        help="chat template: auto (from the model or server), chatml, deepseek-r1, qwen3-thinking, llama3, gemma, raw",
-    )
-    group.add_argument("--api-key", help="bearer token for the server")
-    group.add_argument(
-        "--extra-body",
-        help='JSON object of engine-specific fields sent with every HTTP request, e.g. \'{"repeat_penalty": 1.0}\'',
-    )
-
-
-def _add_cot_args(
-    parser: argparse.ArgumentParser, budget: int = 1024, interval: int = 32, k: int = 3, seed_flag: str = "--seed"
-) -> None:
-    """The chain-of-thought flags; ``seed_flag`` renames the sampling seed where ``--seed`` means
-    something else (the load test's arrivals); ``_cot_config`` reads it as ``seed``."""
-    group = parser.add_argument_group("reasoning")
-    group.add_argument("--budget", type=int, default=budget, help=f"most reasoning tokens (default {budget})")
-    group.add_argument("--probe-interval", type=int, default=interval,
-                       help=f"reasoning tokens between probes (default {interval})")
-    group.add_argument("--k", type=int, default=k, help=f"agreeing probes in a row needed to stop (default {k})")
-    group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
-    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    group.add_argument(seed_flag, dest="sampling_seed", type=int, default=0, help="sampling seed (default 0)")
-    group.add_argument(
-        "--calibration",
-        help="JSON config written by `certaindex calibrate`: its probe interval and k replace the flags' values",
-    )
-
-
-def _cot_config(args: argparse.Namespace, early_exit: bool = True) -> CoTConfig:
-    _positive("budget", args.budget, MAX_BUDGET)
-    _positive("probe-interval", args.probe_interval)
-    _positive("k", args.k, 100)
-    _positive("probe-tokens", args.probe_tokens, 1000)
-    if not 0 <= args.temperature <= 5:
-        raise UsageError(f"--temperature must be between 0 and 5, got {args.temperature}")
-    config = CoTConfig(
-        budget=args.budget,
-        probe_interval=args.probe_interval,
-        k=args.k,
-        probe_tokens=args.probe_tokens,
-        temperature=args.temperature,
-        seed=args.sampling_seed,
-        early_exit=early_exit,
-    )
-    if getattr(args, "calibration", None):
-        from certaindex.evaluate import apply_calibration, load_calibration
-
-        config = dataclasses.replace(apply_calibration(config, load_calibration(args.calibration)), early_exit=early_exit)
-    return config
-
-
-def _engine(args: argparse.Namespace, logprobs: bool = False):
-    extra_body = parse_json_object(args.extra_body, "--extra-body")
-    return make_engine(
-        args.engine,
-        model=args.model,
-        chat_template=None if args.chat_template == "auto" else args.chat_template,
-        api_key=args.api_key,
-        logprobs=logprobs,
-        extra_body=extra_body,
-    )
-
+from certaindex.cli import common
+from certaindex.cli.common import err, out, progress_bar
+from certaindex.core.datasets import dataset_names, load_dataset
+from certaindex.evaluation.bench import LOGPROB_PROGRAMS, PROGRAM_NAMES, run_bench
+from certaindex.core.prompting import validate_question
+from certaindex.programs.cot import CoTConfig, CoTEvent, CoTResult, solve_cot
+from certaindex.programs.self_consistency import SCConfig
 
 # -- solve ----------------------------------------------------------------------------------------
 
 
 async def _solve(args: argparse.Namespace) -> int:
     question = validate_question(args.question)
-    config = _cot_config(args, early_exit=not args.no_early_exit)
-    engine = _engine(args)
+    config = common.cot_config(args, early_exit=not args.no_early_exit)
+    engine = common.engine_from_args(args)
     try:
         result = await _solve_with_progress(engine, question, config, quiet=args.quiet or args.json)
         full: CoTResult | None = None
@@ -150,7 +51,7 @@ async def _solve(args: argparse.Namespace) -> int:
         _print_solution(engine.name, result, full, show_reasoning=args.show_reasoning, expected=args.expected)
     if result.answer is None:
         err.print(f"[red]error:[/red] the model gave no answer ({_reason_text(result)})")
-        return EXIT_NO_ANSWER
+        return common.EXIT_NO_ANSWER
     return 0
 
 
@@ -220,7 +121,7 @@ def _print_solution(
 
 
 def _same(a: str | None, b: str | None) -> bool:
-    from certaindex.answers import answers_equal
+    from certaindex.core.answers import answers_equal
 
     return answers_equal(a, b)
 
@@ -229,16 +130,16 @@ def _same(a: str | None, b: str | None) -> bool:
 
 
 def _sc_config(args: argparse.Namespace) -> SCConfig:
-    _positive("samples", args.samples, 4096)
-    _positive("first-round", args.first_round)
-    _positive("round-size", args.round_size)
-    _positive("max-tokens", args.max_tokens, MAX_BUDGET)
+    common.positive("samples", args.samples, 4096)
+    common.positive("first-round", args.first_round)
+    common.positive("round-size", args.round_size)
+    common.positive("max-tokens", args.max_tokens, common.MAX_BUDGET)
     if not 0 <= args.threshold <= 1:
-        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+        raise common.UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     if not 0 < args.alpha < 1:
-        raise UsageError(f"--alpha must be in (0, 1), got {args.alpha}")
+        raise common.UsageError(f"--alpha must be in (0, 1), got {args.alpha}")
     if not 0 <= args.sample_temperature <= 5:
-        raise UsageError(f"--sample-temperature must be between 0 and 5, got {args.sample_temperature}")
+        raise common.UsageError(f"--sample-temperature must be between 0 and 5, got {args.sample_temperature}")
     return SCConfig(
         n=args.samples,
         first_round=min(args.first_round, args.samples),
@@ -254,9 +155,9 @@ def _sc_config(args: argparse.Namespace) -> SCConfig:
 def _deepconf_config(args: argparse.Namespace, sc: SCConfig):
     from certaindex.programs.deepconf import DeepConfConfig
 
-    _positive("window", args.window)
+    common.positive("window", args.window)
     if not 0 < args.keep_percentile <= 100:
-        raise UsageError(f"--keep-percentile must be in (0, 100], got {args.keep_percentile}")
+        raise common.UsageError(f"--keep-percentile must be in (0, 100], got {args.keep_percentile}")
     return DeepConfConfig(
         n=sc.n,
         warmup=min(args.warmup, sc.n),
@@ -270,15 +171,15 @@ def _deepconf_config(args: argparse.Namespace, sc: SCConfig):
 
 
 async def _bench(args: argparse.Namespace) -> int:
-    from certaindex.bench import programs_for
+    from certaindex.evaluation.bench import programs_for
 
     if args.limit is not None:
-        _positive("limit", args.limit)
+        common.positive("limit", args.limit)
     problems = load_dataset(args.dataset, limit=args.limit, offset=args.offset)
-    cot = _cot_config(args)
+    cot = common.cot_config(args)
     sc = _sc_config(args)
     modes = programs_for(args.program, cot, sc, _deepconf_config(args, sc) if args.program == "deepconf" else None)
-    engine = _engine(args, logprobs=args.program in LOGPROB_PROGRAMS)
+    engine = common.engine_from_args(args, logprobs=args.program in LOGPROB_PROGRAMS)
     try:
         with progress_bar("bench") as progress:
             task = progress.add_task(args.dataset, total=len(problems) * len(modes))
@@ -332,20 +233,12 @@ def _print_report(args, engine_name: str, n_problems: int, report, cot: CoTConfi
         out.print(f"per-problem results written to {path}")
 
 
-# -- entry point ----------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="certaindex", description="Stop LLM reasoning once its answer has settled (Dynasor-CoT early exit)."
-    )
-    parser.add_argument("--version", action="version", version=f"certaindex {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """``solve`` and ``bench``."""
     solve = sub.add_parser("solve", help="answer one question with early-exit chain of thought")
     solve.add_argument("question", help="the question")
-    _add_engine_args(solve)
-    _add_cot_args(solve)
+    common.add_engine_args(solve)
+    common.add_cot_args(solve)
     solve.add_argument("--no-early-exit", action="store_true", help="reason in full, without probing")
     solve.add_argument("--compare", action="store_true", help="also run full reasoning and report the tokens saved")
     solve.add_argument("--show-reasoning", action="store_true", help="print the reasoning text")
@@ -367,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--offset", type=int, default=0, help="skip this many problems first")
     bench.add_argument("--out", help="write per-problem results to this JSONL file")
     bench.set_defaults(handler=_bench)
-    _add_engine_args(bench)
-    _add_cot_args(bench)
+    common.add_engine_args(bench)
+    common.add_cot_args(bench)
     group = bench.add_argument_group("parallel programs")
     group.add_argument("--samples", "-n", type=int, default=8, help="most samples N (default 8)")
     group.add_argument("--first-round", type=int, default=4, help="samples in the first round (default 4)")
@@ -380,33 +273,3 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--warmup", type=int, default=4, help="deepconf warm-up traces (default 4)")
     group.add_argument("--keep-percentile", type=float, default=90.0, help="deepconf: keep this %% (default 90)")
     group.add_argument("--window", type=int, default=32, help="deepconf group window in tokens (default 32)")
-
-    add_subcommands(sub)  # record, calibrate, evaluate
-    add_serve_subcommand(sub)
-    from certaindex.cli_loadtest import add_subcommands as add_serving_subcommands
-
-    add_serving_subcommands(sub)  # loadtest, simulate
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return asyncio.run(args.handler(args))
-    except (UsageError, NoQuestionError, DatasetError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        return EXIT_USAGE
-    except EngineError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        return EXIT_ENGINE
-    except NoAnswerError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        return EXIT_NO_ANSWER
-    except KeyboardInterrupt:
-        err.print("[red]interrupted[/red]")
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

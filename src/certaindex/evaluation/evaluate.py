@@ -2,7 +2,7 @@
 
 Every probe-agreement policy (Dynasor-CoT: probe every ``m * g`` tokens, stop once ``k`` probes
 agree) is replayed by running :func:`certaindex.programs.cot.solve_cot` itself on a
-:class:`~certaindex.engines.replay.ReplayEngine`, so its answers and token counts are those of a
+:class:`~certaindex.traces.replay.ReplayEngine`, so its answers and token counts are those of a
 live run. Entropy stopping (stop at the first probe boundary where the mean token entropy of the
 reasoning so far is at most a threshold, answering with the probe taken there) is simulated from the
 recorded per-chunk entropies; it needs traces recorded with logprobs.
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from certaindex.answers import answers_equal
-from certaindex.calibration import (
+from certaindex.core.answers import answers_equal
+from certaindex.core.calibration import (
     THRESHOLD_METHODS,
     EntropyThresholds,
     LTTResult,
@@ -37,7 +37,7 @@ from certaindex.calibration import (
     entropy_thresholds,
     ltt_fixed_sequence,
 )
-from certaindex.engines.replay import ReplayEngine
+from certaindex.traces.replay import ReplayEngine
 from certaindex.programs.cot import CoTConfig, solve_cot
 from certaindex.traces import TraceRecord, TraceSet, TraceSettings
 

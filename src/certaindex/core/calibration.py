@@ -1,6 +1,6 @@
 """Choosing early-exit settings from labelled data: pure functions, no I/O.
 
-Three tools, all fed by replaying recorded traces (:mod:`certaindex.evaluate` does the replaying):
+Three tools, all fed by replaying recorded traces (:mod:`certaindex.evaluation.evaluate` does the replaying):
 
 1. **Entropy-stopping thresholds** (Sharma & Chopra, "Think Just Enough"). Given the mean token
    entropy of examples whose answer was correct (c) or incorrect (i), with means ``mu``, sample

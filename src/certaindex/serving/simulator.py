@@ -7,7 +7,7 @@ its requests, token counts, probe answers and early-exit decisions are exactly t
 scheduler (submit, dispatch, finish, certaindex reports, allowances). Only time is modelled: the
 engine runs continuous batching, one token per running request per decode step, each step costing
 ``CostModel.step_s(batch, context)``, plus a prefill of the tokens its prefix cache lacks when a
-request joins (:mod:`certaindex.costmodel`).
+request joins (:mod:`certaindex.serving.costmodel`).
 
 Time advances from event to event (arrival, a request finishing), jumping whole runs of steps in
 closed form, so a sweep of thousands of programs takes seconds. Replicas are independent engines,
@@ -32,12 +32,12 @@ from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
-from certaindex.answers import answers_equal
-from certaindex.costmodel import CostModel
+from certaindex.core.answers import answers_equal
+from certaindex.serving.costmodel import CostModel
 from certaindex.engines.base import BudgetExhausted, Choice, Completion, Engine, EngineError, GenerationRequest
-from certaindex.engines.replay import ReplayEngine
-from certaindex.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise
-from certaindex.loadtest import policy_spec
+from certaindex.traces.replay import ReplayEngine
+from certaindex.serving.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise
+from certaindex.serving.loadtest import policy_spec
 from certaindex.scheduler.budgets import program_budget
 from certaindex.programs.cot import CoTConfig, CoTResult, solve_cot
 from certaindex.scheduler.core import Gang, SchedulerCore

@@ -12,7 +12,7 @@ Policies run one after another on the same engine and the *same* arrival times:
 
 Every program runs unmodified (``solve_cot``) on its scheduler session; the scheduler's capacity
 bounds the requests in flight. A program's record (arrival, first dispatch, end, tokens,
-correctness) feeds :mod:`certaindex.loadgen`, the same metrics the simulator reports.
+correctness) feeds :mod:`certaindex.serving.loadgen`, the same metrics the simulator reports.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
-from certaindex.answers import answers_equal
-from certaindex.datasets import Problem
+from certaindex.core.answers import answers_equal
+from certaindex.core.datasets import Problem
 from certaindex.engines.base import Completion, Engine, EngineError, GenerationRequest
-from certaindex.loadgen import ProgramRecord
+from certaindex.serving.loadgen import ProgramRecord
 from certaindex.programs.cot import CoTConfig, solve_cot
 from certaindex.scheduler import Scheduler, SchedulerCore, cot_reporter
 from certaindex.scheduler.budgets import program_budget
@@ -136,7 +136,7 @@ async def run_policy(
     (arrival + slo_s) the ``exit-sched`` core is told. ``request_log``: filled with each program's
     requests, ``[is_probe, prompt_tokens, max_tokens, tokens]`` in order, a probe's with the
     certaindex reported after it appended when the core hears reports (see
-    :func:`certaindex.simulator.simulate_logged`)."""
+    :func:`certaindex.serving.simulator.simulate_logged`)."""
     spec = policy_spec(policy)
     if len(arrivals) != len(problems):
         raise ValueError(f"{len(problems)} problems but {len(arrivals)} arrival times")

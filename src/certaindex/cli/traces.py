@@ -3,27 +3,24 @@
 ``certaindex/cli.py`` adds them with :func:`add_subcommands` and dispatches through
 :data:`HANDLERS` (async functions of the parsed arguments returning an exit status). Mistakes raise
 ``ValueError`` (a one-line ``error:``, exit 2) and engine failures ``EngineError`` (exit 1). For use
-before that wiring, ``python -m certaindex.cli_traces record ...`` runs them standalone.
+before that wiring, ``python -m certaindex.cli.traces record ...`` runs them standalone.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from certaindex.datasets import DatasetError, dataset_names, load_dataset
+from certaindex.cli import common
+from certaindex.cli.common import err, out, progress_bar, run_handler
+from certaindex.core.datasets import dataset_names, load_dataset
 
-out = Console()
-err = Console(stderr=True)
 
 __all__ = ["HANDLERS", "add_subcommands", "calibrate_command", "evaluate_command", "main", "record_command"]
 
@@ -87,7 +84,6 @@ def _check_policy_args(args: argparse.Namespace) -> tuple[list[int] | None, list
 
 def add_subcommands(subparsers: Any) -> None:
     """Add ``record``, ``calibrate`` and ``evaluate`` to an argparse subparsers object."""
-    from certaindex import cli  # lazily: cli imports this module at its top
 
     record = subparsers.add_parser(
         "record",
@@ -100,7 +96,7 @@ def add_subcommands(subparsers: Any) -> None:
     record.add_argument("--dataset", default="gsm8k", help=f"one of {', '.join(dataset_names())} or a JSONL path (default gsm8k)")
     record.add_argument("--limit", type=int, default=60, help="number of problems (default 60)")
     record.add_argument("--offset", type=int, default=0, help="skip this many problems first")
-    cli._add_engine_args(record)
+    common.add_engine_args(record)
     group = record.add_argument_group("recording")
     group.add_argument("--granularity", "-g", type=int, default=16,
                        help="reasoning tokens per chunk; replay serves probe intervals that are multiples of it (default 16)")
@@ -154,22 +150,9 @@ def add_subcommands(subparsers: Any) -> None:
 # ------------------------------------------------------------------------------------ handlers
 
 
-def progress_bar(label: str, quiet: bool = False) -> Progress:
-    """The progress bar of every long command (bench, record, replay), on stderr."""
-    return Progress(
-        TextColumn(f"[bold]{label}[/bold] {{task.description}}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=quiet,
-    )
 
 
 async def record_command(args: argparse.Namespace) -> int:
-    from certaindex import cli
     from certaindex.traces import TraceSettings, record_traces
 
     for option, value, minimum in (("--limit", args.limit, 1), ("--granularity", args.granularity, 1),
@@ -199,7 +182,7 @@ async def record_command(args: argparse.Namespace) -> int:
         confidence_window=args.confidence_window,
     )
     problems = load_dataset(args.dataset, limit=args.limit, offset=args.offset)
-    engine = cli._engine(args, logprobs=settings.logprobs is not None)
+    engine = common.engine_from_args(args, logprobs=settings.logprobs is not None)
     started = time.perf_counter()
     tokens = correct = 0
     try:
@@ -244,7 +227,7 @@ def _read(args: argparse.Namespace):
 
 
 async def calibrate_command(args: argparse.Namespace) -> int:
-    from certaindex.evaluate import (
+    from certaindex.evaluation.evaluate import (
         calibration_config,
         choose_setting,
         full_policy,
@@ -264,7 +247,7 @@ async def calibrate_command(args: argparse.Namespace) -> int:
     choice = choose_setting(outcomes, probes, full, idx, args.method, args.alpha, args.delta, args.max_loss)
     if choice.policy is None or choice.summary is None:
         if args.method == "ltt":
-            from certaindex.calibration import min_examples_for_certificate
+            from certaindex.core.calibration import min_examples_for_certificate
 
             raise ValueError(
                 f"no setting is certified at alpha={args.alpha}, delta={args.delta} on {len(idx)} traces (a setting "
@@ -286,7 +269,7 @@ async def calibrate_command(args: argparse.Namespace) -> int:
 
 
 async def evaluate_command(args: argparse.Namespace) -> int:
-    from certaindex.evaluate import calibration_config, plot_pareto, render_tables, run_evaluation, write_calibration
+    from certaindex.evaluation.evaluate import calibration_config, plot_pareto, render_tables, run_evaluation, write_calibration
 
     intervals, ks = _check_policy_args(args)
     _unit("--split", args.split)
@@ -352,21 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (``python -m certaindex.cli_traces``), with cli.py's exit statuses."""
-    from certaindex.engines import EngineError
-
+    """Standalone entry point (``python -m certaindex.cli.traces``), with the CLI's exit statuses."""
     args = build_parser().parse_args(argv)
-    try:
-        return asyncio.run(HANDLERS[args.command](args))
-    except (DatasetError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        return 2
-    except EngineError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        return 1
-    except KeyboardInterrupt:
-        err.print("[red]interrupted[/red]")
-        return 130
+    return run_handler(HANDLERS[args.command], args)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
-from certaindex.answers import answers_equal
-from certaindex.datasets import Problem
+from certaindex.core.answers import answers_equal
+from certaindex.core.datasets import Problem
 from certaindex.engines.base import Engine
 from certaindex.programs.cot import CoTConfig, solve_cot
 from certaindex.programs.self_consistency import NoAnswerError, SCConfig, first_finish, self_consistency

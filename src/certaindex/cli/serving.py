@@ -19,7 +19,9 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from certaindex.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise, trace_arrivals
+from certaindex.cli import common
+from certaindex.cli.common import progress_bar
+from certaindex.serving.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise, trace_arrivals
 
 __all__ = ["add_subcommands", "loadtest_command", "simulate_command", "summary_table"]
 
@@ -42,7 +44,7 @@ def _floats(option: str, text: str) -> list[float]:
 
 
 def _policies(text: str) -> list[str]:
-    from certaindex.loadtest import policy_spec
+    from certaindex.serving.loadtest import policy_spec
 
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
@@ -91,7 +93,6 @@ def _add_reasoning_args(parser: argparse.ArgumentParser, budget: int | None, int
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Add ``loadtest`` and ``simulate`` to the ``certaindex`` parser."""
-    from certaindex import cli
 
     load = sub.add_parser(
         "loadtest",
@@ -103,8 +104,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--rate", type=float, default=0.5, help="arrival rate in programs per second (default 0.5)")
     load.add_argument("--arrivals", help="file of arrival times in seconds, one per line (replaces --rate)")
     _add_serving_args(load)
-    cli._add_engine_args(load)
-    cli._add_cot_args(load, budget=384, interval=16, k=2, seed_flag="--sample-seed")
+    common.add_engine_args(load)
+    common.add_cot_args(load, budget=384, interval=16, k=2, seed_flag="--sample-seed")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(handler=loadtest_command)
 
@@ -195,26 +196,23 @@ def _read_arrivals(path: str) -> list[float]:
 
 
 def _make_engine(args: argparse.Namespace):
-    from certaindex import cli
 
-    return cli._engine(args)
+    return common.engine_from_args(args)
 
 
 async def loadtest_command(args: argparse.Namespace) -> int:
-    from certaindex import cli
-    from certaindex.cli_traces import progress_bar
-    from certaindex.datasets import load_dataset
-    from certaindex.loadtest import run_loadtest
+    from certaindex.core.datasets import load_dataset
+    from certaindex.serving.loadtest import run_loadtest
 
     policies = _policies(args.policies)
     slos = _slos(args.slo)
-    cli._positive("limit", args.limit)
-    cli._positive("capacity", args.capacity)
+    common.positive("limit", args.limit)
+    common.positive("capacity", args.capacity)
     if args.offset < 0:
         raise ValueError(f"--offset must be >= 0, got {args.offset}")
     if not math.isfinite(args.rate) or args.rate <= 0:
         raise ValueError(f"--rate must be a number of programs per second > 0, got {args.rate}")
-    config = cli._cot_config(args)
+    config = common.cot_config(args)
     problems = load_dataset(args.dataset)[args.offset : args.offset + args.limit]
     if not problems:
         raise ValueError(f"--offset {args.offset} leaves no problems in {args.dataset}")
@@ -261,16 +259,15 @@ async def loadtest_command(args: argparse.Namespace) -> int:
 
 
 async def simulate_command(args: argparse.Namespace) -> int:
-    from certaindex import cli
-    from certaindex.costmodel import CostModel
-    from certaindex.simulator import plot_sweep, sweep
+    from certaindex.serving.costmodel import CostModel
+    from certaindex.serving.simulator import plot_sweep, sweep
     from certaindex.traces import read_traces
 
     policies = _policies(args.policies)
     slos = _slos(args.slo)
     rates = _floats("--rates", args.rates)
     for name in ("programs", "replicas", "capacity", "k"):
-        cli._positive(name, getattr(args, name))
+        common.positive(name, getattr(args, name))
     cost = CostModel.load(args.cost_model)
     traces = read_traces(args.traces)
     settings = traces.settings

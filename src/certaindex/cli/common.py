@@ -1,0 +1,147 @@
+"""What every command shares: exit statuses, consoles, the engine and reasoning flags, validation
+of numbers, the progress bar and the mapping of errors to exit statuses. Command modules import
+this one; it imports none of them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+from typing import Awaitable, Callable
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from certaindex.core.datasets import DatasetError
+from certaindex.core.prompting import NoQuestionError
+from certaindex.core.validation import parse_json_object
+from certaindex.engines import EngineError, make_engine
+from certaindex.programs.cot import CoTConfig
+from certaindex.programs.self_consistency import NoAnswerError
+
+EXIT_ENGINE, EXIT_USAGE, EXIT_NO_ANSWER = 1, 2, 3
+MAX_BUDGET = 1_000_000
+
+out = Console()
+err = Console(stderr=True)
+
+
+class UsageError(ValueError):
+    """A mistake in the command line."""
+
+
+def positive(name: str, value: int, upper: int | None = None) -> int:
+    if value < 1:
+        raise UsageError(f"--{name} must be at least 1, got {value}")
+    if upper is not None and value > upper:
+        raise UsageError(f"--{name} must be at most {upper}, got {value}")
+    return value
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine",
+        default="embedded",
+        help="'embedded' (llama.cpp in process, default model), 'embedded:/path/model.gguf', "
+        "or the URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1",
+    )
+    group.add_argument("--model", help="model name on the server (default: its first), or a GGUF path for embedded")
+    group.add_argument(
+        "--chat-template",
+        default="auto",
+        help="chat template: auto (from the model or server), chatml, deepseek-r1, qwen3-thinking, llama3, gemma, raw",
+    )
+    group.add_argument("--api-key", help="bearer token for the server")
+    group.add_argument(
+        "--extra-body",
+        help='JSON object of engine-specific fields sent with every HTTP request, e.g. \'{"repeat_penalty": 1.0}\'',
+    )
+
+
+def add_cot_args(
+    parser: argparse.ArgumentParser, budget: int = 1024, interval: int = 32, k: int = 3, seed_flag: str = "--seed"
+) -> None:
+    """The chain-of-thought flags; ``seed_flag`` renames the sampling seed where ``--seed`` means
+    something else (the load test's arrivals); ``cot_config`` reads it as ``seed``."""
+    group = parser.add_argument_group("reasoning")
+    group.add_argument("--budget", type=int, default=budget, help=f"most reasoning tokens (default {budget})")
+    group.add_argument("--probe-interval", type=int, default=interval,
+                       help=f"reasoning tokens between probes (default {interval})")
+    group.add_argument("--k", type=int, default=k, help=f"agreeing probes in a row needed to stop (default {k})")
+    group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
+    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    group.add_argument(seed_flag, dest="sampling_seed", type=int, default=0, help="sampling seed (default 0)")
+    group.add_argument(
+        "--calibration",
+        help="JSON config written by `certaindex calibrate`: its probe interval and k replace the flags' values",
+    )
+
+
+def cot_config(args: argparse.Namespace, early_exit: bool = True) -> CoTConfig:
+    positive("budget", args.budget, MAX_BUDGET)
+    positive("probe-interval", args.probe_interval)
+    positive("k", args.k, 100)
+    positive("probe-tokens", args.probe_tokens, 1000)
+    if not 0 <= args.temperature <= 5:
+        raise UsageError(f"--temperature must be between 0 and 5, got {args.temperature}")
+    config = CoTConfig(
+        budget=args.budget,
+        probe_interval=args.probe_interval,
+        k=args.k,
+        probe_tokens=args.probe_tokens,
+        temperature=args.temperature,
+        seed=args.sampling_seed,
+        early_exit=early_exit,
+    )
+    if getattr(args, "calibration", None):
+        from certaindex.evaluation.evaluate import apply_calibration, load_calibration
+
+        config = dataclasses.replace(apply_calibration(config, load_calibration(args.calibration)), early_exit=early_exit)
+    return config
+
+
+def engine_from_args(args: argparse.Namespace, logprobs: bool = False):
+    extra_body = parse_json_object(args.extra_body, "--extra-body")
+    return make_engine(
+        args.engine,
+        model=args.model,
+        chat_template=None if args.chat_template == "auto" else args.chat_template,
+        api_key=args.api_key,
+        logprobs=logprobs,
+        extra_body=extra_body,
+    )
+
+
+def progress_bar(label: str, quiet: bool = False) -> Progress:
+    """The progress bar of every long command (bench, record, replay), on stderr."""
+    return Progress(
+        TextColumn(f"[bold]{label}[/bold] {{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=quiet,
+    )
+
+
+def run_handler(handler: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+    """Run a command's handler; user mistakes and engine failures end in one ``error:`` line and an
+    exit status, never a traceback."""
+    try:
+        return asyncio.run(handler(args))
+    except (UsageError, NoQuestionError, DatasetError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+    except EngineError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_ENGINE
+    except NoAnswerError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_NO_ANSWER
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]")
+        return 130
