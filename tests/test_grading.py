@@ -100,3 +100,26 @@ def test_a_worker_stuck_beyond_the_timer_is_killed_and_the_rest_still_graded():
     assert time.monotonic() - started < 20
     assert results[("eq", "stuck", "stuck")] is TIMEOUT
     assert all(results[("eq", str(i), str(i))] is True for i in range(6))
+
+
+_BROKEN = False
+
+
+def fragile_grader(job):
+    """A fake grader whose state breaks when a call is cut short (like an import interrupted by the timer)."""
+    global _BROKEN
+    if _BROKEN:
+        return "broken"
+    if job[1] == "hang":
+        try:
+            time.sleep(60)
+        finally:
+            _BROKEN = True
+    return "ok"
+
+
+def test_jobs_after_a_timeout_run_in_fresh_workers():
+    jobs = [("key", "a", ""), ("key", "hang", "")] + [("key", f"x{i}", "") for i in range(5)]
+    results = run_jobs(jobs, grader=fragile_grader, timeout_s=0.5, workers=1)
+    assert results[("key", "hang", "")] is TIMEOUT
+    assert [results[j] for j in jobs if j[1] != "hang"] == ["ok"] * 6

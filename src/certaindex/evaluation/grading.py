@@ -42,6 +42,7 @@ __all__ = [
     "default_cache_path",
     "equivalence_id",
     "run_jobs",
+    "warm_project_grader",
 ]
 
 CACHE_FORMAT = "certaindex-grades"
@@ -117,17 +118,29 @@ def _work(job: Job) -> tuple[Job, Any]:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def warm_project_grader() -> None:
+    """Import math_verify and sympy and run each path once, in the parent before forking: a worker
+    then never spends its timer on imports (an import cut short by the timer breaks the worker)."""
+    from certaindex.core.answers import answers_equal, canonical_answer
+
+    answers_equal("\\frac{1}{2}", "0.5")
+    canonical_answer("x^2 + 2x + 1")
+
+
 def run_jobs(jobs: Sequence[Job], grader: Callable[[Job], Any] = project_grader, timeout_s: float = 5.0,
              workers: int = 2, on_result: Callable[[Job, Any], None] | None = None) -> dict[Job, Any]:
     """Run ``grader`` on every job in worker processes, each call bounded by ``timeout_s``.
 
     The timer interrupts Python code; a worker that does not answer within ``2 * timeout_s + 1`` s
-    after its turn came (stuck in C, or ignoring the timer) is killed with its pool, its job
-    counted as :data:`TIMEOUT`, and the jobs not yet done go to a fresh pool."""
+    after its turn came (stuck in C, or ignoring the timer) is killed. After any timeout the pool is
+    replaced (an interrupted call can leave a worker's caches half-written) and the jobs after the
+    timed-out one are run again in fresh workers; the timed-out job counts as :data:`TIMEOUT`."""
     results: dict[Job, Any] = {}
     pending = list(dict.fromkeys(jobs))
     hard = 2 * timeout_s + 1
     ctx = mp.get_context("fork")
+    if grader is project_grader and pending:
+        warm_project_grader()
     while pending:
         pool = ctx.Pool(max(1, workers), initializer=_init_worker, initargs=(grader, timeout_s))
         try:
@@ -138,21 +151,12 @@ def run_jobs(jobs: Sequence[Job], grader: Callable[[Job], Any] = project_grader,
                     _, value = handle.get(timeout=hard)
                 except mp.TimeoutError:
                     value = TIMEOUT
-                    for later, h in handles[i + 1:]:
-                        if h.ready():
-                            _, v = h.get()
-                            results[later] = v
-                            if on_result:
-                                on_result(later, v)
-                        else:
-                            pending.append(later)
-                    results[job] = value
-                    if on_result:
-                        on_result(job, value)
-                    break
                 results[job] = value
                 if on_result:
                     on_result(job, value)
+                if value is TIMEOUT:
+                    pending = [later for later, _ in handles[i + 1:]]
+                    break
         finally:
             pool.terminate()
             pool.join()
