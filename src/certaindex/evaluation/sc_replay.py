@@ -385,12 +385,12 @@ def default_grid(n: int = 8) -> list[Policy]:
     return grid
 
 
-def choose(candidates: Sequence[Summary], baseline: Summary) -> Summary:
-    """The cheapest candidate (mean tokens) at least as accurate as ``baseline`` (mean over orders);
-    when none is, the most accurate one, ties to the cheaper."""
+def choose(candidates: Sequence[Summary], baseline: Summary, tolerance: float = 0.0) -> Summary:
+    """The cheapest candidate (mean tokens) whose mean accuracy is at least ``baseline``'s less
+    ``tolerance``; when none is, the most accurate one, ties to the cheaper."""
     if not candidates:
         raise ValueError("no candidates to choose from")
-    good = [c for c in candidates if c.accuracy >= baseline.accuracy - 1e-12]
+    good = [c for c in candidates if c.accuracy >= baseline.accuracy - tolerance - 1e-12]
     if good:
         return min(good, key=lambda c: (c.tokens, -c.accuracy))
     return max(candidates, key=lambda c: (c.accuracy, -c.tokens))
