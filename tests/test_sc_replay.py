@@ -181,7 +181,8 @@ def test_study_reports_each_family_on_the_report_half() -> None:
             Policy("combined", "k=2", SCConfig(n=4, first_round=2, round_size=1, threshold=1.0), probe_k=2)]
     study = run_study(problems, orders=10, grid=grid)
     (d,) = study.datasets
-    assert d.choose_problems + d.report_problems == 4 and set(d.chosen) == {"sc-early", "combined"}
+    assert d.choose_problems + d.report_problems == 4
+    assert set(d.chosen) == {(t, f) for t in (0.0, 0.01) for f in ("sc-early", "combined")}
     text = render_study(study, ["fact line"])
     assert "fact line" in text and "goal" in text and "majority of 4" in text
 
