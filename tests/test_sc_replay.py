@@ -226,6 +226,8 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path: Path) -> None:
     good = write_rollouts(tmp_path / "good.jsonl.gz")
     assert_one_error_line(run_cli(str(good), "--orders", "0"), "--orders must be at least 1")
     assert_one_error_line(run_cli(str(good), "--png", str(tmp_path / "nowhere" / "x.png")), "does not exist")
+    assert_one_error_line(run_cli(str(good), "--tolerances", "0,2"), "fractions in [0, 1)")
+    assert_one_error_line(run_cli(str(good), "--splits", "-1"), "--splits must be >= 0")
 
 
 def test_cli_writes_report_json_and_png(tmp_path: Path) -> None:
