@@ -26,7 +26,7 @@ from certaindex.evaluation.sc_replay import (
     summarise,
 )
 from certaindex.evaluation.sc_report import render_study, run_study
-from certaindex.programs.self_consistency import SCConfig
+from certaindex.programs.self_consistency import SCConfig, decide
 from certaindex.traces.rollouts import AnswerBook, Grader, Probe, Problem, Rollout
 
 GRADER = Grader()
@@ -82,11 +82,12 @@ def test_majority_of_k_draws_exactly_k_and_votes_with_equivalent_answers() -> No
 
 def test_anytime_rule_cannot_stop_on_8_samples_at_alpha_005_but_can_at_025() -> None:
     rp = problem([rollout("3", 10, rid=i) for i in range(8)])
-    strict = replay_order(samples(rp), list(range(8)), SCConfig(n=8, first_round=2, round_size=1, rule="anytime", alpha=0.05))
-    loose = replay_order(samples(rp), list(range(8)), SCConfig(n=8, first_round=2, round_size=1, rule="anytime", alpha=0.25))
+    strict = SCConfig(n=8, first_round=2, round_size=1, rule="anytime", alpha=0.05)
+    loose = SCConfig(n=8, first_round=2, round_size=1, rule="anytime", alpha=0.25)
     # (2^c - 1) / c >= 7 / alpha: never for c <= 8 at 0.05 (140); at 0.25 (28) first at c = 8.
-    assert strict.samples == 8 and loose.samples == 8
-    assert loose.rounds == 7 and strict.rounds == 7
+    assert replay_order(samples(rp), list(range(8)), strict).samples == 8
+    assert decide(["3"] * 8, strict)[1] is None and decide(["3"] * 7, loose)[1] is None
+    assert decide(["3"] * 8, loose)[1] == "significant"
 
 
 def test_probe_exit_costs_tokens_to_the_exit_plus_its_probes() -> None:
