@@ -316,7 +316,7 @@ def _clean(answer: str) -> str:
     # Digit-group separators: 1{,}000, 1\,000, 1\!000 -> 1,000.
     s = re.sub(r"(?<=\d)(?:\{,\}|\\,|\\!|\\;|\\ )(?=\d{3}(?!\d))", ",", s)
     s = re.sub(r"\\left\b|\\right\b", "", s)
-    s = re.sub(r"\\[,;:! ]", " ", s)
+    s = re.sub(r"(?<!\\)\\[,;:! ]", " ", s)  # thin spaces; a double backslash (matrix row break) stays
     s = re.sub(r"(?<![\\A-Za-z])pi(?![A-Za-z])", r"\\pi", s)  # "3 pi" is 3*pi, not 3*p*i
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°", "", s)  # degrees

@@ -40,6 +40,7 @@ __all__ = [
     "cheapest_within",
     "cohens_d",
     "entropy_thresholds",
+    "hoeffding_bentkus_pvalue",
     "ltt_fixed_sequence",
     "min_examples_for_certificate",
     "threshold_bayes",
@@ -242,12 +243,30 @@ class LTTResult:
     delta: float
 
 
-def ltt_fixed_sequence(harmful_counts: Sequence[int], n: int, alpha: float, delta: float) -> LTTResult:
+def hoeffding_bentkus_pvalue(k: int, n: int, alpha: float) -> float:
+    """The Hoeffding-Bentkus p-value of H0: risk > ``alpha`` after ``k`` losses in ``n`` Bernoulli
+    trials (Bates et al. 2021; the p-value Learn-then-Test uses for losses in [0, 1])."""
+    if n < 1:
+        return 1.0
+    r = k / n
+    if r >= alpha:
+        hoeffding = 1.0
+    else:
+        a = min(max(r, 1e-12), 1 - 1e-12)
+        kl = a * math.log(a / alpha) + (1 - a) * math.log((1 - a) / (1 - alpha))
+        hoeffding = math.exp(-n * kl)
+    bentkus = math.e * binomial_cdf(math.ceil(n * r), n, alpha)
+    return min(1.0, hoeffding, bentkus)
+
+
+def ltt_fixed_sequence(harmful_counts: Sequence[int], n: int, alpha: float, delta: float,
+                       method: str = "binomial") -> LTTResult:
     """Learn-then-Test with fixed-sequence testing.
 
     ``harmful_counts[j]``: harmful exits of setting j on the ``n`` calibration examples, settings
     ordered from conservative to aggressive *before* looking at the data. Setting j is certified when
-    it and every setting before it have ``P(Binomial(n, alpha) <= k) <= delta``.
+    it and every setting before it have ``P(Binomial(n, alpha) <= k) <= delta`` (``method="binomial"``,
+    exact for 0/1 losses) or a Hoeffding-Bentkus p-value <= delta (``method="hb"``).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -256,7 +275,10 @@ def ltt_fixed_sequence(harmful_counts: Sequence[int], n: int, alpha: float, delt
     for k in harmful_counts:
         if isinstance(k, bool) or int(k) != k or not 0 <= k <= n:
             raise ValueError(f"harmful counts must be ints in [0, n={n}], got {k!r}")
-    p_values = tuple(binomial_cdf(int(k), n, alpha) for k in harmful_counts)
+    if method not in ("binomial", "hb"):
+        raise ValueError(f"method must be binomial or hb, got {method!r}")
+    pvalue = binomial_cdf if method == "binomial" else hoeffding_bentkus_pvalue
+    p_values = tuple(pvalue(int(k), n, alpha) for k in harmful_counts)
     certified: list[int] = []
     for j, p in enumerate(p_values):
         if p > delta:

@@ -140,6 +140,7 @@ def final_answer(traj: Trajectory, source: str = "extracted") -> str | None:
 
 def grading_inputs(trajs: Iterable[Trajectory]) -> tuple[list[tuple[str, str]], list[str]]:
     """(answer, target) pairs to grade and answers needing an agreement key, without repeats."""
+    trajs = list(trajs)
     pairs: dict[tuple[str, str], None] = {}
     keys: dict[str, None] = {}
     for t in trajs:
@@ -152,6 +153,11 @@ def grading_inputs(trajs: Iterable[Trajectory]) -> tuple[list[tuple[str, str]], 
                 pairs[(x.answer, t.target)] = None
         if t.final_answer is not None:
             pairs[(t.final_answer, t.target)] = None
+    from certaindex.evaluation.score_policy import score_grading_inputs
+
+    more_pairs, more_keys = score_grading_inputs(trajs)  # boxed answers and trial keys for the score rule
+    pairs.update(dict.fromkeys(more_pairs))
+    keys.update(dict.fromkeys(more_keys))
     return list(pairs), list(keys)
 
 
@@ -191,6 +197,10 @@ def run_profile(profile: Profile, traj: Trajectory, key: Callable, correct: Call
     """The profile's rule on the trajectory, probing every ``probe_interval`` tokens."""
     if profile.kind == "dynasor":
         return dynasor(traj, int(profile.rule["k"]), key, correct, _interval(profile.probe_interval, profile.name))
+    if profile.kind == "score":
+        from certaindex.evaluation.score_policy import replay_score
+
+        return replay_score(profile.rule, traj, key, correct)
     raise ValueError(f"profile {profile.name}: rule kind {profile.kind!r} cannot be replayed by this version")
 
 

@@ -46,8 +46,29 @@ def _check_dynasor(rule: dict[str, Any]) -> None:
         raise ValueError(f"a dynasor rule needs an integer k >= 1, got {k!r}")
 
 
-# kind -> validator of the rule's parameters. New rule kinds (a fitted certainty score) add theirs.
-RULE_KINDS: dict[str, Any] = {"dynasor": _check_dynasor}
+def _check_score(rule: dict[str, Any]) -> None:
+    """A fitted certainty score: ``schedule`` (what is observed), ``model`` (the logistic score's
+    parameters), ``threshold`` (exit when the score reaches it; null: never exit, i.e. full
+    reasoning, where no threshold could be certified) and the optional trial settings."""
+    from certaindex.core.exit_score import ScoreModel
+    from certaindex.evaluation.score_policy import check_schedule
+
+    schedule = rule.get("schedule")
+    if not isinstance(schedule, str) or not schedule:
+        raise ValueError("a score rule needs a \"schedule\" such as \"bx+tc+g512+tr\"")
+    check_schedule(schedule)
+    threshold = rule.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 <= threshold <= 1):
+        raise ValueError(f"a score rule's threshold must be a number in [0, 1] or null, got {threshold!r}")
+    ScoreModel.from_dict(rule.get("model"))
+    trials = rule.get("trials")
+    if "tr" in schedule.split("+") and not (isinstance(trials, dict) and isinstance(trials.get("suffix"), str)):
+        raise ValueError("a score rule whose schedule has trials (tr) needs \"trials\": {\"suffix\": ...}")
+
+
+# kind -> validator of the rule's parameters.
+RULE_KINDS: dict[str, Any] = {"dynasor": _check_dynasor, "score": _check_score}
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,9 @@ class Profile:
 
     @property
     def label(self) -> str:
+        if self.kind == "score":
+            thr = self.rule.get("threshold")
+            return f"{self.name} (score {self.rule['schedule']}, threshold {'none' if thr is None else f'{thr:.4f}'})"
         params = ", ".join(f"{k}={v}" for k, v in self.rule.items() if k != "kind")
         return f"{self.name} ({self.kind} {params}, interval {self.probe_interval})"
 

@@ -71,6 +71,7 @@ class Trial:
     answer: str | None
     confidence: float
     out_tokens: int
+    min_prob: float = 0.0  # smallest token probability of the trial answer (from its logprobs)
 
 
 @dataclass(slots=True)
@@ -177,6 +178,21 @@ def _target(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Bad(f"target is missing or empty: {value!r}")
     return value
+
+
+def _min_prob(value: Any) -> float:
+    """The smallest token probability of a trial's ``logprobs`` list (0.0 when absent)."""
+    import math
+
+    lps = _literal(value) or []
+    if not isinstance(lps, list):
+        raise _Bad("logprobs is not a list")
+    probs = []
+    for d in lps:
+        d = _literal(d)
+        lp = d.get("logprob") if isinstance(d, dict) else d
+        probs.append(math.exp(_float(lp, "logprob")))
+    return min(probs) if probs else 0.0
 
 
 def _need(record: dict[str, Any], name: str) -> Any:
@@ -376,6 +392,7 @@ def read_run(folder: str | Path, splits: dict[tuple[str, int], str] | None = Non
                         _int(_need(x, "token_position"), "token_position"), _answer(x.get("trial_answer")),
                         _float(_need(x, "confidence"), "confidence"),
                         _int(x.get("trial_out_tokens") or 0, "trial_out_tokens"),
+                        _min_prob(x.get("logprobs")),
                     ))
             except _Bad as exc:
                 raise GovernorFormatError(f"{path}:{lineno}: {exc}") from None

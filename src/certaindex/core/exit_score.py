@@ -1,0 +1,298 @@
+"""The certainty score: live features of one chain of thought and a fitted logistic model over them.
+
+Why: "the last k probes agree" keeps accuracy on real reasoning models only at k so large that
+little is saved. The score combines what a streaming program already sees at each decision point:
+
+* the answers observed so far (probes, DEER-style trials read at "Wait" points with their token
+  probabilities, and every ``\\boxed{}`` the model writes itself, which costs nothing);
+* the reasoning text so far, summarised by :class:`TextMarkers` (reflection words, final-answer
+  phrases, ``</think>``, boxed contents), each placed by the token count at which it is complete.
+
+Everything here is pure: agreement between answers goes through an injected ``key`` function
+(the project's :func:`~certaindex.core.answers.canonical_answer`, or a cache of it); positions in
+the text come from an injected array of character ends per token. Offline replay
+(:mod:`certaindex.evaluation.score_policy`) and the live program share :func:`stream_features`.
+
+The model (:class:`ScoreModel`) is a standardised L2 logistic regression whose parameters
+serialise to JSON inside a profile; :func:`fit_logistic` fits it with Newton steps (numpy only).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Optional, Sequence
+
+import numpy as np
+
+from certaindex.core.answers import _boxes
+
+__all__ = [
+    "FEATURES",
+    "FINAL_RE",
+    "NEVER",
+    "Obs",
+    "ScoreModel",
+    "TextMarkers",
+    "THINK_CLOSE",
+    "WAIT_RE",
+    "fit_logistic",
+    "first_exit",
+    "stream_features",
+    "text_markers",
+]
+
+KeyFn = Callable[[Optional[str]], Optional[Hashable]]
+NEVER = 10**9  # token count of a marker that has not been written
+
+WAIT_RE = re.compile(
+    r"\b(?:Wait|wait|Hmm|hmm|Alternatively|Hold on|But wait|"
+    r"Let me (?:double[- ]check|verify|check|re-?examine|recheck|re-?evaluate|confirm))\b"
+)
+FINAL_RE = re.compile(r"\*\*\s*Final Answer|[Tt]he (?:final )?answer is|[Ff]inal answer:")
+THINK_CLOSE = "</think>"
+
+
+@dataclass(frozen=True)
+class Obs:
+    """One observation of the current answer, in the order a live program receives them.
+
+    ``src`` is ``box`` (a ``\\boxed{}`` in the model's own text: free), ``grid`` (a probe),
+    ``event`` (a probe at an event) or ``trial`` (a DEER-style trial read at a "Wait")."""
+
+    pos: int  # reasoning tokens generated when it was observed
+    src: str
+    answer: str | None
+    certain: bool = True  # False when the probe text hesitates
+    out_tokens: int = 0  # tokens spent to read it (0 for boxes)
+    confidence: float = 0.0  # trials: the answer's confidence from its token logprobs
+    min_prob: float = 0.0  # trials: the smallest token probability of the answer
+
+
+@dataclass
+class TextMarkers:
+    """Where markers of the reasoning text are complete, as token counts (sorted int arrays)."""
+
+    waits: np.ndarray
+    finals: np.ndarray
+    think_close: int  # token count at which ``</think>`` is complete; NEVER if not written
+    box_pos: np.ndarray
+    box_content: list[str] = field(default_factory=list)
+
+
+def _tokens_at(ends: np.ndarray, chars: Sequence[int]) -> np.ndarray:
+    """Token counts needed to have written ``text[:c]`` for each char offset ``c``."""
+    if not len(chars):
+        return np.zeros(0, dtype=np.int64)
+    return np.searchsorted(ends, np.asarray(chars), side="left").astype(np.int64) + 1
+
+
+def text_markers(text: str, ends: Sequence[int] | np.ndarray) -> TextMarkers:
+    """Reflection words, final-answer phrases, ``</think>`` and ``\\boxed{}`` of ``text``, placed by
+    token count. ``ends[i]`` is the character offset just after token ``i`` (non-decreasing); a live
+    program builds it from the chunks it streamed, replay from a tokenizer."""
+    ends = np.asarray(ends, dtype=np.int64)
+    waits = _tokens_at(ends, [m.end() for m in WAIT_RE.finditer(text)])
+    finals = _tokens_at(ends, [m.end() for m in FINAL_RE.finditer(text)])
+    i = text.find(THINK_CLOSE)
+    think = int(_tokens_at(ends, [i + len(THINK_CLOSE)])[0]) if i >= 0 else NEVER
+    box_ends, contents = [], []
+    for start, content in _boxes(text):
+        if content is None or not content.strip():
+            continue  # an unclosed box (not written yet) or an empty one
+        j = text.find(content, start)
+        box_ends.append((j + len(content) + 1) if j >= 0 else start + 8)
+        contents.append(content.strip())
+    return TextMarkers(waits, finals, think, _tokens_at(ends, box_ends), contents)
+
+
+FEATURES: tuple[str, ...] = (
+    "log_pos",          # log(pos)
+    "run_n",            # log1p(# trailing observations agreeing with the current answer)
+    "run_tok",          # tokens since the agreement run started / 1000
+    "run_frac",         # run tokens / pos
+    "frac_agree",       # share of the answers so far that agree with the current one
+    "n_distinct",       # log1p(# distinct answers so far)
+    "n_changes",        # log1p(# answer changes so far)
+    "cur_certain",      # the current observation does not hesitate
+    "run_uncertain",    # log1p(# hesitant observations inside the run)
+    "letter_or_empty",  # the current answer is a bare letter A-E or empty (a junk probe)
+    "ans_len",          # log1p(len(answer))
+    "out_full",         # the probe hit its 32-token cap
+    "think_closed",     # </think> written
+    "n_boxed",          # log1p(# \boxed{} written so far)
+    "box_agree",        # the last \boxed{} written so far equals the current answer
+    "final_phrase",     # "the answer is" / "**Final Answer**" written so far
+    "log_waits",        # log1p(# reflection words so far)
+    "wait_rate",        # reflection words per 1000 tokens
+    "waits_in_run",     # log1p(# reflection words since the run started)
+    "has_trial",        # a trial has been read
+    "is_trial",         # the current observation is a trial
+    "is_box",           # the current observation is a \boxed{} the model wrote
+    "trial_conf",       # confidence of the latest trial
+    "trial_minp",       # smallest token probability of the latest trial
+    "trial_agree",      # the latest trial equals the current answer
+    "trial_agree_conf", # best confidence of trials equal to the current answer
+    "trial_n_agree",    # log1p(# trials equal to the current answer)
+    "trial_conf_lg",    # -log10(1 - confidence of the latest trial)
+    "trial_agree_lg",   # -log10(1 - best confidence of trials equal to the current answer)
+    "pos_over_med",     # pos / 4000
+)
+
+
+def _count_le(arr: np.ndarray, x: int) -> int:
+    return int(np.searchsorted(arr, x, side="right"))
+
+
+def stream_features(obs: Sequence[Obs], marks: TextMarkers, key: KeyFn) -> np.ndarray:
+    """Feature matrix (``len(obs)`` x ``len(FEATURES)``) of every observation point of one stream.
+
+    Row ``i`` reads only ``obs[:i+1]`` and the markers complete by ``obs[i].pos``: what a live
+    program knows at that point. Two answers agree when their keys are equal and not None."""
+    n = len(obs)
+    X = np.zeros((n, len(FEATURES)), dtype=np.float64)
+    keys = [key(o.answer) for o in obs]
+    box_keys = [key(c) for c in marks.box_content]
+    counts: dict[Hashable, int] = {}
+    n_changes = 0
+    prev: Hashable | None = None
+    run_start = 0
+    last_trial: Obs | None = None
+    last_trial_key: Hashable | None = None
+    trial_conf: dict[Hashable, float] = {}
+    trial_n: dict[Hashable, int] = {}
+    hesitant = np.cumsum([0] + [0 if o.certain else 1 for o in obs])
+    for i, o in enumerate(obs):
+        k = keys[i]
+        if i == 0 or k is None or k != prev:
+            run_start = i
+            if i > 0:
+                n_changes += 1
+        prev = k
+        if k is not None:
+            counts[k] = counts.get(k, 0) + 1
+        if o.src == "trial":
+            last_trial, last_trial_key = o, k
+            if k is not None:
+                trial_conf[k] = max(trial_conf.get(k, 0.0), o.confidence)
+                trial_n[k] = trial_n.get(k, 0) + 1
+        pos = max(o.pos, 1)
+        run_n = i - run_start + 1 if k is not None else 0
+        run_tok = (o.pos - obs[run_start].pos) if k is not None else 0
+        nb = _count_le(marks.box_pos, o.pos)
+        nw = _count_le(marks.waits, o.pos)
+        nw_run = nw - _count_le(marks.waits, obs[run_start].pos)
+        a = o.answer or ""
+        agree_conf = trial_conf.get(k, 0.0) if k is not None else 0.0
+        X[i] = (
+            math.log(pos),
+            math.log1p(run_n),
+            run_tok / 1000.0,
+            run_tok / pos,
+            (counts.get(k, 0) / (i + 1)) if k is not None else 0.0,
+            math.log1p(len(counts)),
+            math.log1p(n_changes),
+            float(o.certain),
+            math.log1p(hesitant[i + 1] - hesitant[run_start]),
+            float(a.strip().strip("()").upper() in ("A", "B", "C", "D", "E", "")),
+            math.log1p(len(a)),
+            float(o.src in ("grid", "event") and o.out_tokens >= 32),
+            float(o.pos >= marks.think_close),
+            math.log1p(nb),
+            float(nb > 0 and k is not None and box_keys[nb - 1] == k),
+            float(_count_le(marks.finals, o.pos) > 0),
+            math.log1p(nw),
+            1000.0 * nw / pos,
+            math.log1p(nw_run),
+            float(last_trial is not None),
+            float(o.src == "trial"),
+            float(o.src == "box"),
+            last_trial.confidence if last_trial else 0.0,
+            last_trial.min_prob if last_trial else 0.0,
+            float(last_trial is not None and k is not None and last_trial_key == k),
+            agree_conf,
+            math.log1p(trial_n.get(k, 0)) if k is not None else 0.0,
+            -math.log10(max(1e-6, 1 - last_trial.confidence)) if last_trial else 0.0,
+            -math.log10(max(1e-6, 1 - agree_conf)),
+            o.pos / 4000.0,
+        )
+    return X
+
+
+@dataclass
+class ScoreModel:
+    """A logistic score over named :data:`FEATURES`: ``P(exiting now is not harmful)``."""
+
+    features: list[str]
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"score model uses unknown features: {', '.join(unknown)}")
+        if not (len(self.features) == len(self.mean) == len(self.scale) == len(self.coef)):
+            raise ValueError("score model: features, mean, scale and coef must have the same length")
+        if any(not s > 0 for s in self.scale):
+            raise ValueError("score model: every scale must be positive")
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """The score of each row of a full-:data:`FEATURES` matrix."""
+        cols = [FEATURES.index(f) for f in self.features]
+        Z = (np.asarray(X, dtype=np.float64)[:, cols] - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(Z @ np.asarray(self.coef) + self.intercept)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(self.features), "mean": [float(x) for x in self.mean],
+                "scale": [float(x) for x in self.scale], "coef": [float(x) for x in self.coef],
+                "intercept": float(self.intercept)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ScoreModel":
+        if not isinstance(data, dict):
+            raise ValueError("score model must be an object with features, mean, scale, coef, intercept")
+        try:
+            return cls([str(f) for f in data["features"]], [float(x) for x in data["mean"]],
+                       [float(x) for x in data["scale"]], [float(x) for x in data["coef"]],
+                       float(data["intercept"]))
+        except KeyError as exc:
+            raise ValueError(f"score model lacks {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"score model has a malformed value ({exc})") from None
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, features: Sequence[str] = FEATURES, l2: float = 2.0,
+                 weights: np.ndarray | None = None, iterations: int = 50) -> ScoreModel:
+    """Standardise the chosen columns of ``X`` and fit an L2-penalised logistic regression by Newton
+    steps. ``l2`` is the penalty on the (standardised) coefficients, in units of the weight total
+    (scikit-learn's ``C`` is ``1 / l2`` with unit weights); ``weights`` lets every trajectory count
+    once however many rows it has."""
+    cols = [FEATURES.index(f) for f in features]
+    Z = np.asarray(X, dtype=np.float64)[:, cols]
+    y = np.asarray(y, dtype=np.float64)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+    mean = np.average(Z, axis=0, weights=w) if len(y) else np.zeros(len(cols))
+    scale = np.sqrt(np.average((Z - mean) ** 2, axis=0, weights=w)) if len(y) else np.ones(len(cols))
+    scale[scale < 1e-9] = 1.0
+    A = np.hstack([(Z - mean) / scale, np.ones((len(y), 1))])
+    beta = np.zeros(A.shape[1])
+    penalty = np.full(A.shape[1], l2)
+    penalty[-1] = 0.0  # no penalty on the intercept
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(A @ beta)))
+        grad = A.T @ (w * (p - y)) + penalty * beta
+        hess = (A * (w * p * (1 - p))[:, None]).T @ A + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return ScoreModel(list(features), mean.tolist(), scale.tolist(), beta[:-1].tolist(), float(beta[-1]))
+
+
+def first_exit(scores: np.ndarray, valid: Sequence[bool], threshold: float) -> int | None:
+    """Index of the first observation with an answer whose score reaches ``threshold``; None: never."""
+    hit = np.nonzero((np.asarray(scores) >= threshold) & np.asarray(valid, dtype=bool))[0]
+    return int(hit[0]) if len(hit) else None

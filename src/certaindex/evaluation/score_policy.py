@@ -1,0 +1,295 @@
+"""The certainty-score rule (profile rule kind ``score``) on Governor trajectories: replay and fitting.
+
+Replay: a profile's ``schedule`` says which observations a live program would make on the
+trajectory (see :func:`observations`); at each one the score of
+:mod:`certaindex.core.exit_score` is computed from what was seen so far, and the program exits at
+the first observation with an answer whose score reaches the profile's threshold, submitting that
+answer. Cost as for every policy: reasoning tokens up to the exit plus every probe / trial output
+token spent so far; a rule that never fires pays them all and submits the final answer.
+
+Fitting (:func:`calibrate`, behind ``certaindex calibrate`` and the shipped profiles): train-split
+problems are split by a hash of (dataset, problem) into FIT (a third) and CAL (two thirds). The
+logistic score is fitted on FIT with the label "exiting here is not harmful" (the answer is right,
+or full reasoning is wrong anyway), each trajectory weighing the same. The threshold is picked on
+CAL by Learn-then-Test fixed-sequence testing (harmful exits <= alpha with probability >= 1 - delta),
+walking from conservative to aggressive, and stopping also where one dataset's CAL trajectories
+show more than alpha harmful exits (the stratum guard: the certificate holds for the calibration
+mixture, which is mostly MATH500, and hard benchmarks behave differently).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from certaindex.core.answers import _boxes
+from certaindex.core.calibration import ltt_fixed_sequence
+from certaindex.core.exit_score import (
+    FEATURES,
+    Obs,
+    ScoreModel,
+    TextMarkers,
+    fit_logistic,
+    stream_features,
+    text_markers,
+)
+from certaindex.evaluation.peers import CorrectFn, KeyFn, Outcome
+from certaindex.traces.governor import Trajectory
+from certaindex.traces.tokenmap import char_ends
+
+__all__ = [
+    "SCHEDULE_PARTS",
+    "THRESHOLDS",
+    "Calibration",
+    "calibrate",
+    "check_schedule",
+    "fit_split",
+    "markers",
+    "observations",
+    "replay_score",
+    "score_grading_inputs",
+]
+
+SCHEDULE_PARTS = ("bx", "tc", "tr", "ev")  # plus gN: a probe every N tokens (N a multiple of 64)
+# Thresholds tested by LTT, conservative first (fixed before looking at any data).
+THRESHOLDS: tuple[float, ...] = tuple(np.concatenate([1 - np.logspace(-4, -1, 40), np.linspace(0.9, 0.3, 61)[1:]]).tolist())
+_ORDER = {"box": 0, "grid": 1, "event": 2, "trial": 3}
+
+
+def check_schedule(schedule: str) -> list[str]:
+    """The parts of a ``+``-joined schedule; ``ValueError`` for an unknown part."""
+    parts = schedule.split("+")
+    for p in parts:
+        if p in SCHEDULE_PARTS:
+            continue
+        if p.startswith("g") and p[1:].isdigit() and int(p[1:]) >= 64 and int(p[1:]) % 64 == 0:
+            continue
+        raise ValueError(f"schedule part {p!r} is unknown (use bx, tc, tr, ev or gN with N a multiple of 64)")
+    return parts
+
+
+_MARKS: dict[tuple, TextMarkers] = {}
+
+
+def markers(traj: Trajectory) -> TextMarkers:
+    """The text markers of a trajectory (tokenised with its model's vocabulary), cached."""
+    k = (traj.model, traj.dataset, traj.seed, traj.problem_id, traj.tokens_used)
+    m = _MARKS.get(k)
+    if m is None:
+        ends, _ = char_ends(traj.full_text, traj.model, traj.tokens_used)
+        m = _MARKS[k] = text_markers(traj.full_text, ends)
+        if len(_MARKS) > 50000:
+            _MARKS.clear()
+    return m
+
+
+def observations(traj: Trajectory, schedule: str, marks: TextMarkers | None = None) -> list[Obs]:
+    """What a live program following ``schedule`` observes on ``traj``, in order.
+
+    Parts: ``bx`` every ``\\boxed{}`` the model writes (free), ``tc`` one probe at the first 64-grid
+    point after ``</think>``, ``tr`` the DEER trials at "Wait" points, ``ev`` the event probes, ``gN``
+    a probe every N tokens. Only positions before the end of the reasoning count."""
+    end = traj.tokens_used
+    obs: list[Obs] = []
+    for part in check_schedule(schedule):
+        if part in ("bx", "tc"):
+            marks = marks if marks is not None else markers(traj)
+        if part == "bx":
+            obs += [Obs(int(p), "box", c) for p, c in zip(marks.box_pos, marks.box_content) if p < end]
+        elif part == "tc":
+            nxt = [p for p in traj.probes if marks.think_close <= p.pos < end]
+            if nxt:
+                p = nxt[0]
+                obs.append(Obs(p.pos, "grid", p.answer, p.certain, p.out_tokens))
+        elif part == "tr":
+            obs += [Obs(t.pos, "trial", t.answer, True, t.out_tokens, t.confidence, t.min_prob)
+                    for t in (traj.trials or ()) if t.pos < end]
+        elif part == "ev":
+            obs += [Obs(p.pos, "event", p.answer, p.certain, p.out_tokens) for p in traj.events if p.pos < end]
+        else:
+            step = int(part[1:])
+            obs += [Obs(p.pos, "grid", p.answer, p.certain, p.out_tokens) for p in traj.probes
+                    if p.pos % step == 0 and p.pos < end]
+    obs.sort(key=lambda o: (o.pos, _ORDER[o.src]))
+    out: list[Obs] = []
+    for o in obs:  # tc may repeat a grid probe already in the stream
+        if not out or out[-1] != o:
+            out.append(o)
+    return out
+
+
+def replay_score(rule: dict[str, Any], traj: Trajectory, key: KeyFn, correct: CorrectFn) -> Outcome:
+    """A ``score`` rule on one trajectory (``rule`` as in a profile: schedule, threshold, model)."""
+    obs = observations(traj, rule["schedule"])
+    spent = np.cumsum([o.out_tokens for o in obs]) if obs else np.zeros(0)
+    threshold = rule.get("threshold")
+    if obs and threshold is not None:
+        scores = ScoreModel.from_dict(rule["model"]).score(stream_features(obs, markers(traj), key))
+        for i, o in enumerate(obs):
+            if o.answer is not None and scores[i] >= threshold:
+                return Outcome(o.pos, o.answer, correct(o.answer), int(o.pos + spent[i]), int(spent[i]))
+    total = int(spent[-1]) if len(spent) else 0
+    return Outcome(None, traj.final_answer, correct(traj.final_answer), traj.tokens_used + total, total)
+
+
+def score_grading_inputs(trajs: Iterable[Trajectory]) -> tuple[list[tuple[str, str]], list[str]]:
+    """What the score needs graded beyond the probes: boxed answers in the text (pairs and keys)
+    and trial answers (keys)."""
+    pairs: dict[tuple[str, str], None] = {}
+    keys: dict[str, None] = {}
+    for t in trajs:
+        for _, content in _boxes(t.full_text):
+            if content is not None and content.strip():
+                pairs[(content.strip(), t.target)] = None
+                keys[content.strip()] = None
+        for x in t.trials or ():
+            if x.answer is not None:
+                keys[x.answer] = None
+        if t.final_answer is not None:
+            keys[t.final_answer] = None
+    return list(pairs), list(keys)
+
+
+# ------------------------------------------------------------------------------ fitting
+
+
+@dataclass
+class _Table:
+    """Observation rows of many trajectories for one schedule."""
+
+    X: np.ndarray
+    row_traj: np.ndarray
+    cost: np.ndarray  # pos + tokens spent so far (this observation included)
+    ok: np.ndarray  # the row's answer is right
+    valid: np.ndarray  # the row has an answer
+    overhead: np.ndarray  # per trajectory: every observation's tokens
+    final_ok: np.ndarray  # per trajectory
+    tokens_used: np.ndarray  # per trajectory
+
+
+def _table(trajs: Sequence[Trajectory], schedule: str, key: KeyFn, correct: Callable[[Trajectory, str | None], bool]) -> _Table:
+    Xs, rt, cost, ok, valid = [], [], [], [], []
+    overhead = np.zeros(len(trajs), dtype=np.int64)
+    for i, t in enumerate(trajs):
+        obs = observations(t, schedule)
+        if not obs:
+            continue
+        Xs.append(stream_features(obs, markers(t), key))
+        spent = np.cumsum([o.out_tokens for o in obs])
+        overhead[i] = spent[-1]
+        rt.append(np.full(len(obs), i))
+        cost.append(np.array([o.pos for o in obs]) + spent)
+        ok.append([correct(t, o.answer) for o in obs])
+        valid.append([o.answer is not None for o in obs])
+    cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dtype=dt))
+    return _Table(np.vstack(Xs) if Xs else np.zeros((0, len(FEATURES))), cat(rt, np.int64), cat(cost, np.int64),
+                  cat(ok, bool), cat(valid, bool), overhead,
+                  np.array([correct(t, t.final_answer) for t in trajs], dtype=bool),
+                  np.array([t.tokens_used for t in trajs], dtype=np.int64))
+
+
+def _exits(tab: _Table, scores: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+    """Per trajectory of ``ids``: the running max of the score over its answered rows, and rows."""
+    s = np.where(tab.valid, scores, -np.inf)
+    order = np.argsort(tab.row_traj, kind="stable")
+    sorted_rt = tab.row_traj[order]
+    lo, hi = np.searchsorted(sorted_rt, ids, "left"), np.searchsorted(sorted_rt, ids, "right")
+    return [(np.maximum.accumulate(s[order[a:b]]), order[a:b]) for a, b in zip(lo, hi)]
+
+
+def _replay(tab: _Table, runs: list, ids: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, correct) per trajectory of ``ids`` at ``threshold`` (None: never exit)."""
+    tok = (tab.tokens_used[ids] + tab.overhead[ids]).astype(float)
+    cor = tab.final_ok[ids].copy()
+    if threshold is None:
+        return tok, cor
+    for j, (cm, rows) in enumerate(runs):
+        if len(cm) and cm[-1] >= threshold:
+            r = rows[int(np.searchsorted(cm, threshold, side="left"))]
+            tok[j], cor[j] = tab.cost[r], tab.ok[r]
+    return tok, cor
+
+
+def fit_split(t: Trajectory, fit_mod: int = 3) -> str:
+    """``fit`` for a third of the problems (by a hash of dataset and problem id), else ``cal``."""
+    return "fit" if zlib.crc32(f"{t.dataset}/{t.problem_id}".encode()) % fit_mod == 0 else "cal"
+
+
+@dataclass
+class Calibration:
+    """A fitted score and its certified threshold, with what the certificate rests on."""
+
+    schedule: str
+    model: ScoreModel
+    threshold: float | None  # None: nothing certified (the rule never exits)
+    alpha: float
+    delta: float
+    n_fit: int
+    n_cal: int
+    cal_harmful: int  # at the chosen threshold
+    cal_saved: float
+    stopped_by: str  # why the walk stopped: ltt | stratum <name> | end
+    strata: dict[str, int]  # CAL trajectories per dataset
+
+    def summary(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "delta": self.delta, "fit_trajectories": self.n_fit,
+                "calibration_trajectories": self.n_cal, "calibration_harmful_exits": self.cal_harmful,
+                "calibration_saved": round(self.cal_saved, 4), "stopped_by": self.stopped_by,
+                "calibration_strata": self.strata}
+
+
+def calibrate(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
+              correct: Callable[[Trajectory, str | None], bool], alpha: float = 0.03, delta: float = 0.1,
+              fit_mod: int = 3, features: Sequence[str] | None = None, l2: float = 2.0,
+              strata: bool = True) -> Calibration:
+    """Fit the score on the FIT part of ``trajs`` (train-split problems) and certify a threshold on
+    the CAL part (see the module docstring). ``features`` defaults to every feature the schedule
+    can move (no trial features without ``tr``)."""
+    check_schedule(schedule)
+    if features is None:
+        features = [f for f in FEATURES if "tr" in schedule.split("+") or not ("trial" in f)]
+    trajs = list(trajs)
+    part = np.array([fit_split(t, fit_mod) for t in trajs])
+    tab = _table(trajs, schedule, key, correct)
+    fit_ids, cal_ids = np.nonzero(part == "fit")[0], np.nonzero(part == "cal")[0]
+    if not len(fit_ids) or not len(cal_ids):
+        raise ValueError("calibration needs trajectories of several problems (both a fit and a calibration part)")
+    rows = np.isin(tab.row_traj, fit_ids) & tab.valid
+    if rows.sum() < 20:
+        raise ValueError(f"only {int(rows.sum())} observations with an answer to fit on; record more trajectories")
+    label = tab.ok | ~tab.final_ok[tab.row_traj]
+    per_traj = np.bincount(tab.row_traj[rows], minlength=len(trajs))[tab.row_traj[rows]]
+    w = 1.0 / per_traj
+    w *= len(w) / w.sum()
+    model = fit_logistic(tab.X[rows], label[rows], features, l2=l2, weights=w)
+    scores = model.score(tab.X) if len(tab.X) else np.zeros(0)
+    runs = _exits(tab, scores, cal_ids)
+    datasets = np.array([t.dataset for t in trajs])[cal_ids]
+    names = sorted(set(datasets.tolist()))
+    counts, guard_fail = [], None
+    full_ok = tab.final_ok[cal_ids]
+    for j, lam in enumerate(THRESHOLDS):
+        _, cor = _replay(tab, runs, cal_ids, lam)
+        harm = (~cor) & full_ok
+        counts.append(int(harm.sum()))
+        if strata and guard_fail is None:
+            for d in names:
+                m = datasets == d
+                if harm[m].mean() > alpha + 1e-12:
+                    guard_fail = (j, d)
+                    break
+    ltt = ltt_fixed_sequence(counts, len(cal_ids), alpha, delta)
+    index = ltt.index
+    stopped = "ltt" if index is None or index + 1 < len(THRESHOLDS) else "end"
+    if guard_fail is not None and (index is None or guard_fail[0] <= index):
+        index = guard_fail[0] - 1 if guard_fail[0] > 0 else None
+        stopped = f"stratum {guard_fail[1]}"
+    threshold = THRESHOLDS[index] if index is not None else None
+    tok, cor = _replay(tab, runs, cal_ids, threshold)
+    full_tok = tab.tokens_used[cal_ids].mean()
+    return Calibration(schedule, model, threshold, alpha, delta, len(fit_ids), len(cal_ids),
+                       int(((~cor) & full_ok).sum()), float(1 - tok.mean() / full_tok), stopped,
+                       {d: int((datasets == d).sum()) for d in names})
