@@ -29,7 +29,7 @@ from certaindex.cli.governor import grade
 from certaindex.evaluation.governor import best_in_band, family_points, run_profile, with_final_answers
 from certaindex.evaluation.peers import full_reasoning
 from certaindex.evaluation.profiles import parse_profile
-from certaindex.evaluation.score_policy import calibrate
+from certaindex.evaluation.score_policy import LABELS, calibrate
 from certaindex.traces.governor import read_governor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +38,13 @@ TRIAL_SUFFIX = "\n**Final Answer**\n\\boxed"
 ALL = ["r1-distill-qwen-7b", "qwen3-8b", "r1-distill-qwen-32b", "r1-distill-llama-8b"]
 # name, model-name patterns, fitted on, schedule, alpha
 FAMILIES = [
-    ("r1-distill-qwen-32b", ["r1-distill-qwen-32b"], ["r1-distill-qwen-32b"], "bx+tc+g256", 0.03),
-    ("r1-distill-qwen", ["r1-distill-qwen"], ["r1-distill-qwen-7b"], "bx+tc+g512+tr", 0.03),
-    ("qwen3", ["qwen3"], ["qwen3-8b"], "bx+tc+tr", 0.03),
-    ("r1-distill-llama", ["r1-distill-llama"], ["r1-distill-llama-8b"], "bx+tc+g512", 0.03),
-    ("conservative", [], ALL, "bx+g512", 0.015),
+    ("r1-distill-qwen-32b", ["r1-distill-qwen-32b"], ["r1-distill-qwen-32b"], "bx+tc+g256", 0.02),
+    ("r1-distill-qwen", ["r1-distill-qwen"], ["r1-distill-qwen-7b"], "bx+tc+g512+tr", 0.02),
+    ("qwen3", ["qwen3"], ["qwen3-8b"], "bx+tc+tr", 0.02),
+    ("r1-distill-llama", ["r1-distill-llama"], ["r1-distill-llama-8b"], "bx+tc+g512", 0.02),
+    ("conservative", [], ALL, "bx+g512", 0.01),
 ]
 DELTA = 0.1
-LABEL = "not harmful: the exit answer is right, or full reasoning's answer is wrong"
 
 
 def profile_json(name: str, patterns: list[str], models: list[str], cal, command: str) -> dict:
@@ -70,10 +69,11 @@ def profile_json(name: str, patterns: list[str], models: list[str], cal, command
             "models": models, "datasets": ["aime24", "amc23", "math500"],
             "fit": "train problems with crc32('<dataset>/<problem_id>') % 3 == 0",
             "calibrate": "the other train problems",
-            "label": LABEL,
+            "label_choice": "the label (noharm or ok) whose certified threshold saves more on the calibration problems",
             "method": "logistic score (L2, standardised, one weight per trajectory); threshold by Learn-then-Test "
                       "fixed-sequence testing over 100 thresholds 0.9999 -> 0.30 with exact binomial p-values, "
-                      "stopping also where one dataset's calibration trajectories show more than alpha harmful exits",
+                      "stopping also where one dataset's calibration trajectories (for the conservative profile: one "
+                      "model x dataset's) show more than alpha harmful exits",
             "final_answer": "re-extracted from full_text (certaindex evaluate --final-answer extracted)",
             "tokens": "reasoning tokens up to the exit plus every probe / trial output token",
             **cal.summary(),
@@ -121,10 +121,13 @@ def main() -> int:
     command = "python benchmarks/score_profiles.py --write"
     for name, patterns, models, schedule, alpha in FAMILIES:
         t0 = time.perf_counter()
-        cal = calibrate([t for t in train if t.model in models], schedule, cache.key, correct, alpha, DELTA)
+        fam = [t for t in train if t.model in models]
+        strata = "model+dataset" if name == "conservative" else "dataset"
+        cands = [calibrate(fam, schedule, cache.key, correct, alpha, DELTA, label=lab, strata=strata) for lab in LABELS]
+        cal = max(cands, key=lambda c: (c.threshold is not None, c.cal_saved))
         data = profile_json(name, patterns, models, cal, command)
         profiles[name] = parse_profile(data, name)
-        print(f"{name:22s} {schedule:14s} alpha {alpha:<6g} threshold {cal.threshold} cal harmful {cal.cal_harmful}/{cal.n_cal} "
+        print(f"{name:22s} {schedule:14s} label {cal.label:6s} alpha {alpha:<6g} threshold {cal.threshold} cal harmful {cal.cal_harmful}/{cal.n_cal} "
               f"saved {100 * cal.cal_saved:.1f}% stopped by {cal.stopped_by} ({time.perf_counter() - t0:.1f} s)", flush=True)
         if write:
             target = ROOT / "src" / "certaindex" / "data" / "profiles" / f"{name}.json"

@@ -41,6 +41,7 @@ from certaindex.traces.governor import Trajectory
 from certaindex.traces.tokenmap import char_ends
 
 __all__ = [
+    "LABELS",
     "SCHEDULE_PARTS",
     "THRESHOLDS",
     "Calibration",
@@ -56,6 +57,8 @@ __all__ = [
 SCHEDULE_PARTS = ("bx", "tc", "tr", "ev")  # plus gN: a probe every N tokens (N a multiple of 64)
 # Thresholds tested by LTT, conservative first (fixed before looking at any data).
 THRESHOLDS: tuple[float, ...] = tuple(np.concatenate([1 - np.logspace(-4, -1, 40), np.linspace(0.9, 0.3, 61)[1:]]).tolist())
+LABELS = {"noharm": "not harmful: the exit answer is right, or full reasoning's answer is wrong",
+          "ok": "the exit answer is right"}
 _ORDER = {"box": 0, "grid": 1, "event": 2, "trial": 3}
 
 
@@ -233,21 +236,26 @@ class Calibration:
     cal_saved: float
     stopped_by: str  # why the walk stopped: ltt | stratum <name> | end
     strata: dict[str, int]  # CAL trajectories per dataset
+    label: str = "noharm"
 
     def summary(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "delta": self.delta, "fit_trajectories": self.n_fit,
                 "calibration_trajectories": self.n_cal, "calibration_harmful_exits": self.cal_harmful,
                 "calibration_saved": round(self.cal_saved, 4), "stopped_by": self.stopped_by,
-                "calibration_strata": self.strata}
+                "calibration_strata": self.strata, "label": LABELS[self.label]}
 
 
 def calibrate(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
               correct: Callable[[Trajectory, str | None], bool], alpha: float = 0.03, delta: float = 0.1,
               fit_mod: int = 3, features: Sequence[str] | None = None, l2: float = 2.0,
-              strata: bool = True) -> Calibration:
+              strata: str | None = "dataset", label: str = "noharm") -> Calibration:
     """Fit the score on the FIT part of ``trajs`` (train-split problems) and certify a threshold on
     the CAL part (see the module docstring). ``features`` defaults to every feature the schedule
-    can move (no trial features without ``tr``)."""
+    can move (no trial features without ``tr``). ``strata``: what the guard checks separately
+    (``dataset``, ``model+dataset`` for a profile meant for unknown models, or None: LTT alone). ``label``: ``noharm`` (exiting here is not harmful:
+    the answer is right or full reasoning is wrong anyway) or ``ok`` (the answer is right)."""
+    if label not in LABELS:
+        raise ValueError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
     check_schedule(schedule)
     if features is None:
         features = [f for f in FEATURES if "tr" in schedule.split("+") or not ("trial" in f)]
@@ -260,14 +268,16 @@ def calibrate(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
     rows = np.isin(tab.row_traj, fit_ids) & tab.valid
     if rows.sum() < 20:
         raise ValueError(f"only {int(rows.sum())} observations with an answer to fit on; record more trajectories")
-    label = tab.ok | ~tab.final_ok[tab.row_traj]
+    y = (tab.ok | ~tab.final_ok[tab.row_traj]) if label == "noharm" else tab.ok
     per_traj = np.bincount(tab.row_traj[rows], minlength=len(trajs))[tab.row_traj[rows]]
     w = 1.0 / per_traj
     w *= len(w) / w.sum()
-    model = fit_logistic(tab.X[rows], label[rows], features, l2=l2, weights=w)
+    model = fit_logistic(tab.X[rows], y[rows], features, l2=l2, weights=w)
     scores = model.score(tab.X) if len(tab.X) else np.zeros(0)
     runs = _exits(tab, scores, cal_ids)
-    datasets = np.array([t.dataset for t in trajs])[cal_ids]
+    if strata not in (None, "dataset", "model+dataset"):
+        raise ValueError(f"strata must be dataset, model+dataset or None, got {strata!r}")
+    datasets = np.array([t.dataset if strata != "model+dataset" else f"{t.model}/{t.dataset}" for t in trajs])[cal_ids]
     names = sorted(set(datasets.tolist()))
     counts, guard_fail = [], None
     full_ok = tab.final_ok[cal_ids]
@@ -292,4 +302,4 @@ def calibrate(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
     full_tok = tab.tokens_used[cal_ids].mean()
     return Calibration(schedule, model, threshold, alpha, delta, len(fit_ids), len(cal_ids),
                        int(((~cor) & full_ok).sum()), float(1 - tok.mean() / full_tok), stopped,
-                       {d: int((datasets == d).sum()) for d in names})
+                       {d: int((datasets == d).sum()) for d in names}, label)
