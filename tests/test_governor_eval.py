@@ -85,9 +85,12 @@ def test_default_policy_uses_the_models_shipped_profile(tmp_path, capsys):
     (g,) = json.loads(out.read_text())["groups"]
     profile = profile_for_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
     assert profile.name == "r1-distill-qwen"
-    # the same numbers as naming the profile's rule explicitly
+    # the same numbers as naming the profile's file explicitly
+    from importlib import resources
+
+    shipped = resources.files("certaindex") / "data" / "profiles" / f"{profile.name}.json"
     explicit = tmp_path / "explicit.json"
-    assert run(capsys, str(path.parent), "--policy", f"dynasor:k={profile.rule['k']},interval={profile.probe_interval}",
+    assert run(capsys, str(path.parent), "--policy", str(shipped),
                "--json", str(explicit), "--no-png", "--grade-cache", str(tmp_path / "g.json"))[0] == 0
     assert json.loads(explicit.read_text()) == {"groups": [g]}
     assert "certaindex default" in stdout
@@ -162,7 +165,8 @@ def test_shipped_profiles_cover_the_families_and_never_use_k3():
     for p in profiles.values():
         assert not (p.kind == "dynasor" and p.rule["k"] <= 3), p.name
         assert p.probe_interval % 64 == 0 and p.probe_suffix
-    assert profile_for_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B").name == "r1-distill-qwen"
+    assert profile_for_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B").name == "r1-distill-qwen-32b"
+    assert profile_for_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B").name == "r1-distill-qwen"
     assert profile_for_model("Qwen/Qwen3-8B").name == "qwen3"
     assert profile_for_model("deepseek-ai/DeepSeek-R1-Distill-Llama-8B").name == "r1-distill-llama"
     assert profile_for_model("HuggingFaceTB/SmolLM2-135M-Instruct").name == "conservative"
