@@ -79,7 +79,7 @@ _MARKS: dict[tuple, TextMarkers] = {}
 
 def markers(traj: Trajectory) -> TextMarkers:
     """The text markers of a trajectory (tokenised with its model's vocabulary), cached."""
-    k = (traj.model, traj.dataset, traj.seed, traj.problem_id, traj.tokens_used)
+    k = (traj.model, traj.dataset, traj.seed, traj.problem_id, traj.tokens_used, hash(traj.full_text))
     m = _MARKS.get(k)
     if m is None:
         ends, _ = char_ends(traj.full_text, traj.model, traj.tokens_used)

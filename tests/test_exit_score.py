@@ -1,0 +1,288 @@
+"""The certainty score: live features on hand-made streams, monotonicity of the logistic score, the
+Learn-then-Test guarantee by simulation, profile round-trips and the score rule's replay through
+``certaindex evaluate`` on a hand-made Governor folder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from certaindex import cli
+from certaindex.core.calibration import hoeffding_bentkus_pvalue, ltt_fixed_sequence
+from certaindex.core.exit_score import (
+    FEATURES,
+    NEVER,
+    Obs,
+    ScoreModel,
+    fit_logistic,
+    first_exit,
+    stream_features,
+    text_markers,
+)
+from certaindex.evaluation.profiles import parse_profile, shipped_profiles
+from certaindex.evaluation.score_policy import calibrate, check_schedule, observations
+from certaindex.traces.governor import read_governor
+from tests.governor_data import probe_rows, traj, trial, write_run
+
+
+def col(X: np.ndarray, name: str) -> np.ndarray:
+    return X[:, FEATURES.index(name)]
+
+
+def one_char_per_token(text: str) -> np.ndarray:
+    return np.arange(1, len(text) + 1)
+
+
+# ------------------------------------------------------------------------------ features
+
+
+def test_text_markers_place_waits_boxes_and_think_close():
+    text = "Let x=2. Wait, check. So \\boxed{4}. Hmm. </think> The answer is \\boxed{5}."
+    m = text_markers(text, one_char_per_token(text))
+    assert m.box_content == ["4", "5"]
+    assert list(m.box_pos) == [text.index("{4}") + 3, text.index("{5}") + 3]  # complete at the closing brace
+    assert list(m.waits) == [text.index("Wait") + 4, text.index("Hmm") + 3]
+    assert m.think_close == text.index("</think>") + len("</think>")
+    assert list(m.finals) == [text.index("answer is") + len("answer is")]
+    # an unfinished box is not an answer yet; no </think> means never
+    m = text_markers("so \\boxed{4", one_char_per_token("so \\boxed{4"))
+    assert m.box_content == [] and m.think_close == NEVER
+
+
+def test_text_markers_follow_token_ends():
+    text = "aaaa Wait bbbb"
+    ends = np.array([4, 9, 14])  # three tokens: "aaaa", " Wait", " bbbb"
+    assert list(text_markers(text, ends).waits) == [2]
+
+
+def key(answer):
+    return None if answer is None else answer.strip()
+
+
+def test_agreement_run_and_changes():
+    text = "x" * 1000
+    marks = text_markers(text, one_char_per_token(text))
+    obs = [Obs(64, "grid", "3"), Obs(128, "grid", "5"), Obs(192, "grid", "5"), Obs(256, "grid", "5", certain=False),
+           Obs(320, "grid", None)]
+    X = stream_features(obs, marks, key)
+    assert list(np.expm1(col(X, "run_n")).round()) == [1, 1, 2, 3, 0]
+    assert list(col(X, "run_tok") * 1000) == [0, 0, 64, 128, 0]
+    assert list(np.expm1(col(X, "n_changes")).round()) == [0, 1, 1, 1, 2]
+    assert list(np.expm1(col(X, "n_distinct")).round()) == [1, 2, 2, 2, 2]
+    assert col(X, "frac_agree")[3] == pytest.approx(3 / 4)
+    assert list(col(X, "cur_certain")) == [1, 1, 1, 0, 1]
+    assert np.expm1(col(X, "run_uncertain"))[3] == pytest.approx(1)
+    assert col(X, "letter_or_empty")[4] == 1  # no answer
+
+
+def test_box_think_and_trial_features_use_only_the_past():
+    text = "a" * 100 + "\\boxed{5}" + "b" * 100 + "</think>" + "c" * 100
+    marks = text_markers(text, one_char_per_token(text))
+    box_at = int(marks.box_pos[0])
+    obs = [Obs(50, "grid", "5"), Obs(box_at, "box", "5"), Obs(150, "trial", "5", confidence=0.999, min_prob=0.9),
+           Obs(260, "grid", "6"), Obs(300, "trial", "6", confidence=0.5, min_prob=0.2)]
+    X = stream_features(obs, marks, key)
+    assert list(col(X, "box_agree")) == [0, 1, 1, 0, 0]  # the box is not seen before it is written
+    assert list(col(X, "is_box")) == [0, 1, 0, 0, 0]
+    assert list(col(X, "think_closed")) == [0, 0, 0, 1, 1]
+    assert list(col(X, "has_trial")) == [0, 0, 1, 1, 1]
+    assert col(X, "trial_agree_lg")[2] == pytest.approx(3)  # -log10(1 - 0.999)
+    assert col(X, "trial_agree_lg")[3] == 0  # no trial has said "6" yet
+    assert col(X, "trial_agree_lg")[4] == pytest.approx(-math.log10(0.5))
+    assert col(X, "trial_agree")[3] == 0 and col(X, "trial_agree")[4] == 1
+    assert col(X, "trial_minp")[4] == pytest.approx(0.2)
+    # row i depends only on obs[:i+1]: dropping the later observations leaves it unchanged
+    assert np.array_equal(stream_features(obs[:3], marks, key), X[:3])
+
+
+# ------------------------------------------------------------------------------ the score
+
+
+@pytest.mark.parametrize("profile", [p for p in shipped_profiles() if p.kind == "score"], ids=lambda p: p.name)
+def test_score_is_monotone_in_each_feature_as_its_sign_says(profile):
+    model = ScoreModel.from_dict(profile.rule["model"])
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, len(FEATURES)))
+    base = model.score(X)
+    for name, c in zip(model.features, model.coef):
+        more = X.copy()
+        more[:, FEATURES.index(name)] += 0.5
+        moved = model.score(more)
+        if c > 0:
+            assert np.all(moved >= base), name
+        elif c < 0:
+            assert np.all(moved <= base), name
+    # the evidence the research found strongest raises the score in every shipped profile that uses it
+    for name in ("box_agree", "trial_agree_lg"):
+        if name in model.features:
+            assert model.coef[model.features.index(name)] > 0, (profile.name, name)
+
+
+def test_fit_logistic_recovers_the_direction_and_first_exit():
+    rng = np.random.default_rng(1)
+    X = np.zeros((2000, len(FEATURES)))
+    X[:, FEATURES.index("box_agree")] = rng.integers(0, 2, 2000)
+    X[:, FEATURES.index("log_pos")] = rng.normal(size=2000)
+    p = 1 / (1 + np.exp(-(2 * X[:, FEATURES.index("box_agree")] - 1)))
+    y = rng.random(2000) < p
+    m = fit_logistic(X, y, ["box_agree", "log_pos"], l2=1.0)
+    assert m.coef[0] > 0.5 and abs(m.coef[1]) < 0.2
+    s = m.score(X[:5])
+    assert first_exit(s, [True] * 5, float(s.max())) == int(np.argmax(s))
+    assert first_exit(s, [False] * 5, 0.0) is None
+
+
+def test_score_model_round_trip_and_errors():
+    m = ScoreModel(["box_agree", "log_pos"], [0.1, 7.0], [0.3, 1.0], [1.5, -0.5], 2.0)
+    again = ScoreModel.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert again == m
+    with pytest.raises(ValueError, match="unknown features"):
+        ScoreModel(["nope"], [0], [1], [1], 0)
+    with pytest.raises(ValueError, match="lacks 'coef'"):
+        ScoreModel.from_dict({"features": [], "mean": [], "scale": [], "intercept": 0})
+
+
+# ------------------------------------------------------------------------------ Learn then Test
+
+
+@pytest.mark.parametrize("method", ["binomial", "hb"])
+def test_ltt_controls_harmful_exits_over_many_calibration_sets(method):
+    """Settings j = 0..29 with true harmful-exit rates rising from 0 to 8%; each simulated calibration
+    set has n examples (a latent u per example: harmful at j when u < risk_j, so counts are nested as
+    for thresholds). The chosen setting's true risk exceeds alpha in at most a delta share of sets."""
+    alpha, delta, n, sims = 0.03, 0.1, 400, 1500
+    risks = np.linspace(0.0, 0.08, 30)
+    rng = np.random.default_rng(7)
+    bad = 0
+    chosen_any = 0
+    for _ in range(sims):
+        u = rng.random(n)
+        counts = [(u < r).sum() for r in risks]
+        res = ltt_fixed_sequence([int(c) for c in counts], n, alpha, delta, method=method)
+        if res.index is not None:
+            chosen_any += 1
+            bad += risks[res.index] > alpha
+    assert chosen_any > sims / 2  # it does certify something most of the time
+    assert bad / sims <= delta + 0.02
+
+
+def test_hoeffding_bentkus_is_valid_and_more_conservative_than_binomial():
+    from certaindex.core.calibration import binomial_cdf
+
+    for k, n in ((0, 100), (2, 300), (10, 400)):
+        assert binomial_cdf(k, n, 0.03) <= hoeffding_bentkus_pvalue(k, n, 0.03) <= 1
+    assert hoeffding_bentkus_pvalue(50, 100, 0.03) == 1.0
+    with pytest.raises(ValueError, match="binomial or hb"):
+        ltt_fixed_sequence([0], 10, 0.1, 0.1, method="x")
+
+
+# ------------------------------------------------------------------------------ profiles and replay
+
+
+def score_profile(threshold, schedule="bx+g64", model=None, **extra):
+    model = model or {"features": ["box_agree"], "mean": [0.0], "scale": [1.0], "coef": [10.0], "intercept": -5.0}
+    return {"format": "certaindex-profile", "version": 1, "name": "mine", "models": ["mine"],
+            "probe_suffix": "S", "probe_interval": 64,
+            "rule": {"kind": "score", "schedule": schedule, "threshold": threshold, "model": model, **extra}}
+
+
+def test_shipped_profiles_are_scores_with_their_calibration():
+    profiles = {p.name: p for p in shipped_profiles()}
+    for name in ("r1-distill-qwen", "r1-distill-qwen-32b", "qwen3", "r1-distill-llama", "conservative"):
+        p = profiles[name]
+        assert p.kind == "score"
+        cal = p.calibration
+        assert {"alpha", "delta", "label", "fit", "calibrate", "models"} <= set(cal)
+        assert "TRAIN" in cal["data"]
+        assert p.probe_suffix == "**Final Answer**\n\n\\[ \\boxed{"
+        if "tr" in p.rule["schedule"].split("+"):
+            assert p.rule["trials"]["suffix"] == "\n**Final Answer**\n\\boxed"
+    assert "tr" not in profiles["conservative"].rule["schedule"]  # works on engines without logprobs
+
+
+def test_profile_round_trip_and_validation():
+    data = score_profile(0.9)
+    p = parse_profile(json.loads(json.dumps(data)))
+    assert p.kind == "score" and p.rule == data["rule"] and "score bx+g64" in p.label
+    assert parse_profile(score_profile(None)).rule["threshold"] is None  # never exits
+    for bad, msg in ((score_profile(1.5), "threshold"), (score_profile(0.9, schedule="bx+g100"), "schedule part"),
+                     (score_profile(0.9, model={"features": []}), "lacks"),
+                     (score_profile(0.9, schedule="bx+tr"), "trials")):
+        with pytest.raises(ValueError, match=msg):
+            parse_profile(bad, "p.json")
+
+
+def boxed_folder(tmp_path):
+    """Problem 0 boxes "5" early in its text (right); problem 1 boxes "4" (wrong) then ends with "7"."""
+    t0 = traj(0, "5", 640, "5")
+    t0["full_text"] = "<think>" + "x" * 40 + " so \\boxed{5} " + "y" * 2000 + "</think> \\boxed{5}"
+    t1 = traj(1, "7", 640, "7")
+    t1["full_text"] = "<think>" + "x" * 40 + " so \\boxed{4} " + "y" * 2000 + "</think> \\boxed{7}"
+    rows = probe_rows(0, ["5"] * 9) + probe_rows(1, ["4", "4", "7", "7", "7", "7", "7", "7", "7"])
+    return write_run(tmp_path / "gov", [t0, t1], rows, deer={0: [trial(100, "5", 0.99)], 1: []})
+
+
+def test_replay_exits_at_the_first_box_it_trusts(tmp_path, capsys, monkeypatch):
+    path = boxed_folder(tmp_path)
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps(score_profile(0.99, schedule="bx")))  # exits only where a box agrees with itself
+    out = tmp_path / "o.json"
+    monkeypatch.setattr("certaindex.cli.common.out.width", 200)
+    code = cli.main(["evaluate", str(path.parent), "--policy", str(prof), "--json", str(out), "--no-png", "--quiet",
+                     "--grade-cache", str(tmp_path / "g.json")])
+    assert code == 0
+    (g,) = json.loads(out.read_text())["groups"]
+    (run,) = read_governor(path.parent)
+    boxes = [observations(t, "bx")[0] for t in run.trajectories]
+    assert [b.answer for b in boxes] == ["5", "4"] and all(0 < b.pos < 640 for b in boxes)
+    # both exit at their first box, free: tokens are the box positions; problem 1 exits on the wrong "4"
+    assert g["tokens"] == pytest.approx((boxes[0].pos + boxes[1].pos) / 2)
+    assert g["accuracy"] == 0.5 and g["harmful_exits"] == 1 and g["full_accuracy"] == 1.0
+
+
+def test_replay_never_exits_without_threshold_and_counts_probes(tmp_path, monkeypatch):
+    from certaindex.evaluation.grading import GradeCache
+    from certaindex.evaluation.governor import grading_inputs, run_profile
+
+    path = boxed_folder(tmp_path)
+    (run,) = read_governor(path.parent)
+    cache = GradeCache.load(tmp_path / "g.json")
+    cache.grade(*grading_inputs(run.trajectories))
+    t = run.trajectories[0]
+    o = run_profile(parse_profile(score_profile(None, schedule="bx+g128")), t, cache.key,
+                    lambda a: cache.correct(a, t.target))
+    assert o.exit_pos is None and o.overhead == 10 * 4  # probes at 128, 256, 384, 512 cost 10 each
+    assert o.tokens == 640 + 40 and o.correct
+
+
+def test_schedule_parts():
+    assert check_schedule("bx+tc+g512+tr") == ["bx", "tc", "g512", "tr"]
+    with pytest.raises(ValueError, match="gN"):
+        check_schedule("g32")
+
+
+def test_calibrate_certifies_on_train_problems_only_and_refuses_too_little(tmp_path):
+    """A synthetic folder: many problems whose first box is right; calibration fits and certifies a
+    threshold that exits there. Too few problems give a clear error."""
+    from certaindex.evaluation.grading import GradeCache
+    from certaindex.evaluation.governor import grading_inputs
+
+    trajs, rows = [], []
+    for pid in range(240):
+        t = traj(pid, str(pid % 7), 640, str(pid % 7))
+        t["full_text"] = "<think>" + "x" * 300 + f" \\boxed{{{pid % 7}}} " + "y" * 1500 + f"</think> \\boxed{{{pid % 7}}}"
+        trajs.append(t)
+        rows += probe_rows(pid, [str(pid % 7)] * 9)
+    path = write_run(tmp_path / "gov", trajs, rows)
+    (run,) = read_governor(path.parent)
+    cache = GradeCache.load(tmp_path / "g.json")
+    cache.grade(*grading_inputs(run.trajectories))
+    cal = calibrate(run.trajectories, "bx+g256", cache.key, lambda t, a: cache.correct(a, t.target),
+                    alpha=0.05, delta=0.1)
+    assert cal.threshold is not None and cal.cal_harmful == 0 and cal.cal_saved > 0.3
+    assert cal.n_fit + cal.n_cal == 240 and cal.n_fit < cal.n_cal
+    with pytest.raises(ValueError, match="observations with an answer"):
+        calibrate(run.trajectories[:3], "bx", cache.key, lambda t, a: cache.correct(a, t.target))
