@@ -29,12 +29,10 @@ from certaindex.cli.governor import grade
 from certaindex.evaluation.governor import best_in_band, family_points, run_profile, with_final_answers
 from certaindex.evaluation.peers import full_reasoning
 from certaindex.evaluation.profiles import parse_profile
-from certaindex.evaluation.score_policy import LABELS, calibrate
+from certaindex.evaluation.score_policy import LABELS, calibrate, score_profile_json
 from certaindex.traces.governor import read_governor
 
 ROOT = Path(__file__).resolve().parents[1]
-SUFFIX = "**Final Answer**\n\n\\[ \\boxed{"
-TRIAL_SUFFIX = "\n**Final Answer**\n\\boxed"
 ALL = ["r1-distill-qwen-7b", "qwen3-8b", "r1-distill-qwen-32b", "r1-distill-llama-8b"]
 # name, model-name patterns, fitted on, schedule, alpha
 FAMILIES = [
@@ -45,41 +43,6 @@ FAMILIES = [
     ("conservative", [], ALL, "bx+g512", 0.01),
 ]
 DELTA = 0.1
-
-
-def profile_json(name: str, patterns: list[str], models: list[str], cal, command: str) -> dict:
-    parts = cal.schedule.split("+")
-    grid = next((int(p[1:]) for p in parts if p.startswith("g")), None)
-    rule = {
-        "kind": "score", "schedule": cal.schedule, "threshold": cal.threshold, "model": cal.model.to_dict(),
-        "boxed": "bx" in parts, "probe_after_think": "tc" in parts, "probe_every": grid,
-        "trials": {"at": "Wait", "suffix": TRIAL_SUFFIX, "max": 30, "confidence": "mean token probability of the trial answer (DEER)"}
-        if "tr" in parts else None,
-    }
-    return {
-        "format": "certaindex-profile", "version": 1, "name": name, "models": patterns,
-        "probe_suffix": SUFFIX, "probe_interval": grid or 64, "probe_tokens": 32, "rule": rule,
-        "description": (f"Certainty score ({cal.schedule}) fitted on {', '.join(models)}; exit when it reaches "
-                        f"the LTT-certified threshold (harmful exits <= {cal.alpha:g} with probability >= {1 - cal.delta:g} "
-                        "on the calibration problems)." if name != "conservative" else
-                        "Conservative certainty score for models without a calibrated profile: fitted on all four "
-                        f"families pooled, no trials, alpha {cal.alpha:g}."),
-        "calibration": {
-            "data": "Governor development traces (seeds 42-44), TRAIN-split problems only (split_manifest.json)",
-            "models": models, "datasets": ["aime24", "amc23", "math500"],
-            "fit": "train problems with crc32('<dataset>/<problem_id>') % 3 == 0",
-            "calibrate": "the other train problems",
-            "label_choice": "the label (noharm or ok) whose certified threshold saves more on the calibration problems",
-            "method": "logistic score (L2, standardised, one weight per trajectory); threshold by Learn-then-Test "
-                      "fixed-sequence testing over 100 thresholds 0.9999 -> 0.30 with exact binomial p-values, "
-                      "stopping also where one dataset's calibration trajectories (for the conservative profile: one "
-                      "model x dataset's) show more than alpha harmful exits",
-            "final_answer": "re-extracted from full_text (certaindex evaluate --final-answer extracted)",
-            "tokens": "reasoning tokens up to the exit plus every probe / trial output token",
-            **cal.summary(),
-            "command": command,
-        },
-    }
 
 
 def cluster_ci(rows: list[tuple[int, float]], seed: int = 0, n: int = 10000) -> tuple[float, float]:
@@ -125,7 +88,8 @@ def main() -> int:
         strata = "model+dataset" if name == "conservative" else "dataset"
         cands = [calibrate(fam, schedule, cache.key, correct, alpha, DELTA, label=lab, strata=strata) for lab in LABELS]
         cal = max(cands, key=lambda c: (c.threshold is not None, c.cal_saved))
-        data = profile_json(name, patterns, models, cal, command)
+        data = score_profile_json(name, patterns, models, cal, command, extra={
+            "label_choice": "of the labels noharm and ok, the one whose certified threshold saves more on the calibration problems"})
         profiles[name] = parse_profile(data, name)
         print(f"{name:22s} {schedule:14s} label {cal.label:6s} alpha {alpha:<6g} threshold {cal.threshold} cal harmful {cal.cal_harmful}/{cal.n_cal} "
               f"saved {100 * cal.cal_saved:.1f}% stopped by {cal.stopped_by} ({time.perf_counter() - t0:.1f} s)", flush=True)

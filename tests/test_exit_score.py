@@ -286,3 +286,14 @@ def test_calibrate_certifies_on_train_problems_only_and_refuses_too_little(tmp_p
     assert cal.n_fit + cal.n_cal == 240 and cal.n_fit < cal.n_cal
     with pytest.raises(ValueError, match="observations with an answer"):
         calibrate(run.trajectories[:3], "bx", cache.key, lambda t, a: cache.correct(a, t.target))
+    # the same through the command line: a profile that evaluate reads back
+    prof, res = tmp_path / "mine.json", tmp_path / "res.json"
+    assert cli.main(["calibrate", str(path.parent), "--schedule", "bx+g256", "--alpha", "0.05", "--out", str(prof),
+                     "--grade-cache", str(tmp_path / "g.json"), "--quiet"]) == 0
+    p = parse_profile(json.loads(prof.read_text()))
+    assert p.kind == "score" and p.rule["threshold"] is not None and p.models == ("r1-distill-qwen-7b",)
+    assert "all problems" in p.calibration["data"]  # no split manifest in this folder
+    assert cli.main(["evaluate", str(path.parent), "--policy", str(prof), "--json", str(res), "--no-png", "--quiet",
+                     "--grade-cache", str(tmp_path / "g.json")]) == 0
+    (g,) = json.loads(res.read_text())["groups"]
+    assert g["accuracy"] == 1.0 and g["saved"] > 0.3

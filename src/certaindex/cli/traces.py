@@ -66,7 +66,8 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
         help="ltt: the cheapest setting certified by Learn-then-Test (harmful-exit rate <= alpha with "
         "probability >= 1-delta); target: the cheapest within --max-loss of full accuracy (default ltt)",
     )
-    group.add_argument("--alpha", type=float, default=0.1, help="tolerated rate of harmful exits (default 0.1)")
+    group.add_argument("--alpha", type=float, default=None,
+                       help="tolerated rate of harmful exits (default 0.1; 0.02 for a Governor folder's score profile)")
     group.add_argument("--delta", type=float, default=0.1, help="allowed failure probability of the guarantee (default 0.1)")
     group.add_argument("--max-loss", type=float, default=0.0,
                        help="accuracy the target method may lose against full reasoning, as a fraction (default 0)")
@@ -75,6 +76,8 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_policy_args(args: argparse.Namespace) -> tuple[list[int] | None, list[int]]:
+    if args.alpha is None:
+        args.alpha = 0.1
     _unit("--alpha", args.alpha)
     _unit("--delta", args.delta)
     if not 0 <= args.max_loss <= 1:
@@ -121,9 +124,26 @@ def add_subcommands(subparsers: Any) -> None:
         description="Replay every probe-agreement setting on the traces and write the one chosen by --method to "
         "a JSON file that solve, bench and the server can read.",
     )
-    calibrate.add_argument("traces", help="a trace file written by 'certaindex record'")
+    calibrate.add_argument("traces", help="a trace file written by 'certaindex record', or a Governor folder (then a "
+                           "certainty-score profile is fitted on its train-split problems)")
     calibrate.add_argument("--out", "-o", default="calibration.json", help="JSON file to write (default calibration.json)")
     _add_policy_args(calibrate)
+    group = calibrate.add_argument_group("Governor folders (certainty-score profile)")
+    group.add_argument("--schedule", default="auto",
+                       help="observations: + joined bx (boxed answers in the text), tc (a probe after </think>), gN (a probe "
+                       "every N tokens), ev (event probes), tr (DEER trials); auto: bx+tc+g512, +tr where trials exist")
+    group.add_argument("--label", choices=("auto", "noharm", "ok"), default="auto",
+                       help="what the score predicts: noharm (exiting is not harmful), ok (the answer is right), or auto: "
+                       "the one saving more on the calibration problems (default)")
+    group.add_argument("--strata", choices=("dataset", "model+dataset", "none"), default="dataset",
+                       help="stop the threshold walk where one stratum's calibration trajectories show more than alpha "
+                       "harmful exits (default dataset)")
+    group.add_argument("--name", help="profile name (default: the model's)")
+    group.add_argument("--models", help="model-name regex the profile applies to (default: the models in PATH)")
+    group.add_argument("--grade-cache", help="grade cache file (default ~/.cache/certaindex/grades.json)")
+    group.add_argument("--grade-timeout", type=float, default=5.0, help="seconds per math-verify call (default 5)")
+    group.add_argument("--final-answer", choices=("recorded", "extracted"), default="extracted",
+                       help="full reasoning's answer: the recorded one or re-extracted from the text (default extracted)")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     calibrate.set_defaults(handler=calibrate_command)
 
@@ -249,6 +269,15 @@ async def calibrate_command(args: argparse.Namespace) -> int:
         write_calibration,
     )
 
+    from certaindex.traces.governor import is_governor_layout
+
+    if is_governor_layout(args.traces):
+        from certaindex.cli.governor_calibrate import calibrate_governor
+
+        _unit("--delta", args.delta)
+        if args.alpha is not None:
+            _unit("--alpha", args.alpha)
+        return calibrate_governor(args, Path(args.traces))
     intervals, ks = _check_policy_args(args)
     traces = _read(args)
     full = full_policy(traces.settings)

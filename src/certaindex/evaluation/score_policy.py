@@ -52,6 +52,7 @@ __all__ = [
     "observations",
     "replay_score",
     "score_grading_inputs",
+    "score_profile_json",
 ]
 
 SCHEDULE_PARTS = ("bx", "tc", "tr", "ev")  # plus gN: a probe every N tokens (N a multiple of 64)
@@ -155,6 +156,9 @@ def score_grading_inputs(trajs: Iterable[Trajectory]) -> tuple[list[tuple[str, s
             keys[t.final_answer] = None
     return list(pairs), list(keys)
 
+
+PROBE_SUFFIX = "**Final Answer**\n\n\\[ \\boxed{"  # the probe the Governor traces were recorded with
+TRIAL_SUFFIX = "\n**Final Answer**\n\\boxed"  # DEER's trial inducer at "Wait" points
 
 # ------------------------------------------------------------------------------ fitting
 
@@ -303,3 +307,42 @@ def calibrate(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
     return Calibration(schedule, model, threshold, alpha, delta, len(fit_ids), len(cal_ids),
                        int(((~cor) & full_ok).sum()), float(1 - tok.mean() / full_tok), stopped,
                        {d: int((datasets == d).sum()) for d in names}, label)
+
+
+def score_profile_json(name: str, patterns: list[str], models: list[str], cal: Calibration, command: str,
+                       data: str = "Governor development traces (seeds 42-44), TRAIN-split problems only (split_manifest.json)",
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A profile JSON object (rule kind ``score``) for a :class:`Calibration`; ``patterns`` are the
+    model-name regexes it applies to, ``models`` what it was fitted on."""
+    parts = cal.schedule.split("+")
+    grid = next((int(p[1:]) for p in parts if p.startswith("g")), None)
+    rule = {
+        "kind": "score", "schedule": cal.schedule, "threshold": cal.threshold, "model": cal.model.to_dict(),
+        "boxed": "bx" in parts, "probe_after_think": "tc" in parts, "probe_every": grid,
+        "trials": {"at": "Wait", "suffix": TRIAL_SUFFIX, "max": 30, "confidence": "mean token probability of the trial answer (DEER)"}
+        if "tr" in parts else None,
+    }
+    return {
+        "format": "certaindex-profile", "version": 1, "name": name, "models": patterns,
+        "probe_suffix": PROBE_SUFFIX, "probe_interval": grid or 64, "probe_tokens": 32, "rule": rule,
+        "description": (f"Certainty score ({cal.schedule}) fitted on {', '.join(models)}; exit when it reaches "
+                        f"the LTT-certified threshold (harmful exits <= {cal.alpha:g} with probability >= {1 - cal.delta:g} "
+                        "on the calibration problems)." if name != "conservative" else
+                        "Conservative certainty score for models without a calibrated profile: fitted on all four "
+                        f"families pooled, no trials, alpha {cal.alpha:g}."),
+        "calibration": {
+            "data": data,
+            "models": models, "datasets": sorted({k.split("/")[-1] for k in cal.strata}),
+            "fit": "train problems with crc32('<dataset>/<problem_id>') % 3 == 0",
+            "calibrate": "the other train problems",
+            "method": "logistic score (L2, standardised, one weight per trajectory); threshold by Learn-then-Test "
+                      "fixed-sequence testing over 100 thresholds 0.9999 -> 0.30 with exact binomial p-values, "
+                      "stopping also where one stratum's calibration trajectories (calibration_strata) show more "
+                      "than alpha harmful exits",
+            "final_answer": "re-extracted from full_text (certaindex evaluate --final-answer extracted)",
+            "tokens": "reasoning tokens up to the exit plus every probe / trial output token",
+            **cal.summary(),
+            "command": command,
+            **(extra or {}),
+        },
+    }
