@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from certaindex import __version__
-from certaindex.cli import sampling, serve, serving, solve, traces
+from certaindex.cli import demo, sampling, serve, serving, solve, traces
 from certaindex.cli.common import run_handler
 
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"certaindex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    demo.add_subcommands(sub)  # demo: replay on shipped real traces
     solve.add_subcommands(sub)  # solve, bench
     traces.add_subcommands(sub)  # record, calibrate, evaluate
     serve.add_serve_subcommand(sub)  # serve

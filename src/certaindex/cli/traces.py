@@ -133,15 +133,28 @@ def add_subcommands(subparsers: Any) -> None:
         description="Replay probe agreement (every interval and k) and entropy stopping on the traces; print a "
         "table, draw accuracy against tokens, and fit settings on one split of the problems to test them on the other.",
     )
-    evaluate.add_argument("traces", help="a trace file written by 'certaindex record'")
+    evaluate.add_argument(
+        "traces", nargs="?",
+        help="a trace file written by 'certaindex record', or a Governor folder of recorded reasoning-model "
+        "trajectories (<model>__<dataset>__seed_<s>/ folders, or one of them)")
+    evaluate.add_argument("--sample", action="store_true",
+                          help="evaluate the real R1-Distill-Qwen-7B trajectories shipped inside the package")
     _add_policy_args(evaluate)
+    group = evaluate.add_argument_group("Governor folders")
+    group.add_argument("--policy", help="policy for --json: default (the profile the proxy applies to each model), full, "
+                       "oracle, dynasor:k=8[,interval=128], events:k=4, deer:0.95, or a profile .json file (default: default)")
+    group.add_argument("--grade-cache", help="grade cache file (default ~/.cache/certaindex/grades.json)")
+    group.add_argument("--grade-timeout", type=float, default=5.0, help="seconds allowed per answer comparison (default 5)")
+    group.add_argument("--final-answer", choices=("recorded", "extracted"), default="extracted",
+                       help="full reasoning's answer: the recorded final_answer, or re-extracted from full_text with the project's extractor, as a live run would (default extracted)")
     group = evaluate.add_argument_group("output")
     group.add_argument("--png", help="Pareto plot to write (default: next to the traces, <name>-pareto.png)")
     group.add_argument("--no-png", action="store_true", help="draw no plot")
     group.add_argument("--json", dest="json_out", help="also write every figure as JSON to this file")
     group.add_argument("--calibration-out", help="write the setting fitted on the calibration split (by --method) here")
     group = evaluate.add_argument_group("held out")
-    group.add_argument("--split", type=float, default=0.5, help="fraction of the problems to fit on (default 0.5)")
+    group.add_argument("--split", help="trace files: fraction of the problems to fit on (default 0.5); "
+                       "Governor folders: train, dev or all problems of split_manifest.json (default all)")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the random split (default 0)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=evaluate_command)
@@ -271,7 +284,24 @@ async def calibrate_command(args: argparse.Namespace) -> int:
 async def evaluate_command(args: argparse.Namespace) -> int:
     from certaindex.evaluation.evaluate import calibration_config, plot_pareto, render_tables, run_evaluation, write_calibration
 
+    from certaindex.cli.governor import evaluate_governor, sample_path
+    from certaindex.traces.governor import is_governor_layout
+
+    if args.sample:
+        if args.traces:
+            raise ValueError("give either a PATH or --sample, not both")
+        return evaluate_governor(args, sample_path())
+    if not args.traces:
+        raise ValueError("evaluate needs a PATH (a trace file or a Governor folder) or --sample")
+    if is_governor_layout(args.traces):
+        return evaluate_governor(args, Path(args.traces))
+    if args.policy or args.grade_cache:
+        raise ValueError(f"--policy and --grade-cache apply to Governor folders; {args.traces} is a trace file")
     intervals, ks = _check_policy_args(args)
+    try:
+        args.split = 0.5 if args.split is None else float(args.split)
+    except ValueError:
+        raise ValueError(f"--split on a trace file takes a fraction in (0, 1), got {args.split!r}") from None
     _unit("--split", args.split)
     traces = _read(args)
     with progress_bar("replay", args.quiet) as progress:

@@ -1,0 +1,143 @@
+"""Early-exit profiles: the probe protocol and stopping rule certaindex applies to a model family.
+
+A profile is a small JSON file::
+
+    {"format": "certaindex-profile", "version": 1, "name": "r1-distill-qwen",
+     "models": ["r1-distill-qwen"],               # case-insensitive regexes searched in the model name
+     "probe_suffix": "**Final Answer**\\n\\n\\[ \\boxed{", "probe_interval": 64, "probe_tokens": 32,
+     "rule": {"kind": "dynasor", "k": 16},          # pluggable: the "kind" picks the rule
+     "calibration": {...}}                          # how and on what it was chosen (free-form)
+
+The shipped profiles live in ``certaindex/data/profiles/``; :func:`profile_for_model` picks the first
+whose patterns match the model name, else the one named ``conservative``. Rule kinds are
+registered in :data:`RULE_KINDS`; a profile with a kind this version does not know is rejected on
+load with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CONSERVATIVE",
+    "PROFILE_FORMAT",
+    "Profile",
+    "RULE_KINDS",
+    "load_profile",
+    "parse_profile",
+    "profile_for_model",
+    "shipped_profiles",
+]
+
+PROFILE_FORMAT = "certaindex-profile"
+PROFILE_VERSION = 1
+CONSERVATIVE = "conservative"
+
+
+def _check_dynasor(rule: dict[str, Any]) -> None:
+    k = rule.get("k")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"a dynasor rule needs an integer k >= 1, got {k!r}")
+
+
+# kind -> validator of the rule's parameters. New rule kinds (a fitted certainty score) add theirs.
+RULE_KINDS: dict[str, Any] = {"dynasor": _check_dynasor}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    models: tuple[str, ...]
+    probe_suffix: str
+    probe_interval: int
+    rule: dict[str, Any]
+    probe_tokens: int = 32
+    description: str = ""
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return str(self.rule["kind"])
+
+    def matches(self, model_name: str) -> bool:
+        return any(re.search(p, model_name, re.IGNORECASE) for p in self.models)
+
+    @property
+    def label(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.rule.items() if k != "kind")
+        return f"{self.name} ({self.kind} {params}, interval {self.probe_interval})"
+
+
+def parse_profile(data: Any, source: str = "profile") -> Profile:
+    """A :class:`Profile` from a JSON object; ``ValueError`` naming ``source`` if malformed."""
+    try:
+        if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+            raise ValueError(f"not a certaindex profile (needs \"format\": \"{PROFILE_FORMAT}\")")
+        if data.get("version") != PROFILE_VERSION:
+            raise ValueError(f"profile version {data.get('version')!r} is not supported (this certaindex reads {PROFILE_VERSION})")
+        rule = data.get("rule")
+        if not isinstance(rule, dict) or "kind" not in rule:
+            raise ValueError("needs a \"rule\" object with a \"kind\"")
+        if rule["kind"] not in RULE_KINDS:
+            raise ValueError(f"rule kind {rule['kind']!r} is unknown (known: {', '.join(sorted(RULE_KINDS))})")
+        RULE_KINDS[rule["kind"]](rule)
+        interval = data.get("probe_interval")
+        if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
+            raise ValueError(f"probe_interval must be an integer >= 1, got {interval!r}")
+        models = data.get("models", [])
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ValueError("models must be a list of regular expressions")
+        for m in models:
+            re.compile(m)
+        suffix = data.get("probe_suffix")
+        if not isinstance(suffix, str) or not suffix:
+            raise ValueError("probe_suffix must be a non-empty string")
+        return Profile(
+            name=str(data.get("name") or "unnamed"), models=tuple(models), probe_suffix=suffix,
+            probe_interval=interval, rule=dict(rule), probe_tokens=int(data.get("probe_tokens", 32)),
+            description=str(data.get("description", "")), calibration=dict(data.get("calibration") or {}),
+        )
+    except (ValueError, re.error, TypeError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read profile: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: profile is not valid JSON ({exc.msg})") from None
+    return parse_profile(data, str(path))
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> tuple[Profile, ...]:
+    folder = resources.files("certaindex") / "data" / "profiles"
+    profiles = [parse_profile(json.loads(f.read_text(encoding="utf-8")), f"certaindex/data/profiles/{f.name}")
+                for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".json")]
+    return tuple(sorted(profiles, key=lambda p: p.name == CONSERVATIVE))
+
+
+def shipped_profiles() -> list[Profile]:
+    """The profiles inside the package, in matching order (the conservative fallback last)."""
+    return list(_shipped())
+
+
+def profile_for_model(model_name: str, profiles: list[Profile] | None = None) -> Profile:
+    """The first profile whose patterns match ``model_name``, else the conservative one."""
+    profiles = profiles if profiles is not None else shipped_profiles()
+    for p in profiles:
+        if p.name != CONSERVATIVE and p.matches(model_name):
+            return p
+    for p in profiles:
+        if p.name == CONSERVATIVE:
+            return p
+    raise ValueError("no profile matches and no conservative profile is available")

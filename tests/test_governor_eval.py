@@ -1,0 +1,184 @@
+"""`certaindex evaluate` on Governor folders: policies, profiles, the --json schema and the error paths,
+on a small hand-made folder whose outcomes are worked out by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from certaindex import cli
+from certaindex.evaluation.governor import PolicySpec, parse_policy
+from certaindex.evaluation.profiles import load_profile, parse_profile, profile_for_model, shipped_profiles
+from tests.governor_data import probe_rows, traj, trial, write_run
+
+KEYS = {"model", "dataset", "n", "full_accuracy", "full_tokens", "accuracy", "tokens", "saved", "harmful_exits"}
+
+
+def folder(tmp_path, deer=True):
+    """Three R1-7B problems: 0 settles on the right answer, 1 agrees early on a wrong one (false
+    consensus) and ends right, 2 is wrong throughout. Probes every 64 tokens cost 10 tokens each."""
+    trajs = [traj(0, "5", 640, "5"), traj(1, "7", 640, "7"), traj(2, "9", 320, "3", correct=False)]
+    rows = (probe_rows(0, ["1", "5", "5", "5", "5", "5", "5", "5", "5"])
+            + probe_rows(1, ["4", "4", "4", "7", "7", "7", "7", "7", "7"])
+            + probe_rows(2, ["3", "3", "3", "3"]))
+    trials = {0: [trial(100, "5", 0.99)], 1: [trial(100, "4", 0.999), trial(300, "7", 0.9)], 2: []} if deer else None
+    return write_run(tmp_path / "gov", trajs, rows, deer=trials, splits={0: "dev", 1: "dev", 2: "train"})
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Tables are printed 200 columns wide, so cell text is not wrapped."""
+    from certaindex.cli import common
+
+    monkeypatch.setattr(common.out, "width", 200)
+    monkeypatch.setattr(common.err, "width", 400)
+
+
+def run(capsys, *args):
+    code = cli.main(["evaluate", *args, "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_schema_and_values_for_dynasor(tmp_path, capsys):
+    path = folder(tmp_path)
+    out = tmp_path / "out.json"
+    code, stdout, _ = run(capsys, str(path.parent), "--policy", "dynasor:k=3", "--json", str(out), "--no-png",
+                          "--grade-cache", str(tmp_path / "g.json"))
+    assert code == 0, stdout
+    data = json.loads(out.read_text())
+    assert list(data) == ["groups"]
+    (g,) = data["groups"]
+    assert set(g) == KEYS
+    assert (g["model"], g["dataset"], g["n"]) == ("r1-distill-qwen-7b", "math500", 3)
+    # full: 640 + 640 + 320 tokens, 2 of 3 right. k=3: problem 0 exits at 256 (+40 probe tokens) right,
+    # problem 1 at 192 (+30) on the wrong "4", problem 2 at 192 (+30) wrong as before.
+    assert g["full_accuracy"] == pytest.approx(2 / 3) and g["full_tokens"] == pytest.approx(1600 / 3)
+    assert g["accuracy"] == pytest.approx(1 / 3) and g["tokens"] == pytest.approx((296 + 222 + 222) / 3)
+    assert g["saved"] == pytest.approx(1 - 740 / 1600)
+    assert g["harmful_exits"] == 1
+    assert "r1-distill-qwen-7b · math500" in stdout
+
+
+def test_deer_oracle_and_split(tmp_path, capsys):
+    path = folder(tmp_path)
+    out = tmp_path / "deer.json"
+    assert run(capsys, str(path), "--policy", "deer:0.995", "--json", str(out), "--no-png",
+               "--grade-cache", str(tmp_path / "g.json"))[0] == 0
+    (g,) = json.loads(out.read_text())["groups"]
+    # problem 0: no trial reaches 0.995, runs on (640 + 7); problem 1 exits at 100 on "4" (+7); 2 has none.
+    assert g["tokens"] == pytest.approx((647 + 107 + 320) / 3) and g["harmful_exits"] == 1
+    assert run(capsys, str(path), "--policy", "oracle", "--split", "dev", "--json", str(out), "--no-png",
+               "--grade-cache", str(tmp_path / "g.json"))[0] == 0
+    (g,) = json.loads(out.read_text())["groups"]
+    # dev: problems 0 and 1. Oracle exits at 128 (+20) and 256 (+40); both right.
+    assert g["n"] == 2 and g["accuracy"] == 1.0 and g["tokens"] == pytest.approx((148 + 296) / 2)
+
+
+def test_default_policy_uses_the_models_shipped_profile(tmp_path, capsys):
+    path = folder(tmp_path)
+    out = tmp_path / "default.json"
+    png = tmp_path / "plot.png"
+    code, stdout, _ = run(capsys, str(path.parent), "--json", str(out), "--png", str(png), "--grade-cache", str(tmp_path / "g.json"))
+    assert code == 0 and png.stat().st_size > 0
+    (g,) = json.loads(out.read_text())["groups"]
+    profile = profile_for_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
+    assert profile.name == "r1-distill-qwen"
+    # the same numbers as naming the profile's rule explicitly
+    explicit = tmp_path / "explicit.json"
+    assert run(capsys, str(path.parent), "--policy", f"dynasor:k={profile.rule['k']},interval={profile.probe_interval}",
+               "--json", str(explicit), "--no-png", "--grade-cache", str(tmp_path / "g.json"))[0] == 0
+    assert json.loads(explicit.read_text()) == {"groups": [g]}
+    assert "certaindex default" in stdout
+
+
+def test_a_profile_file_as_policy(tmp_path, capsys):
+    path = folder(tmp_path)
+    prof = tmp_path / "mine.json"
+    prof.write_text(json.dumps({"format": "certaindex-profile", "version": 1, "name": "mine", "models": [],
+                                "probe_suffix": "S", "probe_interval": 128, "rule": {"kind": "dynasor", "k": 2}}))
+    out = tmp_path / "p.json"
+    assert run(capsys, str(path), "--policy", str(prof), "--json", str(out), "--no-png", "--grade-cache", str(tmp_path / "g.json"))[0] == 0
+    (g,) = json.loads(out.read_text())["groups"]
+    # interval 128, k=2: problem 0 probes at 128 ("5"), 256 ("5") -> exit 256 (+20); 1: 128 "4", 256 "7", 384 "7"
+    # -> exit 384 (+30) right; 2: 128 "3", 256 "3" -> exit 256 (+20) wrong.
+    assert g["tokens"] == pytest.approx((276 + 414 + 276) / 3) and g["accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--policy", "dynasor:k=0"], "needs k >= 1"),
+        (["--policy", "dynasor:k=8,interval=100"], "not a multiple of the traces' 64-token grid"),
+        (["--policy", "deer:high"], "confidence threshold"),
+        (["--policy", "sometimes"], "is not a policy"),
+        (["--policy", "missing.json"], "no such profile file"),
+        (["--split", "test"], "--split on a Governor folder takes"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, capsys, args, fragment):
+    path = folder(tmp_path)
+    code, _, err = run(capsys, str(path), *args, "--no-png", "--grade-cache", str(tmp_path / "g.json"))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], err
+
+
+def test_cli_errors_about_the_data(tmp_path, capsys):
+    path = folder(tmp_path, deer=False)
+    code, _, err = run(capsys, str(path), "--policy", "deer:0.9", "--no-png", "--grade-cache", str(tmp_path / "g.json"))
+    assert code == 2 and "no DEER trials" in err
+    (path / "trajectories.jsonl.gz").write_bytes(b"\x1f\x8b broken")
+    code, _, err = run(capsys, str(path), "--no-png")
+    assert code == 2 and "trajectories.jsonl.gz:1" in err
+    code, _, err = run(capsys, "--no-png")
+    assert code == 2 and "needs a PATH" in err
+    code, _, err = run(capsys, str(path), "--sample", "--no-png")
+    assert code == 2 and "either a PATH or --sample" in err
+
+
+def test_trace_file_options_still_checked(tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("{}\n")
+    code, _, err = run(capsys, str(trace), "--policy", "oracle")
+    assert code == 2 and "apply to Governor folders" in err
+    code, _, err = run(capsys, str(trace), "--split", "dev")
+    assert code == 2 and "fraction" in err
+
+
+def test_parse_policy_forms():
+    assert parse_policy("default") == PolicySpec("default")
+    assert parse_policy("dynasor:k=8") == PolicySpec("dynasor", k=8, interval=64)
+    assert parse_policy("dynasor:k=8,interval=128") == PolicySpec("dynasor", k=8, interval=128)
+    assert parse_policy("events:k=4") == PolicySpec("events", k=4)
+    assert parse_policy("deer:0.95") == PolicySpec("deer", threshold=0.95)
+    with pytest.raises(ValueError, match="no interval"):
+        parse_policy("events:k=4,interval=128")
+
+
+def test_shipped_profiles_cover_the_families_and_never_use_k3():
+    profiles = {p.name: p for p in shipped_profiles()}
+    assert set(profiles) >= {"r1-distill-qwen", "qwen3", "r1-distill-llama", "conservative"}
+    for p in profiles.values():
+        assert not (p.kind == "dynasor" and p.rule["k"] <= 3), p.name
+        assert p.probe_interval % 64 == 0 and p.probe_suffix
+    assert profile_for_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B").name == "r1-distill-qwen"
+    assert profile_for_model("Qwen/Qwen3-8B").name == "qwen3"
+    assert profile_for_model("deepseek-ai/DeepSeek-R1-Distill-Llama-8B").name == "r1-distill-llama"
+    assert profile_for_model("HuggingFaceTB/SmolLM2-135M-Instruct").name == "conservative"
+
+
+def test_profile_validation(tmp_path):
+    base = {"format": "certaindex-profile", "version": 1, "name": "x", "models": ["x"], "probe_suffix": "S",
+            "probe_interval": 64, "rule": {"kind": "dynasor", "k": 8}}
+    assert parse_profile(base).label.startswith("x (dynasor k=8")
+    for bad, fragment in ((dict(base, rule={"kind": "magic"}), "rule kind 'magic' is unknown"),
+                          (dict(base, rule={"kind": "dynasor"}), "integer k"),
+                          (dict(base, probe_interval=0), "probe_interval"),
+                          (dict(base, format="x"), "not a certaindex profile"),
+                          (dict(base, models=["("]), "x.json")):
+        with pytest.raises(ValueError, match=fragment):
+            parse_profile(bad, "x.json")
+    (tmp_path / "p.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"p\.json:1: profile is not valid JSON"):
+        load_profile(tmp_path / "p.json")
