@@ -64,8 +64,19 @@ def main() -> int:
     from certaindex.evaluation.grading import GradeCache
     from certaindex.traces.governor import read_governor
 
-    trajs = with_final_answers([t for r in read_governor(path, "dev") for t in r.trajectories])
     grades = GradeCache.load(cache)
+    # Which answer of full reasoning agrees better with the source's own grading (final_correct)?
+    every = [t for r in read_governor(path, "all") for t in r.trajectories]
+    finals = {source: with_final_answers(every, source) for source in ("recorded", "extracted")}
+    grades.grade([(t.final_answer, t.target) for ts in finals.values() for t in ts if t.final_answer is not None], [])
+    lines.append("")
+    for source, ts in finals.items():
+        ok = [grades.correct(t.final_answer, t.target) for t in ts]
+        agree = sum(o == t.final_correct for o, t in zip(ok, ts))
+        lines.append(f"full reasoning's answer {source:9s}: agrees with the source's final_correct on {agree}/{len(ts)} "
+                     f"({100 * agree / len(ts):.1f}%), accuracy {sum(ok) / len(ts):.3f} (source's: "
+                     f"{sum(t.final_correct for t in ts) / len(ts):.3f}); evaluate uses 'extracted' (--final-answer)")
+    trajs = with_final_answers([t for r in read_governor(path, "dev") for t in r.trajectories])
     tables = [(m, d, len(ts), family_points(ts, grades)) for (m, d), ts in sorted(groups(trajs).items())]
     lines += ["", f"## DEV-split problems ({len(trajs)} trajectories, seeds 42-44 pooled); tokens = reasoning + every "
               "probe/trial output token; saved = 1 - tokens / full; harm = trajectories wrong where full reasoning "

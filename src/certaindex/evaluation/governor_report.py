@@ -53,13 +53,13 @@ def render_group(model: str, dataset: str, n: int, points: Sequence[Point], band
 
 def text_table(groups: Sequence[tuple[str, str, int, Sequence[Point]]], band: float = 0.01) -> str:
     """The same rows as plain text (for results files)."""
-    lines = [f"{'model':20s} {'dataset':8s} {'n':>5s}  {'policy':26s} {'setting':34s} {'acc':>6s} {'tokens':>8s} {'saved':>7s} {'harm':>5s}"]
+    lines = [f"{'model':20s} {'dataset':8s} {'n':>5s}  {'policy':26s} {'setting':46s} {'acc':>6s} {'tokens':>8s} {'saved':>7s} {'harm':>5s}"]
     for model, dataset, n, points in groups:
         for label, p in group_rows(points, band):
             if p is None:
-                lines.append(f"{model:20s} {dataset:8s} {n:5d}  {label:26s} {'none in band':34s}")
+                lines.append(f"{model:20s} {dataset:8s} {n:5d}  {label:26s} {'none in band':46s}")
             else:
-                lines.append(f"{model:20s} {dataset:8s} {n:5d}  {label:26s} {p.label[:34]:34s} {p.accuracy:6.3f} "
+                lines.append(f"{model:20s} {dataset:8s} {n:5d}  {label:26s} {p.label[:46]:46s} {p.accuracy:6.3f} "
                              f"{p.tokens:8.0f} {100 * p.saved:6.1f}% {p.harmful_exits:5d}")
     return "\n".join(lines)
 
