@@ -29,7 +29,7 @@ from certaindex.cli.governor import grade
 from certaindex.evaluation.governor import best_in_band, family_points, run_profile, with_final_answers
 from certaindex.evaluation.peers import full_reasoning
 from certaindex.evaluation.profiles import parse_profile
-from certaindex.evaluation.score_policy import LABELS, calibrate, score_profile_json
+from certaindex.evaluation.score_policy import LABELS, calibrate, fit_split, score_profile_json
 from certaindex.traces.governor import read_governor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +45,71 @@ FAMILIES = [
 DELTA = 0.1
 
 
+def certified_peers(cal_trajs, dev_trajs, cache, alpha: float, delta: float) -> dict[str, dict]:
+    """Each peer family's knob chosen the way the score's threshold is: Learn-then-Test on the same
+    calibration trajectories, conservative setting first, with the same per-dataset guard; then
+    replayed on dev (per dataset). A fair, deployable comparison (the dev-tuned best-in-band is not)."""
+    from certaindex.core.calibration import ltt_fixed_sequence
+    from certaindex.evaluation.peers import deer, dynasor_all_k
+
+    def outcomes(family: str, ts):
+        corrects = [(lambda a, t=t: cache.correct(a, t.target)) for t in ts]
+        if family.startswith("dynasor"):
+            interval = int(family.split("/")[1])
+            ks = list(range(32, 1, -1))
+            per = [dynasor_all_k(t, ks, cache.key, c, interval) for t, c in zip(ts, corrects)]
+            return [f"dynasor k={k} interval={interval}" for k in ks], [[o[j] for o in per] for j in range(len(ks))]
+        if family == "events":
+            ks = list(range(20, 1, -1))
+            per = [dynasor_all_k(t, ks, cache.key, c, probes=[p for p in t.events if p.pos < t.tokens_used])
+                   for t, c in zip(ts, corrects)]
+            return [f"events k={k}" for k in ks], [[o[j] for o in per] for j in range(len(ks))]
+        ths = [0.9999, 0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95, 0.9]
+        return [f"deer {th:g}" for th in ths], [[deer(t, th, c) for t, c in zip(ts, corrects)] for th in ths]
+
+    out = {}
+    families = ["dynasor/256", "dynasor/512", "events"] + (["deer"] if all(t.trials is not None for t in cal_trajs) else [])
+    for fam in families:
+        labels, per_setting = outcomes(fam, cal_trajs)
+        full_ok = [cache.correct(t.final_answer, t.target) for t in cal_trajs]
+        counts, guard = [], None
+        for j, outs in enumerate(per_setting):
+            harm = [f and not o.correct for o, f in zip(outs, full_ok)]
+            counts.append(sum(harm))
+            for d in sorted({t.dataset for t in cal_trajs}):
+                idx = [i for i, t in enumerate(cal_trajs) if t.dataset == d]
+                if guard is None and sum(harm[i] for i in idx) / len(idx) > alpha + 1e-12:
+                    guard = j
+        index = ltt_fixed_sequence(counts, len(cal_trajs), alpha, delta).index
+        if guard is not None and index is not None and guard <= index:
+            index = guard - 1 if guard > 0 else None
+        if index is None:
+            out[fam] = None
+            continue
+        labels_dev, per_dev = outcomes(fam, dev_trajs)
+        outs = per_dev[index]
+        fulls = [full_reasoning(t, lambda a, t=t: cache.correct(a, t.target)) for t in dev_trajs]
+        res = {}
+        for d in sorted({t.dataset for t in dev_trajs}):
+            idx = [i for i, t in enumerate(dev_trajs) if t.dataset == d]
+            res[d] = {"accuracy": sum(outs[i].correct for i in idx) / len(idx),
+                      "saved": 1 - sum(outs[i].tokens for i in idx) / sum(fulls[i].tokens for i in idx),
+                      "harmful_exits": sum(1 for i in idx if fulls[i].correct and not outs[i].correct)}
+        out[fam] = {"setting": labels[index], "dev": res}
+    return out
+
+
+def harm_upper(k: int, n: int, level: float = 0.95) -> float:
+    """Clopper-Pearson upper bound of a rate after k events in n trials (what the data cannot exclude)."""
+    from certaindex.core.calibration import binomial_cdf
+
+    lo, hi = k / n, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if binomial_cdf(k, n, mid) > 1 - level else (lo, mid)
+    return hi
+
+
 def cluster_ci(rows: list[tuple[int, float]], seed: int = 0, n: int = 10000) -> tuple[float, float]:
     """95% bootstrap interval of the mean of per-trajectory differences, resampling problems."""
     by: dict[int, list[float]] = {}
@@ -56,6 +121,33 @@ def cluster_ci(rows: list[tuple[int, float]], seed: int = 0, n: int = 10000) -> 
     idx = rng.integers(0, len(sums), size=(n, len(sums)))
     means = sums[idx].sum(1) / cnts[idx].sum(1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+FAMILY_OF = {"r1-distill-qwen-7b": "r1-distill-qwen", "qwen3-8b": "qwen3", "r1-distill-qwen-32b": "r1-distill-qwen-32b",
+             "r1-distill-llama-8b": "r1-distill-llama"}
+
+
+def markdown(rows: list[dict], peers_ltt: dict) -> str:
+    """The dev table: accuracy / mean tokens / saved, harmful exits, peers in band, the CI."""
+    def peer(p):
+        return "none in band" if p is None else f"{p['label']}: {p['accuracy']:.3f} / {100 * p['saved']:.1f}%"
+
+    lines = ["| model | dataset | n | full reasoning: acc / tokens | certaindex default: acc / tokens / saved / harmful | "
+             "95% CI of acc change (bootstrap over problems) | harmful-exit rate, 95% upper bound | best Dynasor in band (dev-tuned) | best events in band (dev-tuned) | best DEER in band (dev-tuned) | "
+             "peers certified like the score (same LTT, same calibration) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lt = peers_ltt.get(FAMILY_OF[r["model"]], {})
+        cert = "; ".join(f"{v['setting']}: {v['dev'][r['dataset']]['accuracy']:.3f} / {100 * v['dev'][r['dataset']]['saved']:.1f}%"
+                         for v in lt.values() if v) or "none certified"
+        lo, hi = r["accuracy_change_ci95"]
+        deer = "—" if r["model"] not in ("r1-distill-qwen-7b", "qwen3-8b") else peer(r["best_deer"])
+        lines.append(f"| {r['model']} | {r['dataset']} | {r['n']} | {r['full_accuracy']:.3f} / {r['full_tokens']:,.0f} | "
+                     f"{r['accuracy']:.3f} / {r['tokens']:,.0f} / {100 * r['saved']:.1f}% / {r['harmful_exits']}"
+                     f"{'' if r['in_band'] else ' (out of band)'} | [{100 * lo:+.1f}, {100 * hi:+.1f}] pt | "
+                     f"{100 * r['harmful_rate_upper95']:.1f}% | "
+                     f"{peer(r['best_dynasor'])} | {peer(r['best_events'])} | {deer} | {cert} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -81,6 +173,7 @@ def main() -> int:
         return cache.correct(a, t.target)
 
     profiles = {}
+    peers_ltt: dict[str, dict] = {}
     command = "python benchmarks/score_profiles.py --write"
     for name, patterns, models, schedule, alpha in FAMILIES:
         t0 = time.perf_counter()
@@ -93,6 +186,12 @@ def main() -> int:
         profiles[name] = parse_profile(data, name)
         print(f"{name:22s} {schedule:14s} label {cal.label:6s} alpha {alpha:<6g} threshold {cal.threshold} cal harmful {cal.cal_harmful}/{cal.n_cal} "
               f"saved {100 * cal.cal_saved:.1f}% stopped by {cal.stopped_by} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        if name != "conservative":
+            fam_train = [t for t in train if t.model in models and fit_split(t) == "cal"]
+            peers_ltt[name] = certified_peers(fam_train, [t for t in dev if t.model in models], cache, alpha, DELTA)
+            for fam, r in peers_ltt[name].items():
+                print(f"   LTT-certified {fam:12s}: " + ("none certified" if r is None else r["setting"] + " | " + " ".join(
+                    f"{d} {v['accuracy']:.3f}/{100 * v['saved']:.1f}%/h{v['harmful_exits']}" for d, v in r["dev"].items())), flush=True)
         if write:
             target = ROOT / "src" / "certaindex" / "data" / "profiles" / f"{name}.json"
             target.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
@@ -123,6 +222,7 @@ def main() -> int:
                "full_accuracy": full.accuracy, "full_tokens": full.tokens,
                "accuracy": default.accuracy, "tokens": default.tokens, "saved": default.saved,
                "harmful_exits": default.harmful_exits, "accuracy_change_ci95": [lo, hi],
+               "harmful_rate_upper95": harm_upper(default.harmful_exits, len(ts)),
                "in_band": default.accuracy >= full.accuracy - 0.01 - 1e-12, "other_profiles": extra}
         for fam in ("dynasor", "events", "deer"):
             b = best_in_band(pts, fam, full.accuracy)
@@ -139,7 +239,8 @@ def main() -> int:
               flush=True)
     result = {"command": command, "data": str(path), "split": "dev", "machine": f"{platform.machine()} {platform.system()}, 2 cores shared",
               "seconds": round(time.perf_counter() - started, 1), "groups": rows,
-              "profiles": {n: p.calibration for n, p in profiles.items()}}
+              "profiles": {n: p.calibration for n, p in profiles.items()}, "peers_ltt_certified": peers_ltt}
+    (ROOT / "benchmarks" / "results" / "score-profiles-dev.md").write_text(markdown(rows, peers_ltt), encoding="utf-8")
     out = ROOT / "benchmarks" / "results" / "score-profiles-dev.json"
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"written {out} in {result['seconds']} s")
