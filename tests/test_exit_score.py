@@ -297,3 +297,46 @@ def test_calibrate_certifies_on_train_problems_only_and_refuses_too_little(tmp_p
                      "--grade-cache", str(tmp_path / "g.json")]) == 0
     (g,) = json.loads(res.read_text())["groups"]
     assert g["accuracy"] == 1.0 and g["saved"] > 0.3
+
+
+# ------------------------------------------------------------------------------ live
+
+
+def test_live_score_decides_like_the_offline_features():
+    """Streaming a text one token (character) at a time with probes every 64 tokens and the boxes
+    the model writes gives the same exit as scoring the whole stream offline."""
+    from certaindex.core.exit_score import LiveScore
+
+    text = ("<think>" + "a" * 150 + " Wait, so \\boxed{3}. " + "b" * 200 + " Hmm \\boxed{5} " + "c" * 300
+            + "</think> so \\boxed{5}")
+    probes = {64: "3", 128: "3", 192: "4", 256: "5", 320: "5", 384: "5", 448: "5", 512: "5", 576: "5", 640: "5"}
+    rule = {"schedule": "bx+g64", "threshold": 0.9,
+            "model": {"features": ["box_agree", "run_n"], "mean": [0, 0], "scale": [1, 1], "coef": [3.0, 1.0], "intercept": -2.5}}
+    live = LiveScore(rule, key)
+    decided = None
+    for i, ch in enumerate(text, 1):
+        live.add_text(ch, 1)
+        live.boxed()
+        if live.probe_due():
+            live.observe("grid", probes.get(i), out_tokens=10)
+        go, answer, _ = live.decide()
+        if go:
+            decided = (i, answer)
+            break
+    marks = text_markers(text, one_char_per_token(text))
+    obs = sorted([Obs(int(p), "box", c) for p, c in zip(marks.box_pos, marks.box_content)]
+                 + [Obs(p, "grid", a, True, 10) for p, a in probes.items() if p <= len(text)],
+                 key=lambda o: (o.pos, o.src != "box"))
+    scores = ScoreModel.from_dict(rule["model"]).score(stream_features(obs, marks, key))
+    j = first_exit(scores, [o.answer is not None for o in obs], 0.9)
+    assert j is not None and decided == (obs[j].pos, obs[j].answer)
+    # never exits without a threshold; trials are due after each new reflection word when scheduled
+    quiet = LiveScore(dict(rule, threshold=None), key)
+    quiet.add_text(text, len(text))
+    quiet.boxed()
+    assert quiet.decide()[0] is False
+    tr = LiveScore(dict(rule, schedule="tr"), key)
+    tr.add_text("so. Wait", 2)
+    assert tr.trial_due() and not tr.trial_due()
+    tr.add_text(" hmm, Hmm", 2)
+    assert tr.trial_due()

@@ -31,6 +31,7 @@ from certaindex.core.answers import _boxes
 __all__ = [
     "FEATURES",
     "FINAL_RE",
+    "LiveScore",
     "NEVER",
     "Obs",
     "ScoreModel",
@@ -296,3 +297,92 @@ def first_exit(scores: np.ndarray, valid: Sequence[bool], threshold: float) -> i
     """Index of the first observation with an answer whose score reaches ``threshold``; None: never."""
     hit = np.nonzero((np.asarray(scores) >= threshold) & np.asarray(valid, dtype=bool))[0]
     return int(hit[0]) if len(hit) else None
+
+
+class LiveScore:
+    """The score rule of a profile, fed as a program streams (pure: no engine, no I/O).
+
+    A program calls :meth:`add_text` with each streamed chunk and its token count, :meth:`probe_due`
+    / :meth:`trial_due` to know when the profile's schedule asks for a probe or a DEER trial,
+    :meth:`observe` with every probe / trial answer it reads, and :meth:`boxed` to turn the boxes
+    the model wrote into observations; :meth:`decide` scores the latest observation with the same
+    :func:`stream_features` the offline replay uses and says whether to exit and with what answer.
+
+    ``rule`` is a profile's ``score`` rule: ``schedule`` (``bx``, ``tc``, ``gN``, ``tr``, ``ev``),
+    ``threshold`` (None: never exit) and ``model``."""
+
+    def __init__(self, rule: dict[str, Any], key: KeyFn) -> None:
+        self.parts = rule["schedule"].split("+")
+        self.threshold = rule.get("threshold")
+        self.model = ScoreModel.from_dict(rule["model"])
+        self.every = next((int(p[1:]) for p in self.parts if p.startswith("g")), None)
+        self.key = key
+        self.text = ""
+        self.tokens = 0
+        self._ends: list[int] = []
+        self.obs: list[Obs] = []
+        self._boxes_seen = 0
+        self._waits_seen = 0
+        self._last_probe = 0
+        self._tc_done = False
+        self._decided = 0
+
+    def add_text(self, chunk: str, tokens: int) -> None:
+        """Append streamed text; its characters are spread evenly over its ``tokens`` (exact for
+        one-token chunks, as engines stream)."""
+        start = len(self.text)
+        self.text += chunk
+        n = max(int(tokens), 0)
+        for i in range(1, n + 1):
+            self._ends.append(start + round(len(chunk) * i / n))
+        self.tokens += n
+
+    def markers(self) -> TextMarkers:
+        return text_markers(self.text, np.asarray(self._ends or [0], dtype=np.int64))
+
+    def probe_due(self) -> bool:
+        """A grid probe is due (every ``gN`` tokens), or the one probe after ``</think>`` (``tc``)."""
+        if self.every and self.tokens - self._last_probe >= self.every:
+            return True
+        return "tc" in self.parts and not self._tc_done and THINK_CLOSE in self.text
+
+    def trial_due(self) -> bool:
+        """A new reflection word ("Wait", ...) was written since the last call and the schedule reads trials."""
+        if "tr" not in self.parts:
+            return False
+        n = len(WAIT_RE.findall(self.text))
+        due, self._waits_seen = n > self._waits_seen, n
+        return due
+
+    def boxed(self) -> list[Obs]:
+        """Observations for the ``\\boxed{}`` answers written since the last call (``bx``)."""
+        if "bx" not in self.parts:
+            return []
+        m = self.markers()
+        new = [Obs(int(p), "box", c) for p, c in zip(m.box_pos[self._boxes_seen:], m.box_content[self._boxes_seen:])]
+        self._boxes_seen = len(m.box_content)
+        self.obs.extend(new)
+        return new
+
+    def observe(self, src: str, answer: str | None, certain: bool = True, out_tokens: int = 0,
+                confidence: float = 0.0, min_prob: float = 0.0) -> None:
+        """Record a probe (``grid``/``event``) or ``trial`` answer read now, at the current token count."""
+        if src == "grid":
+            self._last_probe = self.tokens
+            if THINK_CLOSE in self.text:
+                self._tc_done = True
+        self.obs.append(Obs(self.tokens, src, answer, certain, out_tokens, confidence, min_prob))
+
+    def decide(self) -> tuple[bool, str | None, float]:
+        """(exit now, the answer to submit, the best score) over the observations added since the
+        last call, in order: the first whose score reaches the threshold decides, as in replay."""
+        new = self.obs[self._decided:]
+        if not new:
+            return False, None, 0.0
+        scores = self.model.score(stream_features(self.obs, self.markers(), self.key)[self._decided:])
+        self._decided = len(self.obs)
+        if self.threshold is not None:
+            i = first_exit(scores, [o.answer is not None for o in new], self.threshold)
+            if i is not None:
+                return True, new[i].answer, float(scores[i])
+        return False, None, float(scores.max())
