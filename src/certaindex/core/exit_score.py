@@ -268,9 +268,9 @@ class ScoreModel:
 def fit_logistic(X: np.ndarray, y: np.ndarray, features: Sequence[str] = FEATURES, l2: float = 2.0,
                  weights: np.ndarray | None = None, iterations: int = 50) -> ScoreModel:
     """Standardise the chosen columns of ``X`` and fit an L2-penalised logistic regression by Newton
-    steps. ``l2`` is the penalty on the (standardised) coefficients, in units of the weight total
-    (scikit-learn's ``C`` is ``1 / l2`` with unit weights); ``weights`` lets every trajectory count
-    once however many rows it has."""
+    steps. ``l2`` is the penalty ``l2/2 * |coef|^2`` on the standardised coefficients against the
+    weighted log-loss (scikit-learn's ``C`` is ``1 / l2``); ``weights`` lets every trajectory count
+    once however many rows it has (scaled to sum to the number of rows, as the fits here do)."""
     cols = [FEATURES.index(f) for f in features]
     Z = np.asarray(X, dtype=np.float64)[:, cols]
     y = np.asarray(y, dtype=np.float64)
