@@ -88,9 +88,32 @@ def test_solve_on_the_embedded_engine_reports_answer_and_saving(model_path) -> N
     payload = json.loads(proc.stdout)
     result, full = payload["result"], payload["full"]
     assert payload["engine"].startswith("embedded:SmolLM2-135M")
-    assert result["total_tokens"] == result["reasoning_tokens"] + result["probe_tokens"] + result["answer_tokens"]
+    # Only what holds for any text the model writes (its text moves with the CPU and cache state):
+    # the accounting, the stop reasons, the budget. Which reasoning is a prefix of which is checked
+    # on the scripted engine below.
+    for run in (result, full):
+        assert run["total_tokens"] == run["reasoning_tokens"] + run["probe_tokens"] + run["answer_tokens"]
+        assert run["stop_reason"] in ("certain", "finished", "budget") and run["reasoning_tokens"] <= 256
+        assert isinstance(run["reasoning"], str)
+    assert full["stop_reason"] != "certain"
     assert full["probe_tokens"] == 0 or full["stop_reason"] == "budget"
-    assert full["reasoning"].startswith(result["reasoning"])
+    assert (result["answer"] is None) == (proc.returncode == 3)
+
+
+def test_solve_compare_json_reports_an_early_exit_that_is_a_prefix_of_full_reasoning(monkeypatch, capsys) -> None:
+    """The logic the embedded-model test cannot assert: on a script whose probes agree, early exit
+    stops ``certain`` with a prefix of full reasoning's text and fewer tokens."""
+    fake = ScriptedFakeEngine(reasoning=[f"step{i} " for i in range(120)], probe_reply=lambda n: ["7", "}"])
+    monkeypatch.setattr(cli.common, "make_engine", lambda *a, **k: fake)
+    code = cli.main(["solve", "What is 3+4?", "--budget", "96", "--probe-interval", "16", "--k", "2",
+                     "--compare", "--json"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    result, full = payload["result"], payload["full"]
+    assert result["stop_reason"] == "certain" and result["answer"] == "7"
+    assert full["stop_reason"] == "budget"  # the script runs past the budget: one forced probe at the end
+    assert full["reasoning"].startswith(result["reasoning"]) and len(result["reasoning"]) < len(full["reasoning"])
+    assert result["total_tokens"] < full["total_tokens"]
 
 
 @pytest.mark.model
@@ -127,7 +150,8 @@ def test_bench_parallel_programs_on_the_embedded_engine(model_path, tmp_path, pr
     fixed = record["modes"]["sc (fixed N)"]
     assert fixed["samples"] == 3 and fixed["total_tokens"] > 0
     other = next(v for k, v in record["modes"].items() if k != "sc (fixed N)")
-    assert 1 <= other["samples"] <= 3 and other["total_tokens"] > 0
+    # best-of-n counts finished candidates, which a 135M model may leave at none within 48 tokens.
+    assert 0 <= other["samples"] <= 3 and other["total_tokens"] > 0
 
 
 def test_solve_reads_a_calibration_file(monkeypatch, capsys, tmp_path) -> None:
