@@ -92,8 +92,8 @@ async def _serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from certaindex.server.app import create_app
-    except ImportError as exc:
-        raise ValueError(f"`certaindex serve` needs the server extra: pip install 'certaindex[server]' ({exc})") from None
+    except ImportError as exc:  # a broken install: FastAPI, uvicorn and prometheus-client are core dependencies
+        raise ValueError(f"`certaindex serve` cannot start, an install is broken: pip install certaindex ({exc})") from None
     settings = settings_from_args(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
