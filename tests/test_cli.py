@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -85,6 +86,7 @@ def test_solve_on_the_embedded_engine_reports_answer_and_saving(model_path) -> N
         "--budget", "256", "--compare", "--json",
     )
     assert proc.returncode in (0, 3), proc.stderr
+    assert "llama_context" not in proc.stderr and "llama_model_loader" not in proc.stderr  # quiet by default
     payload = json.loads(proc.stdout)
     result, full = payload["result"], payload["full"]
     assert payload["engine"].startswith("embedded:SmolLM2-135M")
@@ -114,6 +116,29 @@ def test_solve_compare_json_reports_an_early_exit_that_is_a_prefix_of_full_reaso
     assert full["stop_reason"] == "budget"  # the script runs past the budget: one forced probe at the end
     assert full["reasoning"].startswith(result["reasoning"]) and len(result["reasoning"]) < len(full["reasoning"])
     assert result["total_tokens"] < full["total_tokens"]
+
+
+@pytest.mark.model
+def test_verbose_lets_llama_cpp_log_through(model_path) -> None:
+    proc = run_cli("solve", "What is 2+2?", "--budget", "4", "--probe-interval", "2", "--verbose")
+    assert proc.returncode in (0, 3), proc.stderr
+    assert "llama_context" in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["solve", "q"], ["bench"], ["record", "--out", "x"], ["serve"], ["loadtest"]])
+def test_every_command_that_makes_an_engine_takes_verbose(argv: list[str]) -> None:
+    assert cli.build_parser().parse_args([*argv, "--verbose"]).verbose is True
+
+
+def test_http_client_request_lines_are_quiet_unless_verbose() -> None:
+    import logging
+
+    for verbose, level in ((False, logging.WARNING), (True, logging.INFO)):
+        args = argparse.Namespace(engine="http://127.0.0.1:9/v1", model="m", chat_template="auto", api_key=None,
+                                  extra_body=None, verbose=verbose)
+        cli.common.engine_from_args(args)
+        assert logging.getLogger("httpx").getEffectiveLevel() == level
+    cli.common.quiet_http_logs(False)
 
 
 @pytest.mark.model

@@ -7,8 +7,9 @@ import logging
 import os
 from dataclasses import replace
 
-from certaindex.programs.cot import CoTConfig
+from certaindex.cli.common import quiet_http_logs
 from certaindex.core.validation import parse_json_object
+from certaindex.programs.cot import CoTConfig
 
 
 def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +62,8 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-content", action="store_true",
                        help="log prompts and answers (off by default: only sizes and timings are logged)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--verbose", action="store_true",
+                       help="also log one line per upstream request (httpx) and llama.cpp's own lines")
     serve.set_defaults(handler=_serve)
 
 
@@ -82,6 +85,7 @@ def settings_from_args(args: argparse.Namespace):
             upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
             log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
             capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
+            verbose=args.verbose,
         ),
         cot=cot,
     )
@@ -96,6 +100,7 @@ async def _serve(args: argparse.Namespace) -> int:
         raise ValueError(f"`certaindex serve` cannot start, an install is broken: pip install certaindex ({exc})") from None
     settings = settings_from_args(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_http_logs(args.verbose)
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         logging.getLogger("certaindex.server").warning(
             "listening on %s without --api-key: anyone who can reach this address can use the engine", args.host)

@@ -59,6 +59,7 @@ class EmbeddedEngine(Engine):
         n_threads: int | None = None,
         logprobs: bool = False,
         chat_template: str | None = None,
+        verbose: bool = False,
     ) -> None:
         try:
             import llama_cpp  # noqa: F401
@@ -70,7 +71,7 @@ class EmbeddedEngine(Engine):
         self.model_path = path
         self.n_ctx = n_ctx
         self.logprobs_enabled = logprobs
-        self._llama = self._load(path, n_ctx, n_threads or max(1, os.cpu_count() or 1), logprobs)
+        self._llama = self._load(path, n_ctx, n_threads or max(1, os.cpu_count() or 1), logprobs, verbose)
         self._lock = threading.Lock()
         self._template = self._template_from_model(chat_template)
 
@@ -79,9 +80,10 @@ class EmbeddedEngine(Engine):
         return f"embedded:{self.model_path.name}"
 
     @staticmethod
-    def _load(path: Path, n_ctx: int, n_threads: int, logits_all: bool) -> Any:
+    def _load(path: Path, n_ctx: int, n_threads: int, logits_all: bool, verbose: bool = False) -> Any:
         from llama_cpp import Llama
 
+        set_llama_log(verbose)
         try:
             return Llama(
                 model_path=str(path),
@@ -89,7 +91,7 @@ class EmbeddedEngine(Engine):
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
                 logits_all=logits_all,
-                verbose=False,
+                verbose=verbose,
             )
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"llama.cpp could not load {path}: {exc}") from exc
@@ -235,6 +237,31 @@ class EmbeddedEngine(Engine):
             close = getattr(llama, "close", None)
             if close is not None:
                 close()
+
+
+_LOG_CALLBACK: Any = None  # kept referenced: llama.cpp holds only a raw pointer to it
+
+
+def set_llama_log(verbose: bool) -> None:
+    """Route llama.cpp's process-wide log: to stderr when ``verbose``, else nowhere.
+
+    llama-cpp-python's own callback reads this build's log levels wrongly (a warning passes as an
+    error), so even ``Llama(verbose=False)`` printed ``llama_context: n_ctx_per_seq (4096) <
+    n_ctx_train ...`` on every load. Failures still reach the caller as exceptions."""
+    import ctypes
+    import sys
+
+    import llama_cpp
+
+    global _LOG_CALLBACK
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if verbose:
+            print(text.decode("utf-8", "replace"), end="", flush=True, file=sys.stderr)
+
+    _LOG_CALLBACK = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 def _logprobs(raw: Any) -> tuple[TokenLogprobs, ...] | None:

@@ -40,6 +40,7 @@ class ServerSettings:
     capacity: int | None = None  # upstream requests in flight; None: 1 embedded, else max_concurrency
     aging_s: float = 30.0  # a program this old goes before all later ones
     engine_priorities: bool = False  # send each request's priority upstream (vLLM --scheduling-policy priority)
+    verbose: bool = False  # let the embedded engine's llama.cpp log through
 
     @property
     def scheduler_capacity(self) -> int:
