@@ -38,6 +38,9 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--budget", type=int, default=4096, help="default most reasoning tokens (default 4096)")
     serve.add_argument("--probe-interval", type=int, default=64, help="default tokens between probes (default 64)")
     serve.add_argument("--k", type=int, default=3, help="default agreeing probes needed to stop (default 3)")
+    serve.add_argument("--plain-max-tokens", type=int, default=1024,
+                       help="policy off on the embedded engine: most tokens when a request gives no max_tokens "
+                       "(default 1024)")
     serve.add_argument("--max-concurrency", type=int, default=64, help="requests served at once (default 64)")
     serve.add_argument("--max-queue", type=int, default=256,
                        help="requests waiting for a slot before 429 is answered (default 256)")
@@ -85,7 +88,7 @@ def settings_from_args(args: argparse.Namespace):
             upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
             log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
             capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
-            verbose=args.verbose,
+            verbose=args.verbose, plain_max_tokens=args.plain_max_tokens,
         ),
         cot=cot,
     )

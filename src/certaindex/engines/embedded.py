@@ -10,11 +10,12 @@ evaluate the new tokens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import threading
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 from certaindex.engines.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
 from certaindex.engines.base import (
@@ -74,6 +75,10 @@ class EmbeddedEngine(Engine):
         self._llama = self._load(path, n_ctx, n_threads or max(1, os.cpu_count() or 1), logprobs, verbose)
         self._lock = threading.Lock()
         self._template = self._template_from_model(chat_template)
+        # Observable for the server's metrics and for tests: llama.cpp runs that are under way now,
+        # and those cut short because their caller went away (cancelled, a stream closed).
+        self.generating = 0
+        self.stopped_early = 0
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -167,7 +172,7 @@ class EmbeddedEngine(Engine):
         return kwargs
 
     def _one(self, request: GenerationRequest, seed: int | None, cancelled: threading.Event) -> Choice:
-        with self._lock:
+        with self._lock, self._running(cancelled):
             try:
                 out = self._llama.create_completion(**self._kwargs(request, seed, cancelled))
             except ValueError as exc:  # context overflow and similar
@@ -193,7 +198,7 @@ class EmbeddedEngine(Engine):
 
         def produce() -> None:
             try:
-                with self._lock:
+                with self._lock, self._running(cancelled):
                     kwargs = self._kwargs(request, request.seed, cancelled)
                     for chunk in self._llama.create_completion(stream=True, **kwargs):
                         loop.call_soon_threadsafe(queue.put_nowait, chunk)
@@ -230,6 +235,17 @@ class EmbeddedEngine(Engine):
         finally:
             cancelled.set()
             await asyncio.shield(worker)
+
+    @contextlib.contextmanager
+    def _running(self, cancelled: threading.Event) -> Iterator[None]:
+        """Count a llama.cpp run while it lasts, and whether its caller's leaving cut it short."""
+        self.generating += 1
+        try:
+            yield
+        finally:
+            self.generating -= 1
+            if cancelled.is_set():
+                self.stopped_early += 1
 
     async def aclose(self) -> None:
         llama, self._llama = getattr(self, "_llama", None), None
