@@ -24,6 +24,7 @@ import pytest
 from certaindex.programs.cot import CoTConfig
 from tests.misbehaving_upstream import FakeUpstream, serve_in_thread
 from tests.test_server import COT, start_stack, wait_until
+from tests.conftest import UTF8_SLACK
 
 POLICIES = ["off", "full", "cot", "sc"]
 LONG_STORY = [{"role": "user", "content": "Write a very long story about a dragon who learns to count."}]
@@ -106,7 +107,7 @@ def test_a_client_that_leaves_cancels_the_embedded_generation(embedded_stack, po
         "model": "m", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4,
         "certaindex": {"policy": "off"}})
     assert reply.status_code == 200
-    assert reply.json()["usage"]["completion_tokens"] <= 4
+    assert reply.json()["usage"]["completion_tokens"] <= 4 + UTF8_SLACK
 
 
 # -- policy off on the embedded engine without max_tokens ------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from certaindex.core.answers import answers_equal
 from certaindex.engines.base import GenerationRequest
 from certaindex.programs.cot import CoTConfig, solve_cot
+from tests.conftest import UTF8_SLACK
 
 pytestmark = pytest.mark.model
 
@@ -19,10 +20,10 @@ async def test_engine_generates_and_counts_tokens(embedded_engine) -> None:
     # Only what holds for any text (the model's text moves with the CPU and the KV-cache state):
     assert completion.prompt_tokens == embedded_engine.count_tokens(prompt) > 5
     choice = completion.first
-    assert isinstance(choice.text, str) and 0 <= choice.completion_tokens <= 8
+    assert isinstance(choice.text, str) and 0 <= choice.completion_tokens <= 8 + UTF8_SLACK
     assert choice.finish_reason in ("stop", "length")
     if choice.finish_reason == "length":
-        assert choice.completion_tokens == 8
+        assert choice.completion_tokens >= 8
 
 
 QUESTIONS = [
@@ -46,14 +47,14 @@ async def test_early_exit_on_real_gsm8k_problems(embedded_engine) -> None:
         full = await solve_cot(embedded_engine, question, dataclasses.replace(config, early_exit=False))
         # Accounting: every generated token is counted, probes included.
         assert early.total_tokens == early.reasoning_tokens + early.probe_tokens + early.answer_tokens
-        assert early.probe_tokens == sum(p.tokens for p in early.probes) > 0
-        assert all(p.tokens <= config.probe_tokens for p in early.probes)
-        assert early.reasoning_tokens <= config.budget and full.reasoning_tokens <= config.budget
+        assert early.probe_tokens == sum(p.tokens for p in early.probes)
+        assert all(p.tokens <= config.probe_tokens + UTF8_SLACK for p in early.probes)
+        assert max(early.reasoning_tokens, full.reasoning_tokens) <= config.budget + UTF8_SLACK
         assert full.probe_tokens == 0 or full.stop_reason == "budget"
-        # Probes are forked every probe_interval reasoning tokens.
-        assert [p.at_tokens for p in early.probes[:-1]] == [
-            config.probe_interval * (i + 1) for i in range(len(early.probes) - 1)
-        ]
+        # Probes are forked every probe_interval reasoning tokens (a chunk may run a few byte
+        # tokens over, to finish a UTF-8 character).
+        gaps = [b - a for a, b in zip([0] + [p.at_tokens for p in early.probes], [p.at_tokens for p in early.probes])]
+        assert all(config.probe_interval <= gap <= config.probe_interval + UTF8_SLACK for gap in gaps[:-1])
         # The program stops exactly when its own probe history says the answer has settled.
         settled = [
             i for i in range(config.k - 1, len(early.probes))

@@ -9,7 +9,7 @@ import pytest
 from certaindex.engines.base import EngineError, GenerationRequest
 from certaindex.engines.http import HTTPEngine, normalise_base_url
 from certaindex.programs.cot import CoTConfig, solve_cot
-from tests.conftest import free_port, start_llama_server
+from tests.conftest import UTF8_SLACK, free_port, start_llama_server
 
 # llama-cpp-python's server applies repeat_penalty 1.1 unless told otherwise; the embedded engine uses 1.0.
 SAME_SAMPLING = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
@@ -29,9 +29,9 @@ async def test_http_engine_completes_with_logprobs_and_usage(llama_server: str) 
         # Only what holds for any text the model writes (it moves with the CPU and the cache state,
         # so the two greedy samples are not compared with each other).
         for choice in completion.choices:
-            assert 0 <= choice.completion_tokens <= 6 and choice.finish_reason in ("stop", "length")
+            assert 0 <= choice.completion_tokens <= 6 + UTF8_SLACK and choice.finish_reason in ("stop", "length")
             if choice.finish_reason == "length":
-                assert choice.completion_tokens == 6
+                assert choice.completion_tokens >= 6
             assert choice.logprobs is not None and len(choice.logprobs) == choice.completion_tokens
             assert all(lp.logprob <= 0 and 1 <= len(lp.top) <= 3 for lp in choice.logprobs)
 
@@ -42,8 +42,8 @@ async def test_early_exit_runs_through_the_server(llama_server: str) -> None:
     async with HTTPEngine(llama_server, chat_template="chatml", extra_body=SAME_SAMPLING) as engine:
         over_http = await solve_cot(engine, QUESTION, config)
     assert over_http.total_tokens == over_http.reasoning_tokens + over_http.probe_tokens + over_http.answer_tokens
-    assert all(p.tokens <= config.probe_tokens for p in over_http.probes)
-    assert over_http.reasoning_tokens <= config.budget and isinstance(over_http.reasoning, str)
+    assert all(p.tokens <= config.probe_tokens + UTF8_SLACK for p in over_http.probes)
+    assert over_http.reasoning_tokens <= config.budget + UTF8_SLACK and isinstance(over_http.reasoning, str)
     assert over_http.stop_reason in ("certain", "finished", "budget")
     if over_http.reasoning_tokens >= config.probe_interval and over_http.stop_reason != "finished":
         assert over_http.probes  # it probed on the way

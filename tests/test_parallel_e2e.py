@@ -7,6 +7,7 @@ import pytest
 from certaindex.engines.embedded import EmbeddedEngine
 from certaindex.programs.deepconf import DeepConfConfig, deepconf
 from certaindex.programs.self_consistency import NoAnswerError, SCConfig, first_finish, self_consistency
+from tests.conftest import UTF8_SLACK
 
 pytestmark = pytest.mark.model
 
@@ -39,7 +40,7 @@ async def test_self_consistency_early_stop_spends_no_more_than_fixed_n(embedded_
     early_used, early_tokens, early_samples = await _sc_or_no_answer(embedded_engine, base)
     assert fixed_used == 6 and fixed_tokens > 0
     assert 3 <= early_used <= 6 and early_tokens > 0
-    assert all(0 <= s.tokens <= 96 for s in fixed_samples + early_samples)
+    assert all(0 <= s.tokens <= 96 + UTF8_SLACK for s in fixed_samples + early_samples)
 
 
 async def test_first_finish_and_deepconf_on_real_logprobs(logprob_engine) -> None:

@@ -13,6 +13,7 @@ from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX, PROBE_STOPS
 from certaindex.programs.cot import solve_cot
 from certaindex.traces import TraceHeader, TraceSet, TraceSettings, record_one
 from tests.fakes import ScriptedFakeEngine
+from tests.conftest import UTF8_SLACK
 
 G = 5
 
@@ -192,14 +193,14 @@ async def test_record_and_replay_on_the_embedded_model(model_path, tmp_path) -> 
         assert read_traces(path).records == traces.records
         record = traces.records[0]
         assert record.has_entropy() and all(c.entropy >= 0 and c.confidence > 0 for c in record.chunks if c.tokens)
-        assert all(c.tokens == 16 for c in record.chunks[:-1])
+        assert all(16 <= c.tokens <= 16 + UTF8_SLACK for c in record.chunks[:-1])
         config = s.cot_config(probe_interval=16, k=2)
         replay = ReplayEngine(traces)
         replayed = await solve_cot(replay, problem.question, config)
         recorded = "".join(c.text for c in record.chunks)
-        assert recorded.startswith(replayed.reasoning) and replayed.reasoning_tokens <= s.budget
+        assert recorded.startswith(replayed.reasoning) and replayed.reasoning_tokens <= s.budget + UTF8_SLACK
         assert replayed.total_tokens == replayed.reasoning_tokens + replayed.probe_tokens + replayed.answer_tokens
-        assert all(p.tokens <= s.probe_tokens for p in replayed.probes)
+        assert all(p.tokens <= s.probe_tokens + UTF8_SLACK for p in replayed.probes)
         # A coarser interval replays too: probes every 32 recorded tokens (and the forced last one),
         # the reasoning a prefix of the recorded one.
         coarse = await solve_cot(replay, problem.question, s.cot_config(probe_interval=32, k=1))
