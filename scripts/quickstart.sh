@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install certaindex with the embedded engine into .venv, then solve a GSM8K test question with
-# early exit and compare against full reasoning. Extra arguments go to `certaindex solve`.
+# Install certaindex (embedded engine and proxy included) into .venv, replay certaindex on recorded traces
+# of a real reasoning model, then solve a GSM8K test question live on the tiny embedded model with early
+# exit and compare against full reasoning. Extra arguments go to `certaindex solve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
