@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install certaindex with the embedded engine into .venv, then solve a GSM8K test question with
-# early exit and compare against full reasoning. Extra arguments go to `certaindex solve`.
+# Install certaindex (embedded engine and proxy included) into .venv, replay certaindex on recorded traces
+# of a real reasoning model, then solve a GSM8K test question live on the tiny embedded model with early
+# exit and compare against full reasoning. Extra arguments go to `certaindex solve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
@@ -9,12 +10,17 @@ ensure_venv embedded
 #    (DeepSeek-R1-Distill-Qwen-7B, 50 MATH500 problems shipped in the package): no model runs.
 echo "== 1/2 Replay on recorded traces of a real reasoning model (DeepSeek-R1-Distill-Qwen-7B) =="
 .venv/bin/certaindex demo
-echo
-echo "== 2/2 Mechanism demo: a live early-exit solve on a tiny model (SmolLM2-135M, embedded) =="
-echo "   (a 135M model reasons poorly: this shows the probes and the early exit at work, not accuracy)"
-# GSM8K test problem 34 (gold answer 23). The embedded 135M model is a weak reasoner: the point here
-# is the early exit and the tokens it saves; --expected prints whether the answer is right.
-# tests/test_quickstart.py runs this question and checks that an answer comes back.
+# Live run: a mechanism demo on a tiny model. GSM8K test problem 34 (gold answer 23) on the embedded
+# SmolLM2-135M, a weak reasoner that often answers wrong, loops, or finishes early: it shows the probes
+# and the early exit working live, not what they save on a real reasoning model. When early exit costs
+# more than full reasoning here, `solve` says why (the probes are paid tokens; short reasoning leaves
+# nothing for them to cut). tests/test_quickstart.py runs this question and checks the accounting.
 QUESTION="Siobhan has 2 fewer jewels than Aaron. Aaron has 5 more jewels than half of Raymond's jewels. If Raymond has 40 jewels, how many jewels does Siobhan have?"
 EXPECTED=23
+echo
+echo "== 2/2 Live mechanism demo on SmolLM2-135M (a tiny model, on this CPU) =="
+echo "It shows probing and early exit happening; its answer is often wrong and its saving can be"
+echo "negative on such short reasoning. What early exit saves on a real reasoning model is measured"
+echo "on recorded traces: step 1 above, and benchmarks/README.md."
+echo
 exec .venv/bin/certaindex solve "$QUESTION" --expected "$EXPECTED" --compare "$@"

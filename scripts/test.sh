@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-ensure_venv embedded,server,test
+ensure_venv embedded,test
 exec .venv/bin/python -m pytest -q "$@"

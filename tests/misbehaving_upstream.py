@@ -41,6 +41,9 @@ class FakeUpstream:
     streams_closed_early: int = 0
     chat_bodies: list[dict[str, Any]] = field(default_factory=list)
     other_paths: list[str] = field(default_factory=list)
+    chat_tokens: int | None = None  # the chat endpoint writes this many tokens (token_delay_s apart)
+    in_flight: int = 0  # requests being generated now, streamed or not
+    abandoned: int = 0  # requests whose client (the proxy) left before the end: streamed or not
 
     def kind(self, prompt: str) -> str:
         return "probe" if prompt.endswith(DEFAULT_PROBE_SUFFIX) else "chunk"
@@ -77,8 +80,8 @@ class FakeUpstream:
             return Response(b"{not json", media_type="application/json")
         tokens, finish = self.continuation(prompt, int(body["max_tokens"]))
         if not body.get("stream"):
-            if self.token_delay_s:
-                await asyncio.sleep(self.token_delay_s * len(tokens))
+            if self.token_delay_s and not await self._generate_unless_left(request, len(tokens)):
+                return Response(status_code=499)
             return JSONResponse({
                 "id": "cmpl-fake", "object": "text_completion", "model": self.model,
                 "choices": [{"index": 0, "text": "".join(tokens), "finish_reason": finish, "logprobs": None}],
@@ -87,8 +90,23 @@ class FakeUpstream:
             })
         return StreamingResponse(self._stream(prompt, tokens, finish, fault), media_type="text/event-stream")
 
+    async def _generate_unless_left(self, request: Request, tokens: int) -> bool:
+        """Take ``token_delay_s`` per token, as a non-streaming engine would, and notice the client
+        leaving meanwhile (as vLLM does, which then aborts). False if it left."""
+        self.in_flight += 1
+        try:
+            for _ in range(tokens):
+                await asyncio.sleep(self.token_delay_s)
+                if await request.is_disconnected():
+                    self.abandoned += 1
+                    return False
+            return True
+        finally:
+            self.in_flight -= 1
+
     async def _stream(self, prompt: str, tokens: list[str], finish: str, fault: Fault | None) -> Any:
         self.active_streams += 1
+        self.in_flight += 1
         finished = False
         try:
             for i, token in enumerate(tokens):
@@ -108,14 +126,38 @@ class FakeUpstream:
             finished = True
         finally:
             self.active_streams -= 1
+            self.in_flight -= 1
             if not finished:
                 self.streams_closed_early += 1
+                self.abandoned += 1
+
+    async def _chat_stream(self, tokens: int) -> Any:
+        self.in_flight += 1
+        finished = False
+        try:
+            for i in range(tokens):
+                await asyncio.sleep(self.token_delay_s)
+                delta = {"role": "assistant", "content": "word "} if i == 0 else {"content": "word "}
+                event = {"id": "chatcmpl-upstream", "object": "chat.completion.chunk", "model": self.model,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                yield f"data: {json.dumps(event)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            finished = True
+        finally:
+            self.in_flight -= 1
+            if not finished:
+                self.abandoned += 1
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
         self.chat_bodies.append(body)
         if self.faults.get("chat") == "500":
             return JSONResponse({"error": {"message": "injected failure"}}, status_code=500)
+        if self.chat_tokens is not None:  # a long answer, generated token by token
+            if body.get("stream"):
+                return StreamingResponse(self._chat_stream(self.chat_tokens), media_type="text/event-stream")
+            if not await self._generate_unless_left(request, self.chat_tokens):
+                return Response(status_code=499)
         return JSONResponse({
             "id": "chatcmpl-upstream", "object": "chat.completion", "created": 0, "model": self.model,
             "choices": [{"index": 0, "finish_reason": "stop",

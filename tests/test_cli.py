@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 
 from certaindex import cli
 from certaindex.engines.base import EngineError
-from tests.conftest import free_port
+from tests.conftest import UTF8_SLACK, free_port
 from tests.fakes import ScriptedFakeEngine
 
 
@@ -85,12 +86,59 @@ def test_solve_on_the_embedded_engine_reports_answer_and_saving(model_path) -> N
         "--budget", "256", "--compare", "--json",
     )
     assert proc.returncode in (0, 3), proc.stderr
+    assert "llama_context" not in proc.stderr and "llama_model_loader" not in proc.stderr  # quiet by default
     payload = json.loads(proc.stdout)
     result, full = payload["result"], payload["full"]
     assert payload["engine"].startswith("embedded:SmolLM2-135M")
-    assert result["total_tokens"] == result["reasoning_tokens"] + result["probe_tokens"] + result["answer_tokens"]
+    # Only what holds for any text the model writes (its text moves with the CPU and cache state):
+    # the accounting, the stop reasons, the budget. Which reasoning is a prefix of which is checked
+    # on the scripted engine below.
+    for run in (result, full):
+        assert run["total_tokens"] == run["reasoning_tokens"] + run["probe_tokens"] + run["answer_tokens"]
+        assert run["stop_reason"] in ("certain", "finished", "budget") and run["reasoning_tokens"] <= 256 + UTF8_SLACK
+        assert isinstance(run["reasoning"], str)
+    assert full["stop_reason"] != "certain"
     assert full["probe_tokens"] == 0 or full["stop_reason"] == "budget"
-    assert full["reasoning"].startswith(result["reasoning"])
+    assert (result["answer"] is None) == (proc.returncode == 3)
+
+
+def test_solve_compare_json_reports_an_early_exit_that_is_a_prefix_of_full_reasoning(monkeypatch, capsys) -> None:
+    """The logic the embedded-model test cannot assert: on a script whose probes agree, early exit
+    stops ``certain`` with a prefix of full reasoning's text and fewer tokens."""
+    fake = ScriptedFakeEngine(reasoning=[f"step{i} " for i in range(120)], probe_reply=lambda n: ["7", "}"])
+    monkeypatch.setattr(cli.common, "make_engine", lambda *a, **k: fake)
+    code = cli.main(["solve", "What is 3+4?", "--budget", "96", "--probe-interval", "16", "--k", "2",
+                     "--compare", "--json"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    result, full = payload["result"], payload["full"]
+    assert result["stop_reason"] == "certain" and result["answer"] == "7"
+    assert full["stop_reason"] == "budget"  # the script runs past the budget: one forced probe at the end
+    assert full["reasoning"].startswith(result["reasoning"]) and len(result["reasoning"]) < len(full["reasoning"])
+    assert result["total_tokens"] < full["total_tokens"]
+
+
+@pytest.mark.model
+def test_verbose_lets_llama_cpp_log_through(model_path) -> None:
+    proc = run_cli("solve", "What is 2+2?", "--budget", "4", "--probe-interval", "2", "--verbose")
+    assert proc.returncode in (0, 3), proc.stderr
+    assert "llama_context" in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["solve", "q"], ["bench"], ["record", "--out", "x"], ["serve"], ["loadtest"]])
+def test_every_command_that_makes_an_engine_takes_verbose(argv: list[str]) -> None:
+    assert cli.build_parser().parse_args([*argv, "--verbose"]).verbose is True
+
+
+def test_http_client_request_lines_are_quiet_unless_verbose() -> None:
+    import logging
+
+    for verbose, level in ((False, logging.WARNING), (True, logging.INFO)):
+        args = argparse.Namespace(engine="http://127.0.0.1:9/v1", model="m", chat_template="auto", api_key=None,
+                                  extra_body=None, verbose=verbose)
+        cli.common.engine_from_args(args)
+        assert logging.getLogger("httpx").getEffectiveLevel() == level
+    cli.common.quiet_http_logs(False)
 
 
 @pytest.mark.model
@@ -127,7 +175,8 @@ def test_bench_parallel_programs_on_the_embedded_engine(model_path, tmp_path, pr
     fixed = record["modes"]["sc (fixed N)"]
     assert fixed["samples"] == 3 and fixed["total_tokens"] > 0
     other = next(v for k, v in record["modes"].items() if k != "sc (fixed N)")
-    assert 1 <= other["samples"] <= 3 and other["total_tokens"] > 0
+    # best-of-n counts finished candidates, which a 135M model may leave at none within 48 tokens.
+    assert 0 <= other["samples"] <= 3 and other["total_tokens"] > 0
 
 
 def test_solve_reads_a_calibration_file(monkeypatch, capsys, tmp_path) -> None:

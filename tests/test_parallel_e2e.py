@@ -7,6 +7,7 @@ import pytest
 from certaindex.engines.embedded import EmbeddedEngine
 from certaindex.programs.deepconf import DeepConfConfig, deepconf
 from certaindex.programs.self_consistency import NoAnswerError, SCConfig, first_finish, self_consistency
+from tests.conftest import UTF8_SLACK
 
 pytestmark = pytest.mark.model
 
@@ -18,16 +19,28 @@ def logprob_engine(model_path):
     return EmbeddedEngine(model_path=model_path, n_ctx=2048, logprobs=True)
 
 
+async def _sc_or_no_answer(engine, config: SCConfig) -> tuple[int, int, list]:
+    """(samples used, total tokens, samples) of a run; a 135M model may answer nothing, and the
+    cost is still reported."""
+    try:
+        result = await self_consistency(engine, QUESTION, config)
+    except NoAnswerError as exc:
+        return exc.samples_used, exc.total_tokens, []
+    assert result.total_tokens == sum(s.tokens for s in result.samples)
+    return result.samples_used, result.total_tokens, list(result.samples)
+
+
 async def test_self_consistency_early_stop_spends_no_more_than_fixed_n(embedded_engine) -> None:
+    """Counts that hold for any text. That the early run's samples are the fixed run's first ones
+    (same seeds) and cost no more is checked on the scripted engine (tests/test_self_consistency.py):
+    on llama.cpp the same seed can decode differently after other work changed the cache state."""
     base = SCConfig(n=6, first_round=3, round_size=1, max_tokens=96, temperature=0.7, seed=1, threshold=0.5)
-    fixed = await self_consistency(embedded_engine, QUESTION, SCConfig(**{**base.__dict__, "rule": "fixed"}))
-    early = await self_consistency(embedded_engine, QUESTION, base)
-    assert fixed.samples_used == 6 and fixed.stop_reason == "budget"
-    assert fixed.total_tokens == sum(s.tokens for s in fixed.samples)
-    assert 3 <= early.samples_used <= 6
-    # Same seeds: the early run's samples are the fixed run's first samples.
-    assert [s.text for s in early.samples] == [s.text for s in fixed.samples[: early.samples_used]]
-    assert early.total_tokens <= fixed.total_tokens
+    fixed_used, fixed_tokens, fixed_samples = await _sc_or_no_answer(
+        embedded_engine, SCConfig(**{**base.__dict__, "rule": "fixed"}))
+    early_used, early_tokens, early_samples = await _sc_or_no_answer(embedded_engine, base)
+    assert fixed_used == 6 and fixed_tokens > 0
+    assert 3 <= early_used <= 6 and early_tokens > 0
+    assert all(0 <= s.tokens <= 96 + UTF8_SLACK for s in fixed_samples + early_samples)
 
 
 async def test_first_finish_and_deepconf_on_real_logprobs(logprob_engine) -> None:

@@ -58,6 +58,21 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--extra-body",
         help='JSON object of engine-specific fields sent with every HTTP request, e.g. \'{"repeat_penalty": 1.0}\'',
     )
+    add_verbose_arg(group)
+
+
+def add_verbose_arg(parser) -> None:
+    """``--verbose``: the engines' own logs (llama.cpp's, one line per HTTP request), quiet by default."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the engine's own log: llama.cpp's lines, one line per HTTP request")
+
+
+def quiet_http_logs(verbose: bool) -> None:
+    """httpx logs every request at INFO: one line per upstream request drowns a proxy's log."""
+    import logging
+
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def add_cot_args(
@@ -104,6 +119,8 @@ def cot_config(args: argparse.Namespace, early_exit: bool = True) -> CoTConfig:
 
 def engine_from_args(args: argparse.Namespace, logprobs: bool = False):
     extra_body = parse_json_object(args.extra_body, "--extra-body")
+    verbose = bool(getattr(args, "verbose", False))
+    quiet_http_logs(verbose)
     return make_engine(
         args.engine,
         model=args.model,
@@ -111,6 +128,7 @@ def engine_from_args(args: argparse.Namespace, logprobs: bool = False):
         api_key=args.api_key,
         logprobs=logprobs,
         extra_body=extra_body,
+        verbose=verbose,
     )
 
 

@@ -7,8 +7,9 @@ import logging
 import os
 from dataclasses import replace
 
-from certaindex.programs.cot import CoTConfig
+from certaindex.cli.common import quiet_http_logs
 from certaindex.core.validation import parse_json_object
+from certaindex.programs.cot import CoTConfig
 
 
 def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +38,9 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--budget", type=int, default=4096, help="default most reasoning tokens (default 4096)")
     serve.add_argument("--probe-interval", type=int, default=64, help="default tokens between probes (default 64)")
     serve.add_argument("--k", type=int, default=3, help="default agreeing probes needed to stop (default 3)")
+    serve.add_argument("--plain-max-tokens", type=int, default=1024,
+                       help="policy off on the embedded engine: most tokens when a request gives no max_tokens "
+                       "(default 1024)")
     serve.add_argument("--max-concurrency", type=int, default=64, help="requests served at once (default 64)")
     serve.add_argument("--max-queue", type=int, default=256,
                        help="requests waiting for a slot before 429 is answered (default 256)")
@@ -61,6 +65,8 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-content", action="store_true",
                        help="log prompts and answers (off by default: only sizes and timings are logged)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--verbose", action="store_true",
+                       help="also log one line per upstream request (httpx) and llama.cpp's own lines")
     serve.set_defaults(handler=_serve)
 
 
@@ -82,6 +88,7 @@ def settings_from_args(args: argparse.Namespace):
             upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
             log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
             capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
+            verbose=args.verbose, plain_max_tokens=args.plain_max_tokens,
         ),
         cot=cot,
     )
@@ -92,10 +99,11 @@ async def _serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from certaindex.server.app import create_app
-    except ImportError as exc:
-        raise ValueError(f"`certaindex serve` needs the server extra: pip install 'certaindex[server]' ({exc})") from None
+    except ImportError as exc:  # a broken install: FastAPI, uvicorn and prometheus-client are core dependencies
+        raise ValueError(f"`certaindex serve` cannot start, an install is broken: pip install certaindex ({exc})") from None
     settings = settings_from_args(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_http_logs(args.verbose)
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         logging.getLogger("certaindex.server").warning(
             "listening on %s without --api-key: anyone who can reach this address can use the engine", args.host)

@@ -118,6 +118,21 @@ def _print_solution(
             f"[dim]saved:[/dim] {saved} tokens ({pct:.0f}%) against full reasoning, which generated "
             f"{full.total_tokens} tokens ({same})"
         )
+        if saved <= 0:
+            out.print(f"[dim]why:[/dim] {_why_no_saving(result, full)}", highlight=False)
+
+
+def _why_no_saving(result: CoTResult, full: CoTResult) -> str:
+    """Explain a zero or negative saving: probes are real tokens, paid for on top of the reasoning,
+    and they only pay off when they stop reasoning that would otherwise have gone on."""
+    paid = f"its {len(result.probes)} probes cost {result.probe_tokens} tokens"
+    if result.stop_reason != "certain":
+        ended = "finished by itself" if result.stop_reason == "finished" else "ran out of budget"
+        return (f"{paid}, but they never agreed before the model {ended} after {result.reasoning_tokens} "
+                "reasoning tokens, so they were paid on top of the same reasoning")
+    cut = full.reasoning_tokens - result.reasoning_tokens
+    return (f"{paid} and stopped the reasoning only {cut} tokens before full reasoning's "
+            f"{full.reasoning_tokens}: the reasoning was too short for the probes to pay off")
 
 
 def _same(a: str | None, b: str | None) -> bool:

@@ -34,13 +34,14 @@ def make_engine(
     logprobs: bool = False,
     extra_body: dict | None = None,
     timeout_s: float = 300.0,
+    verbose: bool = False,
 ) -> Engine:
     """Build an engine from a command-line style spec.
 
     ``embedded`` (the default model), ``embedded:/path/model.gguf`` or a ``.gguf`` path run llama.cpp
     in process; ``http://host:port`` (with or without ``/v1``) talks to an OpenAI-compatible server,
     ``model`` naming the served model (default: the server's first; ``timeout_s``: how long one
-    read from it may take). Several comma-separated URLs
+    read from it may take; ``verbose``: let llama.cpp's own log through). Several comma-separated URLs
     (``http://a:8000/v1,http://b:8000/v1``) are replicas of one model behind a ReplicatedEngine.
     """
     spec = spec.strip()
@@ -74,6 +75,7 @@ def make_engine(
             model_path=Path(path).expanduser() if path else None,
             chat_template=chat_template,
             logprobs=logprobs,
+            verbose=verbose,
         )
     raise EngineConfigError(
         f"unknown engine {spec!r}: use 'embedded', 'embedded:/path/model.gguf' or an http(s):// URL"

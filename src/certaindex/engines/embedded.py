@@ -10,11 +10,12 @@ evaluate the new tokens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import threading
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 from certaindex.engines.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
 from certaindex.engines.base import (
@@ -59,6 +60,7 @@ class EmbeddedEngine(Engine):
         n_threads: int | None = None,
         logprobs: bool = False,
         chat_template: str | None = None,
+        verbose: bool = False,
     ) -> None:
         try:
             import llama_cpp  # noqa: F401
@@ -70,18 +72,23 @@ class EmbeddedEngine(Engine):
         self.model_path = path
         self.n_ctx = n_ctx
         self.logprobs_enabled = logprobs
-        self._llama = self._load(path, n_ctx, n_threads or max(1, os.cpu_count() or 1), logprobs)
+        self._llama = self._load(path, n_ctx, n_threads or max(1, os.cpu_count() or 1), logprobs, verbose)
         self._lock = threading.Lock()
         self._template = self._template_from_model(chat_template)
+        # Observable for the server's metrics and for tests: llama.cpp runs that are under way now,
+        # and those cut short because their caller went away (cancelled, a stream closed).
+        self.generating = 0
+        self.stopped_early = 0
 
     @property
     def name(self) -> str:  # type: ignore[override]
         return f"embedded:{self.model_path.name}"
 
     @staticmethod
-    def _load(path: Path, n_ctx: int, n_threads: int, logits_all: bool) -> Any:
+    def _load(path: Path, n_ctx: int, n_threads: int, logits_all: bool, verbose: bool = False) -> Any:
         from llama_cpp import Llama
 
+        set_llama_log(verbose)
         try:
             return Llama(
                 model_path=str(path),
@@ -89,7 +96,7 @@ class EmbeddedEngine(Engine):
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
                 logits_all=logits_all,
-                verbose=False,
+                verbose=verbose,
             )
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"llama.cpp could not load {path}: {exc}") from exc
@@ -165,7 +172,7 @@ class EmbeddedEngine(Engine):
         return kwargs
 
     def _one(self, request: GenerationRequest, seed: int | None, cancelled: threading.Event) -> Choice:
-        with self._lock:
+        with self._lock, self._running(cancelled):
             try:
                 out = self._llama.create_completion(**self._kwargs(request, seed, cancelled))
             except ValueError as exc:  # context overflow and similar
@@ -191,7 +198,7 @@ class EmbeddedEngine(Engine):
 
         def produce() -> None:
             try:
-                with self._lock:
+                with self._lock, self._running(cancelled):
                     kwargs = self._kwargs(request, request.seed, cancelled)
                     for chunk in self._llama.create_completion(stream=True, **kwargs):
                         loop.call_soon_threadsafe(queue.put_nowait, chunk)
@@ -229,12 +236,48 @@ class EmbeddedEngine(Engine):
             cancelled.set()
             await asyncio.shield(worker)
 
+    @contextlib.contextmanager
+    def _running(self, cancelled: threading.Event) -> Iterator[None]:
+        """Count a llama.cpp run while it lasts, and whether its caller's leaving cut it short."""
+        self.generating += 1
+        try:
+            yield
+        finally:
+            self.generating -= 1
+            if cancelled.is_set():
+                self.stopped_early += 1
+
     async def aclose(self) -> None:
         llama, self._llama = getattr(self, "_llama", None), None
         if llama is not None:
             close = getattr(llama, "close", None)
             if close is not None:
                 close()
+
+
+_LOG_CALLBACK: Any = None  # kept referenced: llama.cpp holds only a raw pointer to it
+
+
+def set_llama_log(verbose: bool) -> None:
+    """Route llama.cpp's process-wide log: to stderr when ``verbose``, else nowhere.
+
+    llama-cpp-python's own callback reads this build's log levels wrongly (a warning passes as an
+    error), so even ``Llama(verbose=False)`` printed ``llama_context: n_ctx_per_seq (4096) <
+    n_ctx_train ...`` on every load. Failures still reach the caller as exceptions."""
+    import ctypes
+    import sys
+
+    import llama_cpp
+
+    global _LOG_CALLBACK
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if verbose:
+            print(text.decode("utf-8", "replace"), end="", flush=True, file=sys.stderr)
+
+    _LOG_CALLBACK = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 def _logprobs(raw: Any) -> tuple[TokenLogprobs, ...] | None:

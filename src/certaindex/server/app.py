@@ -34,13 +34,14 @@ from certaindex.server.passthrough import Passthrough
 from certaindex.server.responses import chunk, completion_object, new_id, sse, usage_chunk
 from certaindex.server.schema import ChatPlan, Policy, plan_chat
 from certaindex.server.settings import ServerSettings
-from certaindex.server.streaming import ClosingStreamingResponse, cancel_and_wait, wait_for_disconnect
+from certaindex.server.streaming import (
+    ClientGone,
+    ClosingStreamingResponse,
+    cancel_and_wait,
+    unless_client_leaves,
+)
 
 log = logging.getLogger("certaindex.server")
-
-
-class ClientGone(Exception):
-    """The client disconnected; its work was cancelled."""
 
 
 @dataclass
@@ -89,7 +90,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         inner = engine or make_engine(
             settings.upstream or "embedded", model=settings.model, chat_template=settings.chat_template,
             api_key=settings.upstream_api_key, extra_body=settings.engine_extra_body or None,
-            timeout_s=settings.upstream_timeout_s,
+            timeout_s=settings.upstream_timeout_s, verbose=settings.verbose,
         )
         passthrough = None
         if settings.upstream:
@@ -168,8 +169,14 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         await slot.__aenter__()
         started = time.perf_counter()
         try:
-            upstream = await st.passthrough.open(
-                request.method, request.url.path, request.url.query, dict(request.headers), body)
+            # A non-streaming upstream sends its headers only when it has generated everything:
+            # a client that leaves meanwhile closes the upstream request (which aborts it).
+            upstream = await unless_client_leaves(request.receive, st.passthrough.open(
+                request.method, request.url.path, request.url.query, dict(request.headers), body))
+        except ClientGone:
+            slot.release()
+            metrics.disconnects.inc()
+            raise
         except BaseException:
             slot.release()
             metrics.upstream_errors.labels(endpoint).inc()
@@ -241,19 +248,14 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             return await respond_streaming(request, plan, engine_, model)
         started = time.perf_counter()
         async with Slot(st.admission):
-            task = asyncio.ensure_future(run_program(plan, engine_, None))
-            listener = asyncio.ensure_future(wait_for_disconnect(request.receive))
             try:
-                await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
-                if not task.done():
-                    metrics.disconnects.inc()
-                    raise ClientGone()
-                outcome = task.result()
+                outcome = await unless_client_leaves(request.receive, run_program(plan, engine_, None))
+            except ClientGone:
+                metrics.disconnects.inc()
+                raise
             except ProxyError as exc:
                 metrics.requests.labels("chat", plan.policy, str(exc.status)).inc()
                 raise
-            finally:
-                await cancel_and_wait(task, listener)
         record(outcome, plan, "200", time.perf_counter() - started)
         return JSONResponse(completion_object(new_id(), model, outcome))
 
@@ -306,7 +308,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         if plan.passthrough_reason:
             raise bad_request(f"the embedded engine cannot serve this request: {plan.passthrough_reason}")
         st = state()
-        max_tokens = payload.get("max_completion_tokens") or payload.get("max_tokens") or settings.cot.budget
+        max_tokens = payload.get("max_completion_tokens") or payload.get("max_tokens") or settings.plain_max_tokens
         temperature = payload.get("temperature")
         generation = GenerationRequest(
             prompt=st.engine.render_chat(plan.messages),
@@ -317,7 +319,14 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         )
         async with Slot(st.admission):
             try:
-                completion = await asyncio.wait_for(st.engine.generate(generation), settings.request_timeout_s)
+                completion = await unless_client_leaves(
+                    request.receive, asyncio.wait_for(st.engine.generate(generation), settings.request_timeout_s))
+            except ClientGone:
+                metrics.disconnects.inc()
+                raise
+            except asyncio.TimeoutError:
+                raise ProxyError(504, f"the request took longer than {settings.request_timeout_s:g} s",
+                                 "upstream_error", code="request_timeout") from None
             except EngineError as exc:
                 raise engine_error(exc) from exc
         choice = completion.first

@@ -32,6 +32,9 @@ class ServerSettings:
     upstream_timeout_s: float = 300.0  # one upstream read may take this long
     request_timeout_s: float = 900.0  # a whole request may take this long
     max_tokens_limit: int = 131_072  # larger max_tokens / budgets are refused as absurd
+    # Policy ``off`` on the embedded engine without max_tokens: at most this many tokens (not to the
+    # end of the context window, which a looping small model reaches).
+    plain_max_tokens: int = 1024
     max_body_bytes: int = 8 * 1024 * 1024
     log_content: bool = False  # log prompts and outputs (off: only ids, sizes, timings)
     engine_extra_body: dict[str, Any] = field(default_factory=dict)  # sent with every upstream request
@@ -40,6 +43,7 @@ class ServerSettings:
     capacity: int | None = None  # upstream requests in flight; None: 1 embedded, else max_concurrency
     aging_s: float = 30.0  # a program this old goes before all later ones
     engine_priorities: bool = False  # send each request's priority upstream (vLLM --scheduling-policy priority)
+    verbose: bool = False  # let the embedded engine's llama.cpp log through
 
     @property
     def scheduler_capacity(self) -> int:
@@ -59,6 +63,8 @@ class ServerSettings:
             problems.append("timeouts must be positive")
         if self.scheduler not in ("certaindex", "fcfs", "off"):
             problems.append(f"scheduler must be certaindex, fcfs or off, got {self.scheduler!r}")
+        if self.plain_max_tokens < 1:
+            problems.append(f"plain_max_tokens must be at least 1, got {self.plain_max_tokens}")
         if self.capacity is not None and self.capacity < 1:
             problems.append(f"capacity must be at least 1, got {self.capacity}")
         if not 0 <= self.aging_s < float("inf"):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+T = TypeVar("T")
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
@@ -29,6 +31,27 @@ async def cancel_and_wait(*tasks: "asyncio.Future[Any]") -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+class ClientGone(Exception):
+    """The client disconnected; its work was cancelled."""
+
+
+async def unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work`` while listening for the client to leave; if it leaves first, cancel the work
+    and raise ClientGone. For what runs before a response's first byte (a whole non-streaming
+    answer, an upstream's response headers): Starlette would notice the disconnect only when it
+    writes, after the engine had generated everything for nobody. Cancelling the work aborts it:
+    the embedded engine's llama.cpp stops at its next token, an HTTP request closes its connection."""
+    task = asyncio.ensure_future(work)
+    listener = asyncio.ensure_future(wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            raise ClientGone()
+        return task.result()
+    finally:
+        await cancel_and_wait(task, listener)
 
 
 class ClosingStreamingResponse(StreamingResponse):
