@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from certaindex.evaluation.grading import CACHE_FORMAT, TIMEOUT, GradeCache, equivalence_id, run_jobs
+from certaindex.evaluation.grading import CACHE_FORMAT, CACHE_VERSION, TIMEOUT, GradeCache, equivalence_id, run_jobs
 
 CALLS_FILE = "calls.txt"
 
@@ -60,7 +60,7 @@ def test_each_distinct_pair_is_graded_once_and_the_file_is_reused(tmp_path, monk
     assert sorted(log.read_text().splitlines()) == ["eq|3|3", "eq|4|3", "key| 4|", "key|3|"]
     cache.save()
     data = json.loads(path.read_text())
-    assert data["format"] == CACHE_FORMAT and data["version"] == 1 and data["equivalence"] == equivalence_id()
+    assert data["format"] == CACHE_FORMAT and data["version"] == CACHE_VERSION and data["equivalence"] == equivalence_id()
 
     again = GradeCache.load(path)
     stats = again.grade(pairs + [("5", "3")], ["3"], grader=counting_grader)

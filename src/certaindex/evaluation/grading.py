@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 CACHE_FORMAT = "certaindex-grades"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: spaced matrix answers (row breaks followed by a space) are graded right
 
 
 class _TimedOut:
