@@ -37,6 +37,12 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--budget", type=int, default=4096, help="default most reasoning tokens (default 4096)")
     serve.add_argument("--probe-interval", type=int, default=64, help="default tokens between probes (default 64)")
     serve.add_argument("--k", type=int, default=3, help="default agreeing probes needed to stop (default 3)")
+    serve.add_argument("--probe-trigger", default="interval", choices=["interval", "events", "both"],
+                       help="probe every --probe-interval tokens, at events in the reasoning (a conclusion, "
+                            "'Wait'), or both (default interval)")
+    serve.add_argument("--no-side-probes", action="store_true",
+                       help="reason in chunks with probes between them instead of one upstream stream with "
+                            "probes beside it (for servers that run one request at a time, e.g. llama-cpp-python)")
     serve.add_argument("--max-concurrency", type=int, default=64, help="requests served at once (default 64)")
     serve.add_argument("--max-queue", type=int, default=256,
                        help="requests waiting for a slot before 429 is answered (default 256)")
@@ -68,7 +74,8 @@ def settings_from_args(args: argparse.Namespace):
     from certaindex.evaluation.evaluate import apply_calibration, load_calibration
     from certaindex.server.settings import ServerSettings
 
-    cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval, k=args.k)
+    cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval, k=args.k,
+                    probe_trigger=args.probe_trigger, side_probes=not args.no_side_probes)
     if args.calibration:
         cot = apply_calibration(cot, load_calibration(args.calibration), budget=True)
     extra = parse_json_object(args.extra_body, "--extra-body") or {}

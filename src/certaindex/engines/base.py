@@ -103,6 +103,10 @@ class Engine(abc.ABC):
 
     #: Human-readable identity, e.g. ``embedded:SmolLM2-135M-Instruct.Q4_1.gguf``.
     name: str = "engine"
+    #: True when :meth:`stream` yields tokens as they are generated *and* the engine serves other
+    #: requests while a stream is open (HTTP servers): a chain of thought then reasons in one open
+    #: stream with probes on the side. False: it reasons in chunks and probes between them.
+    concurrent_streams: bool = False
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> Completion:

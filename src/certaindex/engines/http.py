@@ -44,6 +44,8 @@ def normalise_base_url(url: str) -> str:
 class HTTPEngine(Engine):
     """An engine behind an OpenAI-compatible server."""
 
+    concurrent_streams = True  # servers batch requests: probes run beside an open stream
+
     def __init__(
         self,
         base_url: str,

@@ -52,6 +52,10 @@ class ReplicatedEngine(Engine):
     ``clock``: seconds, monotonic (a parameter so tests can move time).
     """
 
+    @property
+    def concurrent_streams(self) -> bool:  # type: ignore[override]
+        return all(getattr(r, "concurrent_streams", False) for r in self.replicas)
+
     def __init__(
         self,
         replicas: Sequence[Engine],

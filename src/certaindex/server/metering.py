@@ -27,6 +27,10 @@ class MeteredEngine(Engine):
         self.usage = UpstreamUsage()
         self.name = inner.name
 
+    @property
+    def concurrent_streams(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "concurrent_streams", False))
+
     async def prepare(self) -> None:
         await self.inner.prepare()
 
