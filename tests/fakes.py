@@ -30,7 +30,9 @@ class ScriptedFakeEngine(Engine):
     token_delay_s: float = 0.0  # per streamed token
     probe_delay_s: float = 0.0  # per probe
     fail_probes: bool = False
-    break_stream_at: int | None = None  # the stream breaks off once, after this many streamed tokens
+    break_stream_at: int | None = None  # a stream breaks off after this many streamed tokens in all
+    breaks_left: int = 1  # ... this many times
+    probes_in_flight: int = 0
     calls: list[GenerationRequest] = field(default_factory=list)
     open_streams: int = 0
     streamed: int = 0
@@ -60,8 +62,12 @@ class ScriptedFakeEngine(Engine):
     async def generate(self, request: GenerationRequest) -> Completion:
         self.calls.append(request)
         self._maybe_fail()
-        if self.probe_delay_s and self._is_probe(request):
-            await asyncio.sleep(self.probe_delay_s)
+        if self._is_probe(request):
+            self.probes_in_flight += 1
+            try:
+                await asyncio.sleep(self.probe_delay_s)
+            finally:
+                self.probes_in_flight -= 1
         pieces, finish = self._reply(request)
         text, used = "".join(pieces), len(pieces)
         choices = tuple(Choice(text=text, finish_reason=finish, completion_tokens=used) for _ in range(request.n))
@@ -80,8 +86,8 @@ class ScriptedFakeEngine(Engine):
         try:
             for i, piece in enumerate(pieces):
                 await asyncio.sleep(self.token_delay_s)
-                if self.break_stream_at is not None and self.streamed == self.break_stream_at:
-                    self.break_stream_at = None
+                if self.breaks_left and self.break_stream_at is not None and self.streamed >= self.break_stream_at:
+                    self.breaks_left -= 1
                     raise EngineError("scripted: the stream breaks off")
                 self.streamed += 1
                 yield StreamDelta(piece, 1, finish_reason=finish if i == len(pieces) - 1 else None)
