@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX
 
-Fault = str  # "500" | "hang" | "break" | "malformed" | "400"
+Fault = str  # "500" | "hang" | "break" | "break-once" (the first stream only) | "malformed" | "400"
 
 
 @dataclass
@@ -85,6 +85,9 @@ class FakeUpstream:
                 "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(tokens),
                           "total_tokens": len(prompt) // 4 + len(tokens)},
             })
+        if fault == "break-once":
+            del self.faults[kind]
+            fault = "break"
         return StreamingResponse(self._stream(prompt, tokens, finish, fault), media_type="text/event-stream")
 
     async def _stream(self, prompt: str, tokens: list[str], finish: str, fault: Fault | None) -> Any:

@@ -264,6 +264,19 @@ def test_failed_probes_fall_back_to_the_full_reasoning_answer(stack):
     info = reply.model_extra["certaindex"]
     assert info["stop_reason"] == "finished" and info["probe_failures"] == 1
     assert "\\boxed{7}" in reply.choices[0].message.content
+    # The main stream went on to the model's end: it was neither waited on nor restarted.
+    assert len([r for r in stack.upstream.requests if r["kind"] == "chunk"]) == 1
+
+
+@pytest.mark.stack(upstream={"faults": {"chunk": "break-once"}, "token_delay_s": 0.01})
+def test_a_main_stream_that_breaks_is_resumed_from_its_prefix(stack):
+    reply = stack.client().chat.completions.create(model="m", messages=QUESTION)
+    info = reply.model_extra["certaindex"]
+    assert info["stop_reason"] == "certain" and info["stream_resumes"] == 1
+    chunks = [r for r in stack.upstream.requests if r["kind"] == "chunk"]
+    assert len(chunks) == 2 and chunks[1]["prompt"] == chunks[0]["prompt"] + "step " * 2  # it broke after 2
+    assert chunks[1]["max_tokens"] == COT.budget - 2
+    assert reply.choices[0].message.model_extra["reasoning_content"] == "step " * (COT.k * COT.probe_interval)
 
 
 # -- bad input ---------------------------------------------------------------------------------
