@@ -173,3 +173,47 @@ def test_scheduler_budgets_cover_every_probe_a_trigger_may_send() -> None:
     assert CoTConfig(budget=64, probe_interval=8, probe_trigger="events").max_probes == 9
     assert CoTConfig(budget=64, probe_interval=8, probe_trigger="both").max_probes == 33
     assert CoTConfig(budget=64, probe_interval=8, early_exit=False).max_probes == 1
+
+
+# -- token ids (vLLM's return_token_ids and token-id prompts), on the fake upstream ---------------
+
+
+async def _over_http(token_ids: bool):
+    from certaindex.engines.http import HTTPEngine
+    from tests.misbehaving_upstream import FakeUpstream, serve_in_thread
+
+    fake = FakeUpstream(token_delay_s=0.002)
+    with serve_in_thread(fake.app()) as url:
+        async with HTTPEngine(url, chat_template="chatml", token_ids=token_ids, max_retries=0) as engine:
+            result = await solve_cot(engine, QUESTION, replace(CONFIG, budget=400))
+    return fake, result
+
+
+async def test_probes_continue_the_models_own_token_ids_where_the_server_reports_them() -> None:
+    fake, result = await _over_http(token_ids=True)
+    _, as_text = await _over_http(token_ids=False)
+    assert decisions(result) == decisions(as_text)  # the fake's tokens re-tokenize exactly: same answers
+    assert result.token_id_probes == len(result.probes) > 0 and as_text.token_id_probes == 0
+    stream, *probes = fake.requests
+    assert stream["return_token_ids"] is True and isinstance(stream["prompt"], str)
+    step = fake.vocab["step "]
+    for probe, record in zip(probes, result.probes):
+        ids = probe["prompt"]
+        assert isinstance(ids, list)
+        # prompt (as the server tokenized it) + the model's own reasoning tokens + the suffix's ids
+        assert ids == fake.encode(stream["prompt"]) + [step] * record.at_tokens + fake.encode(CONFIG.probe_suffix)
+
+
+async def test_token_ids_fall_back_to_text_when_the_server_sends_none() -> None:
+    from certaindex.engines.http import HTTPEngine
+    from tests.misbehaving_upstream import FakeUpstream, serve_in_thread
+
+    fake = FakeUpstream(token_delay_s=0.002)
+    with serve_in_thread(fake.app()) as url:
+        async with HTTPEngine(url, chat_template="chatml", token_ids=True, max_retries=0) as engine:
+            async def no_ids(text: str):
+                raise EngineError("no /tokenize here")
+            engine.tokenize = no_ids  # type: ignore[method-assign]
+            result = await solve_cot(engine, QUESTION, replace(CONFIG, budget=400))
+    assert result.stop_reason == "certain" and result.token_id_probes == 0
+    assert all(isinstance(r["prompt"], str) for r in fake.requests)

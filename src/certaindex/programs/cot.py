@@ -139,6 +139,7 @@ class CoTResult:
     # closed (0 on the chunked path): real cost, not part of ``reasoning``.
     overrun_tokens: int = 0
     stream_resumes: int = 0  # times the main stream broke and was resumed from the prefix
+    token_id_probes: int = 0  # probes sent as the model's token ids rather than text
 
     @property
     def total_tokens(self) -> int:
@@ -186,7 +187,7 @@ async def solve_cot(
     question, prompt = await open_prompt(engine, question, config.system_prompt, messages)
     thinking = prompt.rstrip().endswith(THINK_OPEN)
     reasoning = ""
-    reasoning_tokens = probe_tokens = answer_tokens = overrun_tokens = resumes = 0
+    reasoning_tokens = probe_tokens = answer_tokens = overrun_tokens = resumes = id_probes = 0
     prompt_tokens = 0
     probes: list[Probe] = []
     observations: list[ProbeObservation] = []
@@ -227,9 +228,24 @@ async def solve_cot(
             raise EngineError(f"the stream from {engine.name} ended without a finish reason")
         return "".join(parts), tokens, finish, prompt
 
-    async def send_probe(text: str) -> Completion:
-        """One probe on ``text`` (the reasoning so far); its tokens are counted when it answers."""
-        nonlocal probe_tokens
+    suffix_ids: list[tuple[int, ...] | None] = []  # the probe suffix's token ids, asked for once
+
+    async def probe_ids(ids: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        """The probe prompt as token ids: the model's own tokens so far plus the suffix's (None: text)."""
+        if ids is None:
+            return None
+        if not suffix_ids:
+            try:
+                suffix_ids.append(await engine.tokenize(config.probe_suffix))
+            except EngineError:
+                suffix_ids.append(None)
+        return None if suffix_ids[0] is None else ids + suffix_ids[0]
+
+    async def send_probe(text: str, ids: tuple[int, ...] | None = None) -> Completion:
+        """One probe on ``text`` (the reasoning so far; ``ids``: the prompt and it as the model's
+        token ids, where known); its tokens are counted when it answers."""
+        nonlocal probe_tokens, id_probes
+        prompt_ids = await probe_ids(ids)
         completion = await engine.generate(
             GenerationRequest(
                 prompt=prompt + text + config.probe_suffix,
@@ -237,9 +253,11 @@ async def solve_cot(
                 stop=PROBE_STOPS if opens_box(config.probe_suffix) else (),
                 temperature=0.0,
                 seed=config.seed,
+                prompt_ids=prompt_ids,
             )
         )
         probe_tokens += completion.first.completion_tokens
+        id_probes += prompt_ids is not None
         return completion
 
     def record_probe(at_tokens: int, completion: Completion) -> Probe:
@@ -302,7 +320,7 @@ async def solve_cot(
             emit(CoTEvent("chunk", tokens, probe_tokens, text=text[last_point[0]:]))
             last_point[0] = len(text)
 
-        side = SideProbes(lambda point: send_probe(point.reasoning), judge, config.max_probes_in_flight)
+        side = SideProbes(lambda point: send_probe(point.reasoning, point.ids), judge, config.max_probes_in_flight)
         outcome = await reason_in_one_stream(
             engine, prompt, budget=config.budget,
             base=reasoning_request(0),
@@ -385,6 +403,7 @@ async def solve_cot(
         probe_failures=failed_probes,
         overrun_tokens=overrun_tokens,
         stream_resumes=resumes,
+        token_id_probes=id_probes,
     )
     emit(CoTEvent("done", reasoning_tokens, probe_tokens))
     return result

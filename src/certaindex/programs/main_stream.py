@@ -41,6 +41,7 @@ class ProbePoint:
     index: int
     at_tokens: int
     reasoning: str
+    ids: tuple[int, ...] | None = None  # prompt + reasoning as the model's token ids, where the engine reports them
 
 
 @dataclass
@@ -89,10 +90,10 @@ class SideProbes(Generic[T]):
         self.decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._progress = asyncio.Event()
 
-    def offer(self, at_tokens: int, reasoning: str) -> None:
+    def offer(self, at_tokens: int, reasoning: str, ids: tuple[int, ...] | None = None) -> None:
         if not self.active:
             return
-        self._queue.append(ProbePoint(self.offered, at_tokens, reasoning))
+        self._queue.append(ProbePoint(self.offered, at_tokens, reasoning, ids))
         self.offered += 1
         self._launch()
 
@@ -180,13 +181,27 @@ async def reason_in_one_stream(
     from the prefix ``max_resumes`` times, then its error is raised; a stream cut on ``length``
     before the budget (a scheduler's allowance) is simply continued. Cancelling closes the stream."""
     state = {"text": "", "tokens": 0, "prompt_tokens": 0, "resumes": 0, "last_point": 0}
-    pending: list[tuple[int, str]] = []  # a point reached, sent once the stream goes on past it
+    pending: list[tuple[int, str, tuple[int, ...] | None]] = []  # a point reached, sent once the stream goes past it
+    # The model's own tokens, where the engine reports their ids (the prompt's on the first piece).
+    ids: list[int] | None = [] if getattr(engine, "token_ids", False) else None
+    prompt_ids: list[tuple[int, ...]] = []
+
+    def known_ids() -> tuple[int, ...] | None:
+        return prompt_ids[0] + tuple(ids) if ids is not None and prompt_ids else None
 
     def take(delta: StreamDelta) -> None:
+        nonlocal ids
         if delta.tokens > 0 and pending:
-            at, text = pending.pop()
+            at, text, point_ids = pending.pop()
             if probes is not None:
-                probes.offer(at, text)
+                probes.offer(at, text, point_ids)
+        if delta.prompt_ids and not prompt_ids:
+            prompt_ids.append(delta.prompt_ids)
+        if ids is not None:
+            if delta.tokens and (delta.token_ids is None or len(delta.token_ids) != delta.tokens):
+                ids = None  # a piece without its ids: probes fall back to text
+            elif delta.token_ids:
+                ids.extend(delta.token_ids)
         added = delta.text
         state["text"] += added
         state["tokens"] += delta.tokens
@@ -201,7 +216,7 @@ async def reason_in_one_stream(
             and tokens < budget
             and is_point(state["last_point"], tokens, state["text"], added)
         ):
-            pending[:] = [(tokens, state["text"])]
+            pending[:] = [(tokens, state["text"], known_ids())]
             on_point(tokens, state["text"])
             state["last_point"] = tokens
 
@@ -216,6 +231,7 @@ async def reason_in_one_stream(
                 top_p=base.top_p,
                 seed=None if base.seed is None else base.seed + start_tokens,
                 priority=base.priority,
+                prompt_ids=known_ids() if start_tokens else None,  # a resumed stream goes on from the exact tokens
             )
             finish: str | None = None
             try:

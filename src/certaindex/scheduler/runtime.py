@@ -168,6 +168,13 @@ class ScheduledEngine(Engine):
         return bool(getattr(self.inner, "concurrent_streams", False)) and self.scheduler.core.capacity >= 2
 
     @property
+    def token_ids(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "token_ids", False))
+
+    async def tokenize(self, text: str) -> tuple[int, ...]:
+        return await self.inner.tokenize(text)  # no generation: not scheduled
+
+    @property
     def allowance(self) -> int:
         """Tokens this program may still generate."""
         return self.scheduler.core.allowance(self.program_id)

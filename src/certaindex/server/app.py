@@ -31,6 +31,7 @@ from certaindex.server.chat_programs import ChatOutcome, run_chat_program
 from certaindex.server.errors import ProxyError, bad_request, error_body, upstream_failed
 from certaindex.server.metrics import ProxyMetrics
 from certaindex.server.passthrough import Passthrough
+from certaindex.server.plain import plain_events
 from certaindex.server.responses import chunk, completion_object, new_id, sse, usage_chunk
 from certaindex.server.schema import ChatPlan, Policy, plan_chat
 from certaindex.server.settings import ServerSettings
@@ -315,6 +316,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             top_p=float(payload.get("top_p") or 1.0),
             seed=payload.get("seed"),
         )
+        if plan.stream:
+            return await plain_chat_streaming(plan, generation)
         async with Slot(st.admission):
             try:
                 completion = await asyncio.wait_for(st.engine.generate(generation), settings.request_timeout_s)
@@ -327,16 +330,28 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             answer_tokens=choice.completion_tokens, details={"policy": "off", "stop_reason": choice.finish_reason},
         )
         metrics.requests.labels("chat", "off", "200").inc()
-        request_id = new_id()
-        if not plan.stream:
-            return JSONResponse(completion_object(request_id, plan.model or st.engine.name, outcome))
-        model = plan.model or st.engine.name
-        pieces = [sse(chunk(request_id, model, {"role": "assistant", "content": outcome.content})),
-                  sse(chunk(request_id, model, {}, outcome.finish_reason))]
-        if plan.include_usage:
-            pieces.append(sse(usage_chunk(request_id, model, outcome)))
-        pieces.append(sse("[DONE]"))
-        return Response(b"".join(pieces), media_type="text/event-stream")
+        return JSONResponse(completion_object(new_id(), plan.model or st.engine.name, outcome))
+
+    async def plain_chat_streaming(plan: ChatPlan, generation: GenerationRequest) -> Response:
+        """Policy ``off`` on the embedded engine, streamed token by token as llama.cpp generates."""
+        st = state()
+        slot = Slot(st.admission)
+        await slot.__aenter__()  # waits in the bounded queue, or 429 before any byte is sent
+        started = time.perf_counter()
+
+        def finished(outcome: ChatOutcome) -> None:
+            metrics.requests.labels("chat", "off", "200").inc()
+            metrics.duration.labels("chat", "off").observe(time.perf_counter() - started)
+
+        async def done(client_left: bool) -> None:
+            if client_left:
+                metrics.disconnects.inc()
+            slot.release()
+
+        events = plain_events(st.engine, generation, new_id(), plan.model or st.engine.name, plan.include_usage,
+                              on_done=finished)
+        return ClosingStreamingResponse(events, on_close=done, media_type="text/event-stream",
+                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # -- routes --------------------------------------------------------------------------------
 

@@ -31,6 +31,13 @@ class MeteredEngine(Engine):
     def concurrent_streams(self) -> bool:  # type: ignore[override]
         return bool(getattr(self.inner, "concurrent_streams", False))
 
+    @property
+    def token_ids(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "token_ids", False))
+
+    async def tokenize(self, text: str) -> tuple[int, ...]:
+        return await self.inner.tokenize(text)
+
     async def prepare(self) -> None:
         await self.inner.prepare()
 
