@@ -118,8 +118,8 @@ def table(results: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def measure(upstream: str, model: str, prompt: str, proxies: dict[str, str], reps: int, max_tokens: int,
-            cot: dict[str, Any], messages: list[dict[str, str]], direct_extra: dict[str, Any]) -> dict[str, list]:
-    paths = ["direct", "full", "cot", "full/chunked", "cot/chunked"]
+            cot: dict[str, Any], messages: list[dict[str, str]], direct_extra: dict[str, Any],
+            paths: tuple[str, ...] = ("direct", "full", "cot", "full/chunked", "cot/chunked")) -> dict[str, list]:
     results: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
     with httpx.Client(timeout=600) as client:
         for rep in range(reps + 1):  # the first round warms every path up and is not counted
@@ -135,8 +135,8 @@ def measure(upstream: str, model: str, prompt: str, proxies: dict[str, str], rep
     return results
 
 
-def proxies_for(upstream: str, extra: list[str]) -> tuple[list, dict[str, str]]:
-    ports = {"side": free_port(), "chunked": free_port()}
+def proxies_for(upstream: str, extra: list[str], designs: tuple[str, ...] = ("side", "chunked")) -> tuple[list, dict[str, str]]:
+    ports = {design: free_port() for design in designs}
     commands = []
     for design, port in ports.items():
         args = [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", f"{upstream}/v1", "--port", str(port),
@@ -170,15 +170,17 @@ def llama_run(args: argparse.Namespace) -> list[str]:
               "smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
               "--n_threads", str(os.cpu_count() or 1)]
     sampling = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
-    commands, proxies = proxies_for(upstream, ["--extra-body", json.dumps(sampling)])
+    # One proxy as shipped: it recognises llama-cpp-python's server (one request at a time; a new
+    # request interrupts the stream in progress) and reasons in chunks there, probing between them.
+    commands, proxies = proxies_for(upstream, ["--extra-body", json.dumps(sampling)], designs=("side",))
     prompt = ChatTemplate.named("chatml").render(LLAMA_MESSAGES)
     cot = {"probe_interval": args.llama_interval, "k": 1000}  # probes run, never stop the reasoning
-    with process(server, f"{upstream}/v1/models"), process(*commands[0]), process(*commands[1]):
+    with process(server, f"{upstream}/v1/models"), process(*commands[0]):
         results = measure(upstream, "smollm2-135m-instruct", prompt, proxies, args.reps, args.llama_tokens, cot,
-                          LLAMA_MESSAGES, sampling)
-    return [f"llama-cpp-python server (one request at a time), SmolLM2-135M-Instruct Q4_1 on {os.cpu_count()} CPU "
-            f"cores; max {args.llama_tokens} tokens, probe interval {args.llama_interval}, k=1000 (probes never stop it)",
-            *table(results), ""]
+                          LLAMA_MESSAGES, sampling, paths=("direct", "full", "cot"))
+    return [f"llama-cpp-python server (one request at a time: the proxy reasons in chunks there), "
+            f"SmolLM2-135M-Instruct Q4_1 on {os.cpu_count()} CPU cores; max {args.llama_tokens} tokens, "
+            f"probe interval {args.llama_interval}, k=1000 (probes never stop it)", *table(results), ""]
 
 
 def main() -> int:

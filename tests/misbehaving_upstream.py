@@ -31,6 +31,7 @@ Fault = str  # "500" | "hang" | "break" | "break-once" (the first stream only) |
 @dataclass
 class FakeUpstream:
     model: str = "fake-reasoner"
+    owned_by: str = "fake"  # "me" poses as llama-cpp-python's server (one request at a time)
     answer: str = "42"
     token_delay_s: float = 0.0  # per generated token (streams are paced to a schedule, not sleep after sleep)
     request_delay_s: float = 0.0  # before the first token of every request (queueing, prefill)
@@ -75,7 +76,7 @@ class FakeUpstream:
     # -- endpoints ------------------------------------------------------------------------------
 
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": self.owned_by}]})
 
     async def completions(self, request: Request) -> Response:
         body = await request.json()

@@ -217,3 +217,22 @@ async def test_token_ids_fall_back_to_text_when_the_server_sends_none() -> None:
             result = await solve_cot(engine, QUESTION, replace(CONFIG, budget=400))
     assert result.stop_reason == "certain" and result.token_id_probes == 0
     assert all(isinstance(r["prompt"], str) for r in fake.requests)
+
+
+async def test_a_server_that_runs_one_request_at_a_time_gets_chunks_and_probes_between() -> None:
+    """llama-cpp-python's server (``owned_by: me``) interrupts a stream when another request comes:
+    no side probes there."""
+    from certaindex.engines.http import HTTPEngine
+    from tests.misbehaving_upstream import FakeUpstream, serve_in_thread
+
+    for owner, side in (("me", False), ("vllm", True)):
+        fake = FakeUpstream(owned_by=owner)
+        with serve_in_thread(fake.app()) as url:
+            async with HTTPEngine(url, chat_template="chatml", max_retries=0) as engine:
+                result = await solve_cot(engine, QUESTION, CONFIG)
+                assert engine.concurrent_streams is side
+        chunks = [r for r in fake.requests if r["kind"] == "chunk"]
+        assert result.stop_reason == "certain"
+        assert len(chunks) == (1 if side else CONFIG.k)
+    async with HTTPEngine("http://127.0.0.1:9", model="m", concurrent_streams=False) as engine:
+        assert engine.concurrent_streams is False  # set by hand: nothing asked of the server

@@ -41,10 +41,13 @@ def normalise_base_url(url: str) -> str:
     return url
 
 
+#: ``owned_by`` of servers that run one request at a time: llama-cpp-python's server, where a new
+#: request even interrupts the stream in progress. Probes there go between reasoning chunks.
+ONE_AT_A_TIME_OWNERS = frozenset({"me"})
+
+
 class HTTPEngine(Engine):
     """An engine behind an OpenAI-compatible server."""
-
-    concurrent_streams = True  # servers batch requests: probes run beside an open stream
 
     def __init__(
         self,
@@ -59,11 +62,17 @@ class HTTPEngine(Engine):
         max_connections: int = 1024,
         extra_body: dict[str, Any] | None = None,
         token_ids: bool = False,
+        concurrent_streams: bool | None = None,
     ) -> None:
         """``token_ids``: the server reports streamed token ids (``return_token_ids``) and takes
-        token-id prompts, as vLLM does; probes then continue the model's exact tokens."""
+        token-id prompts, as vLLM does; probes then continue the model's exact tokens.
+        ``concurrent_streams``: the server runs requests side by side (vLLM, SGLang, llama.cpp's
+        server), so probes can run beside an open reasoning stream; None: yes, unless
+        ``GET /v1/models`` names a server that runs one request at a time (llama-cpp-python's)."""
         self.base_url = normalise_base_url(base_url)
         self.token_ids = token_ids
+        self._concurrent = concurrent_streams
+        self._one_at_a_time = False
         self.model = model
         self.max_retries = max_retries
         # Engine-specific sampling fields sent with every request, e.g. {"repeat_penalty": 1.0} for
@@ -114,6 +123,10 @@ class HTTPEngine(Engine):
     def name(self) -> str:  # type: ignore[override]
         return f"http:{self.base_url}" + (f" ({self.model})" if self.model else "")
 
+    @property
+    def concurrent_streams(self) -> bool:  # type: ignore[override]
+        return self._concurrent if self._concurrent is not None else not self._one_at_a_time
+
     # -- setup -------------------------------------------------------------------------------
 
     async def connect(self) -> "HTTPEngine":
@@ -121,16 +134,24 @@ class HTTPEngine(Engine):
         if self._parent is not None:
             await self._parent.connect()
             self.model, self._template, self._ready = self._parent.model, self._parent._template, True
+            self._one_at_a_time = self._parent._one_at_a_time
             return self
         async with self._setup_lock:
             if self._ready:
                 return self
-            if self.model is None:
-                models = await self._request_json("GET", "/v1/models")
+            if self.model is None or self._concurrent is None:
+                try:
+                    models = await self._request_json("GET", "/v1/models")
+                except EngineError:
+                    if self.model is None:
+                        raise
+                    models = {}  # the model is named: only the concurrency guess is lost
                 data = models.get("data") or []
-                if not data:
+                if not data and self.model is None:
                     raise EngineError(f"{self.base_url} serves no models (GET /v1/models is empty)")
-                self.model = str(data[0]["id"])
+                if data:
+                    self.model = self.model or str(data[0]["id"])
+                    self._one_at_a_time = data[0].get("owned_by") in ONE_AT_A_TIME_OWNERS
             if self._template is None:
                 self._template = await self._resolve_template()
             self._ready = True
