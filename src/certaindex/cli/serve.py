@@ -40,6 +40,9 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--probe-trigger", default="interval", choices=["interval", "events", "both"],
                        help="probe every --probe-interval tokens, at events in the reasoning (a conclusion, "
                             "'Wait'), or both (default interval)")
+    serve.add_argument("--token-ids", action="store_true",
+                       help="the upstream reports streamed token ids and takes token-id prompts (vLLM's "
+                            "return_token_ids): probes then continue the model's own tokens, not re-tokenized text")
     serve.add_argument("--no-side-probes", action="store_true",
                        help="reason in chunks with probes between them instead of one upstream stream with "
                             "probes beside it (for servers that run one request at a time, e.g. llama-cpp-python)")
@@ -89,6 +92,7 @@ def settings_from_args(args: argparse.Namespace):
             upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
             log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
             capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
+            token_ids=args.token_ids,
         ),
         cot=cot,
     )

@@ -40,6 +40,7 @@ class ServerSettings:
     capacity: int | None = None  # upstream requests in flight; None: 1 embedded, else max_concurrency
     aging_s: float = 30.0  # a program this old goes before all later ones
     engine_priorities: bool = False  # send each request's priority upstream (vLLM --scheduling-policy priority)
+    token_ids: bool = False  # the upstream reports and takes token ids (vLLM): probes continue the model's own tokens
 
     @property
     def scheduler_capacity(self) -> int:
