@@ -199,7 +199,7 @@ def main() -> int:
              f"medians of {args.reps} interleaved repetitions after one warm-up",
              "# wall: request sent -> last event; TTFT: -> first reasoning token; ratios against 'direct' in the "
              "same run", ""]
-    for pair in args.settings.split(";"):
+    for pair in filter(None, args.settings.split(";")):
         r, t = (float(x) for x in pair.split(","))
         lines += fake_run(r, t, args)
         print("\n".join(lines), flush=True)

@@ -234,5 +234,12 @@ async def test_a_server_that_runs_one_request_at_a_time_gets_chunks_and_probes_b
         chunks = [r for r in fake.requests if r["kind"] == "chunk"]
         assert result.stop_reason == "certain"
         assert len(chunks) == (1 if side else CONFIG.k)
+        if not side:  # full reasoning sends no side request: one stream even there
+            fake.requests.clear()
+            with serve_in_thread(fake.app()) as url:
+                async with HTTPEngine(url, chat_template="chatml", max_retries=0) as engine:
+                    full = await solve_cot(engine, QUESTION, replace(CONFIG, early_exit=False))
+            assert full.stop_reason == "budget" and full.reasoning_tokens == CONFIG.budget
+            assert [r["kind"] for r in fake.requests] == ["chunk", "probe"]  # one stream, the forced answer
     async with HTTPEngine("http://127.0.0.1:9", model="m", concurrent_streams=False) as engine:
         assert engine.concurrent_streams is False  # set by hand: nothing asked of the server

@@ -112,6 +112,9 @@ class Engine(abc.ABC):
     #: requests while a stream is open (HTTP servers): a chain of thought then reasons in one open
     #: stream with probes on the side. False: it reasons in chunks and probes between them.
     concurrent_streams: bool = False
+    #: True when :meth:`stream` yields tokens as they are generated (HTTP servers). Full reasoning
+    #: (no probes, so no side requests) is then one stream even where requests run one at a time.
+    streams_tokens: bool = False
     #: True when the engine reports the token ids it streams and takes token-id prompts
     #: (``GenerationRequest.prompt_ids``, :meth:`tokenize`): probes then continue exactly the
     #: model's tokens rather than re-tokenized text.

@@ -49,6 +49,8 @@ ONE_AT_A_TIME_OWNERS = frozenset({"me"})
 class HTTPEngine(Engine):
     """An engine behind an OpenAI-compatible server."""
 
+    streams_tokens = True
+
     def __init__(
         self,
         base_url: str,

@@ -60,6 +60,10 @@ class ReplicatedEngine(Engine):
     def token_ids(self) -> bool:  # type: ignore[override]
         return all(getattr(r, "token_ids", False) for r in self.replicas)
 
+    @property
+    def streams_tokens(self) -> bool:  # type: ignore[override]
+        return all(getattr(r, "streams_tokens", False) for r in self.replicas)
+
     async def tokenize(self, text: str) -> tuple[int, ...]:
         """By the first replica that answers (they serve one model)."""
         error: EngineError | None = None

@@ -183,7 +183,8 @@ async def solve_cot(
     certaindex. ``messages``: reason about this whole conversation (rendered as is,
     ``config.system_prompt`` unused) rather than ``question`` alone. ``main_stream``: reason in one
     open stream with probes on the side (default: ``config.side_probes`` where
-    ``engine.concurrent_streams``), else in chunks with probes between them."""
+    ``engine.concurrent_streams``, and full reasoning where ``engine.streams_tokens``), else in
+    chunks with probes between them."""
     question, prompt = await open_prompt(engine, question, config.system_prompt, messages)
     thinking = prompt.rstrip().endswith(THINK_OPEN)
     reasoning = ""
@@ -195,8 +196,9 @@ async def solve_cot(
     emit = on_event or (lambda _event: None)
     early_exit = config.early_exit
     failed_probes = 0
-    if main_stream is None:
-        main_stream = config.side_probes and bool(getattr(engine, "concurrent_streams", False))
+    if main_stream is None:  # full reasoning sends no side request: one stream wherever tokens stream
+        main_stream = config.side_probes and bool(
+            getattr(engine, "concurrent_streams", False) or (not early_exit and getattr(engine, "streams_tokens", False)))
 
     def reasoning_request(done_tokens: int) -> GenerationRequest:
         return GenerationRequest(

@@ -35,6 +35,10 @@ class MeteredEngine(Engine):
     def token_ids(self) -> bool:  # type: ignore[override]
         return bool(getattr(self.inner, "token_ids", False))
 
+    @property
+    def streams_tokens(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "streams_tokens", False))
+
     async def tokenize(self, text: str) -> tuple[int, ...]:
         return await self.inner.tokenize(text)
 
