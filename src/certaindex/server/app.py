@@ -201,7 +201,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         metrics.requests.labels("chat", plan.policy, status).inc()
         metrics.duration.labels("chat", plan.policy).observe(seconds)
         for kind, value in (("prompt", outcome.prompt_tokens), ("reasoning", outcome.reasoning_tokens),
-                            ("probe", outcome.probe_tokens), ("answer", outcome.answer_tokens)):
+                            ("overrun", outcome.overrun_tokens), ("probe", outcome.probe_tokens),
+                            ("answer", outcome.answer_tokens)):
             metrics.tokens.labels(kind).inc(value)
         metrics.stops.labels(str(outcome.details.get("stop_reason"))).inc()
         metrics.probe_failures.inc(int(outcome.details.get("probe_failures") or 0))
