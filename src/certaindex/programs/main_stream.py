@@ -8,8 +8,9 @@ budget or the model's own end. At each probe point a probe (prompt + the reasoni
 Decisions depend on positions, never on timing:
 
 * a probe point is taken at the token position the stream has reached, and it is only *confirmed*
-  (sent) once the stream goes on past it, exactly as the chunked path probes after a chunk that
-  ended on ``length`` and not after the model's last chunk;
+  (sent) once something follows it (a token, or the model's end as a piece of its own), exactly as
+  the chunked path probes after a chunk that ended on ``length`` and not after a chunk cut by a
+  stop string;
 * a probe point that comes while ``max_in_flight`` probes are running is **queued, not skipped**,
   so every point gets its probe, as in the chunked path and in replayed traces;
 * probes are judged strictly in position order (an early answer waits for the ones before it).
@@ -191,7 +192,10 @@ async def reason_in_one_stream(
 
     def take(delta: StreamDelta) -> None:
         nonlocal ids
-        if delta.tokens > 0 and pending:
+        if pending and (delta.tokens > 0 or delta.finish_reason):
+            # Something came after the point: more tokens, or the model's end as its own piece (an
+            # engine samples the end of text after token p, so a chunk of p tokens said "length"
+            # and was probed). An end that came with token p itself (a stop string) is not probed.
             at, text, point_ids = pending.pop()
             if probes is not None:
                 probes.offer(at, text, point_ids)
