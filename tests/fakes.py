@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from certaindex.engines.chat_template import ChatTemplate
-from certaindex.engines.base import Choice, Completion, Engine, EngineError, GenerationRequest
+from certaindex.engines.base import Choice, Completion, Engine, EngineError, GenerationRequest, StreamDelta
 from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX, THINK_CLOSE
 
 
@@ -25,7 +26,16 @@ class ScriptedFakeEngine(Engine):
     ends_naturally: bool = True
     thinking: bool = False
     fail_after_calls: int | None = None
+    streaming: bool = False  # stream token by token and serve probes meanwhile (like an HTTP server)
+    token_delay_s: float = 0.0  # per streamed token
+    probe_delay_s: float = 0.0  # per probe
+    fail_probes: bool = False
+    break_stream_at: int | None = None  # a stream breaks off after this many streamed tokens in all
+    breaks_left: int = 1  # ... this many times
+    probes_in_flight: int = 0
     calls: list[GenerationRequest] = field(default_factory=list)
+    open_streams: int = 0
+    streamed: int = 0
     name: str = "fake:scripted"
     _base: str = ""
 
@@ -51,10 +61,54 @@ class ScriptedFakeEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> Completion:
         self.calls.append(request)
+        self._maybe_fail()
+        if self._is_probe(request):
+            self.probes_in_flight += 1
+            try:
+                await asyncio.sleep(self.probe_delay_s)
+            finally:
+                self.probes_in_flight -= 1
+        pieces, finish = self._reply(request)
+        text, used = "".join(pieces), len(pieces)
+        choices = tuple(Choice(text=text, finish_reason=finish, completion_tokens=used) for _ in range(request.n))
+        return Completion(choices=choices, prompt_tokens=len(request.prompt.split()))
+
+    @property
+    def concurrent_streams(self) -> bool:  # type: ignore[override]
+        return self.streaming
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """Token by token (``streaming=True`` makes solve_cot reason in one stream with side probes)."""
+        self.calls.append(request)
+        self._maybe_fail()
+        pieces, finish = self._reply(request)
+        self.open_streams += 1
+        try:
+            for i, piece in enumerate(pieces):
+                await asyncio.sleep(self.token_delay_s)
+                if self.breaks_left and self.break_stream_at is not None and self.streamed >= self.break_stream_at:
+                    self.breaks_left -= 1
+                    raise EngineError("scripted: the stream breaks off")
+                self.streamed += 1
+                yield StreamDelta(piece, 1, finish_reason=finish if i == len(pieces) - 1 else None)
+            if not pieces:
+                yield StreamDelta("", 0, finish_reason=finish)
+        finally:
+            self.open_streams -= 1
+
+    def _is_probe(self, request: GenerationRequest) -> bool:
+        return request.prompt.endswith(DEFAULT_PROBE_SUFFIX)
+
+    def _maybe_fail(self) -> None:
         if self.fail_after_calls is not None and len(self.calls) > self.fail_after_calls:
             raise EngineError("scripted failure")
+
+    def _reply(self, request: GenerationRequest) -> tuple[list[str], str]:
+        """The tokens the script continues ``request`` with (the last cut at a stop string) and why it ends."""
         rest, consumed = self._consumed(request.prompt)
         if rest.endswith(DEFAULT_PROBE_SUFFIX):
+            if self.fail_probes:
+                raise EngineError("scripted probe failure")
             tokens = list(self.probe_reply(consumed))
             out = tokens[: request.max_tokens]
             finish = "length" if len(tokens) > request.max_tokens else "stop"
@@ -67,16 +121,25 @@ class ScriptedFakeEngine(Engine):
             count = min(request.max_tokens, available)
             out = [self._token(consumed + i) for i in range(count)]
             finish = "length" if available > request.max_tokens else "stop"
-        text, used = "", 0
+        pieces: list[str] = []
+        text = ""
         for token in out:  # honour stop strings as servers do: cut before them, finish "stop"
             text += token
-            used += 1
+            pieces.append(token)
             hits = [text.find(s) for s in request.stop if s in text]
             if hits:
-                text, finish = text[: min(hits)], "stop"
-                break
-        choices = tuple(Choice(text=text, finish_reason=finish, completion_tokens=used) for _ in range(request.n))
-        return Completion(choices=choices, prompt_tokens=len(request.prompt.split()))
+                excess = len(text) - min(hits)
+                while excess > 0:  # trim the text from the end, keeping one piece per token
+                    i = _last_nonempty(pieces)
+                    take = min(excess, len(pieces[i]))
+                    pieces[i] = pieces[i][: len(pieces[i]) - take]
+                    excess -= take
+                return pieces, "stop"
+        return pieces, finish
+
+
+def _last_nonempty(pieces: list[str]) -> int:
+    return max(i for i, p in enumerate(pieces) if p)
 
 
 @dataclass

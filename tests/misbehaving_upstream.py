@@ -25,14 +25,17 @@ from starlette.routing import Route
 
 from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX
 
-Fault = str  # "500" | "hang" | "break" | "malformed" | "400"
+Fault = str  # "500" | "hang" | "break" | "break-once" (the first stream only) | "malformed" | "400"
 
 
 @dataclass
 class FakeUpstream:
     model: str = "fake-reasoner"
+    owned_by: str = "fake"  # "me" poses as llama-cpp-python's server (one request at a time)
     answer: str = "42"
-    token_delay_s: float = 0.0
+    token_delay_s: float = 0.0  # per generated token (streams are paced to a schedule, not sleep after sleep)
+    request_delay_s: float = 0.0  # before the first token of every request (queueing, prefill)
+    disagreeing_probes: bool = False  # each probe answers a different number: probes never agree
     finish_after: int | None = None  # reasoning tokens after which the fake writes its answer and stops
     final_text: str = " So the answer is \\boxed{7}."
     faults: dict[str, Fault] = field(default_factory=dict)
@@ -44,6 +47,19 @@ class FakeUpstream:
     chat_tokens: int | None = None  # the chat endpoint writes this many tokens (token_delay_s apart)
     in_flight: int = 0  # requests being generated now, streamed or not
     abandoned: int = 0  # requests whose client (the proxy) left before the end: streamed or not
+    # Token ids as vLLM reports and takes them: a prompt's characters are its "tokens" (id = code
+    # point); every generated token gets an id of its own above them.
+    vocab: dict[str, int] = field(default_factory=dict)
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def token_id(self, token: str) -> int:
+        return self.vocab.setdefault(token, 0x110000 + len(self.vocab))
+
+    def decode(self, ids: list[int]) -> str:
+        names = {i: t for t, i in self.vocab.items()}
+        return "".join(names[i] if i >= 0x110000 else chr(i) for i in ids)
 
     def kind(self, prompt: str) -> str:
         return "probe" if prompt.endswith(DEFAULT_PROBE_SUFFIX) else "chunk"
@@ -53,20 +69,23 @@ class FakeUpstream:
 
     def continuation(self, prompt: str, max_tokens: int) -> tuple[list[str], str]:
         if self.kind(prompt) == "probe":
-            return [self.answer, "}"], "stop"
+            answer = str(self.reasoning_so_far(prompt)) if self.disagreeing_probes else self.answer
+            return [answer, "}"], "stop"
         done = self.reasoning_so_far(prompt)
-        if self.finish_after is not None and done + max_tokens >= self.finish_after:
+        if self.finish_after is not None and done + max_tokens > self.finish_after:
             return ["step "] * max(0, self.finish_after - done) + [self.final_text], "stop"
         return ["step "] * max_tokens, "length"
 
     # -- endpoints ------------------------------------------------------------------------------
 
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": self.owned_by}]})
 
     async def completions(self, request: Request) -> Response:
         body = await request.json()
         prompt = body["prompt"]
+        if isinstance(prompt, list):  # a token-id prompt
+            prompt = self.decode(prompt)
         kind = self.kind(prompt)
         self.requests.append({"kind": kind, **body})
         fault = self.faults.get(kind)
@@ -80,6 +99,8 @@ class FakeUpstream:
             return Response(b"{not json", media_type="application/json")
         tokens, finish = self.continuation(prompt, int(body["max_tokens"]))
         if not body.get("stream"):
+            if self.request_delay_s:
+                await asyncio.sleep(self.request_delay_s)
             if self.token_delay_s and not await self._generate_unless_left(request, len(tokens)):
                 return Response(status_code=499)
             return JSONResponse({
@@ -88,7 +109,12 @@ class FakeUpstream:
                 "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(tokens),
                           "total_tokens": len(prompt) // 4 + len(tokens)},
             })
-        return StreamingResponse(self._stream(prompt, tokens, finish, fault), media_type="text/event-stream")
+        if fault == "break-once":
+            del self.faults[kind]
+            fault = "break"
+        ids = body.get("prompt") if isinstance(body.get("prompt"), list) else self.encode(prompt)
+        return StreamingResponse(self._stream(prompt, tokens, finish, fault, ids if body.get("return_token_ids") else None),
+                                 media_type="text/event-stream")
 
     async def _generate_unless_left(self, request: Request, tokens: int) -> bool:
         """Take ``token_delay_s`` per token, as a non-streaming engine would, and notice the client
@@ -104,14 +130,20 @@ class FakeUpstream:
         finally:
             self.in_flight -= 1
 
-    async def _stream(self, prompt: str, tokens: list[str], finish: str, fault: Fault | None) -> Any:
+    async def tokenize(self, request: Request) -> Response:
+        body = await request.json()
+        return JSONResponse({"tokens": self.encode(body["prompt"]), "count": len(body["prompt"])})
+
+    async def _stream(self, prompt: str, tokens: list[str], finish: str, fault: Fault | None,
+                      prompt_ids: list[int] | None = None) -> Any:
         self.active_streams += 1
         self.in_flight += 1
         finished = False
+        start = time.monotonic() + self.request_delay_s
         try:
             for i, token in enumerate(tokens):
-                if self.token_delay_s:
-                    await asyncio.sleep(self.token_delay_s)
+                if self.token_delay_s or self.request_delay_s:  # token i is due at start + (i + 1) * T
+                    await asyncio.sleep(max(0.0, start + (i + 1) * self.token_delay_s - time.monotonic()))
                 if fault == "break" and i == 2:
                     raise ConnectionResetError("injected: the stream breaks off")
                 if fault == "malformed" and i == 2:
@@ -119,6 +151,10 @@ class FakeUpstream:
                     continue
                 last = i == len(tokens) - 1
                 event = {"choices": [{"index": 0, "text": token, "finish_reason": finish if last else None}]}
+                if prompt_ids is not None:
+                    event["choices"][0]["token_ids"] = [self.token_id(token)]
+                    if i == 0:
+                        event["choices"][0]["prompt_token_ids"] = prompt_ids
                 yield f"data: {json.dumps(event)}\n\n".encode()
             usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(tokens)}
             yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode()
@@ -173,6 +209,7 @@ class FakeUpstream:
         return Starlette(routes=[
             Route("/v1/models", self.models),
             Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/tokenize", self.tokenize, methods=["POST"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/embeddings", self.other, methods=["POST"]),
         ])
@@ -210,6 +247,10 @@ if __name__ == "__main__":  # a stand-alone fake upstream, for benchmarks/proxy_
     parser = argparse.ArgumentParser(description="fake OpenAI-compatible upstream (tests and benchmarks only)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds per streamed token")
+    parser.add_argument("--request-delay", type=float, default=0.0, help="seconds before each request's first token")
+    parser.add_argument("--finish-after", type=int, help="reasoning tokens after which the fake answers and stops")
+    parser.add_argument("--disagree", action="store_true", help="probes never agree")
     args = parser.parse_args()
-    uvicorn.run(FakeUpstream(token_delay_s=args.token_delay).app(), host="127.0.0.1", port=args.port,
-                log_level="warning")
+    fake = FakeUpstream(token_delay_s=args.token_delay, request_delay_s=args.request_delay,
+                        finish_after=args.finish_after, disagreeing_probes=args.disagree)
+    uvicorn.run(fake.app(), host="127.0.0.1", port=args.port, log_level="warning")

@@ -8,15 +8,27 @@ from certaindex.engines.http import HTTPEngine
 from certaindex.engines.pool import SHARD_CONNECTIONS, ShardedClient
 
 
-async def test_requests_rotate_over_small_pools() -> None:
+async def test_requests_go_to_the_least_busy_pool_and_reuse_warm_connections_when_quiet() -> None:
+    from contextlib import AsyncExitStack
+
+    from tests.misbehaving_upstream import FakeUpstream, serve_in_thread
+
     pool = ShardedClient(100)
     try:
         assert len(pool.clients) == -(-100 // SHARD_CONNECTIONS)
-        picked = [pool.pick() for _ in range(2 * len(pool.clients))]
-        assert set(map(id, picked)) == set(map(id, pool.clients))  # every pool is used, in turn
-        assert picked[: len(pool.clients)] == picked[len(pool.clients):]
         for client in pool.clients:
             assert client._transport._pool._max_connections <= SHARD_CONNECTIONS
+        assert {id(pool.pick()) for _ in range(5)} == {id(pool.clients[0])}  # quiet: always the first
+        with serve_in_thread(FakeUpstream(token_delay_s=0.05).app()) as url:
+            async with AsyncExitStack() as open_streams:
+                used = []
+                for _ in range(2 * len(pool.clients)):  # held open together
+                    client = pool.pick()
+                    used.append(id(client))
+                    await open_streams.enter_async_context(client.stream(
+                        "POST", f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 3, "stream": True}))
+                assert sorted(used.count(id(c)) for c in pool.clients) == [2] * len(pool.clients)  # spread
+            assert pool.pick() is pool.clients[0]  # all closed: back to the first pool's warm connections
     finally:
         await pool.aclose()
 
@@ -42,5 +54,6 @@ async def test_engine_uses_a_replaced_client_for_everything() -> None:
     from certaindex.engines.base import GenerationRequest
 
     completion = await engine.generate(GenerationRequest(prompt="hi", max_tokens=2, n=3))
-    assert [c.text for c in completion.choices] == ["ok"] * 3 and seen == ["/v1/completions"] * 3
+    assert [c.text for c in completion.choices] == ["ok"] * 3
+    assert [p for p in seen if p != "/v1/models"] == ["/v1/completions"] * 3  # models: the concurrency check
     await engine.aclose()

@@ -205,4 +205,21 @@ async def test_record_and_replay_on_the_embedded_model(model_path, tmp_path) -> 
         # the reasoning a prefix of the recorded one.
         coarse = await solve_cot(replay, problem.question, s.cot_config(probe_interval=32, k=1))
         assert all(p.at_tokens % 32 == 0 or p.at_tokens == coarse.reasoning_tokens for p in coarse.probes)
-        assert recorded.startswith(coarse.reasoning)
+        assert "".join(c.text for c in record.chunks).startswith(coarse.reasoning)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_one_stream_on_recorded_traces_decides_as_the_chunked_replay(traces, name) -> None:
+    """Replay streamed chunk by chunk through the one-stream path (probes on the side): the same
+    answer, stop reason, reasoning, probes and token counts as the chunked replay and the live run;
+    only the overrun (timing) is new, and it is counted."""
+    replay = ReplayEngine(traces)
+    for m in (1, 2):
+        for k in (1, 2, 3):
+            config = SETTINGS.cot_config(probe_interval=m * G, k=k, budget=60)
+            chunked = (await solve_cot(replay, QUESTIONS[name], config)).to_dict()
+            streamed = (await solve_cot(replay, QUESTIONS[name], config, main_stream=True)).to_dict()
+            overrun = streamed.pop("overrun_tokens")
+            assert streamed.pop("total_tokens") == chunked.pop("total_tokens") + overrun
+            chunked.pop("overrun_tokens")
+            assert streamed == chunked, (name, m, k)

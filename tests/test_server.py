@@ -82,6 +82,7 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
 # -- early exit through an unmodified OpenAI client --------------------------------------------
 
 
+@pytest.mark.stack(upstream={"token_delay_s": 0.01})
 def test_chat_exits_early_and_reports_every_token(stack):
     reply = stack.client().chat.completions.create(model="fake-reasoner", messages=QUESTION)
     choice = reply.choices[0]
@@ -90,15 +91,19 @@ def test_chat_exits_early_and_reports_every_token(stack):
     info = reply.model_extra["certaindex"]
     assert info["stop_reason"] == "certain"
     assert info["probes"] == COT.k
-    # The reasoning stopped after k probe intervals: no more reasoning was asked of the upstream.
+    # One upstream stream carried the reasoning; it was closed once the k-th probe agreed.
     chunks = [r for r in stack.upstream.requests if r["kind"] == "chunk"]
-    assert len(chunks) == COT.k
+    assert len(chunks) == 1 and chunks[0]["stream"] and chunks[0]["max_tokens"] == COT.budget
+    assert wait_until(lambda: stack.upstream.active_streams == 0)
+    assert stack.upstream.streams_closed_early == 1
     assert choice.message.model_extra["reasoning_content"] == "step " * (COT.k * COT.probe_interval)
     usage = reply.usage
     details = usage.model_extra["certaindex"]
-    assert details["reasoning_tokens"] == COT.k * COT.probe_interval
+    assert details["reasoning_tokens"] == COT.k * COT.probe_interval  # judged at the probe's position
+    assert 0 < details["overrun_tokens"] <= COT.budget - details["reasoning_tokens"]  # streamed meanwhile
     assert details["probe_tokens"] == 2 * COT.k  # each probe answered "42", "}"
-    assert usage.completion_tokens == details["reasoning_tokens"] + details["probe_tokens"] + details["answer_tokens"]
+    assert usage.completion_tokens == (details["reasoning_tokens"] + details["overrun_tokens"]
+                                       + details["probe_tokens"] + details["answer_tokens"])
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
@@ -117,11 +122,14 @@ def test_streaming_relays_reasoning_then_answer(stack):
             if choice.delta.content:
                 content.append(choice.delta.content)
             finish = choice.finish_reason or finish
-    assert "".join(reasoning) == "step " * (COT.k * COT.probe_interval)
-    assert len(reasoning) == COT.k * COT.probe_interval  # token by token, as generated
+    # Token by token, as generated: the reasoning up to the deciding probe, then what the stream
+    # generated before it was closed (its overrun, relayed live and counted).
+    overrun = usage.model_extra["certaindex"]["overrun_tokens"]
+    assert "".join(reasoning) == "step " * (COT.k * COT.probe_interval + overrun)
+    assert len(reasoning) == COT.k * COT.probe_interval + overrun
     assert "\\boxed{42}" in "".join(content)
     assert finish == "stop"
-    assert usage is not None and usage.completion_tokens == COT.k * COT.probe_interval + 2 * COT.k
+    assert usage is not None and usage.completion_tokens == COT.k * COT.probe_interval + overrun + 2 * COT.k
     # Reasoning chunks were streamed from the upstream, probes were not.
     assert all(r["stream"] for r in stack.upstream.requests if r["kind"] == "chunk")
 
@@ -256,6 +264,19 @@ def test_failed_probes_fall_back_to_the_full_reasoning_answer(stack):
     info = reply.model_extra["certaindex"]
     assert info["stop_reason"] == "finished" and info["probe_failures"] == 1
     assert "\\boxed{7}" in reply.choices[0].message.content
+    # The main stream went on to the model's end: it was neither waited on nor restarted.
+    assert len([r for r in stack.upstream.requests if r["kind"] == "chunk"]) == 1
+
+
+@pytest.mark.stack(upstream={"faults": {"chunk": "break-once"}, "token_delay_s": 0.01})
+def test_a_main_stream_that_breaks_is_resumed_from_its_prefix(stack):
+    reply = stack.client().chat.completions.create(model="m", messages=QUESTION)
+    info = reply.model_extra["certaindex"]
+    assert info["stop_reason"] == "certain" and info["stream_resumes"] == 1
+    chunks = [r for r in stack.upstream.requests if r["kind"] == "chunk"]
+    assert len(chunks) == 2 and chunks[1]["prompt"] == chunks[0]["prompt"] + "step " * 2  # it broke after 2
+    assert chunks[1]["max_tokens"] == COT.budget - 2
+    assert reply.choices[0].message.model_extra["reasoning_content"] == "step " * (COT.k * COT.probe_interval)
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -408,7 +429,7 @@ def test_several_upstream_replicas_behind_one_proxy():
             reply = client.chat.completions.create(model="m", messages=QUESTION)
             assert reply.model_extra["certaindex"]["stop_reason"] == "certain"
             served = [len(first.requests), len(second.requests)]
-            assert sorted(served)[0] == 0 and sum(served) == 2 * COT.k  # chunks and probes on one replica
+            assert sorted(served)[0] == 0 and sum(served) == 1 + COT.k  # the stream and its probes on one replica
             for _ in range(3):  # round-robin passthrough, the dead replica skipped
                 reply = client.chat.completions.create(
                     model="m", messages=QUESTION, extra_body={"certaindex": {"policy": "off"}})

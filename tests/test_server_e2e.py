@@ -44,7 +44,8 @@ def test_openai_client_gets_an_early_exit_answer_from_a_real_engine(proxy):
     assert info["policy"] == "cot" and info["stop_reason"] in ("certain", "finished", "budget")
     # Only what holds for any text the model writes (it moves with the CPU and the cache state).
     assert 0 <= details["reasoning_tokens"] <= 96 + UTF8_SLACK
-    assert usage.completion_tokens == details["reasoning_tokens"] + details["probe_tokens"] + details["answer_tokens"]
+    assert usage.completion_tokens == (details["reasoning_tokens"] + details["overrun_tokens"]
+                                       + details["probe_tokens"] + details["answer_tokens"])
     assert usage.prompt_tokens > 10  # counted by the real engine
     if info["stop_reason"] == "certain":  # k=2: two agreeing probes, before the budget ran out
         assert details["reasoning_tokens"] < 96 and info["probes"] >= 2
@@ -124,6 +125,20 @@ def test_embedded_engine_serves_early_exit_and_plain_chat(embedded_proxy):
     plain = chat.create(model="any", messages=[{"role": "user", "content": "Say hello."}], max_tokens=5,
                         temperature=0, extra_body={"certaindex": {"policy": "off"}})
     assert plain.model_extra["certaindex"]["policy"] == "off" and plain.usage.completion_tokens <= 5 + UTF8_SLACK
+    # Streamed, policy off: the tokens arrive as llama.cpp generates them, not gathered into one chunk.
+    stream = chat.create(model="any", messages=[{"role": "user", "content": "Count from 1 to 30."}], max_tokens=24,
+                         temperature=0, stream=True, stream_options={"include_usage": True},
+                         extra_body={"certaindex": {"policy": "off"}})
+    content_pieces, usage, finish = 0, None, None
+    for piece in stream:
+        usage = piece.usage or usage
+        for c in piece.choices:
+            content_pieces += bool(c.delta.content)
+            finish = c.finish_reason or finish
+    assert usage is not None and 0 < usage.completion_tokens <= 24 + UTF8_SLACK and finish in ("stop", "length")
+    assert content_pieces <= usage.completion_tokens
+    if usage.completion_tokens >= 4:
+        assert content_pieces >= 2
     models = client(embedded_proxy).models.list()
     assert len(models.data) == 1
     assert httpx.post(f"{embedded_proxy}/v1/completions", json={"prompt": "x"}).status_code == 404

@@ -41,6 +41,15 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--plain-max-tokens", type=int, default=1024,
                        help="policy off on the embedded engine: most tokens when a request gives no max_tokens "
                        "(default 1024)")
+    serve.add_argument("--probe-trigger", default="interval", choices=["interval", "events", "both"],
+                       help="probe every --probe-interval tokens, at events in the reasoning (a conclusion, "
+                            "'Wait'), or both (default interval)")
+    serve.add_argument("--token-ids", action="store_true",
+                       help="the upstream reports streamed token ids and takes token-id prompts (vLLM's "
+                            "return_token_ids): probes then continue the model's own tokens, not re-tokenized text")
+    serve.add_argument("--no-side-probes", action="store_true",
+                       help="reason in chunks with probes between them instead of one upstream stream with "
+                            "probes beside it (for servers that run one request at a time, e.g. llama-cpp-python)")
     serve.add_argument("--max-concurrency", type=int, default=64, help="requests served at once (default 64)")
     serve.add_argument("--max-queue", type=int, default=256,
                        help="requests waiting for a slot before 429 is answered (default 256)")
@@ -74,7 +83,8 @@ def settings_from_args(args: argparse.Namespace):
     from certaindex.evaluation.evaluate import apply_calibration, load_calibration
     from certaindex.server.settings import ServerSettings
 
-    cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval, k=args.k)
+    cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval, k=args.k,
+                    probe_trigger=args.probe_trigger, side_probes=not args.no_side_probes)
     if args.calibration:
         cot = apply_calibration(cot, load_calibration(args.calibration), budget=True)
     extra = parse_json_object(args.extra_body, "--extra-body") or {}
@@ -88,7 +98,7 @@ def settings_from_args(args: argparse.Namespace):
             upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
             log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
             capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
-            verbose=args.verbose, plain_max_tokens=args.plain_max_tokens,
+            verbose=args.verbose, plain_max_tokens=args.plain_max_tokens, token_ids=args.token_ids,
         ),
         cot=cot,
     )

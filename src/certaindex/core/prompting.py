@@ -11,6 +11,8 @@ DEFAULT_PROBE_SUFFIX = "... Oh, I suddenly got the answer to the whole problem, 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Where a probe's boxed answer ends: stopping there saves the tokens the model would write after it.
 PROBE_STOPS = ("}\\]", "} \\]", "}$", "}\n")
+# Points in the reasoning where the model concludes or turns around: a probe there is most informative.
+PROBE_EVENT_MARKERS = ("Wait", "wait,", "So the answer", "the answer is", "Therefore", "Final Answer", "\\boxed", THINK_CLOSE)
 
 class NoQuestionError(ValueError):
     """The question is empty or not text a model can reason about."""
@@ -43,6 +45,21 @@ def read_probe_answer(probe_suffix: str, probe_text: str, hit_stop: bool = False
     if opens_box(probe_suffix):
         return extract_boxed("\\boxed{" + probe_text + ("}" if hit_stop else ""))
     return extract_answer(probe_text)
+
+
+def marks_probe_event(before: str, added: str) -> bool:
+    """Whether ``added`` (text just streamed after ``before``) completes one of
+    :data:`PROBE_EVENT_MARKERS`: a conclusion, a "Wait" or ``</think>``."""
+    if not added:
+        return False
+    longest = max(len(m) for m in PROBE_EVENT_MARKERS)
+    window = before[-(longest - 1):] + added if longest > 1 else added
+    start = len(window) - len(added)  # a marker must end inside the added text
+    for marker in PROBE_EVENT_MARKERS:
+        at = window.find(marker, max(0, start - len(marker) + 1))
+        if at != -1 and at + len(marker) > start:
+            return True
+    return False
 
 
 def format_answer(answer: str | None) -> str:

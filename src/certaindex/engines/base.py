@@ -43,6 +43,9 @@ class GenerationRequest:
     n: int = 1
     logprobs: int | None = None
     priority: int | None = None  # for engines that order requests (vLLM: lower runs sooner); others ignore it
+    # The prompt as the model's token ids, for engines that take them (``Engine.token_ids``): they
+    # continue exactly these tokens instead of re-tokenizing ``prompt`` (which stays, for the rest).
+    prompt_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -96,6 +99,8 @@ class StreamDelta:
     logprobs: tuple[TokenLogprobs, ...] | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
+    token_ids: tuple[int, ...] | None = None  # the ids of this piece's tokens, where the engine reports them
+    prompt_ids: tuple[int, ...] | None = None  # the prompt's ids, on the piece that reports them
 
 
 class Engine(abc.ABC):
@@ -103,6 +108,21 @@ class Engine(abc.ABC):
 
     #: Human-readable identity, e.g. ``embedded:SmolLM2-135M-Instruct.Q4_1.gguf``.
     name: str = "engine"
+    #: True when :meth:`stream` yields tokens as they are generated *and* the engine serves other
+    #: requests while a stream is open (HTTP servers): a chain of thought then reasons in one open
+    #: stream with probes on the side. False: it reasons in chunks and probes between them.
+    concurrent_streams: bool = False
+    #: True when :meth:`stream` yields tokens as they are generated (HTTP servers). Full reasoning
+    #: (no probes, so no side requests) is then one stream even where requests run one at a time.
+    streams_tokens: bool = False
+    #: True when the engine reports the token ids it streams and takes token-id prompts
+    #: (``GenerationRequest.prompt_ids``, :meth:`tokenize`): probes then continue exactly the
+    #: model's tokens rather than re-tokenized text.
+    token_ids: bool = False
+
+    async def tokenize(self, text: str) -> tuple[int, ...]:
+        """``text``'s token ids, without special tokens (engines with ``token_ids`` only)."""
+        raise EngineError(f"{self.name} does not tokenize")
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> Completion:

@@ -8,6 +8,7 @@ server ``/props``) or, for servers that do not expose theirs (vLLM, SGLang), fro
 from __future__ import annotations
 
 import datetime
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -77,11 +78,8 @@ class ChatTemplate:
     def render(self, messages: Sequence[dict[str, str]]) -> str:
         if not messages:
             raise ChatTemplateError("no messages to render")
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise
-        env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
         try:
-            template = env.from_string(self.source)
+            template = _compiled(self.source)
             return template.render(
                 messages=list(messages),
                 add_generation_prompt=True,
@@ -90,6 +88,16 @@ class ChatTemplate:
             )
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"chat template {self.name!r} failed: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(source: str) -> jinja2.Template:
+    """Compile a template once (about 1.8 ms a time on this VM, paid before every request's first
+    token otherwise). Rendering a compiled sandboxed template is safe to share."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env.from_string(source)
 
 
 def guess_template_name(model_name: str) -> str:

@@ -41,8 +41,15 @@ def normalise_base_url(url: str) -> str:
     return url
 
 
+#: ``owned_by`` of servers that run one request at a time: llama-cpp-python's server, where a new
+#: request even interrupts the stream in progress. Probes there go between reasoning chunks.
+ONE_AT_A_TIME_OWNERS = frozenset({"me"})
+
+
 class HTTPEngine(Engine):
     """An engine behind an OpenAI-compatible server."""
+
+    streams_tokens = True
 
     def __init__(
         self,
@@ -56,8 +63,18 @@ class HTTPEngine(Engine):
         backoff_s: float = 0.5,
         max_connections: int = 1024,
         extra_body: dict[str, Any] | None = None,
+        token_ids: bool = False,
+        concurrent_streams: bool | None = None,
     ) -> None:
+        """``token_ids``: the server reports streamed token ids (``return_token_ids``) and takes
+        token-id prompts, as vLLM does; probes then continue the model's exact tokens.
+        ``concurrent_streams``: the server runs requests side by side (vLLM, SGLang, llama.cpp's
+        server), so probes can run beside an open reasoning stream; None: yes, unless
+        ``GET /v1/models`` names a server that runs one request at a time (llama-cpp-python's)."""
         self.base_url = normalise_base_url(base_url)
+        self.token_ids = token_ids
+        self._concurrent = concurrent_streams
+        self._one_at_a_time = False
         self.model = model
         self.max_retries = max_retries
         # Engine-specific sampling fields sent with every request, e.g. {"repeat_penalty": 1.0} for
@@ -108,6 +125,10 @@ class HTTPEngine(Engine):
     def name(self) -> str:  # type: ignore[override]
         return f"http:{self.base_url}" + (f" ({self.model})" if self.model else "")
 
+    @property
+    def concurrent_streams(self) -> bool:  # type: ignore[override]
+        return self._concurrent if self._concurrent is not None else not self._one_at_a_time
+
     # -- setup -------------------------------------------------------------------------------
 
     async def connect(self) -> "HTTPEngine":
@@ -115,16 +136,24 @@ class HTTPEngine(Engine):
         if self._parent is not None:
             await self._parent.connect()
             self.model, self._template, self._ready = self._parent.model, self._parent._template, True
+            self._one_at_a_time = self._parent._one_at_a_time
             return self
         async with self._setup_lock:
             if self._ready:
                 return self
-            if self.model is None:
-                models = await self._request_json("GET", "/v1/models")
+            if self.model is None or self._concurrent is None:
+                try:
+                    models = await self._request_json("GET", "/v1/models")
+                except EngineError:
+                    if self.model is None:
+                        raise
+                    models = {}  # the model is named: only the concurrency guess is lost
                 data = models.get("data") or []
-                if not data:
+                if not data and self.model is None:
                     raise EngineError(f"{self.base_url} serves no models (GET /v1/models is empty)")
-                self.model = str(data[0]["id"])
+                if data:
+                    self.model = self.model or str(data[0]["id"])
+                    self._one_at_a_time = data[0].get("owned_by") in ONE_AT_A_TIME_OWNERS
             if self._template is None:
                 self._template = await self._resolve_template()
             self._ready = True
@@ -175,9 +204,10 @@ class HTTPEngine(Engine):
         )
 
     def _body(self, request: GenerationRequest, seed: int | None, stream: bool) -> dict[str, Any]:
+        use_ids = self.token_ids and request.prompt_ids is not None
         body: dict[str, Any] = {
             "model": self.model,
-            "prompt": request.prompt,
+            "prompt": list(request.prompt_ids) if use_ids and request.prompt_ids is not None else request.prompt,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
@@ -186,6 +216,8 @@ class HTTPEngine(Engine):
         }
         if stream:
             body["stream_options"] = {"include_usage": True}
+            if self.token_ids:
+                body["return_token_ids"] = True
         if request.stop:
             body["stop"] = list(request.stop)
         if seed is not None:
@@ -221,6 +253,7 @@ class HTTPEngine(Engine):
                 counted = 0
                 prompt_tokens: int | None = None
                 finish: str | None = None
+                prompt_ids: tuple[int, ...] | None = None  # passed on with the next piece
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -241,11 +274,16 @@ class HTTPEngine(Engine):
                     for raw in event.get("choices") or []:
                         text = raw.get("text") or ""
                         logprobs = _parse_logprobs(raw.get("logprobs"))
-                        tokens = len(logprobs) if logprobs is not None else (1 if text else 0)
+                        ids = _ids(raw.get("token_ids"))
+                        prompt_ids = _ids(raw.get("prompt_token_ids")) or prompt_ids
+                        tokens = (len(ids) if ids is not None else len(logprobs) if logprobs is not None
+                                  else (1 if text else 0))
                         counted += tokens
                         finish = raw.get("finish_reason") or finish
-                        if text or logprobs:
-                            yield StreamDelta(text=text, tokens=tokens, logprobs=logprobs)
+                        if text or logprobs or ids:
+                            yield StreamDelta(text=text, tokens=tokens, logprobs=logprobs, token_ids=ids,
+                                              prompt_ids=prompt_ids)
+                            prompt_ids = None
                     if usage.get("completion_tokens") is not None and int(usage["completion_tokens"]) > counted:
                         extra = int(usage["completion_tokens"]) - counted
                         counted += extra
@@ -290,6 +328,16 @@ class HTTPEngine(Engine):
             if attempt < retries:
                 await asyncio.sleep(self.backoff_s * (2**attempt) * (1 + 0.1 * random.random()))
         raise error
+
+    async def tokenize(self, text: str) -> tuple[int, ...]:
+        """Token ids of ``text`` without special tokens, by vLLM's (and SGLang's) ``/tokenize``."""
+        await self.connect()
+        data = await self._request_json(
+            "POST", "/tokenize", json={"model": self.model, "prompt": text, "add_special_tokens": False}, retries=0)
+        ids = _ids(data.get("tokens"))
+        if ids is None:
+            raise EngineError(f"{self.base_url}/tokenize answered no token ids: {str(data)[:200]}")
+        return ids
 
     async def count_tokens(self, text: str) -> int | None:
         """Tokens in ``text`` by the server's tokenizer, for servers whose streams do not report
@@ -353,6 +401,13 @@ def parse_completion_choice(payload: dict[str, Any], where: str = "engine") -> t
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise EngineError(f"malformed completion from {where}: {exc}: {str(payload)[:200]}") from exc
+
+
+def _ids(raw: Any) -> tuple[int, ...] | None:
+    """A list of token ids from a server, or None when it sent none (or something else)."""
+    if isinstance(raw, list) and raw and all(isinstance(i, int) for i in raw):
+        return tuple(raw)
+    return None
 
 
 def _parse_logprobs(raw: Any) -> tuple[TokenLogprobs, ...] | None:

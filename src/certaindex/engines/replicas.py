@@ -52,6 +52,28 @@ class ReplicatedEngine(Engine):
     ``clock``: seconds, monotonic (a parameter so tests can move time).
     """
 
+    @property
+    def concurrent_streams(self) -> bool:  # type: ignore[override]
+        return all(getattr(r, "concurrent_streams", False) for r in self.replicas)
+
+    @property
+    def token_ids(self) -> bool:  # type: ignore[override]
+        return all(getattr(r, "token_ids", False) for r in self.replicas)
+
+    @property
+    def streams_tokens(self) -> bool:  # type: ignore[override]
+        return all(getattr(r, "streams_tokens", False) for r in self.replicas)
+
+    async def tokenize(self, text: str) -> tuple[int, ...]:
+        """By the first replica that answers (they serve one model)."""
+        error: EngineError | None = None
+        for replica in self.replicas:
+            try:
+                return await replica.tokenize(text)
+            except EngineError as exc:
+                error = exc
+        raise error or EngineError("no replica to tokenize with")
+
     def __init__(
         self,
         replicas: Sequence[Engine],

@@ -432,10 +432,13 @@ def load_calibration(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def apply_calibration(config: CoTConfig, calibration: dict[str, Any], budget: bool = False) -> CoTConfig:
-    """``config`` with the calibrated probe interval and k (and the calibrated budget if ``budget``)."""
+    """``config`` with the calibrated probe interval and k (and the calibrated budget if ``budget``,
+    and the probe trigger where the profile names one)."""
     changes: dict[str, Any] = {"probe_interval": calibration["probe_interval"], "k": calibration["k"], "early_exit": True}
     if budget and calibration.get("budget"):
         changes["budget"] = calibration["budget"]
+    if calibration.get("probe_trigger"):
+        changes["probe_trigger"] = calibration["probe_trigger"]
     return dataclasses.replace(config, **changes)
 
 

@@ -1,10 +1,16 @@
 """Chain of thought with probe-in-the-middle early exit (Dynasor-CoT).
 
-The model reasons in chunks of ``probe_interval`` tokens. After each chunk a *probe* is forked:
-the reasoning so far plus a suffix that asks for the final answer right now. Its short completion
-is read for an answer. Once the last ``k`` probes give the same answer and none of them hesitates,
-the answer has settled and the reasoning stops. Probe tokens are real compute: every result
-counts them.
+Every ``probe_interval`` tokens (or at events in the text, see ``probe_trigger``) a *probe* is
+forked: the reasoning so far plus a suffix that asks for the final answer right now. Its short
+completion is read for an answer. Once the last ``k`` probes give the same answer and none of them
+hesitates, the answer has settled and the reasoning stops. Probe tokens are real compute: every
+result counts them.
+
+On engines that stream and serve side requests meanwhile (``Engine.concurrent_streams``: HTTP
+servers), the reasoning is one open stream and probes run beside it
+(:mod:`certaindex.programs.main_stream`); elsewhere (the embedded engine, replayed traces) the
+model reasons in chunks of ``probe_interval`` tokens and probes between them. Both make the same
+decisions, because a probe is judged by the position it was taken at.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from contextlib import aclosing
 from certaindex.core.answers import answers_equal, extract_answer, is_hesitant
 from certaindex.core.prompting import (
     PROBE_STOPS,
+    marks_probe_event,
     THINK_CLOSE,
     THINK_OPEN,
     DEFAULT_PROBE_SUFFIX,
@@ -27,10 +34,12 @@ from certaindex.core.prompting import (
 )
 from certaindex.core.signals import ProbeObservation, probe_certaindex, probes_agree
 from certaindex.core.validation import require
-from certaindex.engines.base import BudgetExhausted, Engine, EngineError, GenerationRequest
+from certaindex.engines.base import BudgetExhausted, Completion, Engine, EngineError, GenerationRequest
 from certaindex.programs.base import open_prompt
+from certaindex.programs.main_stream import ProbePoint, SideProbes, Verdict, reason_in_one_stream
 
 StopReason = Literal["certain", "finished", "budget"]
+ProbeTrigger = Literal["interval", "events", "both"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,40 @@ class CoTConfig:
     early_exit: bool = True
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     probe_suffix: str = DEFAULT_PROBE_SUFFIX
+    # Where to probe: every probe_interval tokens; at events in the text (a conclusion, "Wait",
+    # </think>), at least probe_interval tokens apart; or both (events then at least a quarter
+    # interval after the previous probe). Replayed traces hold probes at the interval only.
+    probe_trigger: ProbeTrigger = "interval"
+    # Reason in one upstream stream with probes beside it where the engine can
+    # (Engine.concurrent_streams); False: in chunks with probes between them (for servers that run
+    # one request at a time, where a side probe would wait for the whole stream).
+    side_probes: bool = True
+    # Probes running beside one main stream; a probe point that comes while this many run is
+    # queued (never skipped), so the decisions do not depend on timing.
+    max_probes_in_flight: int = 1
+
+    @property
+    def event_gap(self) -> int:
+        """Fewest tokens between an event probe and the probe before it."""
+        return self.probe_interval if self.probe_trigger == "events" else max(1, self.probe_interval // 4)
+
+    @property
+    def max_probes(self) -> int:
+        """Most probes a run may send, the forced last one included (for scheduler budgets)."""
+        if not self.early_exit:
+            return 1
+        gap = self.probe_interval if self.probe_trigger == "interval" else self.event_gap
+        return -(-self.budget // gap) + 1
+
+    def is_probe_point(self, last_point: int, tokens: int, reasoning: str, added: str) -> bool:
+        """Whether the reasoning, now ``tokens`` long after ``added`` arrived, has reached a probe
+        point (``last_point``: the position of the previous one)."""
+        interval = tokens // self.probe_interval > last_point // self.probe_interval
+        if self.probe_trigger == "interval" or (interval and self.probe_trigger == "both"):
+            return interval
+        if tokens - last_point < self.event_gap:
+            return False
+        return marks_probe_event(reasoning[: len(reasoning) - len(added)], added)
 
     def __post_init__(self) -> None:
         checks = [
@@ -59,6 +102,9 @@ class CoTConfig:
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (bool(self.probe_suffix.strip()), "probe_suffix must not be empty"),
+            (self.probe_trigger in ("interval", "events", "both"),
+             f"probe_trigger must be interval, events or both, got {self.probe_trigger!r}"),
+            (self.max_probes_in_flight >= 1, f"max_probes_in_flight must be at least 1, got {self.max_probes_in_flight}"),
         ]
         require(checks)
 
@@ -89,11 +135,16 @@ class CoTResult:
     budget: int
     probes: list[Probe] = field(default_factory=list)
     probe_failures: int = 0  # probes the engine failed (early exit was then given up)
+    # Reasoning tokens the main stream generated past the deciding probe's position before it was
+    # closed (0 on the chunked path): real cost, not part of ``reasoning``.
+    overrun_tokens: int = 0
+    stream_resumes: int = 0  # times the main stream broke and was resumed from the prefix
+    token_id_probes: int = 0  # probes sent as the model's token ids rather than text
 
     @property
     def total_tokens(self) -> int:
-        """Every generated token: reasoning, probes and answer. This is the cost figure."""
-        return self.reasoning_tokens + self.probe_tokens + self.answer_tokens
+        """Every generated token: reasoning, overrun, probes and answer. This is the cost figure."""
+        return self.reasoning_tokens + self.overrun_tokens + self.probe_tokens + self.answer_tokens
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -122,18 +173,22 @@ async def solve_cot(
     stream_reasoning: bool = False,
     probe_failures: Literal["raise", "full-reasoning"] = "raise",
     messages: Sequence[dict[str, str]] | None = None,
+    main_stream: bool | None = None,
 ) -> CoTResult:
     """Run one chain of thought, with early exit unless ``config.early_exit`` is False.
 
-    ``stream_reasoning``: generate reasoning chunks with ``engine.stream`` and emit ``delta`` events
-    as text arrives (for servers that relay the reasoning live). ``probe_failures="full-reasoning"``:
-    a probe the engine fails does not fail the question; early exit is given up and the model
-    reasons to the end, as it would without certaindex. ``messages``: reason about this whole
-    conversation (rendered as is, ``config.system_prompt`` unused) rather than ``question`` alone."""
+    ``stream_reasoning``: emit ``delta`` events as reasoning text arrives (for servers that relay
+    the reasoning live). ``probe_failures="full-reasoning"``: a probe the engine fails does not fail
+    the question; early exit is given up and the model reasons to the end, as it would without
+    certaindex. ``messages``: reason about this whole conversation (rendered as is,
+    ``config.system_prompt`` unused) rather than ``question`` alone. ``main_stream``: reason in one
+    open stream with probes on the side (default: ``config.side_probes`` where
+    ``engine.concurrent_streams``, and full reasoning where ``engine.streams_tokens``), else in
+    chunks with probes between them."""
     question, prompt = await open_prompt(engine, question, config.system_prompt, messages)
     thinking = prompt.rstrip().endswith(THINK_OPEN)
     reasoning = ""
-    reasoning_tokens = probe_tokens = answer_tokens = 0
+    reasoning_tokens = probe_tokens = answer_tokens = overrun_tokens = resumes = id_probes = 0
     prompt_tokens = 0
     probes: list[Probe] = []
     observations: list[ProbeObservation] = []
@@ -141,6 +196,19 @@ async def solve_cot(
     emit = on_event or (lambda _event: None)
     early_exit = config.early_exit
     failed_probes = 0
+    if main_stream is None:  # full reasoning sends no side request: one stream wherever tokens stream
+        main_stream = config.side_probes and bool(
+            getattr(engine, "concurrent_streams", False) or (not early_exit and getattr(engine, "streams_tokens", False)))
+
+    def reasoning_request(done_tokens: int) -> GenerationRequest:
+        return GenerationRequest(
+            prompt=prompt + reasoning,
+            max_tokens=min(config.probe_interval, config.budget - done_tokens),
+            stop=(THINK_CLOSE,) if thinking else (),
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=None if config.seed is None else config.seed + done_tokens,
+        )
 
     async def reasoning_chunk(request: GenerationRequest) -> tuple[str, int, str, int]:
         """(text, tokens, finish_reason, prompt_tokens) of one reasoning chunk."""
@@ -162,39 +230,47 @@ async def solve_cot(
             raise EngineError(f"the stream from {engine.name} ended without a finish reason")
         return "".join(parts), tokens, finish, prompt
 
-    async def probe_or_none() -> Probe | None:
-        """A probe, or None when it failed and failures fall back to full reasoning."""
-        nonlocal early_exit, failed_probes
-        try:
-            return await probe()
-        except BudgetExhausted:
-            raise
-        except EngineError:
-            if probe_failures == "raise":
-                raise
-            failed_probes += 1
-            early_exit = False
-            return None
+    suffix_ids: list[tuple[int, ...] | None] = []  # the probe suffix's token ids, asked for once
 
-    async def probe() -> Probe:
-        nonlocal probe_tokens
+    async def probe_ids(ids: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        """The probe prompt as token ids: the model's own tokens so far plus the suffix's (None: text)."""
+        if ids is None:
+            return None
+        if not suffix_ids:
+            try:
+                suffix_ids.append(await engine.tokenize(config.probe_suffix))
+            except EngineError:
+                suffix_ids.append(None)
+        return None if suffix_ids[0] is None else ids + suffix_ids[0]
+
+    async def send_probe(text: str, ids: tuple[int, ...] | None = None) -> Completion:
+        """One probe on ``text`` (the reasoning so far; ``ids``: the prompt and it as the model's
+        token ids, where known); its tokens are counted when it answers."""
+        nonlocal probe_tokens, id_probes
+        prompt_ids = await probe_ids(ids)
         completion = await engine.generate(
             GenerationRequest(
-                prompt=prompt + reasoning + config.probe_suffix,
+                prompt=prompt + text + config.probe_suffix,
                 max_tokens=config.probe_tokens,
                 stop=PROBE_STOPS if opens_box(config.probe_suffix) else (),
                 temperature=0.0,
                 seed=config.seed,
+                prompt_ids=prompt_ids,
             )
         )
+        probe_tokens += completion.first.completion_tokens
+        id_probes += prompt_ids is not None
+        return completion
+
+    def record_probe(at_tokens: int, completion: Completion) -> Probe:
+        """Read a probe's answer and judge it in order: the rule sees probes by position."""
         choice = completion.first
-        probe_tokens += choice.completion_tokens
         hit_stop = choice.finish_reason == "stop" and opens_box(config.probe_suffix)
         answer = read_probe_answer(config.probe_suffix, choice.text, hit_stop)
         hesitant = is_hesitant(choice.text)
         observations.append(ProbeObservation(answer=answer, hesitant=hesitant))
         record = Probe(
-            at_tokens=reasoning_tokens,
+            at_tokens=at_tokens,
             text=choice.text,
             answer=answer,
             hesitant=hesitant,
@@ -202,33 +278,81 @@ async def solve_cot(
             certaindex=probe_certaindex(observations, config.k, answers_equal),
         )
         probes.append(record)
-        emit(CoTEvent("probe", reasoning_tokens, probe_tokens, probe=record))
+        emit(CoTEvent("probe", at_tokens, probe_tokens, probe=record))
         return record
 
-    while reasoning_tokens < config.budget:
+    def probe_failed(exc: EngineError) -> None:
+        """A failed probe: raise, or give up early exit and reason to the end."""
+        nonlocal early_exit, failed_probes
+        if probe_failures == "raise":
+            raise exc
+        failed_probes += 1
+        early_exit = False
+
+    async def probe_or_none() -> Probe | None:
+        """A probe at the current position, or None when it failed and failures fall back to full reasoning."""
+        try:
+            return record_probe(reasoning_tokens, await send_probe(reasoning))
+        except BudgetExhausted:
+            raise
+        except EngineError as exc:
+            probe_failed(exc)
+            return None
+
+    if main_stream:
+        def judge(point: ProbePoint, outcome: Completion | BaseException) -> Verdict:
+            if isinstance(outcome, BudgetExhausted):
+                return "budget"
+            if isinstance(outcome, EngineError):
+                probe_failed(outcome)
+                return "stop-probing"
+            if isinstance(outcome, BaseException):
+                raise outcome
+            record_probe(point.at_tokens, outcome)
+            return "settled" if probes_agree(observations, config.k, answers_equal) else "continue"
+
+        def on_delta(delta: object, tokens: int) -> None:
+            text = getattr(delta, "text", "")
+            if stream_reasoning and text:
+                emit(CoTEvent("delta", tokens, probe_tokens, text=text))
+
+        last_point = [0]
+
+        def on_point(tokens: int, text: str) -> None:
+            emit(CoTEvent("chunk", tokens, probe_tokens, text=text[last_point[0]:]))
+            last_point[0] = len(text)
+
+        side = SideProbes(lambda point: send_probe(point.reasoning, point.ids), judge, config.max_probes_in_flight)
+        outcome = await reason_in_one_stream(
+            engine, prompt, budget=config.budget,
+            base=reasoning_request(0),
+            probes=side if early_exit else None,
+            is_point=config.is_probe_point,
+            on_delta=on_delta, on_point=on_point,
+        )
+        reasoning, reasoning_tokens = outcome.reasoning, outcome.tokens
+        overrun_tokens, resumes = outcome.overrun_tokens, outcome.resumes
+        prompt_tokens = outcome.prompt_tokens
+        stop_reason = outcome.stop
+        emit(CoTEvent("chunk", reasoning_tokens, probe_tokens, text=reasoning[last_point[0]:]))
+    while not main_stream and reasoning_tokens < config.budget:
         # Full reasoning uses the same chunks, so an early exit's reasoning is an exact prefix of
         # the full reasoning on a deterministic engine and the two are compared like for like.
         try:
-            text, tokens, finish_reason, chunk_prompt_tokens = await reasoning_chunk(
-                GenerationRequest(
-                    prompt=prompt + reasoning,
-                    max_tokens=min(config.probe_interval, config.budget - reasoning_tokens),
-                    stop=(THINK_CLOSE,) if thinking else (),
-                    temperature=config.temperature,
-                    top_p=config.top_p,
-                    seed=None if config.seed is None else config.seed + reasoning_tokens,
-                )
-            )
+            text, tokens, finish_reason, chunk_prompt_tokens = await reasoning_chunk(reasoning_request(reasoning_tokens))
         except BudgetExhausted:
             break  # a scheduler has no tokens left for this program: its budget ran out
         prompt_tokens = prompt_tokens or chunk_prompt_tokens
+        chunk_start = len(reasoning)
         reasoning += text
         reasoning_tokens += tokens
         emit(CoTEvent("chunk", reasoning_tokens, probe_tokens, text=text))
         if finish_reason != "length" or tokens == 0:
             stop_reason = "finished"
             break
-        if early_exit and reasoning_tokens < config.budget:
+        # Events: probe after a chunk in which one happened (the stream probes right at it).
+        wanted = config.probe_trigger != "events" or marks_probe_event(reasoning[:chunk_start], text)
+        if early_exit and wanted and reasoning_tokens < config.budget:
             try:
                 settled = await probe_or_none() is not None and probes_agree(observations, config.k, answers_equal)
             except BudgetExhausted:
@@ -279,6 +403,9 @@ async def solve_cot(
         budget=config.budget,
         probes=probes,
         probe_failures=failed_probes,
+        overrun_tokens=overrun_tokens,
+        stream_resumes=resumes,
+        token_id_probes=id_probes,
     )
     emit(CoTEvent("done", reasoning_tokens, probe_tokens))
     return result

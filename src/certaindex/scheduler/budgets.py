@@ -6,8 +6,6 @@ are the same); the ``certaindex`` core lends what settled programs do not need t
 
 from __future__ import annotations
 
-import math
-
 from certaindex.programs.cot import CoTConfig
 from certaindex.programs.self_consistency import SCConfig
 
@@ -15,8 +13,7 @@ from certaindex.programs.self_consistency import SCConfig
 def program_budget(config: CoTConfig) -> int:
     """A chain of thought: its reasoning budget, a probe after every chunk plus the forced last one,
     and a reasoning model's answer."""
-    probes = math.ceil(config.budget / config.probe_interval) + 1 if config.early_exit else 1
-    return config.budget + probes * config.probe_tokens + config.answer_tokens
+    return config.budget + config.max_probes * config.probe_tokens + config.answer_tokens
 
 
 def sc_program_budget(config: SCConfig) -> int:

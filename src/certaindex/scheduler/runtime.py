@@ -162,6 +162,23 @@ class ScheduledEngine(Engine):
         return f"scheduled:{self.inner.name}"
 
     @property
+    def concurrent_streams(self) -> bool:  # type: ignore[override]
+        """Side probes need a second slot beside the stream: with capacity 1 a probe would wait for
+        the whole stream, so programs reason in chunks there."""
+        return bool(getattr(self.inner, "concurrent_streams", False)) and self.scheduler.core.capacity >= 2
+
+    @property
+    def token_ids(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "token_ids", False))
+
+    @property
+    def streams_tokens(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "streams_tokens", False))
+
+    async def tokenize(self, text: str) -> tuple[int, ...]:
+        return await self.inner.tokenize(text)  # no generation: not scheduled
+
+    @property
     def allowance(self) -> int:
         """Tokens this program may still generate."""
         return self.scheduler.core.allowance(self.program_id)

@@ -31,6 +31,7 @@ from certaindex.server.chat_programs import ChatOutcome, run_chat_program
 from certaindex.server.errors import ProxyError, bad_request, error_body, upstream_failed
 from certaindex.server.metrics import ProxyMetrics
 from certaindex.server.passthrough import Passthrough
+from certaindex.server.plain import plain_events
 from certaindex.server.responses import chunk, completion_object, new_id, sse, usage_chunk
 from certaindex.server.schema import ChatPlan, Policy, plan_chat
 from certaindex.server.settings import ServerSettings
@@ -90,7 +91,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         inner = engine or make_engine(
             settings.upstream or "embedded", model=settings.model, chat_template=settings.chat_template,
             api_key=settings.upstream_api_key, extra_body=settings.engine_extra_body or None,
-            timeout_s=settings.upstream_timeout_s, verbose=settings.verbose,
+            timeout_s=settings.upstream_timeout_s, verbose=settings.verbose, token_ids=settings.token_ids,
         )
         passthrough = None
         if settings.upstream:
@@ -207,7 +208,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         metrics.requests.labels("chat", plan.policy, status).inc()
         metrics.duration.labels("chat", plan.policy).observe(seconds)
         for kind, value in (("prompt", outcome.prompt_tokens), ("reasoning", outcome.reasoning_tokens),
-                            ("probe", outcome.probe_tokens), ("answer", outcome.answer_tokens)):
+                            ("overrun", outcome.overrun_tokens), ("probe", outcome.probe_tokens),
+                            ("answer", outcome.answer_tokens)):
             metrics.tokens.labels(kind).inc(value)
         metrics.stops.labels(str(outcome.details.get("stop_reason"))).inc()
         metrics.probe_failures.inc(int(outcome.details.get("probe_failures") or 0))
@@ -317,6 +319,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             top_p=float(payload.get("top_p") or 1.0),
             seed=payload.get("seed"),
         )
+        if plan.stream:
+            return await plain_chat_streaming(plan, generation)
         async with Slot(st.admission):
             try:
                 completion = await unless_client_leaves(
@@ -336,16 +340,28 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             answer_tokens=choice.completion_tokens, details={"policy": "off", "stop_reason": choice.finish_reason},
         )
         metrics.requests.labels("chat", "off", "200").inc()
-        request_id = new_id()
-        if not plan.stream:
-            return JSONResponse(completion_object(request_id, plan.model or st.engine.name, outcome))
-        model = plan.model or st.engine.name
-        pieces = [sse(chunk(request_id, model, {"role": "assistant", "content": outcome.content})),
-                  sse(chunk(request_id, model, {}, outcome.finish_reason))]
-        if plan.include_usage:
-            pieces.append(sse(usage_chunk(request_id, model, outcome)))
-        pieces.append(sse("[DONE]"))
-        return Response(b"".join(pieces), media_type="text/event-stream")
+        return JSONResponse(completion_object(new_id(), plan.model or st.engine.name, outcome))
+
+    async def plain_chat_streaming(plan: ChatPlan, generation: GenerationRequest) -> Response:
+        """Policy ``off`` on the embedded engine, streamed token by token as llama.cpp generates."""
+        st = state()
+        slot = Slot(st.admission)
+        await slot.__aenter__()  # waits in the bounded queue, or 429 before any byte is sent
+        started = time.perf_counter()
+
+        def finished(outcome: ChatOutcome) -> None:
+            metrics.requests.labels("chat", "off", "200").inc()
+            metrics.duration.labels("chat", "off").observe(time.perf_counter() - started)
+
+        async def done(client_left: bool) -> None:
+            if client_left:
+                metrics.disconnects.inc()
+            slot.release()
+
+        events = plain_events(st.engine, generation, new_id(), plan.model or st.engine.name, plan.include_usage,
+                              on_done=finished)
+        return ClosingStreamingResponse(events, on_close=done, media_type="text/event-stream",
+                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # -- routes --------------------------------------------------------------------------------
 

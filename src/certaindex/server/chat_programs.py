@@ -32,20 +32,25 @@ class ChatOutcome:
     probe_tokens: int
     answer_tokens: int
     details: dict[str, Any] = field(default_factory=dict)
+    # Reasoning streamed past the deciding probe before the upstream stream was closed.
+    overrun_tokens: int = 0
 
     @property
     def completion_tokens(self) -> int:
-        """Every token generated for this request, probes included: that is what it cost."""
-        return self.reasoning_tokens + self.probe_tokens + self.answer_tokens
+        """Every token generated for this request, probes and overrun included: that is what it cost."""
+        return self.reasoning_tokens + self.overrun_tokens + self.probe_tokens + self.answer_tokens
 
     def usage(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens + self.probe_tokens},
+            "completion_tokens_details": {
+                "reasoning_tokens": self.reasoning_tokens + self.overrun_tokens + self.probe_tokens,
+            },
             "certaindex": {
                 "reasoning_tokens": self.reasoning_tokens,
+                "overrun_tokens": self.overrun_tokens,
                 "probe_tokens": self.probe_tokens,
                 "answer_tokens": self.answer_tokens,
             },
@@ -78,6 +83,7 @@ def cot_outcome(result: CoTResult, policy: str, upstream: MeteredEngine) -> Chat
         reasoning_tokens=result.reasoning_tokens,
         probe_tokens=result.probe_tokens,
         answer_tokens=result.answer_tokens,
+        overrun_tokens=result.overrun_tokens,
         details={
             "policy": policy,
             "stop_reason": result.stop_reason,
@@ -85,6 +91,7 @@ def cot_outcome(result: CoTResult, policy: str, upstream: MeteredEngine) -> Chat
             "budget": result.budget,
             "probes": len(result.probes),
             "probe_failures": result.probe_failures,
+            "stream_resumes": result.stream_resumes,
             "upstream_requests": upstream.usage.requests,
             "upstream_prompt_tokens": upstream.usage.prompt_tokens,
         },

@@ -27,6 +27,21 @@ class MeteredEngine(Engine):
         self.usage = UpstreamUsage()
         self.name = inner.name
 
+    @property
+    def concurrent_streams(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "concurrent_streams", False))
+
+    @property
+    def token_ids(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "token_ids", False))
+
+    @property
+    def streams_tokens(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "streams_tokens", False))
+
+    async def tokenize(self, text: str) -> tuple[int, ...]:
+        return await self.inner.tokenize(text)
+
     async def prepare(self) -> None:
         await self.inner.prepare()
 

@@ -44,6 +44,7 @@ class ServerSettings:
     aging_s: float = 30.0  # a program this old goes before all later ones
     engine_priorities: bool = False  # send each request's priority upstream (vLLM --scheduling-policy priority)
     verbose: bool = False  # let the embedded engine's llama.cpp log through
+    token_ids: bool = False  # the upstream reports and takes token ids (vLLM): probes continue the model's own tokens
 
     @property
     def scheduler_capacity(self) -> int:

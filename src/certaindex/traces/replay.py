@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
-from certaindex.engines.base import Choice, Completion, Engine, EngineError, GenerationRequest
+from certaindex.engines.base import Choice, Completion, Engine, EngineError, GenerationRequest, StreamDelta
 from certaindex.core.prompting import PROBE_STOPS, THINK_CLOSE, build_prompt_messages, opens_box
 from certaindex.traces.format import TraceRecord, TraceSet, read_traces
 
@@ -128,6 +128,29 @@ class ReplayEngine(Engine):
         else:
             choice = self._serve_chunks(match, request)
         return Completion(choices=(choice,), prompt_tokens=prompt_tokens)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """The recorded reasoning chunk by chunk (a piece per recorded chunk of g tokens), so
+        ``solve_cot(..., main_stream=True)`` runs its one-stream path on recorded traces; other
+        requests come whole. Not ``concurrent_streams``: replays use the chunked path unless asked."""
+        if request.n != 1:
+            raise ValueError("stream() takes n=1; start one stream per sample")
+        match = self._match(request)
+        if match.kind != "continue":
+            choice = (await self.generate(request)).first
+            yield StreamDelta(choice.text, choice.completion_tokens, finish_reason=choice.finish_reason)
+            return
+        whole = self._serve_chunks(match, request)  # checks the request as generate() would
+        self.requests += 1
+        record = match.item.record
+        used = 0
+        for chunk in record.chunks[match.boundary:]:  # the chunks _serve_chunks joined, one piece each
+            used += chunk.tokens
+            last = chunk.finish_reason != "length" or used == request.max_tokens
+            yield StreamDelta(chunk.text, chunk.tokens, finish_reason=whole.finish_reason if last else None,
+                              prompt_tokens=record.prompt_tokens if last else None)
+            if last:
+                return
 
     def _match(self, request: GenerationRequest) -> _Match:
         suffix = self.settings.probe_suffix

@@ -1,0 +1,298 @@
+"""One open upstream stream per chain of thought, with probes forked on the side.
+
+On engines that stream token by token and serve other requests meanwhile
+(``Engine.concurrent_streams``), the reasoning is one streaming request from the prompt to the
+budget or the model's own end. At each probe point a probe (prompt + the reasoning streamed so far
++ the probe suffix) is sent as a concurrent side request; the reasoning never waits for it.
+
+Decisions depend on positions, never on timing:
+
+* a probe point is taken at the token position the stream has reached, and it is only *confirmed*
+  (sent) once something follows it (a token, or the model's end as a piece of its own), exactly as
+  the chunked path probes after a chunk that ended on ``length`` and not after a chunk cut by a
+  stop string;
+* a probe point that comes while ``max_in_flight`` probes are running is **queued, not skipped**,
+  so every point gets its probe, as in the chunked path and in replayed traces;
+* probes are judged strictly in position order (an early answer waits for the ones before it).
+
+So a run makes the same decisions as the chunked path (and as a replay of its recorded traces);
+only the *overrun* depends on timing: the tokens streamed after the deciding probe's position until
+the stream was closed. They are real cost and are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Generic, Literal, TypeVar
+
+from certaindex.engines.base import BudgetExhausted, Engine, EngineError, GenerationRequest, StreamDelta
+
+T = TypeVar("T")
+Verdict = Literal["continue", "settled", "stop-probing", "budget"]
+Stop = Literal["certain", "finished", "budget"]
+
+
+@dataclass(frozen=True)
+class ProbePoint:
+    """Where a probe is forked: the ``index``-th point, after ``at_tokens`` reasoning tokens."""
+
+    index: int
+    at_tokens: int
+    reasoning: str
+    ids: tuple[int, ...] | None = None  # prompt + reasoning as the model's token ids, where the engine reports them
+
+
+@dataclass
+class MainStreamOutcome:
+    """How the main stream ended. ``reasoning``/``tokens`` stop at the deciding probe's position
+    when a probe decided; ``streamed_tokens`` is everything the main stream generated."""
+
+    reasoning: str
+    tokens: int
+    stop: Stop
+    streamed_tokens: int
+    prompt_tokens: int
+    resumes: int
+    decided_at: ProbePoint | None = None
+
+    @property
+    def overrun_tokens(self) -> int:
+        """Tokens generated past the deciding position before the stream was closed."""
+        return self.streamed_tokens - self.tokens
+
+
+class SideProbes(Generic[T]):
+    """Probes on the side: at most ``max_in_flight`` running, the rest queued, judged in order.
+
+    ``run(point)`` sends one probe; ``judge(point, result_or_error)`` turns it into a verdict
+    (raising to fail the program). The first verdict other than ``continue`` stops probing."""
+
+    def __init__(
+        self,
+        run: Callable[[ProbePoint], Awaitable[T]],
+        judge: Callable[[ProbePoint, T | BaseException], Verdict],
+        max_in_flight: int = 1,
+    ) -> None:
+        self._run = run
+        self._judge = judge
+        self.max_in_flight = max(1, max_in_flight)
+        self._queue: deque[ProbePoint] = deque()
+        self._running: dict[int, asyncio.Task[T]] = {}
+        self._results: dict[int, tuple[ProbePoint, T | BaseException]] = {}
+        self.offered = 0
+        self.judged = 0
+        self.active = True
+        self.verdict: Verdict = "continue"
+        self.decided_at: ProbePoint | None = None
+        self.error: BaseException | None = None
+        self.decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._progress = asyncio.Event()
+
+    def offer(self, at_tokens: int, reasoning: str, ids: tuple[int, ...] | None = None) -> None:
+        if not self.active:
+            return
+        self._queue.append(ProbePoint(self.offered, at_tokens, reasoning, ids))
+        self.offered += 1
+        self._launch()
+
+    def _launch(self) -> None:
+        while self.active and self._queue and len(self._running) < self.max_in_flight:
+            point = self._queue.popleft()
+            task = asyncio.ensure_future(self._run(point))
+            self._running[point.index] = task
+            task.add_done_callback(lambda t, p=point: self._done(p, t))
+
+    def _done(self, point: ProbePoint, task: "asyncio.Task[T]") -> None:
+        self._running.pop(point.index, None)
+        if task.cancelled():
+            return
+        error = task.exception()
+        self._results[point.index] = (point, error if error is not None else task.result())
+        self._judge_in_order()
+        self._launch()  # after judging: a settled answer sends no further probe
+        self._progress.set()
+
+    def _judge_in_order(self) -> None:
+        while self.active and self.judged in self._results:
+            point, outcome = self._results.pop(self.judged)
+            self.judged += 1
+            try:
+                verdict = self._judge(point, outcome)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the reasoning
+                self.error, verdict = exc, "budget"
+            if verdict != "continue":
+                self._stop(verdict, point)
+
+    def _stop(self, verdict: Verdict, point: ProbePoint) -> None:
+        self.active = False
+        self.verdict, self.decided_at = verdict, point
+        self._queue.clear()
+        for task in self._running.values():
+            task.cancel()
+        if verdict != "stop-probing" and not self.decided.done():
+            self.decided.set_result(None)
+
+    @property
+    def settled_or_error(self) -> bool:
+        return self.error is not None or self.verdict in ("settled", "budget")
+
+    async def drain(self) -> None:
+        """Wait until every point offered so far is judged, or probing stopped."""
+        while self.active and self.judged < self.offered:
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def aclose(self) -> None:
+        """Cancel probes in flight and wait for them to go."""
+        self.active = False
+        self._queue.clear()
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - cancelled or failed: it no longer matters
+                pass
+
+
+PointRule = Callable[[int, int, str, str], bool]
+
+
+async def reason_in_one_stream(
+    engine: Engine,
+    prompt: str,
+    *,
+    budget: int,
+    base: GenerationRequest,
+    probes: SideProbes | None,
+    is_point: PointRule,
+    on_delta: Callable[[StreamDelta, int], None],
+    on_point: Callable[[int, str], None],
+    max_resumes: int = 1,
+) -> MainStreamOutcome:
+    """Stream the reasoning from ``prompt`` up to ``budget`` tokens, forking probes through
+    ``probes`` at the positions ``is_point(last_point_tokens, tokens, reasoning, added_text)`` picks.
+
+    ``base`` carries the sampling (temperature, top_p, stop, seed); the seed of a resumed stream is
+    ``seed + tokens so far``, as the chunked path seeds each chunk. A stream that breaks is resumed
+    from the prefix ``max_resumes`` times, then its error is raised; a stream cut on ``length``
+    before the budget (a scheduler's allowance) is simply continued. Cancelling closes the stream."""
+    state = {"text": "", "tokens": 0, "prompt_tokens": 0, "resumes": 0, "last_point": 0}
+    pending: list[tuple[int, str, tuple[int, ...] | None]] = []  # a point reached, sent once the stream goes past it
+    # The model's own tokens, where the engine reports their ids (the prompt's on the first piece).
+    ids: list[int] | None = [] if getattr(engine, "token_ids", False) else None
+    prompt_ids: list[tuple[int, ...]] = []
+
+    def known_ids() -> tuple[int, ...] | None:
+        return prompt_ids[0] + tuple(ids) if ids is not None and prompt_ids else None
+
+    def take(delta: StreamDelta) -> None:
+        nonlocal ids
+        if pending and (delta.tokens > 0 or delta.finish_reason):
+            # Something came after the point: more tokens, or the model's end as its own piece (an
+            # engine samples the end of text after token p, so a chunk of p tokens said "length"
+            # and was probed). An end that came with token p itself (a stop string) is not probed.
+            at, text, point_ids = pending.pop()
+            if probes is not None:
+                probes.offer(at, text, point_ids)
+        if delta.prompt_ids and not prompt_ids:
+            prompt_ids.append(delta.prompt_ids)
+        if ids is not None:
+            if delta.tokens and (delta.token_ids is None or len(delta.token_ids) != delta.tokens):
+                ids = None  # a piece without its ids: probes fall back to text
+            elif delta.token_ids:
+                ids.extend(delta.token_ids)
+        added = delta.text
+        state["text"] += added
+        state["tokens"] += delta.tokens
+        if delta.prompt_tokens and not state["prompt_tokens"]:
+            state["prompt_tokens"] = delta.prompt_tokens
+        on_delta(delta, state["tokens"])
+        tokens = state["tokens"]
+        if (
+            probes is not None
+            and probes.active
+            and delta.tokens > 0
+            and tokens < budget
+            and is_point(state["last_point"], tokens, state["text"], added)
+        ):
+            pending[:] = [(tokens, state["text"], known_ids())]
+            on_point(tokens, state["text"])
+            state["last_point"] = tokens
+
+    async def read() -> Stop:
+        while state["tokens"] < budget:
+            start_tokens = state["tokens"]
+            request = GenerationRequest(
+                prompt=prompt + state["text"],
+                max_tokens=budget - start_tokens,
+                stop=base.stop,
+                temperature=base.temperature,
+                top_p=base.top_p,
+                seed=None if base.seed is None else base.seed + start_tokens,
+                priority=base.priority,
+                prompt_ids=known_ids() if start_tokens else None,  # a resumed stream goes on from the exact tokens
+            )
+            finish: str | None = None
+            try:
+                async with aclosing(engine.stream(request)) as deltas:
+                    async for delta in deltas:
+                        take(delta)
+                        finish = delta.finish_reason or finish
+            except BudgetExhausted:
+                return "budget"
+            except EngineError:
+                if state["resumes"] >= max_resumes:
+                    raise
+                state["resumes"] += 1
+                continue
+            if finish is None:  # an engine whose stream ended without saying why: treat as broken
+                if state["resumes"] >= max_resumes:
+                    raise EngineError(f"the stream from {engine.name} ended without a finish reason")
+                state["resumes"] += 1
+                continue
+            if finish != "length" or state["tokens"] == start_tokens:
+                return "finished"
+        return "budget"
+
+    reader = asyncio.ensure_future(read())
+    waits: set[asyncio.Future] = {reader}
+    if probes is not None:
+        waits.add(probes.decided)
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done():
+            stop: Stop = reader.result()  # raises the main stream's error
+            pending.clear()  # the stream ended right at the last point: no probe there
+            if probes is not None:
+                await probes.drain()  # decisions by position: the probes before the end still count
+        else:
+            stop = "budget"
+    finally:
+        if not reader.done():
+            reader.cancel()  # closes the upstream stream: the server aborts the generation
+        try:
+            await reader
+        except BaseException:  # noqa: BLE001 - its error was raised above if it mattered
+            pass
+        if probes is not None:
+            await probes.aclose()
+    streamed = state["tokens"]
+    outcome = MainStreamOutcome(
+        reasoning=state["text"], tokens=streamed, stop=stop, streamed_tokens=streamed,
+        prompt_tokens=state["prompt_tokens"], resumes=state["resumes"],
+    )
+    if probes is not None and probes.error is not None:
+        raise probes.error
+    if probes is not None and probes.verdict in ("settled", "budget") and probes.decided_at is not None:
+        point = probes.decided_at
+        outcome.reasoning, outcome.tokens, outcome.decided_at = point.reasoning, point.at_tokens, point
+        outcome.stop = "certain" if probes.verdict == "settled" else "budget"
+    return outcome
+
+
+__all__ = ["MainStreamOutcome", "ProbePoint", "SideProbes", "Verdict", "reason_in_one_stream"]
