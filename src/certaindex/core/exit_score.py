@@ -337,6 +337,11 @@ class LiveScore:
             self._ends.append(start + round(len(chunk) * i / n))
         self.tokens += n
 
+    def sync(self, text: str, tokens: int) -> None:
+        """Catch up with a program that knows the whole reasoning so far (``text``, ``tokens`` long)."""
+        if len(text) >= len(self.text) and tokens >= self.tokens:
+            self.add_text(text[len(self.text):], tokens - self.tokens)
+
     def markers(self) -> TextMarkers:
         return text_markers(self.text, np.asarray(self._ends or [0], dtype=np.int64))
 
@@ -369,8 +374,11 @@ class LiveScore:
         """Record a probe (``grid``/``event``) or ``trial`` answer read now, at the current token count."""
         if src == "grid":
             self._last_probe = self.tokens
-            if THINK_CLOSE in self.text:
+            after_think = THINK_CLOSE in self.text and not self._tc_done
+            if after_think:
                 self._tc_done = True
+            if not self.every and not (after_think and "tc" in self.parts):
+                return  # the schedule reads no probe grid: the probe only marks a decision point
         self.obs.append(Obs(self.tokens, src, answer, certain, out_tokens, confidence, min_prob))
 
     def decide(self) -> tuple[bool, str | None, float]:

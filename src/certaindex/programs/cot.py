@@ -20,7 +20,8 @@ from typing import Callable, Literal, Sequence
 
 from contextlib import aclosing
 
-from certaindex.core.answers import answers_equal, extract_answer, is_hesitant
+from certaindex.core.answers import answers_equal, canonical_answer, extract_answer, is_hesitant
+from certaindex.core.exit_score import LiveScore
 from certaindex.core.prompting import (
     PROBE_STOPS,
     marks_probe_event,
@@ -68,6 +69,9 @@ class CoTConfig:
     # Probes running beside one main stream; a probe point that comes while this many run is
     # queued (never skipped), so the decisions do not depend on timing.
     max_probes_in_flight: int = 1
+    # A fitted certainty score (a profile's "score" rule: schedule, threshold, model) decides at each
+    # probe point instead of k agreeing probes; None: Dynasor's rule with k.
+    certainty: dict | None = None
 
     @property
     def event_gap(self) -> int:
@@ -196,6 +200,21 @@ async def solve_cot(
     emit = on_event or (lambda _event: None)
     early_exit = config.early_exit
     failed_probes = 0
+    live = LiveScore(config.certainty, canonical_answer) if config.certainty is not None else None
+    exit_answer: list[str | None] = [None]
+
+    def settled_after(record: Probe, at_tokens: int, text: str) -> bool:
+        """The certainty rule after a probe: the score (probe, boxes the model wrote) or k agreeing probes."""
+        if live is None:
+            return probes_agree(observations, config.k, answers_equal)
+        live.sync(text, at_tokens)
+        live.boxed()
+        live.observe("grid", record.answer, certain=not record.hesitant, out_tokens=record.tokens)
+        go, answer, _ = live.decide()
+        if go:
+            exit_answer[0] = answer
+        return go
+
     if main_stream is None:  # full reasoning sends no side request: one stream wherever tokens stream
         main_stream = config.side_probes and bool(
             getattr(engine, "concurrent_streams", False) or (not early_exit and getattr(engine, "streams_tokens", False)))
@@ -308,8 +327,8 @@ async def solve_cot(
                 return "stop-probing"
             if isinstance(outcome, BaseException):
                 raise outcome
-            record_probe(point.at_tokens, outcome)
-            return "settled" if probes_agree(observations, config.k, answers_equal) else "continue"
+            record = record_probe(point.at_tokens, outcome)
+            return "settled" if settled_after(record, point.at_tokens, point.reasoning) else "continue"
 
         def on_delta(delta: object, tokens: int) -> None:
             text = getattr(delta, "text", "")
@@ -354,7 +373,8 @@ async def solve_cot(
         wanted = config.probe_trigger != "events" or marks_probe_event(reasoning[:chunk_start], text)
         if early_exit and wanted and reasoning_tokens < config.budget:
             try:
-                settled = await probe_or_none() is not None and probes_agree(observations, config.k, answers_equal)
+                record = await probe_or_none()
+                settled = record is not None and settled_after(record, reasoning_tokens, reasoning)
             except BudgetExhausted:
                 break
             if settled:
@@ -362,7 +382,7 @@ async def solve_cot(
                 break
 
     if stop_reason == "certain":
-        answer = probes[-1].answer
+        answer = exit_answer[0] if live is not None else probes[-1].answer
         answer_text = format_answer(answer)
     elif stop_reason == "finished" and thinking:
         # The model closed its reasoning: let it write the answer, as it would without certaindex.
