@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 from typing import Awaitable, Callable
 
 from rich.console import Console
@@ -76,41 +77,102 @@ def quiet_http_logs(verbose: bool) -> None:
 
 
 def add_cot_args(
-    parser: argparse.ArgumentParser, budget: int = 1024, interval: int = 32, k: int = 3, seed_flag: str = "--seed"
+    parser: argparse.ArgumentParser, budget: int = 1024, interval: int = 32, k: int = 3, seed_flag: str = "--seed",
+    profile: str = "auto",
 ) -> None:
     """The chain-of-thought flags; ``seed_flag`` renames the sampling seed where ``--seed`` means
     something else (the load test's arrivals); ``cot_config`` reads it as ``seed``."""
     group = parser.add_argument_group("reasoning")
     group.add_argument("--budget", type=int, default=budget, help=f"most reasoning tokens (default {budget})")
-    group.add_argument("--probe-interval", type=int, default=interval,
-                       help=f"reasoning tokens between probes (default {interval})")
-    group.add_argument("--k", type=int, default=k, help=f"agreeing probes in a row needed to stop (default {k})")
+    group.add_argument("--probe-interval", type=int, default=None,
+                       help=f"reasoning tokens between probes (default {interval}; giving it or --k uses Dynasor's "
+                       "rule with them instead of the model's profile)")
+    group.add_argument("--k", type=int, default=None, help=f"agreeing probes in a row needed to stop (default {k})")
+    group.add_argument("--profile", default=profile,
+                       help=f"early-exit profile (default {profile}): auto (picked from the model name), a shipped profile's name "
+                       "(r1-distill-qwen, r1-distill-qwen-32b, qwen3, r1-distill-llama, conservative), a profile "
+                       "JSON file, or none (Dynasor's rule with --probe-interval and --k)")
+    parser.set_defaults(default_probe_interval=interval, default_k=k)
     group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
     group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     group.add_argument(seed_flag, dest="sampling_seed", type=int, default=0, help="sampling seed (default 0)")
     group.add_argument(
         "--calibration",
-        help="JSON config written by `certaindex calibrate`: its probe interval and k replace the flags' values",
+        help="JSON written by `certaindex calibrate`: a profile (from a Governor folder) replaces --profile; "
+        "a probe-agreement config replaces the probe interval and k",
     )
 
 
-def cot_config(args: argparse.Namespace, early_exit: bool = True) -> CoTConfig:
+def resolve_profile(args: argparse.Namespace, model_name: str | None):
+    """The early-exit profile for this run (None: Dynasor's rule with the flags), and why."""
+    from certaindex.evaluation.profiles import load_profile, profile_for_model, shipped_profiles
+
+    calibration = getattr(args, "calibration", None)
+    if calibration:
+        try:
+            data = json.loads(open(calibration, encoding="utf-8").read())
+        except (OSError, ValueError):
+            data = None  # load_calibration reports it
+        if isinstance(data, dict) and data.get("format") == "certaindex-profile":
+            return load_profile(calibration), f"from {calibration}"
+        return None, "calibration file"
+    choice = getattr(args, "profile", "auto") or "auto"
+    if choice == "none":
+        return None, "--profile none"
+    if choice != "auto":
+        named = {p.name: p for p in shipped_profiles()}
+        if choice in named:
+            return named[choice], "--profile"
+        if choice.endswith(".json"):
+            return load_profile(choice), f"from {choice}"
+        raise UsageError(f"--profile {choice!r} is not a shipped profile ({', '.join(sorted(named))}), a .json file, auto or none")
+    if args.probe_interval is not None or args.k is not None:
+        return None, "--probe-interval/--k given"
+    return profile_for_model(model_name or ""), f"picked for model {model_name or 'unknown'}"
+
+
+def describe_rule(args: argparse.Namespace, config: CoTConfig, model_name: str | None) -> str:
+    """One line saying which early-exit rule a run uses and why (printed by solve, bench and serve)."""
+    profile, why = resolve_profile(args, model_name)
+    if profile is not None:
+        return f"early-exit profile {profile.label} ({why})"
+    return f"early-exit rule: Dynasor k={config.k}, probe interval {config.probe_interval} ({why})"
+
+
+def cot_config(args: argparse.Namespace, early_exit: bool = True, model_name: str | None = None,
+               announce: bool = False) -> CoTConfig:
+    """The chain-of-thought settings of a run: the flags, then the early-exit profile (picked from
+    ``model_name`` unless ``--profile``/``--calibration``/``--probe-interval``/``--k`` say otherwise),
+    announced on stderr."""
+    interval = args.probe_interval if args.probe_interval is not None else getattr(args, "default_probe_interval", 32)
+    k = args.k if args.k is not None else getattr(args, "default_k", 3)
     positive("budget", args.budget, MAX_BUDGET)
-    positive("probe-interval", args.probe_interval)
-    positive("k", args.k, 100)
+    positive("probe-interval", interval)
+    positive("k", k, 100)
     positive("probe-tokens", args.probe_tokens, 1000)
     if not 0 <= args.temperature <= 5:
         raise UsageError(f"--temperature must be between 0 and 5, got {args.temperature}")
     config = CoTConfig(
         budget=args.budget,
-        probe_interval=args.probe_interval,
-        k=args.k,
+        probe_interval=interval,
+        k=k,
         probe_tokens=args.probe_tokens,
         temperature=args.temperature,
         seed=args.sampling_seed,
         early_exit=early_exit,
     )
-    if getattr(args, "calibration", None):
+    profile, why = resolve_profile(args, model_name)
+    if profile is not None:
+        changes: dict = {"probe_interval": profile.probe_interval, "probe_suffix": profile.probe_suffix,
+                         "probe_tokens": profile.probe_tokens}
+        if profile.kind == "score":
+            changes["certainty"] = profile.rule
+        elif profile.kind == "dynasor":
+            changes["k"] = int(profile.rule["k"])
+        config = dataclasses.replace(config, **changes)
+        if announce:
+            err.print(f"[dim]early-exit profile {profile.label} ({why})[/dim]")
+    elif getattr(args, "calibration", None):
         from certaindex.evaluation.evaluate import apply_calibration, load_calibration
 
         config = dataclasses.replace(apply_calibration(config, load_calibration(args.calibration)), early_exit=early_exit)

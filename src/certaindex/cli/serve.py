@@ -36,8 +36,13 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--calibration", help="calibration JSON from `certaindex calibrate`: default probe "
                        "interval, k (and budget)")
     serve.add_argument("--budget", type=int, default=4096, help="default most reasoning tokens (default 4096)")
-    serve.add_argument("--probe-interval", type=int, default=64, help="default tokens between probes (default 64)")
-    serve.add_argument("--k", type=int, default=3, help="default agreeing probes needed to stop (default 3)")
+    serve.add_argument("--probe-interval", type=int, default=None,
+                       help="default tokens between probes (default 64; giving it or --k uses Dynasor's rule instead "
+                       "of the model's profile)")
+    serve.add_argument("--k", type=int, default=None, help="default agreeing probes needed to stop (default 3)")
+    serve.add_argument("--profile", default="auto",
+                       help="early-exit profile: auto (picked from --model's name; default), a shipped profile's name, "
+                       "a profile JSON file, or none (Dynasor's rule with --probe-interval and --k)")
     serve.add_argument("--plain-max-tokens", type=int, default=1024,
                        help="policy off on the embedded engine: most tokens when a request gives no max_tokens "
                        "(default 1024)")
@@ -83,9 +88,19 @@ def settings_from_args(args: argparse.Namespace):
     from certaindex.evaluation.evaluate import apply_calibration, load_calibration
     from certaindex.server.settings import ServerSettings
 
-    cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval, k=args.k,
+    from certaindex.cli.common import resolve_profile
+
+    cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval or 64, k=args.k or 3,
                     probe_trigger=args.probe_trigger, side_probes=not args.no_side_probes)
-    if args.calibration:
+    profile, why = resolve_profile(args, args.model)
+    if profile is not None:
+        cot = replace(cot, probe_interval=profile.probe_interval, probe_suffix=profile.probe_suffix,
+                      probe_tokens=profile.probe_tokens,
+                      **({"certainty": profile.rule} if profile.kind == "score" else {"k": int(profile.rule["k"])}))
+        from certaindex.cli.common import err
+
+        err.print(f"early-exit profile {profile.label} ({why}); requests may still ask for k / probe_interval", highlight=False)
+    elif args.calibration:
         cot = apply_calibration(cot, load_calibration(args.calibration), budget=True)
     extra = parse_json_object(args.extra_body, "--extra-body") or {}
     if not 0 < args.port < 65536:

@@ -105,7 +105,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--arrivals", help="file of arrival times in seconds, one per line (replaces --rate)")
     _add_serving_args(load)
     common.add_engine_args(load)
-    common.add_cot_args(load, budget=384, interval=16, k=2, seed_flag="--sample-seed")
+    common.add_cot_args(load, budget=384, interval=16, k=2, seed_flag="--sample-seed", profile="none")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(handler=loadtest_command)
 

@@ -29,9 +29,12 @@ from certaindex.programs.self_consistency import SCConfig
 
 async def _solve(args: argparse.Namespace) -> int:
     question = validate_question(args.question)
-    config = common.cot_config(args, early_exit=not args.no_early_exit)
+    common.cot_config(args, early_exit=not args.no_early_exit)  # bad flags fail before the engine loads
     engine = common.engine_from_args(args)
     try:
+        model_name = args.model or engine.name
+        config = common.cot_config(args, early_exit=not args.no_early_exit, model_name=model_name)
+        rule = common.describe_rule(args, config, model_name)
         result = await _solve_with_progress(engine, question, config, quiet=args.quiet or args.json)
         full: CoTResult | None = None
         if args.compare and config.early_exit:
@@ -43,11 +46,12 @@ async def _solve(args: argparse.Namespace) -> int:
         await engine.aclose()
 
     if args.json:
-        payload: dict[str, Any] = {"engine": engine.name, "result": result.to_dict()}
+        payload: dict[str, Any] = {"engine": engine.name, "rule": rule, "result": result.to_dict()}
         if full is not None:
             payload["full"] = full.to_dict()
         out.print_json(json.dumps(payload))
     else:
+        out.print(f"[dim]{escape(rule)}[/dim]", highlight=False)
         _print_solution(engine.name, result, full, show_reasoning=args.show_reasoning, expected=args.expected)
     if result.answer is None:
         err.print(f"[red]error:[/red] the model gave no answer ({_reason_text(result)})")
@@ -192,11 +196,13 @@ async def _bench(args: argparse.Namespace) -> int:
     if args.limit is not None:
         common.positive("limit", args.limit)
     problems = load_dataset(args.dataset, limit=args.limit, offset=args.offset)
-    cot = common.cot_config(args)
+    common.cot_config(args)  # bad flags fail before the engine loads
     sc = _sc_config(args)
-    modes = programs_for(args.program, cot, sc, _deepconf_config(args, sc) if args.program == "deepconf" else None)
     engine = common.engine_from_args(args, logprobs=args.program in LOGPROB_PROGRAMS)
     try:
+        cot = common.cot_config(args, model_name=args.model or engine.name)
+        args.rule_line = common.describe_rule(args, cot, args.model or engine.name)
+        modes = programs_for(args.program, cot, sc, _deepconf_config(args, sc) if args.program == "deepconf" else None)
         with progress_bar("bench") as progress:
             task = progress.add_task(args.dataset, total=len(problems) * len(modes))
 
@@ -231,6 +237,7 @@ def _print_report(args, engine_name: str, n_problems: int, report, cot: CoTConfi
     for mode in list(report.summaries)[1:]:
         out.print(f"{mode} gave the baseline's answer on {100 * report.same_answer_rate(mode):.1f}% of problems")
     if args.program == "cot":
+        out.print(getattr(args, "rule_line", ""), highlight=False, markup=False)
         out.print(
             f"settings: budget {cot.budget}, probe interval {cot.probe_interval}, k {cot.k}, "
             f"probe tokens {cot.probe_tokens}, temperature {cot.temperature}"

@@ -200,6 +200,8 @@ def plan_chat(body: dict[str, Any], default_policy: Policy, cot: CoTConfig, sc: 
             ("temperature", temperature), ("top_p", top_p), ("seed", seed),
         ) if value is not None
     }
+    if options.k is not None or options.probe_interval is not None:
+        cot_changes["certainty"] = None  # a request that asks for k or an interval gets Dynasor's rule
     budget = options.budget or cot.budget
     if max_tokens is not None:
         budget = min(budget, max_tokens)  # the client's max_tokens bounds every generated token
