@@ -1,0 +1,71 @@
+"""Which early-exit rule solve, bench and the proxy use: the profile picked from the model name,
+``--profile NAME|FILE|none``, ``--calibration PROFILE.json``, and explicit ``--k``/``--probe-interval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from certaindex.cli import common
+from certaindex.cli.serve import settings_from_args
+
+
+def parse(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    common.add_cot_args(parser)
+    return parser.parse_args(list(flags))
+
+
+@pytest.mark.parametrize("model, name", [
+    ("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "r1-distill-qwen"),
+    ("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", "r1-distill-qwen-32b"),
+    ("Qwen/Qwen3-8B", "qwen3"),
+    ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "r1-distill-llama"),
+    ("embedded:SmolLM2-135M-Instruct.Q4_1.gguf", "conservative"),
+])
+def test_profile_from_the_model_name(model, name):
+    args = parse()
+    config = common.cot_config(args, model_name=model)
+    profile, _ = common.resolve_profile(args, model)
+    assert profile.name == name and profile.kind == "score"
+    assert config.certainty == profile.rule and config.probe_interval == profile.probe_interval
+    assert config.probe_suffix == profile.probe_suffix
+    assert common.describe_rule(args, config, model).startswith(f"early-exit profile {name} (score ")
+
+
+def test_overrides():
+    # explicit flags keep Dynasor's rule
+    config = common.cot_config(parse("--k", "5"), model_name="Qwen/Qwen3-8B")
+    assert config.certainty is None and (config.k, config.probe_interval) == (5, 32)
+    assert "Dynasor k=5" in common.describe_rule(parse("--k", "5"), config, "Qwen/Qwen3-8B")
+    # --profile none and --profile NAME
+    assert common.cot_config(parse("--profile", "none"), model_name="Qwen/Qwen3-8B").certainty is None
+    named = common.cot_config(parse("--profile", "qwen3"), model_name="anything")
+    assert common.resolve_profile(parse("--profile", "qwen3"), "anything")[0].name == "qwen3" and named.certainty
+    with pytest.raises(common.UsageError, match="not a shipped profile"):
+        common.cot_config(parse("--profile", "nope"))
+
+
+def test_calibration_file_that_is_a_profile(tmp_path):
+    rule = {"kind": "score", "schedule": "bx+g128", "threshold": 0.8,
+            "model": {"features": ["box_agree"], "mean": [0.0], "scale": [1.0], "coef": [1.0], "intercept": 0.0}}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"format": "certaindex-profile", "version": 1, "name": "mine", "models": [],
+                                "probe_suffix": "S", "probe_interval": 128, "rule": rule}))
+    config = common.cot_config(parse("--calibration", str(path)), model_name="Qwen/Qwen3-8B")
+    assert config.certainty == rule and config.probe_interval == 128 and config.probe_suffix == "S"
+
+
+def test_the_proxy_default_follows_the_model(capsys):
+    from certaindex.cli.serve import add_serve_subcommand
+
+    parser = argparse.ArgumentParser()
+    add_serve_subcommand(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"])
+    settings = settings_from_args(args)
+    assert settings.cot.certainty is not None and settings.cot.probe_interval == 512
+    assert "r1-distill-llama" in capsys.readouterr().err
+    args = parser.parse_args(["serve", "--model", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "--k", "4"])
+    assert settings_from_args(args).cot.certainty is None
