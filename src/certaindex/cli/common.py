@@ -128,7 +128,14 @@ def resolve_profile(args: argparse.Namespace, model_name: str | None):
         raise UsageError(f"--profile {choice!r} is not a shipped profile ({', '.join(sorted(named))}), a .json file, auto or none")
     if args.probe_interval is not None or args.k is not None:
         return None, "--probe-interval/--k given"
-    return profile_for_model(model_name or ""), f"picked for model {model_name or 'unknown'}"
+    picked = profile_for_model(model_name or "")
+    if picked.kind == "score" and "tr" in picked.rule["schedule"].split("+"):
+        # The live chain of thought does not read DEER trials yet: a profile calibrated with them would
+        # run on different evidence than it was certified on. The conservative profile needs none.
+        fallback = profile_for_model("")
+        return fallback, (f"model {model_name}: its profile {picked.name} reads DEER trials, which live runs do not "
+                          "take yet")
+    return picked, f"picked for model {model_name or 'unknown'}"
 
 
 def describe_rule(args: argparse.Namespace, config: CoTConfig, model_name: str | None) -> str:
