@@ -168,7 +168,7 @@ def llama_run(args: argparse.Namespace) -> list[str]:
     upstream = f"http://127.0.0.1:{port}"
     server = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--model_alias",
               "smollm2-135m-instruct", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
-              "--n_threads", str(os.cpu_count() or 1)]
+              "--n_threads", str(args.llama_threads)]
     sampling = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
     # One proxy as shipped: it recognises llama-cpp-python's server (one request at a time; a new
     # request interrupts the stream in progress) and reasons in chunks there, probing between them.
@@ -179,7 +179,8 @@ def llama_run(args: argparse.Namespace) -> list[str]:
         results = measure(upstream, "smollm2-135m-instruct", prompt, proxies, args.reps, args.llama_tokens, cot,
                           LLAMA_MESSAGES, sampling, paths=("direct", "full", "cot"))
     return [f"llama-cpp-python server (one request at a time: the proxy reasons in chunks there), "
-            f"SmolLM2-135M-Instruct Q4_1 on {os.cpu_count()} CPU cores; max {args.llama_tokens} tokens, "
+            f"SmolLM2-135M-Instruct Q4_1, {args.llama_threads} threads on {os.cpu_count()} CPU cores; "
+            f"max {args.llama_tokens} tokens, "
             f"probe interval {args.llama_interval}, k=1000 (probes never stop it)", *table(results), ""]
 
 
@@ -192,6 +193,7 @@ def main() -> int:
     parser.add_argument("--llama", action="store_true", help="also against llama-cpp-python's server")
     parser.add_argument("--llama-tokens", type=int, default=256)
     parser.add_argument("--llama-interval", type=int, default=32)
+    parser.add_argument("--llama-threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     lines = [f"# benchmarks/probe_latency.py {' '.join(sys.argv[1:])}",

@@ -243,3 +243,22 @@ async def test_a_server_that_runs_one_request_at_a_time_gets_chunks_and_probes_b
             assert [r["kind"] for r in fake.requests] == ["chunk", "probe"]  # one stream, the forced answer
     async with HTTPEngine("http://127.0.0.1:9", model="m", concurrent_streams=False) as engine:
         assert engine.concurrent_streams is False  # set by hand: nothing asked of the server
+
+
+@pytest.mark.parametrize("capacity", [1, 4])
+async def test_the_scheduler_charges_exactly_what_was_generated(capacity) -> None:
+    """Stream, overrun and probes through a scheduler session: the program is charged every token
+    the result counts (capacity 1 reasons in chunks: a side probe would wait for the stream)."""
+    from certaindex.scheduler import Scheduler, SchedulerCore
+    from certaindex.scheduler.budgets import program_budget
+
+    engine = ScriptedFakeEngine(["step "] * 500, ends_naturally=False, streaming=True,
+                                token_delay_s=0.001, probe_delay_s=0.01)
+    config = replace(CONFIG, budget=300)
+    scheduler = Scheduler(engine, SchedulerCore("fcfs", capacity=capacity))
+    async with scheduler.session("p", budget=program_budget(config)) as session:
+        assert session.concurrent_streams is (capacity > 1)
+        result = await solve_cot(session, QUESTION, config)
+        charged = program_budget(config) - session.allowance
+    assert result.stop_reason == "certain" and charged == result.total_tokens
+    assert (result.overrun_tokens > 0) is (capacity > 1)

@@ -295,7 +295,6 @@ def data_facts(problems: Sequence[ReplayProblem], probe_ks: Sequence[int] = (4, 
         agree = right_pairs = 0.0
         for p in mine:
             finals = [p.book.rep(r.final_answer) for r in p.problem.rollouts]
-            m = len(finals)
             pairs = [(a, b) for i, a in enumerate(finals) for b in finals[i + 1:]]
             agree += sum(a is not None and a == b for a, b in pairs) / len(pairs)
             right_pairs += sum(a is not None and a == b and p.book.correct(a) for a, b in pairs) / len(pairs)
