@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from certaindex import __version__
-from certaindex.cli import demo, serve, serving, solve, traces
+from certaindex.cli import demo, sampling, serve, serving, solve, traces
 from certaindex.cli.common import run_handler
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     traces.add_subcommands(sub)  # record, calibrate, evaluate
     serve.add_serve_subcommand(sub)  # serve
     serving.add_subcommands(sub)  # loadtest, simulate
+    sampling.add_subcommands(sub)  # evaluate-sc
     return parser
 
 

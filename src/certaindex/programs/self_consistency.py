@@ -22,7 +22,7 @@ from certaindex.core.answers import answers_equal, extract_answer
 from certaindex.engines.base import Engine, GenerationRequest, StreamDelta
 from certaindex.core.prompting import DEFAULT_SYSTEM_PROMPT
 from certaindex.programs.base import open_prompt
-from certaindex.core.signals import Vote, majority_vote
+from certaindex.core.signals import Equal, Vote, majority_vote
 from certaindex.core.stopping import anytime_valid_leader, entropy_rule
 from certaindex.core.validation import require
 
@@ -97,9 +97,10 @@ class SCResult:
         return sum(s.tokens for s in self.samples)
 
 
-def decide(answers: list[str | None], config: SCConfig) -> tuple[Vote, str | None]:
-    """Vote on the answers so far and say why to stop (or None to go on)."""
-    vote = majority_vote(answers, answers_equal)
+def decide(answers: Sequence[str | None], config: SCConfig, equal: Equal = answers_equal) -> tuple[Vote, str | None]:
+    """Vote on the answers so far and say why to stop (or None to go on). ``equal``: answer
+    equivalence; a replay that has already put its answers in classes passes plain ``==``."""
+    vote = majority_vote(answers, equal)
     if len(answers) < config.min_samples or vote.answer is None:
         return vote, None
     if config.rule == "entropy" and entropy_rule(vote.certaindex, config.threshold):
