@@ -143,6 +143,11 @@ def test_kv_capacity_holds_back_what_does_not_fit():
     alone = {r.program_id: r for r in simulate_logged([a, b], cost, "full-fcfs", capacity=8, kv_tokens=600)}
     assert alone["a"].end == pytest.approx(400) and alone["b"].end == pytest.approx(800)
     assert simulate_logged([a], cost, "full-fcfs", capacity=8, kv_tokens=10)[0].end == pytest.approx(400)
+    # an early-exit chunk holds its program's whole final length, as a full-reasoning request does
+    c1 = LoggedProgram("c1", 0.0, ((0, 100, 100, 100), (0, 200, 300, 300)), 400)
+    c2 = LoggedProgram("c2", 0.0, ((0, 100, 100, 100), (0, 200, 300, 300)), 400)
+    chunks = {r.program_id: r for r in simulate_logged([c1, c2], cost, "exit-fcfs", capacity=8, kv_tokens=600)}
+    assert chunks["c1"].end == pytest.approx(400) and chunks["c2"].end == pytest.approx(800)
     with pytest.raises(ValueError, match="kv_tokens"):
         simulate_logged([a], cost, "full-fcfs", capacity=8, kv_tokens=0)
 

@@ -146,6 +146,7 @@ class _Program:
     end: float | None = None
     result: CoTResult | None = None
     cached_end: int = 0  # tokens of its context an engine with per-program prefix caching holds
+    kv_final: int = 0  # KV tokens it holds at its end (logged programs: known in advance)
 
 
 @dataclass(eq=False)
@@ -373,12 +374,17 @@ class _Simulation:
             self._join(replica, heapq.heappop(replica.waiting)[2])
 
     def _kv_fits(self, replica: _Replica, request: _Request) -> bool:
-        """Whether the KV cache holds the newcomer to its end beside the running requests to theirs
-        (no preemption; a request alone on the engine always fits)."""
+        """Whether the KV cache holds the newcomer beside the running requests, each program counted
+        at its largest length (its whole final context for a logged program, so a full-reasoning
+        request and an early-exit chunk are held alike: no preemption). A request alone always fits."""
         if self.kv_tokens is None or not replica.active:
             return True
-        held = sum(r.length + r.remaining for r in replica.active)
-        return held + request.context + max(1, request.tokens) <= self.kv_tokens
+        held = sum(self._kv_need(r) for r in replica.active)
+        return held + self._kv_need(request) <= self.kv_tokens
+
+    @staticmethod
+    def _kv_need(request: _Request) -> int:
+        return max(request.context + max(1, request.tokens), request.program.kv_final)
 
     def _join(self, replica: _Replica, request: _Request) -> None:
         program = request.program
@@ -540,7 +546,8 @@ def simulate_logged(
     for program in programs:
         if not program.requests:
             raise ValueError(f"logged program {program.program_id!r} made no requests")
-    sims = [_Program(p.program_id, None, float(p.arrival), logged=p) for p in programs]
+    sims = [_Program(p.program_id, None, float(p.arrival), logged=p, kv_final=max(r[1] + r[3] for r in p.requests))
+            for p in programs]
     config = CoTConfig()
     _check_kv(kv_tokens)
     sim = _Simulation(None, cost, policy, config, capacity=capacity, replicas=replicas, slo_s=slo_s, aging_s=aging_s,
