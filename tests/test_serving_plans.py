@@ -147,7 +147,10 @@ def test_kv_capacity_holds_back_what_does_not_fit():
     c1 = LoggedProgram("c1", 0.0, ((0, 100, 100, 100), (0, 200, 300, 300)), 400)
     c2 = LoggedProgram("c2", 0.0, ((0, 100, 100, 100), (0, 200, 300, 300)), 400)
     chunks = {r.program_id: r for r in simulate_logged([c1, c2], cost, "exit-fcfs", capacity=8, kv_tokens=600)}
-    assert chunks["c1"].end == pytest.approx(400) and chunks["c2"].end == pytest.approx(800)
+    # one program at a time, FCFS between their chunks: c1 0-100, c2 100-200, c1 200-500, c2 500-800
+    assert chunks["c1"].end == pytest.approx(500) and chunks["c2"].end == pytest.approx(800)
+    apart = simulate_logged([c1, c2], cost, "exit-fcfs", capacity=8)
+    assert [r.end for r in apart] == pytest.approx([400, 400])
     with pytest.raises(ValueError, match="kv_tokens"):
         simulate_logged([a], cost, "full-fcfs", capacity=8, kv_tokens=0)
 
@@ -198,7 +201,9 @@ def test_sweep_shares_each_rates_draw_and_early_exit_sustains_more():
         assert sum(r.tokens for r in e) < sum(r.tokens for r in f)
     assert results[("exit-fcfs", 0.5)][0].slo[30.0] > results[("full-fcfs", 0.5)][0].slo[30.0]
     a1, o1 = draw(4, 10, 1.0, 0)
-    assert (a1, o1) == draw(4, 10, 1.0, 0) and draw(4, 10, 2.0, 0)[0] != a1
+    a2, o2 = draw(4, 10, 2.0, 0)
+    assert (a1, o1) == draw(4, 10, 1.0, 0) and o2 == o1 and a2 == pytest.approx([t / 2 for t in a1])
+    assert draw(4, 10, 1.0, 1)[1] != o1
     with pytest.raises(ValueError, match="weights"):
         draw(4, 10, 1.0, 0, weights=[1, 2])
 
