@@ -290,3 +290,34 @@ def test_cli_governor_flags_on_a_trace_file_exit_2(governor, capsys):
     assert cli.main(["simulate", "--traces", str(tmp_path / "nowhere"), "--cost-model", str(cost), "--rates", "1",
                      "--no-deadlines"]) == 2
     assert "does not exist" in " ".join(capsys.readouterr().err.split())
+
+
+# -- the 50 real trajectories shipped in the package -----------------------------------------------
+
+
+def test_plans_of_the_shipped_real_trajectories_serve_what_evaluate_counts():
+    from certaindex.cli.governor import load_trajectories, sample_path
+    from certaindex.evaluation.governor import grading_inputs, run_policy
+
+    trajs = load_trajectories(sample_path(), "all", quiet=True)
+    cache = GradeCache.load(sample_path() / "grades.json")
+    pairs, answers = grading_inputs(trajs)
+    if cache.missing(pairs, answers):
+        pytest.skip("the shipped grade cache does not cover the sample under this answer equivalence")
+    specs = {name: parse_policy(name) for name in ("full", "default", "dynasor:k=3")}
+    plans = {name: [plan(spec, t, cache) for t in trajs] for name, spec in specs.items()}
+    for name, spec in specs.items():
+        for t, p in zip(trajs, plans[name]):
+            outcome = run_policy(spec, t, cache)
+            assert (p.tokens, p.correct, p.exit_pos) == (outcome.tokens, outcome.correct, outcome.exit_pos)
+            chunks = [r for r in p.requests if not r[0]]
+            assert sum(r[3] for r in chunks) == (outcome.exit_pos or t.tokens_used)
+            assert all(r[1] == PROMPT + pos for r, pos in zip(chunks, [0] + [q[1] - PROMPT - SUFFIX
+                                                                              for q in p.requests if q[0]]))
+    tokens = {name: sum(p.tokens for p in ps) for name, ps in plans.items()}
+    assert tokens["dynasor:k=3"] < tokens["default"] < tokens["full"]
+    # served one after another on a unit engine, a program's latency is its plan's tokens
+    cost = unit_cost(max_batch=1)
+    records = simulate_logged([logged(p, 1e6 * i) for i, p in enumerate(plans["default"][:5])], cost, "exit-fcfs",
+                              capacity=1)
+    assert [r.latency for r in records] == pytest.approx([p.tokens for p in plans["default"][:5]])
