@@ -45,8 +45,11 @@ def main() -> None:
                                                   ("#c44" if r["accuracy"] < base["accuracy"] - 0.01 else "#48c")
                                                   for r in rows])
             for bar, r, v in zip(bars, rows, values):
+                # a rate search that met the target at every rate tried found a lower bound only
+                at_least = key == "max_rate" and all(a >= 0.9 for _, a in r.get("max_rate_tried") or [(0, 0)])
                 ax.text(v, bar.get_y() + bar.get_height() / 2,
-                        f" {v:.2f}x, acc {100 * (r['accuracy'] - base['accuracy']):+.1f} pt", va="center", fontsize=8)
+                        f" {'>= ' if at_least else ''}{v:.2f}x, acc {100 * (r['accuracy'] - base['accuracy']):+.1f} pt",
+                        va="center", fontsize=8)
             ax.axvline(1.0, color="k", lw=0.5)
             ax.invert_yaxis()
             ax.set_xlim(0, max(values) * 1.6)
