@@ -274,7 +274,8 @@ async def simulate_command(args: argparse.Namespace) -> int:
         return await simulate_governor(args, _emit, summary_table)
     governor_only = [flag for flag, value in (("--dataset-mix", args.dataset_mix), ("--model", args.model),
                                               ("--find-rate", args.find_rate), ("--json", args.json),
-                                              ("--no-deadlines", args.no_deadlines), ("--chunked-prefill", args.chunked_prefill))
+                                              ("--no-deadlines", args.no_deadlines), ("--chunked-prefill", args.chunked_prefill),
+                                              ("--duration", args.duration))
                      if value]
     if args.exit_policy != "default" or args.split != "all":
         governor_only.append("--exit-policy/--split")

@@ -59,6 +59,10 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
                        help="a request joining the batch costs only its uncached tokens' prefill, folded into the "
                        "running decode steps as vLLM and SGLang do; default: it stalls the batch for a forward pass "
                        "of its own (the cost model's request_s plus its tokens)")
+    group.add_argument("--duration", type=float,
+                       help="seconds of arrivals per rate: serve rate x DURATION programs (replaces --programs), so "
+                       "every rate loads the engine equally long; use several times the SLO, or a rate the engine "
+                       "cannot sustain passes as a short burst")
     group.add_argument("--find-rate", action="store_true",
                        help="bisect each row's highest arrival rate with >= 90%% of programs within the first --slo")
     group.add_argument("--grade-cache", help="grade cache file (default ~/.cache/certaindex/grades.json)")
@@ -242,8 +246,10 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
 
     serving = Serving(capacity=args.capacity, replicas=args.replicas, aging_s=args.aging, kv_tokens=kv_tokens,
                       deadlines=not args.no_deadlines, chunked_prefill=args.chunked_prefill)
+    if args.duration is not None and (not math.isfinite(args.duration) or args.duration <= 0):
+        raise ValueError(f"--duration must be seconds > 0, got {args.duration}")
     results = sweep_workloads(rows, cost, rates, serving, programs=args.programs, slos=slos, seed=args.seed,
-                              weights=weights, on_done=done)
+                              weights=weights, duration_s=args.duration, on_done=done)
     table_rows: list[tuple[str, Summary, Summary | None]] = []
     for rate in rates:
         base = results.get((BASELINE, rate))
@@ -251,7 +257,8 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
             table_rows.append((f"{rate:g}/s {w.label}", results[(w.label, rate)][0], base[0] if base else None))
     datasets = ",".join(f"{d}" + (f"={w:g}" if w is not None else "") for d, w in mix.items())
     what = f"{len(trajs)} {models[0] if not args.model else args.model} trajectories ({datasets}, split {args.split})"
-    title = (f"simulate: {args.programs} programs per rate drawn from {what}, {args.replicas} replica(s), "
+    per_rate = f"{args.duration:g} s of arrivals" if args.duration else f"{args.programs} programs"
+    title = (f"simulate: {per_rate} per rate drawn from {what}, {args.replicas} replica(s), "
              f"capacity {args.capacity}, cost model {Path(args.cost_model).name}")
     pool = {w.label: _pool(plans["full" if w.policy.startswith("full") else _exit_label(w, exits)], weights)
             for w in rows}
@@ -275,13 +282,14 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
     if args.find_rate:
         for w in rows:
             found[w.label] = max_rate(w, cost, slos[0], serving, lo=min(rates), hi=max(rates), programs=args.programs,
-                                      seed=args.seed, weights=weights, target=TARGET, ceiling=2 * max(rates))
+                                      seed=args.seed, weights=weights, target=TARGET, ceiling=2 * max(rates),
+                                      duration_s=args.duration)
             console.print(f"{w.label}: highest rate with >= 90% within {slos[0]:g} s: {found[w.label].rate:.3f}/s",
                           highlight=False)
         ref_rate = found[BASELINE].rate if BASELINE in found and found[BASELINE].rate > 0 else None
     if ref_rate:
         sweep_ref = sweep_workloads(rows, cost, [ref_rate], serving, programs=args.programs, slos=slos,
-                                    seed=args.seed, weights=weights)
+                                    seed=args.seed, weights=weights, duration_s=args.duration)
         p90_at = {label: s for (label, _), (s, _) in sweep_ref.items()}
     emit(summary_table(table_rows, slos, title), notes, None)
     extra_tables = []

@@ -24,7 +24,7 @@ from certaindex.serving.loadgen import ProgramRecord, Summary, poisson_arrivals,
 from certaindex.serving.loadtest import policy_spec
 from certaindex.serving.simulator import LoggedProgram, simulate_logged
 
-__all__ = ["RateResult", "Serving", "Workload", "draw", "max_rate", "run_workload", "sweep_workloads"]
+__all__ = ["RateResult", "Serving", "Workload", "draw", "max_rate", "programs_for", "run_workload", "sweep_workloads"]
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,12 @@ def draw(n_templates: int, programs: int, rate: float, seed: int, weights: Seque
     """Arrival times (Poisson at ``rate``) and which trajectory arrives (``weights``: relative chance of
     each trajectory; uniform when None). Common random numbers: the seed alone fixes the draw, so
     every rate serves the same programs in the same order, the gaps scaled by 1 / rate; attainment
-    then falls with the rate by load alone, not by which long programs happened to arrive."""
+    then falls with the rate by load alone, not by which long programs happened to arrive. Gaps and
+    choices come from separate streams, so a longer draw extends a shorter one."""
     if programs < 1:
         raise ValueError(f"programs must be at least 1, got {programs}")
-    rng = np.random.default_rng(seed)
-    arrivals = poisson_arrivals(programs, rate, rng)
+    arrivals = poisson_arrivals(programs, rate, np.random.default_rng([seed, 0]))
+    rng = np.random.default_rng([seed, 1])
     p = None
     if weights is not None:
         if len(weights) != n_templates or any(w < 0 for w in weights) or not sum(weights) > 0:
@@ -76,6 +77,15 @@ def draw(n_templates: int, programs: int, rate: float, seed: int, weights: Seque
         p = [w / total for w in weights]
     order = [int(i) for i in rng.choice(n_templates, size=programs, p=p)]
     return arrivals, order
+
+
+def programs_for(rate: float, programs: int, duration_s: float | None) -> int:
+    """Programs to serve at ``rate``: ``rate * duration_s`` when a duration is given (every rate then
+    loads the engine for the same time, so overload has as long to pile up at a high rate as at a
+    low one), else ``programs``."""
+    if duration_s is None:
+        return programs
+    return max(1, math.ceil(rate * duration_s))
 
 
 def run_workload(workload: Workload, cost: CostModel, arrivals: Sequence[float], order: Sequence[int],
@@ -103,7 +113,7 @@ def _same_trajectories(workloads: Sequence[Workload]) -> int:
 def sweep_workloads(
     workloads: Sequence[Workload], cost: CostModel, rates: Sequence[float], serving: Serving, *, programs: int,
     slos: Sequence[float] = (), seed: int = 0, weights: Sequence[float] | None = None,
-    on_done: Callable[[str, float, Summary], None] | None = None,
+    duration_s: float | None = None, on_done: Callable[[str, float, Summary], None] | None = None,
 ) -> dict[tuple[str, float], tuple[Summary, list[ProgramRecord]]]:
     """Every workload at every rate, the same draw shared by all workloads at a rate."""
     if not workloads:
@@ -111,7 +121,7 @@ def sweep_workloads(
     n = _same_trajectories(workloads)
     results: dict[tuple[str, float], tuple[Summary, list[ProgramRecord]]] = {}
     for rate in rates:
-        arrivals, order = draw(n, programs, rate, seed, weights)
+        arrivals, order = draw(n, programs_for(rate, programs, duration_s), rate, seed, weights)
         for w in workloads:
             records = run_workload(w, cost, arrivals, order, serving, slos[0] if slos else None)
             summary = summarise(w.label, records, slos)
@@ -134,7 +144,8 @@ class RateResult:
 
 def max_rate(workload: Workload, cost: CostModel, slo_s: float, serving: Serving, *, lo: float, hi: float,
              programs: int, seed: int = 0, weights: Sequence[float] | None = None, target: float = 0.9,
-             rel_tol: float = 0.02, max_runs: int = 16, ceiling: float | None = None) -> RateResult:
+             rel_tol: float = 0.02, max_runs: int = 16, ceiling: float | None = None,
+             duration_s: float | None = None) -> RateResult:
     """Bisect the arrival rate between ``lo`` and ``hi`` for the highest at which at least ``target``
     of the programs end within ``slo_s`` (each rate with its own seeded draw, as in the sweep).
 
@@ -150,7 +161,7 @@ def max_rate(workload: Workload, cost: CostModel, slo_s: float, serving: Serving
 
     def attainment(rate: float) -> float:
         nonlocal best
-        arrivals, order = draw(n, programs, rate, seed, weights)
+        arrivals, order = draw(n, programs_for(rate, programs, duration_s), rate, seed, weights)
         records = run_workload(workload, cost, arrivals, order, serving, slo_s)
         summary = summarise(workload.label, records, [slo_s])
         value = summary.slo[float(slo_s)]
