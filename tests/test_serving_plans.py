@@ -321,3 +321,16 @@ def test_plans_of_the_shipped_real_trajectories_serve_what_evaluate_counts():
     records = simulate_logged([logged(p, 1e6 * i) for i, p in enumerate(plans["default"][:5])], cost, "exit-fcfs",
                               capacity=1)
     assert [r.latency for r in records] == pytest.approx([p.tokens for p in plans["default"][:5]])
+
+
+def test_duration_serves_rate_times_duration_programs_and_longer_draws_extend_shorter_ones():
+    from certaindex.serving.workload import programs_for
+
+    assert programs_for(2.5, 7, None) == 7
+    assert programs_for(2.5, 7, 100.0) == 250
+    short, long = draw(4, 5, 1.0, 0), draw(4, 9, 1.0, 0)
+    assert long[0][:5] == short[0] and long[1][:5] == short[1]
+    full, _ = workloads()
+    cost = unit_cost(a=0.01, max_batch=2)
+    results = sweep_workloads([full], cost, [0.01, 0.02], Serving(capacity=2), programs=3, duration_s=500.0)
+    assert [results[("full-fcfs", r)][0].n for r in (0.01, 0.02)] == [5, 10]
