@@ -18,9 +18,15 @@ from certaindex.evaluation.serving_plans import plan_for
 from certaindex.serving.costmodel import CostModel
 from certaindex.serving.loadgen import summarise
 from certaindex.serving.simulator import LoggedProgram, simulate_logged
-from certaindex.serving.workload import Serving, Workload, draw, max_rate, run_workload, sweep_workloads
+from certaindex.serving.workload import (
+    Serving,
+    Workload,
+    draw,
+    max_rate,
+    run_workload,
+    sweep_workloads,
+)
 from certaindex.traces.governor import Probe, Trajectory
-
 from tests.governor_data import probe_rows, traj, write_run
 
 PROMPT, SUFFIX = 100, 25

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -26,7 +26,13 @@ from certaindex.evaluation.serving_plans import PLAN_FAMILIES, ProgramPlan, plan
 from certaindex.serving.costmodel import CostModel
 from certaindex.serving.loadgen import Summary
 from certaindex.serving.simulator import LoggedProgram
-from certaindex.serving.workload import RateResult, Serving, Workload, max_rate, sweep_workloads
+from certaindex.serving.workload import (
+    RateResult,
+    Serving,
+    Workload,
+    max_rate,
+    sweep_workloads,
+)
 from certaindex.traces.governor import SPLITS, Trajectory
 
 __all__ = ["add_governor_args", "exit_policies", "parse_mix", "simulate_governor", "workloads_for"]

@@ -20,11 +20,11 @@ capped at 1), which the ``*-sched`` scheduler core hears. Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Hashable, Optional, Sequence
 
-from certaindex.evaluation.grading import GradeCache
 from certaindex.evaluation.governor import GRID, PolicySpec, run_policy
+from certaindex.evaluation.grading import GradeCache
 from certaindex.evaluation.peers import Outcome, grid
 from certaindex.evaluation.profiles import Profile, profile_for_model
 from certaindex.traces.governor import Probe, Trajectory
@@ -93,7 +93,7 @@ def probe_schedule(spec: PolicySpec, traj: Trajectory,
 
 
 def _certaindex(probes: Sequence[Probe], k: int | None, exit_pos: int | None,
-                key: Callable[[Optional[str]], Optional[Hashable]]) -> list[float]:
+                key: Callable[[str | None], Hashable | None]) -> list[float]:
     """Dynasor's certaindex after each probe: trailing run of agreeing, unhesitating probes / k (capped
     at 1). Without a rule (the oracle) 0 until the exit probe, 1 there."""
     if k is None:

@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
 from certaindex.serving.costmodel import CostModel
-from certaindex.serving.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise
+from certaindex.serving.loadgen import (
+    ProgramRecord,
+    Summary,
+    poisson_arrivals,
+    summarise,
+)
 from certaindex.serving.loadtest import policy_spec
 from certaindex.serving.simulator import LoggedProgram, simulate_logged
 
