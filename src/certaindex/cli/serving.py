@@ -21,6 +21,7 @@ from rich.table import Table
 
 from certaindex.cli import common
 from certaindex.cli.common import progress_bar
+from certaindex.cli.simulate_governor import add_governor_args
 from certaindex.serving.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise, trace_arrivals
 
 __all__ = ["add_subcommands", "loadtest_command", "simulate_command", "summary_table"]
@@ -113,7 +114,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "simulate",
         help="simulate serving recorded traces under each policy against a fitted engine cost model",
     )
-    sim.add_argument("--traces", default=DEFAULT_TRACES, help=f"trace file (default {DEFAULT_TRACES})")
+    sim.add_argument("--traces", default=DEFAULT_TRACES,
+                     help=f"trace file (default {DEFAULT_TRACES}), or a Governor folder of real reasoning "
+                     "trajectories (a <model>__<dataset>__seed_<s> run or a folder of runs)")
     sim.add_argument("--cost-model", default=DEFAULT_COST_MODEL,
                      help=f"cost model JSON from benchmarks/engine_cost.py (default {DEFAULT_COST_MODEL})")
     sim.add_argument("--rates", required=True, help="arrival rates to sweep, programs/s, comma-separated")
@@ -124,6 +127,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     _add_reasoning_args(sim, None, None)
     sim.set_defaults(k=2)
     sim.add_argument("--png", help="plot prefix: writes PREFIX-slo<S>.png per SLO and PREFIX-throughput.png")
+    add_governor_args(sim)
     sim.set_defaults(handler=simulate_command)
 
 
@@ -262,7 +266,22 @@ async def simulate_command(args: argparse.Namespace) -> int:
     from certaindex.serving.costmodel import CostModel
     from certaindex.serving.simulator import plot_sweep, sweep
     from certaindex.traces import read_traces
+    from certaindex.traces.governor import is_governor_layout
 
+    if Path(args.traces).is_dir() and is_governor_layout(args.traces):
+        from certaindex.cli.simulate_governor import simulate_governor
+
+        return await simulate_governor(args, _emit, summary_table)
+    governor_only = [flag for flag, value in (("--dataset-mix", args.dataset_mix), ("--model", args.model),
+                                              ("--find-rate", args.find_rate), ("--json", args.json),
+                                              ("--no-deadlines", args.no_deadlines), ("--chunked-prefill", args.chunked_prefill),
+                                              ("--duration", args.duration))
+                     if value]
+    if args.exit_policy != "default" or args.split != "all":
+        governor_only.append("--exit-policy/--split")
+    if governor_only:
+        what = "is a trace file" if Path(args.traces).exists() else "does not exist"
+        raise ValueError(f"{', '.join(governor_only)} apply to Governor folders; {args.traces} {what}")
     policies = _policies(args.policies)
     slos = _slos(args.slo)
     rates = _floats("--rates", args.rates)

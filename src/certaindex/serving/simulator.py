@@ -25,6 +25,8 @@ does not fit counts as the budget running out; the live runtime cuts to the exac
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -95,6 +97,7 @@ class LoggedProgram:
     correct: bool = False
     answer: str | None = None
     stop_reason: str = ""
+    budget: int | None = None  # its scheduler budget (None: the simulation's default)
 
 
 async def _scripted(engine: Engine, program: LoggedProgram, report: Callable[[float], None] | None) -> None:
@@ -143,6 +146,7 @@ class _Program:
     end: float | None = None
     result: CoTResult | None = None
     cached_end: int = 0  # tokens of its context an engine with per-program prefix caching holds
+    kv_final: int = 0  # KV tokens it holds at its end (logged programs: known in advance)
 
 
 @dataclass(eq=False)
@@ -171,6 +175,7 @@ class _Replica:
     core: SchedulerCore
     time: float = 0.0  # its last step boundary
     queue: deque = field(default_factory=deque)  # dispatched, waiting for a batch slot
+    waiting: list = field(default_factory=list)  # the same with a KV capacity: a heap by engine priority
     active: list = field(default_factory=list)
     live: int = 0
     last_program: _Program | None = None  # "last" prefix cache: whose sequence the KV holds
@@ -198,8 +203,14 @@ class _Simulation:
         replicas: int,
         slo_s: float | None,
         aging_s: float,
+        kv_tokens: int | None = None,
+        deadline_slack_s: float | None = None,
+        chunked_prefill: bool = False,
     ) -> None:
         self.spec = policy_spec(policy)
+        self.chunked_prefill = chunked_prefill
+        self.kv_tokens = kv_tokens
+        self._seq = itertools.count()
         self.policy = policy
         self.cost = cost
         self.config = dataclasses.replace(config, early_exit=self.spec.early_exit)
@@ -209,7 +220,8 @@ class _Simulation:
         self.suffix = self.config.probe_suffix
         self.slo_s = slo_s
         self.replicas = [
-            _Replica(i, SchedulerCore(self.spec.core_policy, capacity=capacity, aging_s=aging_s)) for i in range(replicas)
+            _Replica(i, SchedulerCore(self.spec.core_policy, capacity=capacity, aging_s=aging_s,
+                                       deadline_slack_s=deadline_slack_s)) for i in range(replicas)
         ]
         self.gangs: dict[Gang, _GangState] = {}
         self.records: list[ProgramRecord] = []
@@ -221,7 +233,8 @@ class _Simulation:
         replica.live += 1
         program.replica = replica
         deadline = program.arrival + self.slo_s if self.spec.deadlines and self.slo_s is not None else None
-        replica.core.add_program(program.program_id, now=now, budget=self.budget, deadline=deadline)
+        budget = program.logged.budget if program.logged is not None and program.logged.budget else self.budget
+        replica.core.add_program(program.program_id, now=now, budget=budget, deadline=deadline)
         if program.logged is not None:
             core, pid = replica.core, program.program_id
             report = (lambda c: core.report(pid, certaindex=c)) if self.spec.deadlines else None
@@ -333,7 +346,13 @@ class _Simulation:
     # -- engine -----------------------------------------------------------------------------
 
     def dispatch(self, replica: _Replica) -> None:
-        """Start what the core dispatches; fill the batch from the engine's queue."""
+        """Start what the core dispatches; fill the batch from the engine's queue.
+
+        With a KV capacity (``kv_tokens``) the engine admits a request only while the final lengths
+        (context + tokens to generate) of its running requests and the newcomer fit, and its waiting
+        requests are ordered by the core's ``engine_priority`` taken at dispatch (vLLM's priority
+        scheduling, which the proxy feeds), so the scheduler still picks who runs next when memory,
+        not the batch size, is the limit."""
         for gang in replica.core.dispatch(now=replica.time):
             state = self.gangs[gang]
             program = state.program
@@ -342,9 +361,30 @@ class _Simulation:
             base = state.completion.prompt_tokens
             context = base + (self.cost.probe_suffix_tokens if state.is_probe else 0)
             for choice in state.completion.choices:
-                replica.queue.append(_Request(program, gang, choice.completion_tokens, base, context, state.is_probe))
+                request = _Request(program, gang, choice.completion_tokens, base, context, state.is_probe)
+                if self.kv_tokens is None:
+                    replica.queue.append(request)
+                else:
+                    priority = replica.core.engine_priority(gang)
+                    heapq.heappush(replica.waiting, (priority, next(self._seq), request))
         while replica.queue and len(replica.active) < self.cost.max_batch:
             self._join(replica, replica.queue.popleft())
+        while (replica.waiting and len(replica.active) < self.cost.max_batch
+               and self._kv_fits(replica, replica.waiting[0][2])):
+            self._join(replica, heapq.heappop(replica.waiting)[2])
+
+    def _kv_fits(self, replica: _Replica, request: _Request) -> bool:
+        """Whether the KV cache holds the newcomer beside the running requests, each program counted
+        at its largest length (its whole final context for a logged program, so a full-reasoning
+        request and an early-exit chunk are held alike: no preemption). A request alone always fits."""
+        if self.kv_tokens is None or not replica.active:
+            return True
+        held = sum(self._kv_need(r) for r in replica.active)
+        return held + self._kv_need(request) <= self.kv_tokens
+
+    @staticmethod
+    def _kv_need(request: _Request) -> int:
+        return max(request.context + max(1, request.tokens), request.program.kv_final)
 
     def _join(self, replica: _Replica, request: _Request) -> None:
         program = request.program
@@ -352,7 +392,11 @@ class _Simulation:
             cached = min(request.base, replica.last_end) if replica.last_program is program else 0
         else:
             cached = min(request.base, program.cached_end)
-        replica.time += self.cost.join_s(request.context - cached)
+        new = request.context - cached
+        # Chunked prefill (vLLM, SGLang): the newcomer's uncached tokens ride along in the running
+        # decode steps, costing their compute alone; otherwise the join stalls the batch for a
+        # forward pass of its own (the fixed request cost plus its tokens).
+        replica.time += self.cost.prefill_s * max(0, new) if self.chunked_prefill else self.cost.join_s(new)
         request.remaining = max(1, request.tokens)  # even an empty completion takes one step
         request.length = request.context
         replica.active.append(request)
@@ -428,13 +472,18 @@ class _Simulation:
             self.advance(target, program.arrival)
             self.arrive(program, program.arrival)
             self.dispatch(target)
-        stuck = [r for r in self.replicas if r.core.pending_gangs or r.queue or r.live]
+        stuck = [r for r in self.replicas if r.core.pending_gangs or r.queue or r.waiting or r.live]
         if stuck:
             raise SimulationError(
                 f"the simulation stopped with work left on replica {stuck[0].index} "
                 f"({stuck[0].core.pending_gangs} pending gangs, {stuck[0].live} live programs)"
             )
         return sorted(self.records, key=lambda r: r.arrival)
+
+
+def _check_kv(kv_tokens: int | None) -> None:
+    if kv_tokens is not None and (not isinstance(kv_tokens, int) or isinstance(kv_tokens, bool) or kv_tokens < 1):
+        raise ValueError(f"kv_tokens must be an integer >= 1 or None, got {kv_tokens!r}")
 
 
 def simulate(
@@ -449,6 +498,7 @@ def simulate(
     slo_s: float | None = None,
     aging_s: float = 30.0,
     order: Sequence[int] | None = None,
+    kv_tokens: int | None = None,
 ) -> list[ProgramRecord]:
     """Serve programs arriving at ``arrivals`` under ``policy``; program i replays trace
     ``order[i]`` (default ``i % len(traces)``, the traces in file order)."""
@@ -469,7 +519,9 @@ def simulate(
         _Program(f"{policy}:{i}:{traces.records[j].id}", traces.records[j], float(t))
         for i, (t, j) in enumerate(zip(arrivals, indices))
     ]
-    sim = _Simulation(traces, cost, policy, config, capacity=capacity, replicas=replicas, slo_s=slo_s, aging_s=aging_s)
+    _check_kv(kv_tokens)
+    sim = _Simulation(traces, cost, policy, config, capacity=capacity, replicas=replicas, slo_s=slo_s, aging_s=aging_s,
+                      kv_tokens=kv_tokens)
     return sim.run(programs)
 
 
@@ -482,6 +534,9 @@ def simulate_logged(
     replicas: int = 1,
     slo_s: float | None = None,
     aging_s: float = 30.0,
+    kv_tokens: int | None = None,
+    deadline_slack_s: float | None = None,
+    chunked_prefill: bool = False,
 ) -> list[ProgramRecord]:
     """Serve logged programs (their requests exactly as they ran live) under ``policy``: the check
     of the cost model against a load test, free of any difference in what the engine writes. The
@@ -491,9 +546,12 @@ def simulate_logged(
     for program in programs:
         if not program.requests:
             raise ValueError(f"logged program {program.program_id!r} made no requests")
-    sims = [_Program(p.program_id, None, float(p.arrival), logged=p) for p in programs]
+    sims = [_Program(p.program_id, None, float(p.arrival), logged=p, kv_final=max(r[1] + r[3] for r in p.requests))
+            for p in programs]
     config = CoTConfig()
-    sim = _Simulation(None, cost, policy, config, capacity=capacity, replicas=replicas, slo_s=slo_s, aging_s=aging_s)
+    _check_kv(kv_tokens)
+    sim = _Simulation(None, cost, policy, config, capacity=capacity, replicas=replicas, slo_s=slo_s, aging_s=aging_s,
+                      kv_tokens=kv_tokens, deadline_slack_s=deadline_slack_s, chunked_prefill=chunked_prefill)
     return sim.run(sims)
 
 
@@ -511,6 +569,7 @@ def sweep(
     seed: int = 0,
     aging_s: float = 30.0,
     on_done: Callable[[str, float, Summary], None] | None = None,
+    kv_tokens: int | None = None,
 ) -> dict[tuple[str, float], tuple[Summary, list[ProgramRecord]]]:
     """Every policy at every arrival rate; one seed draws the arrival times and which traces arrive,
     shared by all policies at a rate."""
@@ -522,7 +581,7 @@ def sweep(
         for policy in policies:
             records = simulate(
                 traces, cost, policy, arrivals, config, capacity=capacity, replicas=replicas,
-                slo_s=slos[0] if slos else None, aging_s=aging_s, order=order,
+                slo_s=slos[0] if slos else None, aging_s=aging_s, order=order, kv_tokens=kv_tokens,
             )
             summary = summarise(policy, records, slos)
             results[(policy, rate)] = (summary, records)

@@ -1,0 +1,67 @@
+"""Headline figure of the real-trace serving simulations (issue 13, section 1): for each workload,
+each row's highest rate at 90% SLO attainment and its tightest SLO at full-fcfs's highest rate, as
+ratios to full-fcfs, with the row's accuracy change written on its bar.
+
+    python benchmarks/plot_simulate_real.py benchmarks/results/simulate-real-r1-7b-math500.json \
+        benchmarks/results/simulate-real-r1-7b-mix.json benchmarks/results/simulate-real-r1-32b-math500.json \
+        --out benchmarks/results/simulate-real-summary.png
+
+Inputs are the ``--json`` files of ``certaindex simulate --traces <Governor folder> --find-rate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.files]
+    fig, axes = plt.subplots(len(data), 2, figsize=(13, 3.2 * len(data)), squeeze=False)
+    for row, d in zip(axes, data):
+        rows = d["rows"]
+        base = next(r for r in rows if r["label"] == "full-fcfs")
+        labels = [r["label"].replace(" interval=64", "") for r in rows]
+        for ax, key, title in ((row[0], "max_rate", f"highest rate with 90% within {d['slos'][0]:g} s (x full-fcfs)"),
+                               (row[1], "p90_at_reference", "tightest SLO met by 90% at full-fcfs's highest rate (x)")):
+            values = []
+            for r in rows:
+                if key == "max_rate":
+                    values.append(r[key] / base[key] if base[key] else 0.0)
+                else:
+                    values.append(base[key] / r[key] if r[key] else 0.0)
+            bars = ax.barh(labels, values, color=["#888" if r["policy"].startswith("full") else
+                                                  ("#c44" if r["accuracy"] < base["accuracy"] - 0.01 else "#48c")
+                                                  for r in rows])
+            for bar, r, v in zip(bars, rows, values):
+                # a rate search that met the target at every rate tried found a lower bound only
+                at_least = key == "max_rate" and all(a >= 0.9 for _, a in r.get("max_rate_tried") or [(0, 0)])
+                ax.text(v, bar.get_y() + bar.get_height() / 2,
+                        f" {'>= ' if at_least else ''}{v:.2f}x, acc {100 * (r['accuracy'] - base['accuracy']):+.1f} pt",
+                        va="center", fontsize=8)
+            ax.axvline(1.0, color="k", lw=0.5)
+            ax.invert_yaxis()
+            ax.set_xlim(0, max(values) * 1.6)
+            ax.set_title(title, fontsize=9)
+            ax.tick_params(labelsize=8)
+        row[0].set_ylabel(d["workload"].split(" (")[0] + "\n" + d["workload"].split(" (")[1].rstrip(")"), fontsize=8)
+    fig.suptitle("Real reasoning programs on H100 cost models (red: accuracy more than 1 point below full reasoning)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

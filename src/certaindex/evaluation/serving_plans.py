@@ -1,0 +1,156 @@
+"""Serving plans of recorded Governor trajectories: what one program sends to the engine under a policy.
+
+The simulator (``certaindex simulate --traces <Governor folder>``) serves real reasoning programs
+without re-running them: each trajectory's outcome under a policy is computed first by the pure
+policy functions (:mod:`certaindex.evaluation.peers` through
+:func:`certaindex.evaluation.governor.run_policy`), then turned into the request sequence the
+proxy would send upstream:
+
+* full reasoning: one request generating the whole trajectory (``tokens_used`` tokens);
+* an early-exit policy probing every ``interval`` tokens: a reasoning chunk up to each probe
+  position, then the probe (prompt = question + reasoning so far + probe suffix, generating the
+  probe's recorded output tokens), until the probe where the policy exits; a policy that never
+  fires reasons to the end (the last chunk stops at ``tokens_used``) and submits the model's answer.
+
+Each request is ``(is_probe, prompt_tokens, max_tokens, tokens[, certaindex])``, the request-log
+format of :func:`certaindex.serving.simulator.simulate_logged`; a probe carries the certaindex the
+program reports after it (Dynasor's: the trailing run of agreeing, unhesitating probes over k,
+capped at 1), which the ``*-sched`` scheduler core hears. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+from certaindex.evaluation.governor import GRID, PolicySpec, run_policy
+from certaindex.evaluation.grading import GradeCache
+from certaindex.evaluation.peers import Outcome, grid
+from certaindex.evaluation.profiles import Profile, profile_for_model
+from certaindex.traces.governor import Probe, Trajectory
+
+__all__ = [
+    "COLLECTION_BUDGETS",
+    "DEFAULT_BUDGET",
+    "PLAN_FAMILIES",
+    "ProgramPlan",
+    "collection_budget",
+    "plan_for",
+    "plan_requests",
+    "probe_schedule",
+]
+
+#: Generation budgets the traces were collected with (``../shared/traces/governor/README.md``):
+#: 16,384 tokens, 32,768 for aime24. A program's scheduler budget (what it may still spend).
+DEFAULT_BUDGET = 16_384
+COLLECTION_BUDGETS = {"aime24": 32_768}
+#: Policy families a plan can be built for (the ones that read the probe grid).
+PLAN_FAMILIES = ("full", "default", "profile", "dynasor", "oracle")
+
+Request = tuple  # (is_probe, prompt_tokens, max_tokens, tokens[, certaindex])
+
+
+def collection_budget(dataset: str) -> int:
+    return COLLECTION_BUDGETS.get(dataset, DEFAULT_BUDGET)
+
+
+@dataclass(frozen=True)
+class ProgramPlan:
+    """One trajectory served under one policy: its requests in order and its outcome."""
+
+    trajectory: str  # model/dataset/seed/problem
+    model: str
+    dataset: str
+    requests: tuple[Request, ...]
+    tokens: int  # every generated token: reasoning chunks and probe outputs
+    correct: bool
+    answer: str | None
+    exit_pos: int | None  # reasoning tokens at the exit; None: reasoned to the end
+    budget: int
+
+    @property
+    def probes(self) -> int:
+        return sum(1 for r in self.requests if r[0])
+
+
+def probe_schedule(spec: PolicySpec, traj: Trajectory,
+                   profile_for: Callable[[str], Profile] = profile_for_model) -> tuple[list[Probe], int | None]:
+    """The probes a policy takes on ``traj`` (before it exits) and its k (None: no certaindex rule)."""
+    if spec.family == "full":
+        return [], None
+    if spec.family == "dynasor":
+        return grid(traj, spec.interval), spec.k
+    if spec.family == "oracle":
+        return grid(traj, GRID), None
+    if spec.family in ("default", "profile"):
+        profile = spec.profile if spec.family == "profile" else profile_for(traj.model_name)
+        assert profile is not None
+        if profile.kind != "dynasor":
+            raise ValueError(f"profile {profile.name}: rule kind {profile.kind!r} cannot be planned")
+        return grid(traj, profile.probe_interval), int(profile.rule["k"])
+    raise ValueError(f"policy {spec.label!r} cannot be served from the probe grid; "
+                     f"use one of {', '.join(PLAN_FAMILIES)} (dynasor:k=N[,interval=M] or a profile file)")
+
+
+def _certaindex(probes: Sequence[Probe], k: int | None, exit_pos: int | None,
+                key: Callable[[str | None], Hashable | None]) -> list[float]:
+    """Dynasor's certaindex after each probe: trailing run of agreeing, unhesitating probes / k (capped
+    at 1). Without a rule (the oracle) 0 until the exit probe, 1 there."""
+    if k is None:
+        return [1.0 if p.pos == exit_pos else 0.0 for p in probes]
+    out: list[float] = []
+    prev: Hashable | None = None
+    run = 0
+    for p in probes:
+        kk = key(p.answer) if p.certain else None
+        run = run + 1 if (kk is not None and kk == prev and run > 0) else (1 if kk is not None else 0)
+        prev = kk
+        out.append(min(run, k) / k)
+    return out
+
+
+def plan_requests(traj: Trajectory, outcome: Outcome, probes: Sequence[Probe], certaindex: Sequence[float], *,
+                  prompt_tokens: int, suffix_tokens: int, probe_max_tokens: int = 32) -> tuple[Request, ...]:
+    """The requests of one program: reasoning chunks between probes, each probe after its chunk, up to
+    the exit (or to the end of the trajectory when the policy never fires)."""
+    if prompt_tokens < 0 or suffix_tokens < 0:
+        raise ValueError("prompt_tokens and suffix_tokens must be >= 0")
+    end = outcome.exit_pos if outcome.exit_pos is not None else traj.tokens_used
+    requests: list[Request] = []
+    pos = 0
+    for p, cdx in zip(probes, certaindex):
+        if p.pos > end:
+            break
+        if p.pos > pos:
+            requests.append((0, prompt_tokens + pos, p.pos - pos, p.pos - pos))
+        pos = p.pos
+        requests.append((1, prompt_tokens + pos + suffix_tokens, max(probe_max_tokens, p.out_tokens), p.out_tokens,
+                         float(cdx)))
+        if outcome.exit_pos is not None and p.pos == outcome.exit_pos:
+            break
+    if outcome.exit_pos is None and end > pos:
+        requests.append((0, prompt_tokens + pos, end - pos, end - pos))
+    if not requests:  # an empty trajectory still costs one request
+        requests.append((0, prompt_tokens, 1, 0))
+    return tuple(requests)
+
+
+def plan_for(spec: PolicySpec, traj: Trajectory, cache: GradeCache, *, prompt_tokens: int, suffix_tokens: int,
+             budget: int | None = None, profile_for: Callable[[str], Profile] = profile_for_model) -> ProgramPlan:
+    """The plan of ``traj`` under ``spec`` (answers graded through the filled ``cache``).
+
+    Its tokens equal the policy's :class:`~certaindex.evaluation.peers.Outcome` tokens: the plan
+    serves exactly what the offline evaluation counts."""
+    probes, k = probe_schedule(spec, traj, profile_for)
+    outcome = run_policy(spec, traj, cache, profile_for)
+    cdx = _certaindex(probes, k, outcome.exit_pos, cache.key)
+    requests = plan_requests(traj, outcome, probes, cdx, prompt_tokens=prompt_tokens, suffix_tokens=suffix_tokens)
+    tokens = sum(r[3] for r in requests)
+    if tokens != outcome.tokens:
+        raise AssertionError(f"plan of {traj.model} {traj.dataset} problem {traj.problem_id} counts {tokens} tokens, "
+                             f"the policy {outcome.tokens}")
+    return ProgramPlan(
+        trajectory=f"{traj.model}/{traj.dataset}/seed_{traj.seed}/{traj.problem_id}", model=traj.model,
+        dataset=traj.dataset, requests=requests, tokens=tokens, correct=outcome.correct, answer=outcome.answer,
+        exit_pos=outcome.exit_pos, budget=max(budget or collection_budget(traj.dataset), tokens),
+    )
