@@ -86,7 +86,8 @@ def probe_schedule(spec: PolicySpec, traj: Trajectory,
         profile = spec.profile if spec.family == "profile" else profile_for(traj.model_name)
         assert profile is not None
         if profile.kind != "dynasor":
-            raise ValueError(f"profile {profile.name}: rule kind {profile.kind!r} cannot be planned")
+            raise ValueError(f"profile {profile.name}: rule kind {profile.kind!r} has no probe grid "
+                             "(plan_for serves it with score_plan_requests)")
         return grid(traj, profile.probe_interval), int(profile.rule["k"])
     raise ValueError(f"policy {spec.label!r} cannot be served from the probe grid; "
                      f"use one of {', '.join(PLAN_FAMILIES)} (dynasor:k=N[,interval=M] or a profile file)")
@@ -135,16 +136,67 @@ def plan_requests(traj: Trajectory, outcome: Outcome, probes: Sequence[Probe], c
     return tuple(requests)
 
 
+def _profile(spec: PolicySpec, traj: Trajectory, profile_for: Callable[[str], Profile]) -> Profile | None:
+    if spec.family == "profile":
+        return spec.profile
+    if spec.family == "default":
+        return profile_for(traj.model_name)
+    return None
+
+
+def score_plan_requests(profile: Profile, traj: Trajectory, outcome: Outcome, key: Callable, *,
+                        prompt_tokens: int, suffix_tokens: int, probe_max_tokens: int = 32) -> tuple[Request, ...]:
+    """The requests of a program under a ``score`` profile: every observation its schedule makes that
+    costs tokens (a grid or event probe, a DEER-style trial) is a probe request after the reasoning up
+    to its position; reading the model's own ``\\boxed{}`` costs nothing and sends nothing. Each probe
+    carries the score after it (clipped to [0, 1]) as the certaindex the scheduler hears."""
+    from certaindex.core.exit_score import ScoreModel
+    from certaindex.evaluation.score_policy import markers, observations, stream_features
+
+    if prompt_tokens < 0 or suffix_tokens < 0:
+        raise ValueError("prompt_tokens and suffix_tokens must be >= 0")
+    rule = profile.rule
+    obs = observations(traj, rule["schedule"])
+    scores = (ScoreModel.from_dict(rule["model"]).score(stream_features(obs, markers(traj), key))
+              if obs else [])
+    end = outcome.exit_pos if outcome.exit_pos is not None else traj.tokens_used
+    taken = len(obs)
+    if outcome.exit_pos is not None:  # the observation that fired, exactly as replay_score finds it
+        taken = next(i + 1 for i, (o, s) in enumerate(zip(obs, scores))
+                     if o.answer is not None and s >= rule["threshold"])
+    requests: list[Request] = []
+    pos = 0
+    for o, score in zip(obs[:taken], scores):
+        if not o.out_tokens:
+            continue
+        if o.pos > pos:
+            requests.append((0, prompt_tokens + pos, o.pos - pos, o.pos - pos))
+            pos = o.pos
+        requests.append((1, prompt_tokens + pos + suffix_tokens, max(probe_max_tokens, o.out_tokens), o.out_tokens,
+                         float(min(1.0, max(0.0, score)))))
+    if end > pos:
+        requests.append((0, prompt_tokens + pos, end - pos, end - pos))
+    if not requests:
+        requests.append((0, prompt_tokens, 1, 0))
+    return tuple(requests)
+
+
 def plan_for(spec: PolicySpec, traj: Trajectory, cache: GradeCache, *, prompt_tokens: int, suffix_tokens: int,
              budget: int | None = None, profile_for: Callable[[str], Profile] = profile_for_model) -> ProgramPlan:
     """The plan of ``traj`` under ``spec`` (answers graded through the filled ``cache``).
 
     Its tokens equal the policy's :class:`~certaindex.evaluation.peers.Outcome` tokens: the plan
     serves exactly what the offline evaluation counts."""
-    probes, k = probe_schedule(spec, traj, profile_for)
-    outcome = run_policy(spec, traj, cache, profile_for)
-    cdx = _certaindex(probes, k, outcome.exit_pos, cache.key)
-    requests = plan_requests(traj, outcome, probes, cdx, prompt_tokens=prompt_tokens, suffix_tokens=suffix_tokens)
+    profile = _profile(spec, traj, profile_for)
+    if profile is not None and profile.kind == "score":
+        outcome = run_policy(spec, traj, cache, profile_for)
+        requests = score_plan_requests(profile, traj, outcome, cache.key,
+                                       prompt_tokens=prompt_tokens, suffix_tokens=suffix_tokens)
+    else:
+        probes, k = probe_schedule(spec, traj, profile_for)  # raises for a policy with no plan
+        outcome = run_policy(spec, traj, cache, profile_for)
+        cdx = _certaindex(probes, k, outcome.exit_pos, cache.key)
+        requests = plan_requests(traj, outcome, probes, cdx, prompt_tokens=prompt_tokens, suffix_tokens=suffix_tokens)
     tokens = sum(r[3] for r in requests)
     if tokens != outcome.tokens:
         raise AssertionError(f"plan of {traj.model} {traj.dataset} problem {traj.problem_id} counts {tokens} tokens, "
