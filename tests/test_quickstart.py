@@ -63,3 +63,15 @@ def test_a_negative_saving_comes_with_its_reason(monkeypatch, capsys, finishes_a
     saved = int(re.search(r"saved: (-?\d+) tokens", out).group(1))
     assert saved < 0
     assert "why:" in out and "probes cost" in out
+
+
+def test_no_saving_before_the_first_probe_point_says_so(monkeypatch, capsys) -> None:
+    """The model ends its reasoning before the first probe point: nothing was probed, nothing saved,
+    and the reason names that instead of probes that never agreed."""
+    fake = ScriptedFakeEngine(reasoning=[f"w{i} " for i in range(10)], probe_reply=lambda n: ["5", "}"])
+    monkeypatch.setattr(cli.common, "make_engine", lambda *a, **k: fake)
+    code = cli.main(["solve", "What is 2+3?", "--probe-interval", "16", "--k", "2", "--compare"])
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert code == 0
+    assert re.search(r"saved: 0 tokens", out)
+    assert "before the first probe point" in out and "never agreed" not in out

@@ -131,6 +131,9 @@ def _why_no_saving(result: CoTResult, full: CoTResult) -> str:
     """Explain a zero or negative saving: probes are real tokens, paid for on top of the reasoning,
     and they only pay off when they stop reasoning that would otherwise have gone on."""
     paid = f"its {len(result.probes)} probes cost {result.probe_tokens} tokens"
+    if not result.probes and result.stop_reason == "finished":
+        return (f"the model finished by itself after {result.reasoning_tokens} reasoning tokens, before the "
+                "first probe point: there was nothing left for early exit to cut")
     if result.stop_reason != "certain":
         ended = "finished by itself" if result.stop_reason == "finished" else "ran out of budget"
         return (f"{paid}, but they never agreed before the model {ended} after {result.reasoning_tokens} "
