@@ -126,6 +126,18 @@ def _literal(value: Any) -> Any:
     return value
 
 
+def _objects(record: dict, key: str, what: str) -> Iterator[dict]:
+    """The objects of a list field that may be stored as a Python-literal string, each possibly one too."""
+    items = _literal(_need(record, key))
+    if not isinstance(items, list):
+        raise _Bad(f"{key} is not a list")
+    for item in items:
+        item = _literal(item)
+        if not isinstance(item, dict):
+            raise _Bad(f"{what} is not an object")
+        yield item
+
+
 def _int(value: Any, name: str) -> int:
     if isinstance(value, bool):
         raise _Bad(f"{name} is not an integer: {value!r}")
@@ -355,13 +367,7 @@ def read_run(folder: str | Path, splits: dict[tuple[str, int], str] | None = Non
                 t = owner(_int(_need(r, "problem_id"), "problem_id"), "events")
                 if t is None:
                     continue
-                probes = _literal(_need(r, "probes"))
-                if not isinstance(probes, list):
-                    raise _Bad("probes is not a list")
-                for p in probes:
-                    p = _literal(p)
-                    if not isinstance(p, dict):
-                        raise _Bad("an event probe is not an object")
+                for p in _objects(r, "probes", "an event probe"):
                     t.events.append(Probe(
                         _int(_need(p, "token_position"), "token_position"), _answer(p.get("probe_answer")),
                         _bool(p.get("is_certain", False), "is_certain"),
@@ -381,13 +387,7 @@ def read_run(folder: str | Path, splits: dict[tuple[str, int], str] | None = Non
                 t = owner(_int(_need(r, "problem_id"), "problem_id"), "deer")
                 if t is None:
                     continue
-                trials = _literal(_need(r, "trials"))
-                if not isinstance(trials, list):
-                    raise _Bad("trials is not a list")
-                for x in trials:
-                    x = _literal(x)
-                    if not isinstance(x, dict):
-                        raise _Bad("a trial is not an object")
+                for x in _objects(r, "trials", "a trial"):
                     t.trials.append(Trial(  # type: ignore[union-attr]
                         _int(_need(x, "token_position"), "token_position"), _answer(x.get("trial_answer")),
                         _float(_need(x, "confidence"), "confidence"),
