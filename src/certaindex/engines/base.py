@@ -153,3 +153,36 @@ class Engine(abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class EngineView(Engine):
+    """One user's view of an engine that many share (a proxied request's meter, a program's
+    scheduler session): capabilities, tokenizing and rendering are the inner engine's, and closing
+    the view closes nothing. Subclasses add what the view does to generation."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+
+    @property
+    def concurrent_streams(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "concurrent_streams", False))
+
+    @property
+    def token_ids(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "token_ids", False))
+
+    @property
+    def streams_tokens(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "streams_tokens", False))
+
+    async def tokenize(self, text: str) -> tuple[int, ...]:
+        return await self.inner.tokenize(text)  # no generation: neither metered nor scheduled
+
+    async def prepare(self) -> None:
+        await self.inner.prepare()
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        return self.inner.render_chat(messages)
+
+    async def aclose(self) -> None:
+        """The inner engine is shared: its owner closes it, not a view."""

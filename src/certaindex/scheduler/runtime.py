@@ -13,13 +13,14 @@ import asyncio
 import dataclasses
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable
 
 from certaindex.engines.base import (
     BudgetExhausted,
     Completion,
     Engine,
     EngineError,
+    EngineView,
     GenerationRequest,
     StreamDelta,
 )
@@ -145,13 +146,13 @@ class Scheduler:
         self._pump()
 
 
-class ScheduledEngine(Engine):
+class ScheduledEngine(EngineView):
     """The engine a program sees inside a session: the inner engine, behind the scheduler."""
 
     def __init__(self, scheduler: Scheduler, program_id: str, inner: Engine | None = None) -> None:
+        super().__init__(inner or scheduler.engine)
         self.scheduler = scheduler
         self.program_id = program_id
-        self.inner = inner or scheduler.engine
         self.closed = False
         counter = getattr(self.inner, "count_tokens", None)
         if counter is not None:
@@ -165,18 +166,7 @@ class ScheduledEngine(Engine):
     def concurrent_streams(self) -> bool:  # type: ignore[override]
         """Side probes need a second slot beside the stream: with capacity 1 a probe would wait for
         the whole stream, so programs reason in chunks there."""
-        return bool(getattr(self.inner, "concurrent_streams", False)) and self.scheduler.core.capacity >= 2
-
-    @property
-    def token_ids(self) -> bool:  # type: ignore[override]
-        return bool(getattr(self.inner, "token_ids", False))
-
-    @property
-    def streams_tokens(self) -> bool:  # type: ignore[override]
-        return bool(getattr(self.inner, "streams_tokens", False))
-
-    async def tokenize(self, text: str) -> tuple[int, ...]:
-        return await self.inner.tokenize(text)  # no generation: not scheduled
+        return super().concurrent_streams and self.scheduler.core.capacity >= 2
 
     @property
     def allowance(self) -> int:
@@ -186,15 +176,6 @@ class ScheduledEngine(Engine):
     def report(self, certaindex: float) -> None:
         """Tell the scheduler how settled the program's answer is (0 unsure .. 1 settled)."""
         self.scheduler.core.report(self.program_id, certaindex=certaindex)
-
-    async def prepare(self) -> None:
-        await self.inner.prepare()
-
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        return self.inner.render_chat(messages)
-
-    async def aclose(self) -> None:
-        """The inner engine is shared by every session: closing a session's view closes nothing."""
 
     def _capped(self, request: GenerationRequest) -> GenerationRequest:
         if self.closed:

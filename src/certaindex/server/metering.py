@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator
 
-from certaindex.engines.base import Completion, Engine, GenerationRequest, StreamDelta
+from certaindex.engines.base import Completion, Engine, EngineView, GenerationRequest, StreamDelta
 
 
 @dataclass
@@ -19,34 +19,13 @@ class UpstreamUsage:
     generated_tokens: int = 0
 
 
-class MeteredEngine(Engine):
+class MeteredEngine(EngineView):
     """Wraps an engine and adds up every request and token that passes through it."""
 
     def __init__(self, inner: Engine) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.usage = UpstreamUsage()
         self.name = inner.name
-
-    @property
-    def concurrent_streams(self) -> bool:  # type: ignore[override]
-        return bool(getattr(self.inner, "concurrent_streams", False))
-
-    @property
-    def token_ids(self) -> bool:  # type: ignore[override]
-        return bool(getattr(self.inner, "token_ids", False))
-
-    @property
-    def streams_tokens(self) -> bool:  # type: ignore[override]
-        return bool(getattr(self.inner, "streams_tokens", False))
-
-    async def tokenize(self, text: str) -> tuple[int, ...]:
-        return await self.inner.tokenize(text)
-
-    async def prepare(self) -> None:
-        await self.inner.prepare()
-
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        return self.inner.render_chat(messages)
 
     async def generate(self, request: GenerationRequest) -> Completion:
         self.usage.requests += request.n
@@ -62,6 +41,3 @@ class MeteredEngine(Engine):
                 self.usage.generated_tokens += delta.tokens
                 self.usage.prompt_tokens += delta.prompt_tokens or 0
                 yield delta
-
-    async def aclose(self) -> None:
-        """The inner engine is shared by every request; it is closed by the server, not here."""
