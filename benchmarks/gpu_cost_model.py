@@ -128,30 +128,28 @@ def suffix_prefill_s(stack: Stack, suffix: int, context: int) -> float:
         for _ in stack.layers
     ]
     x = torch.randn(1, suffix, stack.hidden, device="cuda", dtype=torch.bfloat16)
-    stack.forward(x, caches)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        stack.forward(x, caches)
-    end.record()
-    torch.cuda.synchronize()
+    seconds = seconds_per_call(lambda: stack.forward(x, caches), reps=10)
     del caches
-    return start.elapsed_time(end) / 1e3 / 10
+    return seconds
 
 
 @torch.inference_mode()
 def prefill_s(stack: Stack, tokens: int) -> float:
     x = torch.randn(1, tokens, stack.hidden, device="cuda", dtype=torch.bfloat16)
-    stack.forward(x, None)
+    return seconds_per_call(lambda: stack.forward(x, None), reps=5)
+
+
+def seconds_per_call(call, reps: int) -> float:
+    """One warm-up call, then the mean of ``reps`` calls timed with CUDA events."""
+    call()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(5):
-        stack.forward(x, None)
+    for _ in range(reps):
+        call()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / 5
+    return start.elapsed_time(end) / 1e3 / reps
 
 
 def main() -> None:
