@@ -75,6 +75,14 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--engine-priorities", action="store_true",
                        help="send each request's scheduling priority upstream (vLLM --scheduling-policy priority; "
                        "SGLang --enable-priority-scheduling)")
+    shadow = serve.add_argument_group("shadow mode (docs/server.md)")
+    shadow.add_argument("--shadow", metavar="DIR",
+                        help="answer every chat request with full reasoning (as policy full), probe beside it every "
+                        "probe interval, and write each program as a trace in DIR for `certaindex calibrate DIR`. "
+                        "The traces hold the prompts and answers. The probes cost extra upstream tokens "
+                        "(usage.certaindex.shadow_probe_tokens); the answers are unaffected")
+    shadow.add_argument("--shadow-max-file-mb", type=float, default=256.0,
+                        help="start a new trace file when one reaches this size (default 256)")
     serve.add_argument("--extra-body", help="JSON object sent with every upstream request, e.g. '{\"top_k\": 20}'")
     serve.add_argument("--log-content", action="store_true",
                        help="log prompts and answers (off by default: only sizes and timings are logged)")
@@ -103,17 +111,29 @@ def settings_from_args(args: argparse.Namespace):
     elif args.calibration:
         cot = apply_calibration(cot, load_calibration(args.calibration), budget=True)
     extra = parse_json_object(args.extra_body, "--extra-body") or {}
+    policy = args.policy
+    if getattr(args, "shadow", None):
+        from certaindex.traces.tracelog import check_writable_dir
+
+        if policy not in ("auto", "full", "cot"):
+            raise ValueError(f"--shadow answers chat requests with full reasoning; it cannot run with --policy {policy}")
+        if args.shadow_max_file_mb <= 0:
+            raise ValueError(f"--shadow-max-file-mb must be positive, got {args.shadow_max_file_mb}")
+        check_writable_dir(args.shadow)
+        policy = "full"
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     return replace(
         ServerSettings(
             upstream=args.upstream, model=args.model, chat_template=args.chat_template,
-            upstream_api_key=args.upstream_api_key, api_key=args.api_key or None, policy=args.policy,
+            upstream_api_key=args.upstream_api_key, api_key=args.api_key or None, policy=policy,
             max_concurrency=args.max_concurrency, max_queue=args.max_queue,
             upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
             log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
             capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
             verbose=args.verbose, plain_max_tokens=args.plain_max_tokens, token_ids=args.token_ids,
+            shadow_dir=getattr(args, "shadow", None) or None,
+            shadow_max_file_bytes=max(1, int(getattr(args, "shadow_max_file_mb", 256.0) * 1024 * 1024)),
         ),
         cot=cot,
     )

@@ -35,6 +35,7 @@ from certaindex.server.plain import plain_events
 from certaindex.server.responses import chunk, completion_object, new_id, sse, usage_chunk
 from certaindex.server.schema import ChatPlan, Policy, plan_chat
 from certaindex.server.settings import ServerSettings
+from certaindex.server.shadow import ShadowRecorder, run_shadow_program, shadow_plan
 from certaindex.server.streaming import (
     ClientGone,
     ClosingStreamingResponse,
@@ -55,6 +56,7 @@ class ProxyState:
     scheduler: Scheduler | None = None
     sc: SCConfig = field(default_factory=lambda: SCConfig(n=8, first_round=4, round_size=2, max_tokens=1024))
     reasoning_model: bool | None = None
+    shadow: ShadowRecorder | None = None  # --shadow DIR: full reasoning, side probes, traces
 
     async def default_policy(self) -> Policy:
         """The server's policy, with ``auto`` resolved: early exit for reasoning models only."""
@@ -105,9 +107,14 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             scheduler = Scheduler(inner, core, engine_priorities=settings.engine_priorities)
             metrics.watch_scheduler(core)
         holder["state"] = ProxyState(settings, inner, passthrough, admission, metrics, scheduler)
+        if settings.shadow_dir is not None:
+            holder["state"].shadow = app.state.shadow = ShadowRecorder(
+                settings.shadow_dir, metrics, settings.shadow_max_file_bytes)
         try:
             yield
         finally:
+            if holder["state"].shadow is not None:
+                await holder["state"].shadow.aclose()  # the traces being written are finished
             if passthrough is not None:
                 await passthrough.aclose()
             if engine is None:  # an engine handed in belongs to the caller
@@ -224,14 +231,22 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     async def scheduled_program(plan: ChatPlan, engine_: Engine, events: asyncio.Queue[Any] | None) -> ChatOutcome:
         """The program in a scheduler session (its upstream requests queue and are ordered there),
         or straight on the engine with ``--scheduler off``."""
-        scheduler = state().scheduler
+        st = state()
+        scheduler = st.scheduler
+
+        async def program(on: Engine) -> ChatOutcome:
+            if st.shadow is not None and plan.policy == "full":
+                model = plan.model or getattr(st.engine, "model", None) or st.engine.name
+                return await run_shadow_program(on, plan, st.shadow, str(model), st.engine.name, events)
+            return await run_chat_program(on, plan, events)
+
         if scheduler is None:
-            return await run_chat_program(engine_, plan, events)
+            return await program(engine_)
         budget = sc_program_budget(plan.sc) if plan.policy == "sc" else program_budget(plan.cot)
         deadline = None if plan.deadline_s is None else scheduler.clock() + plan.deadline_s
         async with scheduler.session(new_id(), budget=budget, deadline=deadline, priority=plan.priority,
                                      engine=engine_) as session:
-            return await run_chat_program(session, plan, events)
+            return await program(session)
 
     async def run_program(plan: ChatPlan, engine_: Engine, events: asyncio.Queue[Any] | None) -> ChatOutcome:
         try:
@@ -372,6 +387,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         payload = parse_json(body)
         st = state()
         plan = plan_chat(payload, await st.default_policy(), settings.cot, st.sc, settings.max_tokens_limit)
+        if st.shadow is not None and plan.policy in ("cot", "full"):
+            plan = shadow_plan(plan, settings.cot)  # never an early exit: full reasoning, probes beside it
         if plan.policy == "off":
             if st.passthrough is None:
                 return await plain_chat(request, payload, plan)

@@ -45,6 +45,10 @@ class ServerSettings:
     engine_priorities: bool = False  # send each request's priority upstream (vLLM --scheduling-policy priority)
     verbose: bool = False  # let the embedded engine's llama.cpp log through
     token_ids: bool = False  # the upstream reports and takes token ids (vLLM): probes continue the model's own tokens
+    # Shadow mode (server/shadow.py): answer chat programs with full reasoning, probe beside it and
+    # write each program as a trace here. Traces hold prompts and answers: opt-in only.
+    shadow_dir: str | None = None
+    shadow_max_file_bytes: int = 256 * 1024 * 1024  # a trace file this large is closed and a new one begun
 
     @property
     def scheduler_capacity(self) -> int:
@@ -70,5 +74,7 @@ class ServerSettings:
             problems.append(f"capacity must be at least 1, got {self.capacity}")
         if not 0 <= self.aging_s < float("inf"):
             problems.append(f"aging must be a finite number of seconds >= 0, got {self.aging_s}")
+        if self.shadow_max_file_bytes < 1:
+            problems.append(f"shadow_max_file_bytes must be at least 1, got {self.shadow_max_file_bytes}")
         if problems:
             raise ValueError("; ".join(problems))
