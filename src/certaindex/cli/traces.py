@@ -57,7 +57,8 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
         help="probe intervals to try, in tokens, comma-separated multiples of the traces' granularity g "
         "(default: 1, 2, 4 and 8 times g, up to the budget)",
     )
-    group.add_argument("--ks", default="1,2,3,4", help="agreeing probes needed to stop, to try (default 1,2,3,4)")
+    group.add_argument("--ks", default=None, help="agreeing probes needed to stop, to try (default 1,2,3,4; for a "
+                       "folder of traces 1,2,3,4,6,8,12,16,24,32)")
     group = parser.add_argument_group("calibration")
     group.add_argument(
         "--method",
@@ -67,7 +68,8 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
         "probability >= 1-delta); target: the cheapest within --max-loss of full accuracy (default ltt)",
     )
     group.add_argument("--alpha", type=float, default=None,
-                       help="tolerated rate of harmful exits (default 0.1; 0.02 for a Governor folder's score profile)")
+                       help="tolerated rate of harmful exits (default 0.1; 0.05 for a folder of traces; 0.02 for a "
+                       "Governor folder's score profile)")
     group.add_argument("--delta", type=float, default=0.1, help="allowed failure probability of the guarantee (default 0.1)")
     group.add_argument("--max-loss", type=float, default=0.0,
                        help="accuracy the target method may lose against full reasoning, as a fraction (default 0)")
@@ -124,8 +126,9 @@ def add_subcommands(subparsers: Any) -> None:
         description="Replay every probe-agreement setting on the traces and write the one chosen by --method to "
         "a JSON file that solve, bench and the server can read.",
     )
-    calibrate.add_argument("traces", help="a trace file written by 'certaindex record', or a Governor folder (then a "
-                           "certainty-score profile is fitted on its train-split problems)")
+    calibrate.add_argument("traces", help="a trace file written by 'certaindex record', a folder of trace files "
+                           "('serve --shadow DIR' or 'record': a Dynasor profile for that model), or a Governor folder "
+                           "(then a certainty-score profile is fitted on its train-split problems)")
     calibrate.add_argument("--out", "-o", default="calibration.json", help="JSON file to write (default calibration.json)")
     _add_policy_args(calibrate)
     group = calibrate.add_argument_group("Governor folders (certainty-score profile)")
@@ -144,6 +147,11 @@ def add_subcommands(subparsers: Any) -> None:
     group.add_argument("--grade-timeout", type=float, default=5.0, help="seconds per math-verify call (default 5)")
     group.add_argument("--final-answer", choices=("recorded", "extracted"), default="extracted",
                        help="full reasoning's answer: the recorded one or re-extracted from the text (default extracted)")
+    group = calibrate.add_argument_group("folders of trace files (serve --shadow DIR, record)")
+    group.add_argument("--reference", choices=("auto", "full", "gold"), default="auto",
+                       help="what an early answer is checked against: full (the model's own full-reasoning answer: "
+                       "harmful = it differs), gold (the traces' gold answers), or auto: gold where every trace has "
+                       "one, else full (default)")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     calibrate.set_defaults(handler=calibrate_command)
 
@@ -278,6 +286,10 @@ async def calibrate_command(args: argparse.Namespace) -> int:
         if args.alpha is not None:
             _unit("--alpha", args.alpha)
         return calibrate_governor(args, Path(args.traces))
+    if Path(args.traces).is_dir():
+        from certaindex.cli.shadow_calibrate import calibrate_folder
+
+        return calibrate_folder(args, Path(args.traces))
     intervals, ks = _check_policy_args(args)
     traces = _read(args)
     full = full_policy(traces.settings)
