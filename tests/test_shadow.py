@@ -262,3 +262,48 @@ def test_a_failed_probe_skips_the_trace_not_the_answer(tmp_path):
     assert outcome.content == "3" or "\\boxed{3}" in outcome.content
     assert recorder.traces.labels("probe-failed")._value.get() == 1
     assert not trace_files(tmp_path)
+
+
+# -- end to end: the commands a user runs -----------------------------------------------------
+
+
+def test_serve_shadow_then_calibrate_then_serve_the_profile(tmp_path):
+    """`certaindex serve --shadow DIR` in front of an upstream, then `certaindex calibrate DIR`, then
+    `certaindex serve --calibration PROFILE`: each as its own process, as a user runs them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port, server_process
+    from tests.misbehaving_upstream import serve_in_thread
+
+    traces = tmp_path / "traces"
+    profile = tmp_path / "profile.json"
+    upstream = FakeUpstream(answer="7", finish_after=30)  # probes say 7 from the start; so does the model
+    env = {**os.environ, "COLUMNS": "1000"}
+    with serve_in_thread(upstream.app()) as upstream_url:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        serve = [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", upstream_url, "--port", str(port),
+                 "--probe-interval", "4", "--budget", "40"]
+        with server_process(serve + ["--shadow", str(traces)], tmp_path / "shadow.log", f"{url}/health", "serve --shadow"):
+            for i in range(12):
+                reply = chat(url, stream=bool(i % 2), messages=[{"role": "user", "content": f"q{i}"}])
+                assert reply["details"]["stop_reason"] == "finished" and reply["content"]
+        records = all_records(traces)
+        assert len(records) == 12 and all(len(r.probes()) == 30 // 4 for r in records)
+
+        calibrate = [sys.executable, "-m", "certaindex.cli", "calibrate", str(traces), "-o", str(profile)]
+        result = subprocess.run(calibrate + ["--alpha", "0.2"], capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0 and "certified:" in result.stdout, result.stdout + result.stderr
+        result = subprocess.run(calibrate + ["--alpha", "0.05"], capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 3 and "needs about 33 more traces" in result.stdout  # 45 at zero harm
+
+        subprocess.run(calibrate + ["--alpha", "0.2"], capture_output=True, timeout=120, env=env, check=True)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        serve = [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", upstream_url, "--port", str(port),
+                 "--policy", "cot", "--calibration", str(profile)]
+        with server_process(serve, tmp_path / "served.log", f"{url}/health", "serve --calibration"):
+            reply = chat(url)
+        assert reply["details"]["stop_reason"] == "certain" and reply["details"]["answer"] == "7"
+        assert reply["usage"]["certaindex"]["reasoning_tokens"] < 30

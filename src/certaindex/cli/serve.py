@@ -121,6 +121,10 @@ def settings_from_args(args: argparse.Namespace):
             raise ValueError(f"--shadow-max-file-mb must be positive, got {args.shadow_max_file_mb}")
         check_writable_dir(args.shadow)
         policy = "full"
+        from certaindex.cli.common import err
+
+        err.print(f"shadow mode: chat requests get full reasoning; probes every {cot.probe_interval} tokens beside it "
+                  f"(extra upstream tokens); each program, prompt included, is written to {args.shadow}", highlight=False)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     return replace(
