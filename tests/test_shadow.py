@@ -307,3 +307,48 @@ def test_serve_shadow_then_calibrate_then_serve_the_profile(tmp_path):
             reply = chat(url)
         assert reply["details"]["stop_reason"] == "certain" and reply["details"]["answer"] == "7"
         assert reply["usage"]["certaindex"]["reasoning_tokens"] < 30
+
+
+def test_runs_that_do_not_fit_the_format_are_skipped_not_written():
+    from certaindex.programs.cot import CoTResult, Probe
+    from certaindex.traces.shadow import SkippedTrace, shadow_trace
+
+    config = CoTConfig(budget=64, probe_interval=4, probe_tokens=8)
+
+    def result(at: list[int], tokens: int, stop: str = "finished") -> CoTResult:
+        probes = [Probe(a, "7", "7", False, 2, 0.0) for a in at]
+        return CoTResult("q", "7", "7", stop, "x" * tokens, 3, tokens, 2 * len(at), 0, 64, probes)
+
+    offsets = {i: i for i in range(65)}
+    assert len(shadow_trace("a", "q", "p", 3, result([4, 8], 10), offsets, config).probes()) == 2
+    for bad, reason in ((result([4, 9], 10), "misaligned"),  # several tokens streamed across a point
+                        (result([4], 10), "probe-failed"),  # no probe at 8
+                        (result([4, 8], 10, stop="certain"), "early-exit"),
+                        (result([4, 8], 67, stop="budget"), "over-budget")):
+        with pytest.raises(SkippedTrace) as caught:
+            shadow_trace("a", "q", "p", 3, bad, offsets, config)
+        assert caught.value.reason == reason
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("stream", [False, True])
+def test_shadow_on_the_embedded_engine_writes_a_readable_trace(tmp_path, embedded_engine, stream):
+    """The real model through the shadow program (one stream, probes queued behind it on an engine
+    that runs one request at a time). Only what holds for any text the model writes."""
+    config = CoTConfig(budget=48, probe_interval=16, probe_tokens=8, system_prompt=None)
+    body = {"model": "m", "messages": [{"role": "user", "content": "What is 2 + 3? Put the answer in \\boxed{}."}]}
+    plan = shadow_plan(plan_chat(body, "full", config, SCConfig(), 10**5), config)
+    recorder = ShadowRecorder(str(tmp_path), ProxyMetrics(lambda: 0, lambda: 0))
+    events: asyncio.Queue[str] | None = asyncio.Queue() if stream else None
+    outcome = run_plan(embedded_engine, plan, recorder, events)
+    assert outcome.completion_tokens == (outcome.reasoning_tokens + outcome.overrun_tokens + outcome.probe_tokens
+                                         + outcome.answer_tokens)
+    assert outcome.shadow_probe_tokens >= 0 and outcome.details["policy"] == "full"
+    written = recorder.traces.labels("written")._value.get()
+    skipped = sum(recorder.traces.labels(r)._value.get() for r in ("over-budget", "misaligned", "probe-failed"))
+    assert written + skipped == 1
+    if written:
+        [record] = all_records(tmp_path)
+        assert record.reasoning == outcome.reasoning and record.reasoning_tokens == outcome.reasoning_tokens
+        assert all(p.at_tokens % 16 == 0 or p.at_tokens == 48 for p in record.probes())
+        assert len(record.probes()) == outcome.details["shadow"]["probes"] + (record.stop == "budget")

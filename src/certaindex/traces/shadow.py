@@ -20,6 +20,7 @@ from typing import Mapping
 from certaindex.core.prompting import THINK_OPEN
 from certaindex.programs.cot import CoTConfig, CoTResult
 from certaindex.traces.format import Chunk, FinalAnswer, ProbeRecord, TraceRecord, TraceSettings
+from certaindex.traces.format import _FieldError, _parse_record  # the reader's own checks, before writing
 
 __all__ = ["SHADOW_DATASET", "SkippedTrace", "shadow_trace", "shadow_trace_settings"]
 
@@ -59,6 +60,8 @@ def shadow_trace(
     at that position (from the program's chunk events), so the text is cut exactly where each
     probe was forked. Raises :class:`SkippedTrace` when the run does not fit the format."""
     g = config.probe_interval
+    if result.reasoning_tokens > config.budget:  # llama.cpp may finish a UTF-8 character past max_tokens
+        raise SkippedTrace("over-budget", f"{result.reasoning_tokens} reasoning tokens, over the budget of {config.budget}")
     if result.stop_reason not in ("finished", "budget"):
         raise SkippedTrace("early-exit", f"the run stopped by {result.stop_reason!r}, not by full reasoning")
     reasoning, total = result.reasoning, result.reasoning_tokens
@@ -97,8 +100,13 @@ def shadow_trace(
             final = FinalAnswer("after-think", result.answer, result.answer_text, result.answer_tokens, "stop")
         else:
             final = FinalAnswer("reasoning", result.answer)
-    return TraceRecord(
+    record = TraceRecord(
         id=trace_id, sample=0, seed=config.seed, question=question, gold="", prompt=prompt,
         prompt_tokens=prompt_tokens, thinking=prompt.rstrip().endswith(THINK_OPEN), chunks=tuple(chunks),
         finish_reason=chunks[-1].finish_reason, stop=result.stop_reason, final=final, correct=False,
     )
+    try:  # a line the reader would refuse is never written: it would stop `calibrate DIR` at that line
+        _parse_record(record.to_dict(), shadow_trace_settings(config))
+    except _FieldError as exc:
+        raise SkippedTrace("invalid", str(exc)) from None
+    return record
