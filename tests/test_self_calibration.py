@@ -180,3 +180,14 @@ def test_calibrate_folder_errors_are_one_line(tmp_path):
 
     result = cli("calibrate", str(tmp_path / "mixed" / ".."), "--reference", "gold")
     assert result.returncode == 2
+
+
+def test_record_files_with_gold_answers_are_calibrated_against_gold(tmp_path):
+    records = [trace(i, ["5"] + ["7"] * 6, "7", budget=64, gold="7") for i in range(30)]
+    settings = TraceSettings(granularity=G, budget=64, **SUFFIX_SETTINGS)
+    (tmp_path / "rec").mkdir()
+    write_traces(tmp_path / "rec" / "gsm8k.jsonl.gz", TraceHeader("my-model", "fake", settings, dataset="gsm8k"), records)
+    result = cli("calibrate", str(tmp_path / "rec"), "-o", str(tmp_path / "p.json"), "--alpha", "0.1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "wrong where full reasoning's was right (gold answers)" in result.stdout
+    assert load_profile(tmp_path / "p.json").calibration["reference"] == "gold"
