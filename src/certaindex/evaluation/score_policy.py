@@ -244,12 +244,13 @@ class Calibration:
     stopped_by: str  # why the walk stopped: ltt | stratum <name> | end
     strata: dict[str, int]  # CAL trajectories per dataset
     label: str = "noharm"
+    guard: bool = True  # the walk also stopped where one stratum showed more than alpha harmful exits
 
     def summary(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "delta": self.delta, "fit_trajectories": self.n_fit,
                 "calibration_trajectories": self.n_cal, "calibration_harmful_exits": self.cal_harmful,
                 "calibration_saved": round(self.cal_saved, 4), "stopped_by": self.stopped_by,
-                "calibration_strata": self.strata, "label": LABELS[self.label]}
+                "calibration_strata": self.strata, "stratum_guard": self.guard, "label": LABELS[self.label]}
 
 
 def calibrate(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
@@ -285,7 +286,7 @@ def calibrate(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
     names = sorted(set(groups[cal_ids].tolist()))
     return Calibration(schedule, model, threshold, alpha, delta, len(fit_ids), len(cal_ids),
                        int(((~cor) & full_ok).sum()), float(1 - tok.mean() / full_tok), stopped,
-                       {d: int((groups[cal_ids] == d).sum()) for d in names}, label)
+                       {d: int((groups[cal_ids] == d).sum()) for d in names}, label, strata is not None)
 
 
 def _fit(tab: _Table, fit_ids: np.ndarray, features: Sequence[str], l2: float, label: str, n_trajs: int) -> ScoreModel:
@@ -429,9 +430,9 @@ def score_profile_json(name: str, patterns: list[str], models: list[str], cal: C
             "fit": "train problems with crc32('<dataset>/<problem_id>') % 3 == 0",
             "calibrate": "the other train problems",
             "method": "logistic score (L2, standardised, one weight per trajectory); threshold by Learn-then-Test "
-                      "fixed-sequence testing over 100 thresholds 0.9999 -> 0.30 with exact binomial p-values, "
-                      "stopping also where one stratum's calibration trajectories (calibration_strata) show more "
-                      "than alpha harmful exits",
+                      "fixed-sequence testing over 100 thresholds 0.9999 -> 0.30 with exact binomial p-values"
+                      + (", stopping also where one stratum's calibration trajectories (calibration_strata) show more "
+                         "than alpha harmful exits" if cal.guard else " (no stratum guard)"),
             "final_answer": "re-extracted from full_text (certaindex evaluate --final-answer extracted)",
             "tokens": "reasoning tokens up to the exit plus every probe / trial output token",
             **cal.summary(),
