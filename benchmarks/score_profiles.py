@@ -250,12 +250,16 @@ def main() -> int:
             extra[other] = {"accuracy": sum(o.correct for o in oo) / len(ts),
                             "saved": 1 - sum(o.tokens for o in oo) / sum(f.tokens for f in fulls),
                             "harmful_exits": sum(1 for o, f in zip(oo, fulls) if f.correct and not o.correct)}
+        harmful = [{"problem_id": t.problem_id, "seed": t.seed, "exit_at": o.exit_pos, "tokens_used": t.tokens_used,
+                    "exit_answer": o.answer, "final_answer": t.final_answer, "target": t.target}
+                   for t, o, f in zip(ts, outs, fulls) if f.correct and not o.correct]
         row = {"model": model, "dataset": dataset, "n": len(ts), "profile": profile_for(ts[0].model_name).name,
                "full_accuracy": full.accuracy, "full_tokens": full.tokens,
                "accuracy": default.accuracy, "tokens": default.tokens, "saved": default.saved,
                "harmful_exits": default.harmful_exits, "accuracy_change_ci95": [lo, hi],
                "harmful_rate_upper95": harm_upper(default.harmful_exits, len(ts)),
-               "in_band": default.accuracy >= full.accuracy - 0.01 - 1e-12, "other_profiles": extra}
+               "in_band": default.accuracy >= full.accuracy - 0.01 - 1e-12, "other_profiles": extra,
+               "harmful_exit_list": harmful}
         for fam in ("dynasor", "events", "deer"):
             b = best_in_band(pts, fam, full.accuracy)
             row[f"best_{fam}"] = None if b is None else {"label": b.label, "accuracy": b.accuracy, "saved": b.saved}
