@@ -50,6 +50,8 @@ def main() -> None:
         base = next(r for r in rows if r["label"] == "full-fcfs")
         labels = [r["label"].replace(" interval=64", "") for r in rows]
         timing = d.get("probe_timing", "chunked")
+        if timing == "side" and d.get("side_probes"):
+            timing += f", side probes {d['side_probes']}"
         for ax, key, title in ((row[0], "max_rate", f"highest rate with 90% within {d['slos'][0]:g} s (x full-fcfs)"),
                                (row[1], "p90_at_reference", "tightest SLO met by 90% at full-fcfs's highest rate (x)")):
             values = ratios(d, key)
