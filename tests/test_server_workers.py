@@ -147,3 +147,19 @@ def test_a_port_taken_by_another_program_stops_the_server_with_an_error(tmp_path
     assert done.returncode == 1
     assert "cannot listen on 127.0.0.1:%d" % port in done.stderr
     assert "failed before serving" in done.stderr
+
+
+def test_ctrl_c_stops_every_worker(tmp_path):
+    upstream = FakeUpstream()
+    with serve_in_thread(upstream.app()) as upstream_url:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with running_server(_serve_args(upstream_url, port, 2), f"{url}/health", "serve --workers 2",
+                            tmp_path / "serve.log", cwd=REPO) as proc:
+            assert _chat(url, 1)[0] == 200
+            workers = psutil.Process(proc.pid).children()
+            assert len({w.pid for w in workers}) >= 2
+            proc.send_signal(signal.SIGINT)  # to the supervisor alone: it stops the workers itself
+            assert proc.wait(timeout=30) == 0
+            _, alive = psutil.wait_procs(workers, timeout=10)
+            assert not alive
