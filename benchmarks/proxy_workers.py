@@ -32,11 +32,11 @@ from tests.misbehaving_upstream import free_port  # noqa: E402
 from tests.processes import running_server  # noqa: E402
 
 
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    """User + system CPU of the processes and their children (a proxy's workers)."""
+def cpu_seconds(processes: list[psutil.Process], children: bool = True) -> float:
+    """User + system CPU of the processes and (``children``) their children: a proxy's workers."""
     total = 0.0
     for proc in processes:
-        for p in [proc, *proc.children(recursive=True)]:
+        for p in [proc, *(proc.children(recursive=True) if children else [])]:
             try:
                 times = p.cpu_times()
                 total += times.user + times.system
@@ -114,11 +114,13 @@ def main() -> None:
         failures: dict[int, int] = {w: 0 for w in proxies}
         for _ in range(args.rounds):
             for workers, (url, proc) in proxies.items():
-                before = (cpu_seconds([proc]), cpu_seconds([psutil.Process(upstream.pid)]), cpu_seconds([me]))
+                before = (cpu_seconds([proc]), cpu_seconds([psutil.Process(upstream.pid)]),
+                          cpu_seconds([me], children=False))
                 started = time.monotonic()
                 ok, failed = asyncio.run(drive(url, args.clients, args.seconds, body))
                 wall = time.monotonic() - started
-                after = (cpu_seconds([proc]), cpu_seconds([psutil.Process(upstream.pid)]), cpu_seconds([me]))
+                after = (cpu_seconds([proc]), cpu_seconds([psutil.Process(upstream.pid)]),
+                         cpu_seconds([me], children=False))
                 rates[workers].append(ok / wall)
                 failures[workers] += failed
                 cpu[workers].append(tuple((a - b) / wall for a, b in zip(after, before)))
