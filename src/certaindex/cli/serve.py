@@ -55,6 +55,10 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--no-side-probes", action="store_true",
                        help="reason in chunks with probes between them instead of one upstream stream with "
                             "probes beside it (for servers that run one request at a time, e.g. llama-cpp-python)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="proxy processes serving the one port (SO_REUSEPORT; needs --upstream); each gets "
+                       "--capacity / N of the scheduler's capacity, and its own --max-concurrency and --max-queue "
+                       "(default 1; docs/deployment.md section 5)")
     serve.add_argument("--max-concurrency", type=int, default=64, help="requests served at once (default 64)")
     serve.add_argument("--max-queue", type=int, default=256,
                        help="requests waiting for a slot before 429 is answered (default 256)")
@@ -156,6 +160,11 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         logging.getLogger("certaindex.server").warning(
             "listening on %s without --api-key: anyone who can reach this address can use the engine", args.host)
+    if args.workers != 1:
+        from certaindex.server.workers import Supervisor
+
+        supervisor = Supervisor(settings, args.host, args.port, args.workers, log_level=args.log_level)
+        return await supervisor.run()
     app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level == "debug", timeout_graceful_shutdown=5)

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -81,11 +82,39 @@ class ProxyState:
                           param=sorted(plan.sampling_extra)[0])
 
 
+async def _sample_gauges(metrics: ProxyMetrics, every_s: float = 1.0) -> None:
+    """One of several workers: keep this process's gauges current in the shared metrics files."""
+    while True:
+        metrics.refresh()
+        await asyncio.sleep(every_s)
+
+
+class WorkerHeader:
+    """ASGI middleware naming the serving process (``x-certaindex-worker: <pid>``) on every response,
+    so a client or a test behind one port can tell the workers apart. Pure ASGI: streams pass as they are."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.header = (b"x-certaindex-worker", str(os.getpid()).encode())
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_pid(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_pid)
+
+
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
     """The proxy app. ``engine``: use this engine instead of building one from ``settings``
     (tests; embedding the proxy in a larger program); the caller closes it."""
     admission = Admission(settings.max_concurrency, settings.max_queue)
-    metrics = ProxyMetrics(lambda: admission.active, lambda: admission.waiting)
+    metrics = ProxyMetrics(lambda: admission.active, lambda: admission.waiting, multiprocess=settings.workers > 1)
     holder: dict[str, ProxyState] = {}
 
     @asynccontextmanager
@@ -110,9 +139,12 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         if settings.shadow_dir is not None:
             holder["state"].shadow = app.state.shadow = ShadowRecorder(
                 settings.shadow_dir, metrics, settings.shadow_max_file_bytes)
+        sampler = asyncio.ensure_future(_sample_gauges(metrics)) if metrics.multiprocess else None
         try:
             yield
         finally:
+            if sampler is not None:
+                await cancel_and_wait(sampler)
             if holder["state"].shadow is not None:
                 await holder["state"].shadow.aclose()  # the traces being written are finished
             if passthrough is not None:
@@ -123,6 +155,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app = FastAPI(title="certaindex proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.admission = admission
     app.state.metrics = metrics
+    if settings.workers > 1:
+        app.add_middleware(WorkerHeader)
 
     def state() -> ProxyState:
         return holder["state"]
@@ -402,14 +436,16 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     @app.get("/health")
     async def health() -> JSONResponse:
         st = state()
+        worker = {"worker_pid": os.getpid()} if settings.workers > 1 else {}
         if st.passthrough is None:
-            return JSONResponse({"status": "ok", "engine": st.engine.name})
+            return JSONResponse({"status": "ok", "engine": st.engine.name, **worker})
         try:
             reachable = await st.passthrough.reachable()
         except Exception:  # noqa: BLE001 - any failure means "not reachable"
             reachable = False
         return JSONResponse(
-            {"status": "ok" if reachable else "degraded", "engine": st.engine.name, "upstream_reachable": reachable},
+            {"status": "ok" if reachable else "degraded", "engine": st.engine.name, "upstream_reachable": reachable,
+             **worker},
             status_code=200 if reachable else 503,
         )
 

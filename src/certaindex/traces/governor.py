@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from certaindex.core.validation import json_object_line
+
 __all__ = [
     "GovernorFormatError",
     "GovernorRun",
@@ -232,13 +234,7 @@ def _json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for lineno, line in _lines(path):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GovernorFormatError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise GovernorFormatError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        yield lineno, record
+        yield lineno, json_object_line(line, f"{path}:{lineno}", GovernorFormatError)
 
 
 def read_split_manifest(path: Path) -> dict[tuple[str, int], str]:
