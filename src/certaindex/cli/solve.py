@@ -33,8 +33,8 @@ async def _solve(args: argparse.Namespace) -> int:
     engine = common.engine_from_args(args)
     try:
         model_name = args.model or engine.name
-        config = common.cot_config(args, early_exit=not args.no_early_exit, model_name=model_name)
-        rule = common.describe_rule(args, config, model_name)
+        config = common.cot_config(args, early_exit=not args.no_early_exit, model_name=model_name, engine=engine)
+        rule = common.describe_rule(args, config, model_name, engine)
         result = await _solve_with_progress(engine, question, config, quiet=args.quiet or args.json)
         full: CoTResult | None = None
         if args.compare and config.early_exit:
@@ -203,8 +203,8 @@ async def _bench(args: argparse.Namespace) -> int:
     sc = _sc_config(args)
     engine = common.engine_from_args(args, logprobs=args.program in LOGPROB_PROGRAMS)
     try:
-        cot = common.cot_config(args, model_name=args.model or engine.name)
-        args.rule_line = common.describe_rule(args, cot, args.model or engine.name)
+        cot = common.cot_config(args, model_name=args.model or engine.name, engine=engine)
+        args.rule_line = common.describe_rule(args, cot, args.model or engine.name, engine)
         modes = programs_for(args.program, cot, sc, _deepconf_config(args, sc) if args.program == "deepconf" else None)
         with progress_bar("bench") as progress:
             task = progress.add_task(args.dataset, total=len(problems) * len(modes))

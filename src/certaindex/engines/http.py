@@ -50,6 +50,7 @@ class HTTPEngine(Engine):
     """An engine behind an OpenAI-compatible server."""
 
     streams_tokens = True
+    returns_logprobs = True  # the completions endpoint's ``logprobs`` field (vLLM, SGLang, llama.cpp's server)
 
     def __init__(
         self,
