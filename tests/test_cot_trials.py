@@ -227,3 +227,43 @@ async def test_a_live_run_over_recorded_trajectories_exits_where_offline_replay_
             assert result.reasoning_tokens + spent == offline.tokens
             seen.add(next(o.src for o in observations(t, rule["schedule"]) if o.pos == offline.exit_pos))
     assert streaming or seen == {"trial", "grid", "box"}
+
+
+# ------------------------------------------------------------------------------ over HTTP
+
+
+def test_http_logprobs_in_both_server_formats():
+    from certaindex.engines.http import parse_completion_choice
+
+    legacy = {"choices": [{"text": "{7}\n", "finish_reason": "stop", "logprobs": {
+        "tokens": ["{", "7", "}\n"], "token_logprobs": [-0.5, -0.01, -0.02], "top_logprobs": [{"{": -0.5}, None, None]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 3}}
+    content = {"choices": [{"text": "{7}\n", "finish_reason": "stop", "logprobs": {"content": [
+        {"token": "{", "logprob": -0.5, "top_logprobs": [{"token": "{", "logprob": -0.5}]},
+        {"token": "7", "logprob": -0.01, "top_logprobs": []}, {"token": "}\n", "logprob": -0.02}]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 3}}
+    readings = []
+    for payload in (legacy, content):
+        choice, _ = parse_completion_choice(payload)
+        readings.append(read_trial([t.token for t in choice.logprobs], [t.logprob for t in choice.logprobs]))
+    assert readings[0] == readings[1] and readings[0].answer == "7"
+    assert readings[0].confidence == pytest.approx((math.exp(-0.01) + math.exp(-0.02)) / 2)
+
+
+async def test_trials_over_http_in_one_stream():
+    from certaindex.engines.http import HTTPEngine
+    from tests.misbehaving_upstream import FakeUpstream, serve_in_thread
+
+    fake = FakeUpstream(token_delay_s=0.001, waits_every=20)
+    rule = dict(TRIAL_RULE, schedule="bx+tr")
+    with serve_in_thread(fake.app()) as url:
+        async with HTTPEngine(url, chat_template="chatml", max_retries=0) as engine:
+            assert engine.returns_logprobs
+            config = CoTConfig(budget=400, probe_interval=64, certainty=rule, system_prompt=None)  # the fake counts "step "
+            result = await solve_cot(engine, QUESTION, config)
+    assert result.stop_reason == "certain" and result.answer == "42"
+    assert [t.at_tokens for t in result.trials] == [19]  # the first "Wait, " is the 20th token
+    trials = [r for r in fake.requests if r["kind"] == "trial"]
+    assert len(trials) == 1 and trials[0]["logprobs"] == 1 and trials[0]["prompt"].endswith(SUFFIX)
+    assert not [r for r in fake.requests if r["kind"] == "probe"]  # the schedule reads no probe
+    assert result.probe_tokens == 3 and result.reasoning_tokens == 19
