@@ -6,6 +6,7 @@ replay recorded Governor trajectories of the shipped sample live and compare wit
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -172,11 +173,15 @@ async def test_a_trial_answered_without_logprobs_is_a_failed_trial():
     assert result.probe_tokens >= 3  # the failed trial's tokens were generated: still counted
 
 
-def test_scheduler_budgets_count_the_trials():
-    from certaindex.scheduler.budgets import program_budget  # noqa: F401 - the allowance reads max_probes
+def test_scheduler_budgets_count_the_trials_and_only_the_probes_the_schedule_reads():
+    from certaindex.scheduler.budgets import program_budget
 
-    plain = CoTConfig(budget=640, probe_interval=64, certainty=dict(TRIAL_RULE, schedule="bx+g64"))
-    assert CoTConfig(budget=640, probe_interval=64, certainty=TRIAL_RULE).max_probes == plain.max_probes + 30
+    with_trials = CoTConfig(budget=640, probe_interval=64, probe_tokens=32, certainty=TRIAL_RULE)
+    plain = replace(with_trials, certainty=dict(TRIAL_RULE, schedule="bx+g8"))
+    assert with_trials.max_probes == plain.max_probes == 640 // 8 + 1 and with_trials.max_trials == 30
+    assert program_budget(with_trials) == program_budget(plain) + 30 * 20
+    only_trials = replace(with_trials, certainty=dict(TRIAL_RULE, schedule="bx+tc+tr"))
+    assert only_trials.max_probes == 2  # the probe after </think> and the forced last one
 
 
 # ------------------------------------------------------------------------------ recorded trajectories
@@ -190,15 +195,17 @@ def _sample() -> Path:
 
 # trajectories of the sample whose offline exit is a trial, a grid probe, a box the model wrote
 EXITS = {"trial": [98, 258, 253], "grid": [31, 53], "box": [47, 42]}
+ALL = os.environ.get("CERTAINDEX_LIVE_ALL") == "1"  # every trajectory of the sample, three thresholds (about 5 min)
 
 
 @pytest.mark.parametrize("streaming, ids", [(False, sum(EXITS.values(), [])), (True, [98, 31, 47])])
 async def test_a_live_run_over_recorded_trajectories_exits_where_offline_replay_does(streaming, ids):
     """The shipped r1-distill-qwen profile (bx+tc+g512+tr) run live on a fake engine that plays recorded
     R1-Distill-Qwen-7B trajectories (text, probes, DEER trials with their logprobs) exits at the same
-    observation, with the same answer, as ``certaindex evaluate``'s offline replay; at a lower
-    threshold too. Positions are exact: the fake streams the model's own tokens (quicktok), as the
-    offline replay places markers with them."""
+    token, with the same answer and the same token count (reasoning to the exit plus every probe and
+    trial) as ``certaindex evaluate``'s offline replay; at lower thresholds too. Exact, because the
+    fake streams the model's own tokens (quicktok), with which the replay places the text's markers;
+    the trials taken are the recorded ones (a trial where none was recorded fails the fake)."""
     pytest.importorskip("quicktok")
     from certaindex.evaluation.score_policy import observations, replay_score
     from certaindex.traces.governor import read_governor
@@ -208,8 +215,10 @@ async def test_a_live_run_over_recorded_trajectories_exits_where_offline_replay_
     folder = _sample()
     trajs = {t.problem_id: t for t in read_governor(folder)[0].trajectories}
     trials = recorded_trials(folder)
+    ids = sorted(trajs) if ALL else ids
     seen = set()
-    for rule in (profile.rule, dict(profile.rule, threshold=0.9)):
+    for threshold in (profile.rule["threshold"], 0.9) + ((0.99,) if ALL else ()):
+        rule = dict(profile.rule, threshold=threshold)
         for pid in ids:
             t = trajs[pid]
             offline = replay_score(rule, t, canonical_answer, lambda a: False)
@@ -218,13 +227,14 @@ async def test_a_live_run_over_recorded_trajectories_exits_where_offline_replay_
                                probe_suffix=profile.probe_suffix, probe_tokens=profile.probe_tokens,
                                certainty=rule, system_prompt=None)
             result = await solve_cot(engine, f"problem {pid}", config)
-            assert offline.exit_pos is not None
-            assert (result.stop_reason, result.reasoning_tokens, result.answer) == ("certain", offline.exit_pos, offline.answer)
             taken = [(x.at_tokens, x.answer) for x in result.trials]
             recorded = [(o.pos, o.answer) for o in observations(t, "tr")]
             assert taken == recorded[: len(taken)]  # the trials taken are the recorded ones, in order
-            spent = result.probe_tokens  # probes and trials up to the exit, as replay counts them
-            assert result.reasoning_tokens + spent == offline.tokens
+            if offline.exit_pos is None:
+                assert result.stop_reason == "finished" and result.probe_tokens == offline.overhead, pid
+                continue
+            assert (result.stop_reason, result.reasoning_tokens, result.answer) == ("certain", offline.exit_pos, offline.answer), pid
+            assert result.reasoning_tokens + result.probe_tokens == offline.tokens, pid  # probes and trials counted alike
             seen.add(next(o.src for o in observations(t, rule["schedule"]) if o.pos == offline.exit_pos))
     assert streaming or seen == {"trial", "grid", "box"}
 

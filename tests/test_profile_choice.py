@@ -87,3 +87,25 @@ def test_the_proxy_default_follows_the_model(capsys):
     assert settings_from_args(args).cot.reads_trials and "r1-distill-qwen" in capsys.readouterr().err
     args = parser.parse_args(["serve", "--model", qwen])
     assert not settings_from_args(args).cot.reads_trials and "conservative" in capsys.readouterr().err
+
+
+def test_record_picks_the_profile_from_the_model_name(capsys):
+    """record probes with the suffix and length of the model's profile (so its traces calibrate what
+    live runs send), says which, and --profile none / --probe-tokens override."""
+    from certaindex.cli.traces import _record_profile, add_subcommands
+    from certaindex.evaluation.profiles import shipped_profiles
+    from certaindex.traces import TraceSettings
+
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers())
+    base = TraceSettings(granularity=16, budget=64)
+    qwen = next(p for p in shipped_profiles() if p.name == "r1-distill-qwen")
+    args = parser.parse_args(["record", "--out", "x.jsonl.gz"])
+    settings = _record_profile(args, base, "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
+    assert (settings.probe_suffix, settings.probe_tokens) == (qwen.probe_suffix, qwen.probe_tokens)
+    assert "early-exit profile r1-distill-qwen" in capsys.readouterr().err
+    args = parser.parse_args(["record", "--out", "x.jsonl.gz", "--probe-tokens", "7"])
+    assert _record_profile(args, base, "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").probe_tokens == 7
+    args = parser.parse_args(["record", "--out", "x.jsonl.gz", "--profile", "none"])
+    assert _record_profile(args, base, "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B") == base
+    assert "default suffix" in capsys.readouterr().err

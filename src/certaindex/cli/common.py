@@ -130,7 +130,7 @@ def resolve_profile(args: argparse.Namespace, model_name: str | None, engine=Non
         if choice.endswith(".json"):
             return load_profile(choice), f"from {choice}"
         raise UsageError(f"--profile {choice!r} is not a shipped profile ({', '.join(sorted(named))}), a .json file, auto or none")
-    if args.probe_interval is not None or args.k is not None:
+    if getattr(args, "probe_interval", None) is not None or getattr(args, "k", None) is not None:
         return None, "--probe-interval/--k given"
     picked = profile_for_model(model_name or "")
     if (picked.kind == "score" and "tr" in picked.rule["schedule"].split("+") and engine is not None

@@ -103,9 +103,26 @@ class CoTConfig:
         """Most probes a run may send, the forced last one included (for scheduler budgets)."""
         if not self.early_exit:
             return 1
-        gap = self.point_interval if self.probe_trigger == "interval" else self.event_gap
-        trials = int((self.certainty.get("trials") or {}).get("max", 30)) if self.reads_trials else 0
-        return -(-self.budget // gap) + 1 + trials
+        if self.certainty is not None and self.probe_trigger == "interval":
+            # a score rule probes only where its schedule reads one: every gN tokens, once after </think>
+            parts = str(self.certainty.get("schedule", "")).split("+")
+            every = next((int(p[1:]) for p in parts if p.startswith("g") and p[1:].isdigit()), None)
+            return (-(-self.budget // every) if every else 0) + ("tc" in parts) + 1
+        gap = self.probe_interval if self.probe_trigger == "interval" else self.event_gap
+        return -(-self.budget // gap) + 1
+
+    @property
+    def max_trials(self) -> int:
+        """Most DEER-style trials a run may send (the score rule's ``trials.max``; 0 without ``tr``)."""
+        if not (self.early_exit and self.reads_trials):
+            return 0
+        return int((self.certainty.get("trials") or {}).get("max", 30))  # type: ignore[union-attr]
+
+    @property
+    def max_side_tokens(self) -> int:
+        """Most tokens its probes and trials may generate (for scheduler budgets)."""
+        trial_tokens = int((self.certainty or {}).get("trials", {}).get("tokens", 20)) if self.max_trials else 0
+        return self.max_probes * self.probe_tokens + self.max_trials * trial_tokens
 
     def is_probe_point(self, last_point: int, tokens: int, reasoning: str, added: str) -> bool:
         """Whether the reasoning, now ``tokens`` long after ``added`` arrived, has reached a probe
