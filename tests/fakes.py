@@ -34,6 +34,7 @@ class ScriptedFakeEngine(Engine):
     token_delay_s: float = 0.0  # per streamed token
     probe_delay_s: float = 0.0  # per probe
     fail_probes: bool = False
+    probe_suffix: str = DEFAULT_PROBE_SUFFIX  # what a probe prompt ends with (a profile's own suffix)
     trial_suffix: str = "\n**Final Answer**\n\\boxed"
     trial_reply: Callable[[int], Sequence[tuple[str, float]]] = lambda n: [("{", -0.01), ("42", -0.01), ("}\n", -0.01)]
     trial_delay_s: float = 0.0
@@ -114,7 +115,7 @@ class ScriptedFakeEngine(Engine):
             self.open_streams -= 1
 
     def _is_probe(self, request: GenerationRequest) -> bool:
-        return request.prompt.endswith(DEFAULT_PROBE_SUFFIX)
+        return request.prompt.endswith(self.probe_suffix)
 
     def _is_trial(self, request: GenerationRequest) -> bool:
         return request.prompt.endswith(self.trial_suffix)
@@ -140,7 +141,7 @@ class ScriptedFakeEngine(Engine):
             lps = [(t, float(lp)) for t, lp in pairs]
             out = [t for t, _ in pairs]
             finish = "length" if len(list(self.trial_reply(consumed))) > request.max_tokens else "stop"
-        elif rest.endswith(DEFAULT_PROBE_SUFFIX):
+        elif rest.endswith(self.probe_suffix):
             if self.fail_probes:
                 raise EngineError("scripted probe failure")
             tokens = list(self.probe_reply(consumed))

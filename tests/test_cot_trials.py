@@ -277,3 +277,35 @@ async def test_trials_over_http_in_one_stream():
     assert len(trials) == 1 and trials[0]["logprobs"] == 1 and trials[0]["prompt"].endswith(SUFFIX)
     assert not [r for r in fake.requests if r["kind"] == "probe"]  # the schedule reads no probe
     assert result.probe_tokens == 3 and result.reasoning_tokens == 19
+
+
+# ------------------------------------------------------------------------------ the command line
+
+
+def test_solve_uses_the_trial_profile_of_an_r1_model_and_says_so(monkeypatch, capsys):
+    import json
+
+    from certaindex import cli
+
+    qwen = next(p for p in shipped_profiles() if p.name == "r1-distill-qwen")
+    script = with_waits(900)
+    fake = ScriptedFakeEngine(reasoning=script, probe_suffix=qwen.probe_suffix, trial_reply=confident_from(300),
+                              ends_naturally=False)
+    monkeypatch.setattr(cli.common, "make_engine", lambda *a, **k: fake)
+    code = cli.main(["solve", "What is 6 * 7?", "--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+                     "--budget", "900", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0 and payload["rule"].startswith("early-exit profile r1-distill-qwen")
+    result = payload["result"]
+    assert result["trials"] and len(result["trials"]) == len(fake.trials) <= 30
+    assert all(r.prompt.endswith(qwen.rule["trials"]["suffix"]) for r in fake.trials)
+    assert all(t["tokens"] == 3 for t in result["trials"])
+    assert result["probe_tokens"] == sum(t["tokens"] for t in result["trials"]) + sum(
+        p["tokens"] for p in result["probes"])  # trials and probes alike
+    # an engine without logprobs: the conservative profile, and why
+    plain = ScriptedFakeEngine(reasoning=script, probe_suffix=qwen.probe_suffix, logprobs=False, ends_naturally=False)
+    monkeypatch.setattr(cli.common, "make_engine", lambda *a, **k: plain)
+    cli.main(["solve", "What is 6 * 7?", "--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "--budget", "300", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["rule"].startswith("early-exit profile conservative") and "does not return" in payload["rule"]
+    assert not plain.trials and not payload["result"]["trials"]

@@ -112,7 +112,8 @@ def _print_solution(
     out.print(
         f"[dim]tokens:[/dim] {result.total_tokens} generated = {result.reasoning_tokens} reasoning "
         + (f"+ {result.overrun_tokens} streamed past the deciding probe " if result.overrun_tokens else "")
-        + f"+ {result.probe_tokens} in {len(result.probes)} probes + {result.answer_tokens} answer; "
+        + f"+ {result.probe_tokens} in {len(result.probes)} probes"
+        + (f" and {len(result.trials)} trials" if result.trials else "") + f" + {result.answer_tokens} answer; "
         f"budget {result.budget} reasoning tokens"
     )
     if full is not None:
