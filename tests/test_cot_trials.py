@@ -309,3 +309,20 @@ def test_solve_uses_the_trial_profile_of_an_r1_model_and_says_so(monkeypatch, ca
     payload = json.loads(capsys.readouterr().out)
     assert payload["rule"].startswith("early-exit profile conservative") and "does not return" in payload["rule"]
     assert not plain.trials and not payload["result"]["trials"]
+
+
+def test_an_embedded_r1_model_is_created_with_logprobs_for_its_trials(monkeypatch):
+    """The embedded engine keeps the logits trials need only when created so: solve asks for them when
+    the profile picked from the model's file name reads trials, and not for the tiny default model."""
+    from certaindex import cli
+
+    asked = []
+
+    def fake_make_engine(*args, **kwargs):
+        asked.append(kwargs.get("logprobs"))
+        return ScriptedFakeEngine(reasoning=["4 "], logprobs=bool(kwargs.get("logprobs")))
+
+    monkeypatch.setattr(cli.common, "make_engine", fake_make_engine)
+    cli.main(["solve", "What is 2+2?", "--engine", "embedded:/models/DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf", "--quiet"])
+    cli.main(["solve", "What is 2+2?", "--quiet"])
+    assert asked == [True, False]

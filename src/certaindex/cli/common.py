@@ -191,6 +191,14 @@ def cot_config(args: argparse.Namespace, early_exit: bool = True, model_name: st
     return config
 
 
+def profile_reads_trials(args: argparse.Namespace) -> bool:
+    """Whether the profile these flags pick for the named model (``--model``, else the ``--engine``
+    spec, e.g. an embedded GGUF path) reads DEER trials: the embedded engine must then keep the
+    logits their logprobs need, which it does only when created so."""
+    profile, _ = resolve_profile(args, getattr(args, "model", None) or getattr(args, "engine", None))
+    return profile is not None and profile.kind == "score" and "tr" in profile.rule["schedule"].split("+")
+
+
 def engine_from_args(args: argparse.Namespace, logprobs: bool = False):
     extra_body = parse_json_object(args.extra_body, "--extra-body")
     verbose = bool(getattr(args, "verbose", False))

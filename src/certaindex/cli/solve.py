@@ -30,7 +30,7 @@ from certaindex.programs.self_consistency import SCConfig
 async def _solve(args: argparse.Namespace) -> int:
     question = validate_question(args.question)
     common.cot_config(args, early_exit=not args.no_early_exit)  # bad flags fail before the engine loads
-    engine = common.engine_from_args(args)
+    engine = common.engine_from_args(args, logprobs=not args.no_early_exit and common.profile_reads_trials(args))
     try:
         model_name = args.model or engine.name
         config = common.cot_config(args, early_exit=not args.no_early_exit, model_name=model_name, engine=engine)
@@ -202,7 +202,7 @@ async def _bench(args: argparse.Namespace) -> int:
     problems = load_dataset(args.dataset, limit=args.limit, offset=args.offset)
     common.cot_config(args)  # bad flags fail before the engine loads
     sc = _sc_config(args)
-    engine = common.engine_from_args(args, logprobs=args.program in LOGPROB_PROGRAMS)
+    engine = common.engine_from_args(args, logprobs=args.program in LOGPROB_PROGRAMS or common.profile_reads_trials(args))
     try:
         cot = common.cot_config(args, model_name=args.model or engine.name, engine=engine)
         args.rule_line = common.describe_rule(args, cot, args.model or engine.name, engine)
