@@ -198,7 +198,7 @@ EXITS = {"trial": [98, 258, 253], "grid": [31, 53], "box": [47, 42]}
 ALL = os.environ.get("CERTAINDEX_LIVE_ALL") == "1"  # every trajectory of the sample, three thresholds (about 5 min)
 
 
-@pytest.mark.parametrize("streaming, ids", [(False, sum(EXITS.values(), [])), (True, [98, 31, 47])])
+@pytest.mark.parametrize("streaming, ids", [(False, [i for ids in EXITS.values() for i in ids]), (True, [98, 31, 47])])
 async def test_a_live_run_over_recorded_trajectories_exits_where_offline_replay_does(streaming, ids):
     """The shipped r1-distill-qwen profile (bx+tc+g512+tr) run live on a fake engine that plays recorded
     R1-Distill-Qwen-7B trajectories (text, probes, DEER trials with their logprobs) exits at the same
