@@ -370,8 +370,12 @@ def test_live_score_decides_like_the_offline_features():
     quiet.add_text(text, len(text))
     quiet.boxed()
     assert quiet.decide()[0] is False
-    tr = LiveScore(dict(rule, schedule="tr"), key)
+    tr = LiveScore(dict(rule, schedule="tr", trials={"max": 3}), key)
     tr.add_text("so. Wait", 2)
-    assert tr.trial_due() and not tr.trial_due()
-    tr.add_text(" hmm, Hmm", 2)
-    assert tr.trial_due()
+    assert not tr.trial_due() and tr.trial_pending()  # "Wait" at the very end: maybe "Waiting"
+    tr.add_text(", hmm, Hmm, but wait", 5)  # Hmm is a reflection word, but DEER's trials are at Wait/wait
+    assert tr.trial_points() == [(4, 1)]  # the text before "Wait": 4 characters, the first token
+    assert tr.trial_points(final=True) == [(24, 6)]  # "wait" at the very end counts once the text ended
+    tr.add_text(" Waiting. Wait. Wait. Wait.", 8)
+    assert len(tr.trial_points()) == 1 and tr.trials_offered == 3  # at most trials.max in all
+    assert LiveScore(rule, key).trial_points(final=True) == []  # the schedule reads no trials

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 from dataclasses import replace
+from types import SimpleNamespace
 
 from certaindex.cli.common import quiet_http_logs
 from certaindex.core.validation import parse_json_object
@@ -104,7 +105,9 @@ def settings_from_args(args: argparse.Namespace):
 
     cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval or 64, k=args.k or 3,
                     probe_trigger=args.probe_trigger, side_probes=not args.no_side_probes)
-    profile, why = resolve_profile(args, args.model)
+    # HTTP upstreams return logprobs (DEER trials need them); the embedded engine the proxy creates does not
+    upstream = SimpleNamespace(returns_logprobs=bool(args.upstream), name=args.upstream or "the embedded engine")
+    profile, why = resolve_profile(args, args.model, upstream)
     if profile is not None:
         cot = replace(cot, probe_interval=profile.probe_interval, probe_suffix=profile.probe_suffix,
                       probe_tokens=profile.probe_tokens,

@@ -30,11 +30,11 @@ from certaindex.programs.self_consistency import SCConfig
 async def _solve(args: argparse.Namespace) -> int:
     question = validate_question(args.question)
     common.cot_config(args, early_exit=not args.no_early_exit)  # bad flags fail before the engine loads
-    engine = common.engine_from_args(args)
+    engine = common.engine_from_args(args, logprobs=not args.no_early_exit and common.profile_reads_trials(args))
     try:
         model_name = args.model or engine.name
-        config = common.cot_config(args, early_exit=not args.no_early_exit, model_name=model_name)
-        rule = common.describe_rule(args, config, model_name)
+        config = common.cot_config(args, early_exit=not args.no_early_exit, model_name=model_name, engine=engine)
+        rule = common.describe_rule(args, config, model_name, engine)
         result = await _solve_with_progress(engine, question, config, quiet=args.quiet or args.json)
         full: CoTResult | None = None
         if args.compare and config.early_exit:
@@ -112,7 +112,8 @@ def _print_solution(
     out.print(
         f"[dim]tokens:[/dim] {result.total_tokens} generated = {result.reasoning_tokens} reasoning "
         + (f"+ {result.overrun_tokens} streamed past the deciding probe " if result.overrun_tokens else "")
-        + f"+ {result.probe_tokens} in {len(result.probes)} probes + {result.answer_tokens} answer; "
+        + f"+ {result.probe_tokens} in {len(result.probes)} probes"
+        + (f" and {len(result.trials)} trials" if result.trials else "") + f" + {result.answer_tokens} answer; "
         f"budget {result.budget} reasoning tokens"
     )
     if full is not None:
@@ -201,10 +202,10 @@ async def _bench(args: argparse.Namespace) -> int:
     problems = load_dataset(args.dataset, limit=args.limit, offset=args.offset)
     common.cot_config(args)  # bad flags fail before the engine loads
     sc = _sc_config(args)
-    engine = common.engine_from_args(args, logprobs=args.program in LOGPROB_PROGRAMS)
+    engine = common.engine_from_args(args, logprobs=args.program in LOGPROB_PROGRAMS or common.profile_reads_trials(args))
     try:
-        cot = common.cot_config(args, model_name=args.model or engine.name)
-        args.rule_line = common.describe_rule(args, cot, args.model or engine.name)
+        cot = common.cot_config(args, model_name=args.model or engine.name, engine=engine)
+        args.rule_line = common.describe_rule(args, cot, args.model or engine.name, engine)
         modes = programs_for(args.program, cot, sc, _deepconf_config(args, sc) if args.program == "deepconf" else None)
         with progress_bar("bench") as progress:
             task = progress.add_task(args.dataset, total=len(problems) * len(modes))

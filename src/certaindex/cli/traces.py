@@ -106,7 +106,12 @@ def add_subcommands(subparsers: Any) -> None:
     group.add_argument("--granularity", "-g", type=int, default=16,
                        help="reasoning tokens per chunk; replay serves probe intervals that are multiples of it (default 16)")
     group.add_argument("--budget", type=int, default=384, help="most reasoning tokens per trace (default 384)")
-    group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
+    group.add_argument("--probe-tokens", type=int, default=None,
+                       help="tokens a probe may write (default: the profile's, else 20)")
+    group.add_argument("--profile", default="auto",
+                       help="early-exit profile whose probe suffix and probe length the traces are recorded with, so "
+                       "they calibrate what live runs send: auto (picked from the model name), a shipped profile's "
+                       "name, a profile JSON file, or none (the default suffix)")
     group.add_argument("--answer-tokens", type=int, default=256,
                        help="tokens for the answer after </think> of a reasoning model (default 256)")
     group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the reasoning (default 0)")
@@ -197,7 +202,7 @@ async def record_command(args: argparse.Namespace) -> int:
     from certaindex.traces import TraceSettings, record_traces
 
     for option, value, minimum in (("--limit", args.limit, 1), ("--granularity", args.granularity, 1),
-                                   ("--budget", args.budget, 1), ("--probe-tokens", args.probe_tokens, 1),
+                                   ("--budget", args.budget, 1), ("--probe-tokens", args.probe_tokens or 20, 1),
                                    ("--answer-tokens", args.answer_tokens, 1), ("--samples", args.samples, 1),
                                    ("--top-logprobs", args.top_logprobs, 0), ("--confidence-window", args.confidence_window, 1)):
         _at_least(option, value, minimum)
@@ -213,7 +218,7 @@ async def record_command(args: argparse.Namespace) -> int:
     settings = TraceSettings(
         granularity=args.granularity,
         budget=args.budget,
-        probe_tokens=args.probe_tokens,
+        probe_tokens=args.probe_tokens or 20,
         answer_tokens=args.answer_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -223,7 +228,13 @@ async def record_command(args: argparse.Namespace) -> int:
         confidence_window=args.confidence_window,
     )
     problems = load_dataset(args.dataset, limit=args.limit, offset=args.offset)
+    common.resolve_profile(args, None)  # a bad --profile fails before the engine loads
     engine = common.engine_from_args(args, logprobs=settings.logprobs is not None)
+    try:
+        settings = _record_profile(args, settings, args.model or engine.name)
+    except BaseException:
+        await engine.aclose()
+        raise
     started = time.perf_counter()
     tokens = correct = 0
     try:
@@ -256,6 +267,22 @@ async def record_command(args: argparse.Namespace) -> int:
         f"of {settings.budget}, mean {sum(r.full_tokens for r in traces.records) / n:.1f} tokens"
     )
     return 0
+
+
+def _record_profile(args: argparse.Namespace, settings, model_name: str):
+    """The recording settings under the early-exit profile of ``model_name`` (its probe suffix and
+    probe length), announced on stderr as solve announces its profile."""
+    import dataclasses
+
+    profile, why = common.resolve_profile(args, model_name)
+    if profile is None:
+        err.print(f"[dim]probes recorded with the default suffix ({why})[/dim]")
+        return settings
+    settings = dataclasses.replace(settings, probe_suffix=profile.probe_suffix,
+                                   probe_tokens=args.probe_tokens or profile.probe_tokens)
+    err.print(f"[dim]early-exit profile {escape(profile.label)} ({escape(why)}): probes recorded with its suffix "
+              f"{escape(repr(profile.probe_suffix))}, at most {settings.probe_tokens} tokens[/dim]")
+    return settings
 
 
 def _read(args: argparse.Namespace):

@@ -413,7 +413,9 @@ def score_profile_json(name: str, patterns: list[str], models: list[str], cal: C
     rule = {
         "kind": "score", "schedule": cal.schedule, "threshold": cal.threshold, "model": cal.model.to_dict(),
         "boxed": "bx" in parts, "probe_after_think": "tc" in parts, "probe_every": grid,
-        "trials": {"at": "Wait", "suffix": TRIAL_SUFFIX, "max": 30, "confidence": "mean token probability of the trial answer (DEER)"}
+        "trials": {"at": "Wait", "suffix": TRIAL_SUFFIX, "max": 30, "tokens": 20,
+                   "confidence": "mean token probability of the trial answer after its opening brace (DEER; "
+                                 "core.exit_score.trial_confidence)"}
         if "tr" in parts else None,
     }
     return {

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from certaindex.core.exit_score import trial_confidence
 from certaindex.core.validation import json_object_line
 
 __all__ = [
@@ -195,18 +196,17 @@ def _target(value: Any) -> str:
 
 
 def _min_prob(value: Any) -> float:
-    """The smallest token probability of a trial's ``logprobs`` list (0.0 when absent)."""
-    import math
-
+    """The smallest token probability of a trial's ``logprobs`` list (0.0 when absent), by the
+    definition live trials use (:func:`~certaindex.core.exit_score.trial_confidence`, whose
+    confidence also reproduces the records' own ``confidence``)."""
     lps = _literal(value) or []
     if not isinstance(lps, list):
         raise _Bad("logprobs is not a list")
-    probs = []
+    values = []
     for d in lps:
         d = _literal(d)
-        lp = d.get("logprob") if isinstance(d, dict) else d
-        probs.append(math.exp(_float(lp, "logprob")))
-    return min(probs) if probs else 0.0
+        values.append(_float(d.get("logprob") if isinstance(d, dict) else d, "logprob"))
+    return trial_confidence(values)[1]
 
 
 def _need(record: dict[str, Any], name: str) -> Any:
