@@ -52,9 +52,10 @@ async def _solve(args: argparse.Namespace) -> int:
         out.print_json(json.dumps(payload))
     else:
         out.print(f"[dim]{escape(rule)}[/dim]", highlight=False)
-        _print_solution(engine.name, result, full, show_reasoning=args.show_reasoning, expected=args.expected)
+        _print_solution(engine.name, result, full, show_reasoning=args.show_reasoning, expected=args.expected,
+                        scored=config.certainty is not None)
     if result.answer is None:
-        err.print(f"[red]error:[/red] the model gave no answer ({_reason_text(result)})")
+        err.print(f"[red]error:[/red] the model gave no answer ({_reason_text(result, config.certainty is not None)})")
         return common.EXIT_NO_ANSWER
     return 0
 
@@ -86,7 +87,10 @@ async def _solve_with_progress(engine, question: str, config: CoTConfig, quiet: 
         return await solve_cot(engine, question, config, on_event=on_event)
 
 
-def _reason_text(result: CoTResult) -> str:
+def _reason_text(result: CoTResult, scored: bool = False) -> str:
+    """Why the run stopped, in the words of the rule that decided (``scored``: a profile's certainty score)."""
+    if result.stop_reason == "certain" and scored:
+        return f"stopped early: the certainty score reached its threshold after {result.reasoning_tokens} reasoning tokens"
     if result.stop_reason == "certain":
         return f"stopped early: the last probes agreed after {result.reasoning_tokens} reasoning tokens"
     if result.stop_reason == "finished":
@@ -95,7 +99,8 @@ def _reason_text(result: CoTResult) -> str:
 
 
 def _print_solution(
-    engine_name: str, result: CoTResult, full: CoTResult | None, show_reasoning: bool, expected: str | None = None
+    engine_name: str, result: CoTResult, full: CoTResult | None, show_reasoning: bool, expected: str | None = None,
+    scored: bool = False,
 ) -> None:
     if show_reasoning:
         out.rule("reasoning")
@@ -108,7 +113,7 @@ def _print_solution(
     if expected is not None:
         verdict = "[green]right[/green]" if _same(result.answer, expected) else "[red]wrong[/red]"
         out.print(f"[dim]expected:[/dim] {escape(expected)} ({verdict})", highlight=False)
-    out.print(f"[dim]stopped:[/dim] {_reason_text(result)}")
+    out.print(f"[dim]stopped:[/dim] {_reason_text(result, scored)}")
     out.print(
         f"[dim]tokens:[/dim] {result.total_tokens} generated = {result.reasoning_tokens} reasoning "
         + (f"+ {result.overrun_tokens} streamed past the deciding probe " if result.overrun_tokens else "")
