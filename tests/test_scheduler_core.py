@@ -448,3 +448,45 @@ def test_engine_priority_orders_classes_then_remaining_work() -> None:
     g = {pid: core.submit(pid, width=1, max_tokens=1, now=0) for pid in ("vip", "near", "far")}
     order = sorted(g, key=lambda pid: core.engine_priority(g[pid]))
     assert order == ["vip", "near", "far"]
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "certaindex"])
+def test_a_side_request_of_an_admitted_program_starts_at_once_without_a_slot(policy) -> None:
+    """Capacity 1 held by a's stream, b's stream waiting: a's probe starts now, takes no slot, is
+    charged exactly, and goes first in a's engine-priority class; b, never admitted, may not."""
+    core = SchedulerCore(policy, capacity=1)
+    core.add_program("vip", now=0, budget=5000, priority=-1)
+    for pid in ("a", "b"):
+        core.add_program(pid, now=0, budget=1000)
+    stream_a = core.submit("a", width=1, max_tokens=600, now=0)
+    assert core.dispatch(now=0) == [stream_a]
+    stream_b = core.submit("b", width=1, max_tokens=600, now=0)
+    with pytest.raises(ValueError, match="never dispatched"):
+        core.start_side("b", max_tokens=10, now=1)
+    before = core.allowance("a")
+    probe = core.start_side("a", max_tokens=10, now=1)
+    assert probe.side and core.running == 1 and core.pending_gangs == 1
+    assert core.allowance("a") <= before - 10  # held while it runs, like any gang
+    assert core.dispatch(now=1) == []  # b still waits for the slot: the probe freed nothing
+    vip = core.submit("vip", width=1, max_tokens=5, now=1)
+    assert core.engine_priority(vip) < core.engine_priority(probe) < min(
+        core.engine_priority(stream_a), core.engine_priority(stream_b))
+    core.finish(probe, tokens=7)
+    assert core.running == 1 and core.dispatch(now=2) == []
+    core.finish(stream_a, tokens=300)
+    assert core.dispatch(now=2)[0] in (stream_b, vip)
+    core.remove_program("a")
+    assert core.carried_budget == 0
+
+
+def test_a_side_request_is_charged_what_it_generated_and_cancelling_frees_it() -> None:
+    core = SchedulerCore("certaindex", capacity=2, floor_fraction=1.0)
+    core.add_program("a", now=0, budget=1000)
+    stream = core.submit("a", width=1, max_tokens=100, now=0)
+    core.dispatch(now=0)
+    core.finish(stream, tokens=100)
+    probe = core.start_side("a", max_tokens=50, now=1)  # after the stream too: it was admitted
+    core.finish(probe, tokens=20)
+    cancelled = core.start_side("a", max_tokens=50, now=2)
+    core.cancel(cancelled)
+    assert core.allowance("a") == 1000 - 120 and core.running == 0
