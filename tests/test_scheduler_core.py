@@ -33,6 +33,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.running: dict[int, Gang] = {}
         self.started_order: list[int] = []
         self.ended_slack = 0  # budgets ended programs left unused (what they could have lent)
+        self.admitted: set[str] = set()  # programs a gang of which was dispatched: they may start side requests
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -40,7 +41,7 @@ class CoreMachine(RuleBasedStateMachine):
         return sum(g.reserved_tokens for g in (*self.pending.values(), *self.running.values()) if g.program_id == pid)
 
     def running_width(self) -> int:
-        return sum(g.width for g in self.running.values())
+        return sum(g.width for g in self.running.values() if not g.side)  # side requests hold no slot
 
     def fits(self, width: int, running: int) -> bool:
         return running == 0 or running + width <= CAPACITY
@@ -96,6 +97,19 @@ class CoreMachine(RuleBasedStateMachine):
         assert all(gang.gang_id > g for g in (*self.pending, *self.running, *self.started_order))
         self.pending[gang.gang_id] = gang
 
+    @precondition(lambda self: self.admitted & set(self.programs))
+    @rule(data=st.data(), width=st.integers(1, 2))
+    def start_side(self, data: st.DataObject, width: int) -> None:
+        pid = data.draw(st.sampled_from(sorted(self.admitted & set(self.programs))))
+        allowance = self.core.allowance(pid)
+        if allowance // width < 1:
+            return  # the runtime refuses (BudgetExhausted)
+        max_tokens = data.draw(st.integers(1, min(300, allowance // width)))
+        before = self.core.running
+        gang = self.core.start_side(pid, width=width, max_tokens=max_tokens, now=self.now)
+        assert gang.side and self.core.running == before  # started now, no slot taken
+        self.running[gang.gang_id] = gang
+
     @precondition(lambda self: self.programs)
     @rule(data=st.data(), certaindex=st.floats(0, 1))
     def report(self, data: st.DataObject, certaindex: float) -> None:
@@ -136,9 +150,10 @@ class CoreMachine(RuleBasedStateMachine):
         for gang in started:
             assert self.pending.pop(gang.gang_id) == gang, "only pending gangs start, whole and once"
             self.running[gang.gang_id] = gang
+            self.admitted.add(gang.program_id)
         self.check_order(started, running_before, oldest, heads)
         # Work conserving: a dispatch never leaves the engine idle while gangs wait.
-        assert self.running or not self.pending
+        assert self.running_width() or not self.pending
         self.started_order.extend(g.gang_id for g in started)
 
     def check_order(self, started: list[Gang], running_before: int, oldest: Gang | None, heads: dict) -> None:
@@ -180,7 +195,8 @@ class CoreMachine(RuleBasedStateMachine):
     def capacity_respected(self) -> None:
         width = self.running_width()
         assert self.core.running == width
-        assert width <= CAPACITY or (len(self.running) == 1 and width > CAPACITY)
+        slot_gangs = [g for g in self.running.values() if not g.side]
+        assert width <= CAPACITY or (len(slot_gangs) == 1 and width > CAPACITY)
 
     @invariant()
     def counters_match(self) -> None:
