@@ -33,6 +33,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.running: dict[int, Gang] = {}
         self.started_order: list[int] = []
         self.ended_slack = 0  # budgets ended programs left unused (what they could have lent)
+        self.admitted: set[str] = set()  # programs a gang of which was dispatched: they may start side requests
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -40,7 +41,7 @@ class CoreMachine(RuleBasedStateMachine):
         return sum(g.reserved_tokens for g in (*self.pending.values(), *self.running.values()) if g.program_id == pid)
 
     def running_width(self) -> int:
-        return sum(g.width for g in self.running.values())
+        return sum(g.width for g in self.running.values() if not g.side)  # side requests hold no slot
 
     def fits(self, width: int, running: int) -> bool:
         return running == 0 or running + width <= CAPACITY
@@ -96,6 +97,19 @@ class CoreMachine(RuleBasedStateMachine):
         assert all(gang.gang_id > g for g in (*self.pending, *self.running, *self.started_order))
         self.pending[gang.gang_id] = gang
 
+    @precondition(lambda self: self.admitted & set(self.programs))
+    @rule(data=st.data(), width=st.integers(1, 2))
+    def start_side(self, data: st.DataObject, width: int) -> None:
+        pid = data.draw(st.sampled_from(sorted(self.admitted & set(self.programs))))
+        allowance = self.core.allowance(pid)
+        if allowance // width < 1:
+            return  # the runtime refuses (BudgetExhausted)
+        max_tokens = data.draw(st.integers(1, min(300, allowance // width)))
+        before = self.core.running
+        gang = self.core.start_side(pid, width=width, max_tokens=max_tokens, now=self.now)
+        assert gang.side and self.core.running == before  # started now, no slot taken
+        self.running[gang.gang_id] = gang
+
     @precondition(lambda self: self.programs)
     @rule(data=st.data(), certaindex=st.floats(0, 1))
     def report(self, data: st.DataObject, certaindex: float) -> None:
@@ -136,9 +150,10 @@ class CoreMachine(RuleBasedStateMachine):
         for gang in started:
             assert self.pending.pop(gang.gang_id) == gang, "only pending gangs start, whole and once"
             self.running[gang.gang_id] = gang
+            self.admitted.add(gang.program_id)
         self.check_order(started, running_before, oldest, heads)
         # Work conserving: a dispatch never leaves the engine idle while gangs wait.
-        assert self.running or not self.pending
+        assert self.running_width() or not self.pending
         self.started_order.extend(g.gang_id for g in started)
 
     def check_order(self, started: list[Gang], running_before: int, oldest: Gang | None, heads: dict) -> None:
@@ -180,7 +195,8 @@ class CoreMachine(RuleBasedStateMachine):
     def capacity_respected(self) -> None:
         width = self.running_width()
         assert self.core.running == width
-        assert width <= CAPACITY or (len(self.running) == 1 and width > CAPACITY)
+        slot_gangs = [g for g in self.running.values() if not g.side]
+        assert width <= CAPACITY or (len(slot_gangs) == 1 and width > CAPACITY)
 
     @invariant()
     def counters_match(self) -> None:
@@ -448,3 +464,45 @@ def test_engine_priority_orders_classes_then_remaining_work() -> None:
     g = {pid: core.submit(pid, width=1, max_tokens=1, now=0) for pid in ("vip", "near", "far")}
     order = sorted(g, key=lambda pid: core.engine_priority(g[pid]))
     assert order == ["vip", "near", "far"]
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "certaindex"])
+def test_a_side_request_of_an_admitted_program_starts_at_once_without_a_slot(policy) -> None:
+    """Capacity 1 held by a's stream, b's stream waiting: a's probe starts now, takes no slot, is
+    charged exactly, and goes first in a's engine-priority class; b, never admitted, may not."""
+    core = SchedulerCore(policy, capacity=1)
+    core.add_program("vip", now=0, budget=5000, priority=-1)
+    for pid in ("a", "b"):
+        core.add_program(pid, now=0, budget=1000)
+    stream_a = core.submit("a", width=1, max_tokens=600, now=0)
+    assert core.dispatch(now=0) == [stream_a]
+    stream_b = core.submit("b", width=1, max_tokens=600, now=0)
+    with pytest.raises(ValueError, match="never dispatched"):
+        core.start_side("b", max_tokens=10, now=1)
+    before = core.allowance("a")
+    probe = core.start_side("a", max_tokens=10, now=1)
+    assert probe.side and core.running == 1 and core.pending_gangs == 1
+    assert core.allowance("a") <= before - 10  # held while it runs, like any gang
+    assert core.dispatch(now=1) == []  # b still waits for the slot: the probe freed nothing
+    vip = core.submit("vip", width=1, max_tokens=5, now=1)
+    assert core.engine_priority(vip) < core.engine_priority(probe) < min(
+        core.engine_priority(stream_a), core.engine_priority(stream_b))
+    core.finish(probe, tokens=7)
+    assert core.running == 1 and core.dispatch(now=2) == []
+    core.finish(stream_a, tokens=300)
+    assert core.dispatch(now=2)[0] in (stream_b, vip)
+    core.remove_program("a")
+    assert core.carried_budget == 0
+
+
+def test_a_side_request_is_charged_what_it_generated_and_cancelling_frees_it() -> None:
+    core = SchedulerCore("certaindex", capacity=2, floor_fraction=1.0)
+    core.add_program("a", now=0, budget=1000)
+    stream = core.submit("a", width=1, max_tokens=100, now=0)
+    core.dispatch(now=0)
+    core.finish(stream, tokens=100)
+    probe = core.start_side("a", max_tokens=50, now=1)  # after the stream too: it was admitted
+    core.finish(probe, tokens=20)
+    cancelled = core.start_side("a", max_tokens=50, now=2)
+    core.cancel(cancelled)
+    assert core.allowance("a") == 1000 - 120 and core.running == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -255,3 +256,69 @@ async def test_two_cot_programs_share_the_real_embedded_engine(embedded_engine) 
         assert result.reasoning_tokens <= config.budget + UTF8_SLACK
     assert engine.peak == 1 and len(engine.starts) >= 2
     assert scheduler.core.running == 0 and scheduler.core.live_programs == 0
+
+
+async def test_a_side_probe_of_an_admitted_stream_is_sent_without_waiting() -> None:
+    """Capacity 1 held by a's stream, b's stream waiting: a's probe goes to the engine at once, at
+    the top priority of a's class; a new program's first request still waits for the slot."""
+    from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX
+
+    engine = ScriptedFakeEngine(["step "] * 50, ends_naturally=False, streaming=True, token_delay_s=0.001)
+    base = engine.render_chat([{"role": "user", "content": QUESTION}])
+    scheduler = Scheduler(engine, SchedulerCore("fcfs", capacity=1), engine_priorities=True)
+    order: list[str] = []
+
+    async def first_token(session, name: str) -> None:
+        async with aclosing(session.stream(GenerationRequest(prompt=base, max_tokens=40))) as deltas:
+            async for _ in deltas:
+                order.append(name)
+                return
+
+    async with scheduler.session("a", budget=1000) as a, scheduler.session("b", budget=1000) as b, \
+            scheduler.session("c", budget=1000) as c:
+        stream = a.stream(GenerationRequest(prompt=base, max_tokens=40))
+        await stream.__anext__()  # a's stream is admitted and open
+        waiting_b = asyncio.ensure_future(first_token(b, "b"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting_b.done() and scheduler.core.pending_gangs == 1
+        probe = await asyncio.wait_for(a.generate(GenerationRequest(prompt=base + "step " + DEFAULT_PROBE_SUFFIX,
+                                                                    max_tokens=3)), timeout=5)
+        assert probe.choices[0].text == "42} \\]" and not waiting_b.done()
+        first_c = asyncio.ensure_future(c.generate(GenerationRequest(prompt=base, max_tokens=3)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not first_c.done() and scheduler.core.pending_gangs == 2  # no stream of c admitted: it waits
+        await stream.aclose()
+        await asyncio.wait_for(asyncio.gather(waiting_b, first_c), timeout=5)
+    sent = {r.prompt.endswith(DEFAULT_PROBE_SUFFIX): r.priority for r in engine.calls}
+    assert sent[True] < sent[False]  # the probe: first in its class
+    assert order == ["b"] and scheduler.core.running == 0
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "certaindex"])
+async def test_programs_streaming_through_a_full_scheduler_decide_by_position_and_are_charged_exactly(policy) -> None:
+    """Three one-stream programs on capacity 2: side probes take no slot, yet every program decides
+    where it does alone and is charged exactly what its result counts."""
+    from certaindex.scheduler.budgets import program_budget
+
+    def engine() -> ScriptedFakeEngine:
+        return ScriptedFakeEngine(["step "] * 500, ends_naturally=False, streaming=True, token_delay_s=0.001,
+                                  probe_delay_s=0.005, probe_reply=lambda n: ["42", "}"] if n >= 48 else [str(n), "}"])
+
+    config = CoTConfig(budget=300, probe_interval=16, k=2, probe_tokens=4)
+    bare = await solve_cot(engine(), QUESTION, config)
+    scheduler = Scheduler(engine(), SchedulerCore(policy, capacity=2, floor_fraction=1.0))  # no budget moves
+
+    async def run(pid: str):
+        async with scheduler.session(pid, budget=program_budget(config)) as session:
+            result = await solve_cot(session, QUESTION, config, on_event=cot_reporter(session))
+            return result, program_budget(config) - session.allowance
+
+    outcomes = await asyncio.gather(*(run(f"p{i}") for i in range(3)))
+    for result, charged in outcomes:
+        assert (result.answer, result.stop_reason, result.reasoning_tokens) == (
+            bare.answer, bare.stop_reason, bare.reasoning_tokens)
+        assert [p.answer for p in result.probes] == [p.answer for p in bare.probes]
+        assert charged == result.total_tokens
+    assert scheduler.core.running == 0 and scheduler.core.pending_gangs == 0

@@ -266,9 +266,8 @@ def test_cli_simulate_serves_governor_trajectories(governor, capsys):
                    "--probe-timing", "side")
     assert code == 0
     data = json.loads((tmp_path / "out.json").read_text())
-    assert (data["probe_timing"], data["side_probes"]) == ("side", "scheduled")
-    # one stream per program: its probes' answers come back while it decodes, past the exit point (here
-    # far past: the streams fill the capacity of 4, so a probe waits for a slot; test_simulator_side)
+    assert (data["probe_timing"], data["side_probes"]) == ("side", "engine")  # the default, as live
+    # one stream per program: its probes' answers come back while it decodes, past the exit point
     assert data["rows"][1]["mean_overrun_at_max_rate"] > 0
     rows = {r["label"]: r for r in data["rows"]}
     assert set(rows) == {"full-fcfs", "exit-fcfs", "exit-sched", "exit-fcfs (dynasor k=3 interval=128)",

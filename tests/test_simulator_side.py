@@ -124,18 +124,20 @@ def test_a_batch_of_one_reasons_in_chunks_as_the_live_runtime_does():
 
 
 def test_side_programs_share_the_batch_and_the_scheduler_hears_their_probes():
-    # Two streams fill a capacity of 2: a probe needs a slot of its own, as it does live, so both
-    # probes wait for the streams' own ends (500) and the whole rest of each stream is overrun.
+    # Two streams fill a capacity of 2: a probe that needs a slot of its own (the earlier runtime)
+    # waits for the streams' own ends (500) and the whole rest of each stream is overrun.
     a = program([(64, 10, 1.0)], stream=500, exit_pos=64, name="a")
     b = program([(64, 10, 1.0)], stream=500, exit_pos=64, name="b")
-    records = simulate_logged([a, b], unit_cost(max_batch=2), "exit-fcfs", capacity=2, probe_timing="side")
+    records = simulate_logged([a, b], unit_cost(max_batch=2), "exit-fcfs", capacity=2, probe_timing="side",
+                              side_probes_scheduled=True)
     for r in records:
         assert r.overrun_tokens == 500 - 64 and r.latency == pytest.approx(510)
         assert r.tokens == 64 + 10 + r.overrun_tokens
-    # Sent straight to the engine, which has room for 4, they run beside the streams at once.
-    engine = simulate_logged([a, b], unit_cost(max_batch=4), "exit-fcfs", capacity=2, probe_timing="side",
-                             side_probes_scheduled=False)
-    assert all(r.overrun_tokens == 11 and r.latency == pytest.approx(75) for r in engine)
+    # By default, as live, they go straight to the engine, which has room for 4: beside the streams at once.
+    for policy in ("exit-fcfs", "exit-sched"):
+        engine = simulate_logged([a, b], unit_cost(max_batch=4), policy, capacity=2, probe_timing="side")
+        assert all(r.overrun_tokens == 11 and r.latency == pytest.approx(75) for r in engine)
+        assert all(r.tokens == 64 + 10 + 11 for r in engine)
     # With room for both probes in the core too, each returns 11 tokens after its point.
     sched = simulate_logged([a, b], unit_cost(max_batch=4), "exit-sched", capacity=4, probe_timing="side",
                             slo_s=1000.0)

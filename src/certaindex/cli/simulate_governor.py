@@ -71,10 +71,12 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
                        "tokens it decoded past the deciding probe (overrun) count as cost. chunked: the earlier "
                        "design, the reasoning pausing for each probe. Governor folders only: a trace file's "
                        "programs run solve_cot's chunked path")
-    group.add_argument("--side-probes", choices=("scheduled", "engine"), default="scheduled",
-                       help="with --probe-timing side: scheduled (default, as the live runtime): a probe takes a "
-                       "slot from the scheduler core like any request, waiting behind other programs when the "
-                       "capacity is used; engine: it goes straight to the engine beside its program's stream")
+    group.add_argument("--side-probes", choices=("scheduled", "engine"), default="engine",
+                       help="with --probe-timing side: engine (default, as the live runtime): a probe of an admitted "
+                       "program takes no scheduler slot and goes straight to the engine beside its stream, ahead "
+                       "of its queue, charged to the program's budget; scheduled (the earlier runtime): it takes "
+                       "a slot from the scheduler core like any request, waiting behind other programs when the "
+                       "capacity is used")
     group.add_argument("--duration", type=float,
                        help="seconds of arrivals per rate: serve rate x DURATION programs (replaces --programs), so "
                        "every rate loads the engine equally long; use several times the SLO, or a rate the engine "
@@ -287,7 +289,7 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
         ("probe timing: side (one main stream per program, each probe or trial a separate request beside it in "
          "the batch, at most one in flight; on exit the stream is closed and its tokens past the deciding probe, "
          "the overrun, count as cost; side probes "
-         + ("take a scheduler slot, as live" if serving.side_probes_scheduled else "go straight to the engine")
+         + ("take a scheduler slot" if serving.side_probes_scheduled else "go straight to the engine, as live")
          + "); mean tokens and tokens × are the plans' (what evaluate counts), overrun comes on top"
          if timing == "side" else
          "probe timing: chunked (the reasoning pauses for each probe: a chunk up to each probe, then the probe)"),

@@ -52,6 +52,7 @@ class Gang:
     width: int  # requests dispatched together
     max_tokens: int  # tokens each request may generate
     submitted: float  # time of submission
+    side: bool = False  # a side request of an admitted program: runs beside it, takes no slot
 
     @property
     def reserved_tokens(self) -> int:
@@ -74,6 +75,7 @@ class _Program:
     at_risk: bool = False  # its deadline is near: it goes first (earliest deadline first)
     missed: bool = False  # its deadline has passed: it goes after the programs that can still make theirs
     live: bool = True
+    admitted: bool = False  # a gang of it has been dispatched: it may start side requests
     version: int = 0  # bumps whenever its ready-heap key changes; older heap entries are stale
     pending: dict[int, Gang] = field(default_factory=dict)  # in submission order
 
@@ -241,6 +243,20 @@ class SchedulerCore:
                 self._rekey(program)
         return gang
 
+    def start_side(self, program_id: str, *, max_tokens: int, now: float, width: int = 1) -> Gang:
+        """Start a side request of an admitted program (a probe or trial forked on its stream's
+        cached prefix) at once: it takes no slot, so it never waits behind other programs' gangs
+        while its stream decodes on past the exit (overrun), and the capacity keeps counting
+        programs' streams. Its tokens are held and charged like any gang's (finish or cancel it)."""
+        program = self._program(program_id)
+        _require(_is_int(width) and width >= 1, f"width must be an integer >= 1, got {width!r}")
+        _require(_is_int(max_tokens) and max_tokens >= 1, f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+        _require(program.admitted, f"program {program_id!r} was never dispatched: only an admitted program starts side requests")
+        gang = Gang(next(self._ids), program_id, width, max_tokens, float(now), side=True)
+        self._update(program, reserved=program.reserved + gang.reserved_tokens)
+        self._running_gangs[gang.gang_id] = (gang, program)
+        return gang
+
     def cancel(self, gang: Gang) -> None:
         """Abandon a pending or running gang: its slots and its held tokens are freed, nothing is
         charged (call :meth:`finish` instead when the tokens generated so far are known)."""
@@ -256,7 +272,8 @@ class SchedulerCore:
             self._compact()
         elif gang.gang_id in self._running_gangs:
             _, program = self._running_gangs.pop(gang.gang_id)
-            self._running -= gang.width
+            if not gang.side:
+                self._running -= gang.width
             if program.live:
                 self._update(program, reserved=program.reserved - gang.reserved_tokens)
         else:
@@ -268,7 +285,8 @@ class SchedulerCore:
         if gang.gang_id not in self._running_gangs:
             raise KeyError(f"gang {gang.gang_id} is not running")
         _, program = self._running_gangs.pop(gang.gang_id)
-        self._running -= gang.width
+        if not gang.side:
+            self._running -= gang.width
         if program.live:
             self._update(program, reserved=program.reserved - gang.reserved_tokens, used=program.used + tokens)
             if self.policy == "certaindex" and program.pending:
@@ -322,21 +340,24 @@ class SchedulerCore:
 
     def engine_priority(self, gang: Gang) -> int:
         """Priority for engines that order requests (vLLM ``priority``: lower runs sooner): the
-        program's class, then (certaindex) at-risk deadlines, then remaining work, then programs
-        whose deadline has passed."""
+        program's class, then side requests (:meth:`start_side`) ahead of the rest of their class,
+        then (certaindex) at-risk deadlines, then remaining work, then programs whose deadline has
+        passed."""
         entry = self._pending.get(gang.gang_id) or self._running_gangs.get(gang.gang_id)
         if entry is None:
             raise KeyError(f"gang {gang.gang_id} is neither pending nor running")
         program = entry[1]
+        if gang.side:  # its program's stream decodes on until it returns: the top of its class
+            return program.priority * RANK_SPAN
         if self.policy == "fcfs":
-            return program.priority
+            return program.priority * RANK_SPAN + 1
         work = program.remaining_work // _Q
         if program.at_risk:
-            rank = 0
+            rank = 1
         elif program.missed:
             rank = _MISSED_RANK + min(RANK_SPAN - 1 - _MISSED_RANK, work)
         else:
-            rank = 1 + min(_MISSED_RANK - 2, work)
+            rank = 2 + min(_MISSED_RANK - 3, work)
         return program.priority * RANK_SPAN + rank
 
     def certaindex(self, program_id: str) -> float:
@@ -351,7 +372,7 @@ class SchedulerCore:
 
     @property
     def running(self) -> int:
-        """Requests in flight."""
+        """Requests in flight that hold slots (side requests hold none)."""
         return self._running
 
     @property
@@ -463,6 +484,7 @@ class SchedulerCore:
             self._waiting.discard(program)
         self._running_gangs[gang.gang_id] = (gang, program)
         self._running += gang.width
+        program.admitted = True
         if self.policy == "certaindex":
             self._rekey(program)
 

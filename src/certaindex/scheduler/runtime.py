@@ -5,6 +5,13 @@ Each program gets a session whose engine turns every ``generate`` (a gang of ``r
 Requests are capped to the program's allowance; a program with nothing left gets
 :class:`~certaindex.engines.base.BudgetExhausted`, which ``solve_cot`` treats as its budget
 running out. Cancelling a task or closing a stream gives the gang's slots back at once.
+
+Once a program's stream has been admitted (one main stream with probes forked on the side,
+:mod:`certaindex.programs.main_stream`), its ``generate`` calls (probes, trials, the forced answer)
+are side requests: they start at once without a slot (:meth:`SchedulerCore.start_side`), at the
+top engine priority of the program's class, charged to its budget like any request. Waiting for a
+slot behind other programs' whole streams, a probe would let its own stream decode far past the
+exit (the overrun; benchmarks/README.md, issue 13).
 """
 
 from __future__ import annotations
@@ -105,6 +112,10 @@ class Scheduler:
         self._forget(gang)
         return gang
 
+    def start_side(self, program_id: str, width: int, max_tokens: int) -> Gang:
+        """Start a side request of an admitted program now: no slot, no wait."""
+        return self.core.start_side(program_id, width=width, max_tokens=max_tokens, now=self.clock())
+
     def release(self, gang: Gang, tokens: int | None) -> None:
         """A dispatched gang ended: ``tokens`` generated, or None when unknown (failed, cancelled)."""
         if tokens is None:
@@ -154,6 +165,7 @@ class ScheduledEngine(EngineView):
         self.scheduler = scheduler
         self.program_id = program_id
         self.closed = False
+        self.streamed = False  # a stream of it has been admitted: its generate calls are side requests
         counter = getattr(self.inner, "count_tokens", None)
         if counter is not None:
             self.count_tokens = counter  # the inner engine's tokenizer, where it has one
@@ -164,8 +176,9 @@ class ScheduledEngine(EngineView):
 
     @property
     def concurrent_streams(self) -> bool:  # type: ignore[override]
-        """Side probes need a second slot beside the stream: with capacity 1 a probe would wait for
-        the whole stream, so programs reason in chunks there."""
+        """One stream with side probes where the capacity is 2 or more; with capacity 1 (an engine
+        said to serve one request at a time) programs reason in chunks, as before side probes took
+        no slot (:meth:`Scheduler.start_side`)."""
         return super().concurrent_streams and self.scheduler.core.capacity >= 2
 
     @property
@@ -197,7 +210,10 @@ class ScheduledEngine(EngineView):
 
     async def generate(self, request: GenerationRequest) -> Completion:
         request = self._capped(request)
-        gang = await self.scheduler.acquire(self.program_id, request.n, request.max_tokens)
+        if self.streamed:  # a probe or trial on the admitted stream's prefix: it must not wait
+            gang = self.scheduler.start_side(self.program_id, request.n, request.max_tokens)
+        else:
+            gang = await self.scheduler.acquire(self.program_id, request.n, request.max_tokens)
         try:
             completion = await self.inner.generate(self._prioritised(request, gang))
         except BaseException:
@@ -211,6 +227,7 @@ class ScheduledEngine(EngineView):
             raise ValueError("stream() takes n=1; start one stream per sample")
         request = self._capped(request)
         gang = await self.scheduler.acquire(self.program_id, 1, request.max_tokens)
+        self.streamed = True
         tokens = 0
         inner = self.inner.stream(self._prioritised(request, gang))
         try:

@@ -24,7 +24,9 @@ of recorded trajectories, see :mod:`certaindex.evaluation.serving_plans`), ``pro
   one main-stream request decodes the reasoning from the prompt to its natural end; each probe (or
   DEER-style trial) is a separate short request forked once the stream has passed its position
   (prefill of the probe suffix only: the prompt and reasoning are the main stream's cached prefix),
-  at most one in flight, later points queued, judged in position order. The exit decision arrives
+  at most one in flight, later points queued, judged in position order; as in the live runtime it
+  takes no scheduler slot (``side_probes_scheduled=False``, :meth:`SchedulerCore.start_side`) and
+  goes to the engine ahead of its queue. The exit decision arrives
   when the deciding probe finishes; the main stream is then closed, and the tokens it decoded past
   the deciding position meanwhile are ``overrun_tokens``: real cost, counted in the record's tokens.
   It needs a batch of 2 (``max_batch`` and ``capacity``); below that the live runtime reasons in
@@ -272,7 +274,7 @@ class _Simulation:
         deadline_slack_s: float | None = None,
         chunked_prefill: bool = False,
         probe_timing: str = "side",
-        side_probes_scheduled: bool = True,
+        side_probes_scheduled: bool = False,
     ) -> None:
         self.side_probes_scheduled = side_probes_scheduled
         if probe_timing not in PROBE_TIMINGS:
@@ -396,12 +398,14 @@ class _Simulation:
         choice = Choice(text="", finish_reason="length", completion_tokens=entry[3])
         state = _GangState(program, Completion(choices=(choice,), prompt_tokens=base), 1, True, "probe",
                            float(entry[4]) if len(entry) > 4 else None)
-        if self.side_probes_scheduled:  # as the live runtime: the probe takes a slot from the core
-            gang = program.replica.core.submit(program.program_id, width=1, max_tokens=max(1, entry[2]), now=now)
+        core = program.replica.core
+        if self.side_probes_scheduled:  # the probe takes a slot from the core like any request
+            gang = core.submit(program.program_id, width=1, max_tokens=max(1, entry[2]), now=now)
             self.gangs[gang] = state
             return
-        # Straight to the engine, ahead of its queue (its program already holds a slot).
-        gang = Gang(-next(self._seq) - 1, program.program_id, 1, max(1, entry[2]), now)
+        # As the live runtime: a side request of the admitted program, no slot, charged to its
+        # budget, straight to the engine ahead of its queue (the top engine priority of its class).
+        gang = core.start_side(program.program_id, max_tokens=max(1, entry[2]), now=now)
         self.gangs[gang] = state
         self._enqueue(program.replica, gang, state, front=True)
 
@@ -565,7 +569,7 @@ class _Simulation:
                 else:
                     replica.queue.append(request)
             else:
-                priority = -(1 << 62) if front else replica.core.engine_priority(gang)
+                priority = replica.core.engine_priority(gang)
                 heapq.heappush(replica.waiting, (priority, next(self._seq), request))
 
     def _kv_fits(self, replica: _Replica, request: _Request) -> bool:
@@ -646,8 +650,7 @@ class _Simulation:
                 continue
             if request.role == "probe":
                 state = self.gangs.pop(request.gang)
-                if request.gang.gang_id >= 0:  # scheduled by the core (not sent straight to the engine)
-                    replica.core.finish(request.gang, tokens=state.completion.completion_tokens)
+                replica.core.finish(request.gang, tokens=state.completion.completion_tokens)
                 self._side_probe_done(replica, state, now)
                 continue
             self._remember_cache(replica, request)
@@ -751,7 +754,7 @@ def simulate_logged(
     deadline_slack_s: float | None = None,
     chunked_prefill: bool = False,
     probe_timing: str = "side",
-    side_probes_scheduled: bool = True,
+    side_probes_scheduled: bool = False,
 ) -> list[ProgramRecord]:
     """Serve logged programs (their requests exactly as they ran live) under ``policy``: the check
     of the cost model against a load test, free of any difference in what the engine writes. The
@@ -759,9 +762,10 @@ def simulate_logged(
 
     Programs carrying ``stream_tokens`` (plans of recorded trajectories) reason in one main stream
     with side probes under ``probe_timing="side"``, or in chunks under ``"chunked"``; programs
-    logged by a load test run as they were logged. ``side_probes_scheduled``: a side probe takes a
-    slot from the scheduler core like any request (the live runtime), waiting behind other programs
-    when the capacity is used; False sends it straight to the engine, ahead of its queue."""
+    logged by a load test run as they were logged. ``side_probes_scheduled``: False (as the live
+    runtime, :meth:`SchedulerCore.start_side`) sends a side probe straight to the engine, ahead of
+    its queue, charged to its program's budget but taking no slot; True makes it take a slot from
+    the scheduler core like any request, waiting behind other programs when the capacity is used."""
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, got {replicas}")
     for program in programs:

@@ -61,7 +61,7 @@ class Serving:
     deadlines: bool = True
     chunked_prefill: bool = False
     probe_timing: str = "side"  # side: one main stream, probes on the side; chunked: reasoning pauses per probe
-    side_probes_scheduled: bool = True  # a side probe takes a scheduler slot (as live) or goes straight to the engine
+    side_probes_scheduled: bool = False  # a side probe takes a scheduler slot, or goes straight to the engine (as live)
 
 
 Draw = tuple[list[float], list[int]]  # arrival times, trajectory index of each arrival
