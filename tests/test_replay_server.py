@@ -101,6 +101,16 @@ def test_a_probe_is_answered_from_the_recorded_probe_at_or_before_its_position(r
 
 
 @needs_vocab
+def test_an_event_probe_answers_only_at_its_own_position(replay, trajs):
+    traj, event = next((t, e) for t in trajs for e in t.events
+                       if e.pos % 64 > 2 and e.pos + 1 not in {x.pos for x in t.events})
+    grid = max(p.pos for p in traj.probes if p.pos <= event.pos + 1)
+    at = replay.answer(prompt_of(traj) + text_at(replay, traj, event.pos) + DEFAULT_PROBE_SUFFIX, max_tokens=32)
+    past = replay.answer(prompt_of(traj) + text_at(replay, traj, event.pos + 1) + DEFAULT_PROBE_SUFFIX, max_tokens=32)
+    assert at.recorded_position == event.pos and past.recorded_position == grid
+
+
+@needs_vocab
 def test_a_hesitating_probe_reads_as_its_answer_and_as_hesitant(trajs):
     traj = trajs[2]
     probes = [dataclasses.replace(p, certain=False) if i == 3 else p for i, p in enumerate(traj.probes)]
@@ -232,6 +242,10 @@ def test_the_openai_client_gets_completions_streaming_and_not(replay_server, tra
             finish = choice.finish_reason or finish
         usage = event.usage or usage
     assert "".join(pieces) == whole.choices[0].text and finish == "length" and usage.completion_tokens == 40
+    chat = client.chat.completions.create(model=model, max_tokens=12, messages=[
+        {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": traj.problem.strip()}])
+    assert chat.choices[0].message.content == client.completions.create(
+        model=model, prompt=prompt_of(traj), max_tokens=12).choices[0].text
     missing = httpx.post(f"{replay_server}/v1/completions", json={"prompt": "Who wrote Hamlet?", "max_tokens": 3})
     assert missing.status_code == 404 and "no recorded problem" in missing.json()["error"]["message"]
 
