@@ -17,9 +17,10 @@ A request's raw prompt is recognised and answered from the trajectory it continu
   count). The recorded text's end is the model's end (``stop``), also for a trajectory that the
   collection cut at its budget (``finish_reason`` length): the recording holds nothing after it.
 * **probe** (the prompt ends with a probe suffix, e.g. ``**Final Answer**\\n\\n\\[ \\boxed{``): the
-  probe recorded at N itself (a grid or an event probe), else the grid probe (every 64 tokens)
-  nearest **at or before** N (before the first one, the first): the grid the simulator's plans
-  read, whatever the stream's delivery put N a few tokens past a grid point. Its text is the
+  grid probe (every 64 tokens) recorded nearest **at or before** the reasoning's token count N
+  (before the first one, the first): the grid the simulator's plans read, wherever the stream's
+  delivery put N a few tokens past a grid point. Event probes are not used: a live probe landing
+  on an event's position by chance would read a probe the plans never see. Its text is the
   answer and the closing ``} \\]``; a probe recorded as hesitating (``is_certain`` False) reads
   ``answer} Wait, ...`` instead, so the live reader sees the same answer *and* the hesitation.
   It costs the probe's recorded output tokens (at most ``max_tokens``).
@@ -140,7 +141,6 @@ class _Played:
     ends: np.ndarray  # character offset just after each token
     grid: list[Probe] = field(default_factory=list)  # the 64-token grid's probes by position
     grid_pos: list[int] = field(default_factory=list)
-    exact: dict[int, Probe] = field(default_factory=dict)  # grid and event probes by their position
     trial_pos: list[int] = field(default_factory=list)
 
     @property
@@ -167,9 +167,7 @@ def _prepare(traj: Trajectory) -> _Played:
     else:
         ids, (ends, _) = None, char_ends(traj.full_text, traj.model_name, traj.tokens_used)
     probes = sorted(traj.probes, key=lambda p: p.pos)
-    exact = {p.pos: p for p in traj.events}
-    exact.update({p.pos: p for p in probes})  # a grid probe wins a shared position
-    played = _Played(traj, ids, np.asarray(ends, dtype=np.int64), probes, [p.pos for p in probes], exact)
+    played = _Played(traj, ids, np.asarray(ends, dtype=np.int64), probes, [p.pos for p in probes])
     played.trial_pos = [t.pos for t in traj.trials or []]
     return played
 
@@ -399,7 +397,7 @@ class GovernorReplay:
                stop: Sequence[str]) -> tuple[tuple[Piece, ...], str, int | None]:
         if not played.grid:
             raise ReplayError(f"{played.key} has no recorded probes")
-        probe = played.exact.get(position) or played.grid[_at_or_before(played.grid_pos, position)]
+        probe = played.grid[_at_or_before(played.grid_pos, position)]
         if probe.answer is None:
             text = " ".join(["\\dots"] * 8)  # no box closed within the probe's tokens
         elif probe.certain:
