@@ -100,6 +100,30 @@ def live_run(args, questions, arrivals, policy: str, side_probes: bool) -> tuple
     return summarise(policy, records), stats, infos
 
 
+def exits_agree(infos: list[dict], plans, served) -> str:
+    """How many live programs exited where their plan does (the live count + the template's 2-token
+    <think>, on the 64-token grid), and why the others did not."""
+    same, past_think, other = 0, 0, []
+    for info in infos:
+        plan, traj = plans[info["i"]], served[info["i"]]
+        live = info["usage"]["certaindex"]["reasoning_tokens"] + 2 if info.get("stop_reason") == "certain" else None
+        if (live is None and plan.exit_pos is None) or (live is not None and plan.exit_pos == live // 64 * 64):
+            same += 1
+        elif live is None and plan.exit_pos is not None and "</think>" in traj.full_text[:_chars(traj, plan.exit_pos)]:
+            past_think += 1
+        else:
+            other.append(f"{traj.problem_id}: plan {plan.exit_pos}, live {live}")
+    return (f"exits as planned: {same}/{len(infos)}; the plan exits at a probe after </think>, where the live "
+            f"program had finished its reasoning: {past_think}; other: {', '.join(other) or 'none'}")
+
+
+def _chars(traj, tokens: int) -> int:
+    from certaindex.traces.tokenmap import char_ends
+
+    ends, _ = char_ends(traj.full_text, traj.model_name, traj.tokens_used)
+    return int(ends[min(tokens, len(ends)) - 1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", default=str(SAMPLE), help="Governor folder (default: the shipped 50-trajectory sample)")
@@ -133,8 +157,8 @@ def main() -> int:
     figures: dict = {"rows": {}}
     for row in rows:
         policy = "full-fcfs" if row.startswith("full") else "exit-fcfs"
-        workloads, _ = workloads_for(trajs, [policy], exits, cache, prompt_tokens=prompt_tokens,
-                                     suffix_tokens=cost.probe_suffix_tokens)
+        workloads, plans = workloads_for(trajs, [policy], exits, cache, prompt_tokens=prompt_tokens,
+                                         suffix_tokens=cost.probe_suffix_tokens)
         started = time.monotonic()
         sim = summarise(row, run_workload(workloads[0], cost, arrivals, order, serving))
         sim_s = time.monotonic() - started
@@ -150,6 +174,9 @@ def main() -> int:
                 f"({ratio_tok:.3f}); p90 sim {sim.latency[90]:.1f} live {live.latency[90]:.1f}; "
                 f"replay mean batch {stats['mean_batch']:.1f}, max lag {stats['lag_s']:.2f} modelled s; "
                 f"wall: sim {sim_s:.1f} s, live {live_s:.0f} s")
+        if policy.startswith("exit"):
+            line += "\n" + " " * 21 + exits_agree(infos, [plans[exits[0].label][j] for j in order],
+                                                   [trajs[j] for j in order])
         print(line, flush=True)
         lines.append(line)
         figures["rows"][row] = {"sim": sim.to_dict(), "live": live.to_dict(), "replay_stats": stats,
