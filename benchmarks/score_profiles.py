@@ -6,13 +6,21 @@ schedule of each family is the one the research prototype chose on its FIT part 
 only): R1-Distill-Qwen-7B ``bx+tc+g512+tr``, Qwen3-8B ``bx+tc+tr``, R1-Distill-Qwen-32B
 ``bx+tc+g256``, R1-Distill-Llama-8B ``bx+tc+g512``, pooled ``bx+g512``.
 
-    python benchmarks/score_profiles.py [GOVERNOR_DIR] [--write] [--grade-cache FILE]
+    python benchmarks/score_profiles.py [GOVERNOR_DIR] [--write] [--select] [--grade-cache FILE]
 
 prints the DEV table (per model x dataset: full reasoning, the default profile, the best Dynasor,
 event-probe and DEER setting within 1 point of full reasoning, tuned on DEV itself, and the 95%
 interval of the accuracy change by a bootstrap over problems) and writes
 benchmarks/results/score-profiles-dev.json; with --write the profile JSON files in
 src/certaindex/data/profiles/.
+
+It also replays each shipped setting on held-aside TRAIN problems (``held_aside_selection`` in the
+JSON: CAL's four sixths take turns as held-aside while the other three certify), to compare what
+train problems promise with what dev shows. ``--select`` instead chooses each family's label, alpha
+(0.01-0.03) and stratum guard on those held-aside train problems (the setting saving most on
+MATH500 with accuracy down at most 0.5 point there and at most one trajectory on AMC23 / AIME24)
+and writes results/score-profiles-dev-select.{json,md}; it was tried and is not what ships (see
+benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from certaindex.cli.governor import grade
 from certaindex.evaluation.governor import best_in_band, family_points, run_profile, with_final_answers
 from certaindex.evaluation.peers import full_reasoning
 from certaindex.evaluation.profiles import parse_profile
-from certaindex.evaluation.score_policy import LABELS, calibrate, fit_split, score_profile_json
+from certaindex.evaluation.score_policy import LABELS, calibrate, fit_split, score_profile_json, select_setting
 from certaindex.traces.governor import read_governor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +53,7 @@ FAMILIES = [
 DELTA = 0.1
 
 
-def certified_peers(cal_trajs, dev_trajs, cache, alpha: float, delta: float) -> dict[str, dict]:
+def certified_peers(cal_trajs, dev_trajs, cache, alpha: float, delta: float, guard_on: bool = True) -> dict[str, dict]:
     """Each peer family's knob chosen the way the score's threshold is: Learn-then-Test on the same
     calibration trajectories, conservative setting first, with the same per-dataset guard; then
     replayed on dev (per dataset). A fair, deployable comparison (the dev-tuned best-in-band is not)."""
@@ -78,7 +86,7 @@ def certified_peers(cal_trajs, dev_trajs, cache, alpha: float, delta: float) -> 
             counts.append(sum(harm))
             for d in sorted({t.dataset for t in cal_trajs}):
                 idx = [i for i, t in enumerate(cal_trajs) if t.dataset == d]
-                if guard is None and sum(harm[i] for i in idx) / len(idx) > alpha + 1e-12:
+                if guard_on and guard is None and sum(harm[i] for i in idx) / len(idx) > alpha + 1e-12:
                     guard = j
         index = ltt_fixed_sequence(counts, len(cal_trajs), alpha, delta).index
         if guard is not None and index is not None and guard <= index:
@@ -158,6 +166,7 @@ def main() -> int:
         cache_path = args[i + 1]
         del args[i:i + 2]
     write = "--write" in args
+    select = "--select" in args  # choose label, alpha and guard on held-aside train (tried; not what ships)
     args = [a for a in args if not a.startswith("--")]
     path = Path(args[0]) if args else ROOT.parent / "shared" / "traces" / "governor"
     if not path.is_dir():
@@ -174,21 +183,44 @@ def main() -> int:
 
     profiles = {}
     peers_ltt: dict[str, dict] = {}
-    command = "python benchmarks/score_profiles.py --write"
+    command = "python benchmarks/score_profiles.py --write" + (" --select" if select else "")
+    selections: dict[str, dict] = {}
     for name, patterns, models, schedule, alpha in FAMILIES:
         t0 = time.perf_counter()
         fam = [t for t in train if t.model in models]
-        strata = "model+dataset" if name == "conservative" else "dataset"
-        cands = [calibrate(fam, schedule, cache.key, correct, alpha, DELTA, label=lab, strata=strata) for lab in LABELS]
-        cal = max(cands, key=lambda c: (c.threshold is not None, c.cal_saved))
-        data = score_profile_json(name, patterns, models, cal, command, extra={
-            "label_choice": "of the labels noharm and ok, the one whose certified threshold saves more on the calibration problems"})
+        if name == "conservative" or not select:
+            strata = "model+dataset" if name == "conservative" else "dataset"
+            cands = [calibrate(fam, schedule, cache.key, correct, alpha, DELTA, label=lab, strata=strata) for lab in LABELS]
+            cal = max(cands, key=lambda c: (c.threshold is not None, c.cal_saved))
+            extra = {"label_choice": "of the labels noharm and ok, the one whose certified threshold saves more on the calibration problems"}
+            if name != "conservative":  # what held-aside train problems say of this setting (for the train -> dev comparison)
+                _, (h,) = select_setting(fam, schedule, cache.key, correct, alphas=(alpha,), labels=(cal.label,), guards=(True,), delta=DELTA)
+                selections[name] = {"shipped": vars(h)}
+        else:
+            chosen, table = select_setting(fam, schedule, cache.key, correct, delta=DELTA)
+            selections[name] = {"chosen": None if chosen is None else {"label": chosen.label, "alpha": chosen.alpha, "guard": chosen.guard},
+                                "settings": [vars(h) for h in table]}
+            for h in table:
+                print(f"   held-aside {h.label:6s} alpha {h.alpha:<5g} guard {'on ' if h.guard else 'off'} "
+                      + ("admissible " if h.admissible else "           ")
+                      + " ".join(f"{d} h{v['harmful']}/+{v['helped']} {100 * v['saved']:.1f}%" for d, v in sorted(h.per_dataset.items())), flush=True)
+            if chosen is None:  # nothing admissible: the most conservative setting
+                chosen = min(table, key=lambda h: (h.alpha, not h.guard))
+            cal = calibrate(fam, schedule, cache.key, correct, chosen.alpha, DELTA, label=chosen.label,
+                            strata="dataset" if chosen.guard else None)
+            extra = {"setting_choice": (
+                "label, alpha and stratum guard chosen on held-aside TRAIN problems: the CAL part's four sixths "
+                "(crc32 % 6) take turns as held-aside while the other three certify by the same LTT; of labels "
+                "noharm/ok x alpha 0.01-0.03 x guard on/off, the one saving most on held-aside MATH500 with its "
+                "accuracy down by at most 0.5 point and AMC23/AIME24 by at most one trajectory each"),
+                "held_aside": {"label": chosen.label, "alpha": chosen.alpha, "guard": chosen.guard, **chosen.per_dataset}}
+        data = score_profile_json(name, patterns, models, cal, command, extra=extra)
         profiles[name] = parse_profile(data, name)
-        print(f"{name:22s} {schedule:14s} label {cal.label:6s} alpha {alpha:<6g} threshold {cal.threshold} cal harmful {cal.cal_harmful}/{cal.n_cal} "
+        print(f"{name:22s} {schedule:14s} label {cal.label:6s} alpha {cal.alpha:<6g} threshold {cal.threshold} cal harmful {cal.cal_harmful}/{cal.n_cal} "
               f"saved {100 * cal.cal_saved:.1f}% stopped by {cal.stopped_by} ({time.perf_counter() - t0:.1f} s)", flush=True)
         if name != "conservative":
             fam_train = [t for t in train if t.model in models and fit_split(t) == "cal"]
-            peers_ltt[name] = certified_peers(fam_train, [t for t in dev if t.model in models], cache, alpha, DELTA)
+            peers_ltt[name] = certified_peers(fam_train, [t for t in dev if t.model in models], cache, cal.alpha, DELTA, cal.guard)
             for fam, r in peers_ltt[name].items():
                 print(f"   LTT-certified {fam:12s}: " + ("none certified" if r is None else r["setting"] + " | " + " ".join(
                     f"{d} {v['accuracy']:.3f}/{100 * v['saved']:.1f}%/h{v['harmful_exits']}" for d, v in r["dev"].items())), flush=True)
@@ -218,12 +250,16 @@ def main() -> int:
             extra[other] = {"accuracy": sum(o.correct for o in oo) / len(ts),
                             "saved": 1 - sum(o.tokens for o in oo) / sum(f.tokens for f in fulls),
                             "harmful_exits": sum(1 for o, f in zip(oo, fulls) if f.correct and not o.correct)}
+        harmful = [{"problem_id": t.problem_id, "seed": t.seed, "exit_at": o.exit_pos, "tokens_used": t.tokens_used,
+                    "exit_answer": o.answer, "final_answer": t.final_answer, "target": t.target}
+                   for t, o, f in zip(ts, outs, fulls) if f.correct and not o.correct]
         row = {"model": model, "dataset": dataset, "n": len(ts), "profile": profile_for(ts[0].model_name).name,
                "full_accuracy": full.accuracy, "full_tokens": full.tokens,
                "accuracy": default.accuracy, "tokens": default.tokens, "saved": default.saved,
                "harmful_exits": default.harmful_exits, "accuracy_change_ci95": [lo, hi],
                "harmful_rate_upper95": harm_upper(default.harmful_exits, len(ts)),
-               "in_band": default.accuracy >= full.accuracy - 0.01 - 1e-12, "other_profiles": extra}
+               "in_band": default.accuracy >= full.accuracy - 0.01 - 1e-12, "other_profiles": extra,
+               "harmful_exit_list": harmful}
         for fam in ("dynasor", "events", "deer"):
             b = best_in_band(pts, fam, full.accuracy)
             row[f"best_{fam}"] = None if b is None else {"label": b.label, "accuracy": b.accuracy, "saved": b.saved}
@@ -239,9 +275,11 @@ def main() -> int:
               flush=True)
     result = {"command": command, "data": str(path), "split": "dev", "machine": f"{platform.machine()} {platform.system()}, 2 cores shared",
               "seconds": round(time.perf_counter() - started, 1), "groups": rows,
-              "profiles": {n: p.calibration for n, p in profiles.items()}, "peers_ltt_certified": peers_ltt}
-    (ROOT / "benchmarks" / "results" / "score-profiles-dev.md").write_text(markdown(rows, peers_ltt), encoding="utf-8")
-    out = ROOT / "benchmarks" / "results" / "score-profiles-dev.json"
+              "profiles": {n: p.calibration for n, p in profiles.items()}, "peers_ltt_certified": peers_ltt,
+              "held_aside_selection": selections}
+    stem = "score-profiles-dev" + ("-select" if select else "")
+    (ROOT / "benchmarks" / "results" / f"{stem}.md").write_text(markdown(rows, peers_ltt), encoding="utf-8")
+    out = ROOT / "benchmarks" / "results" / f"{stem}.json"
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"written {out} in {result['seconds']} s")
     return 0

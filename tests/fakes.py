@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Sequence
 
 from certaindex.engines.chat_template import ChatTemplate
-from certaindex.engines.base import Choice, Completion, Engine, EngineError, GenerationRequest, StreamDelta
+from certaindex.engines.base import Choice, Completion, Engine, EngineError, GenerationRequest, StreamDelta, TokenLogprobs
 from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX, THINK_CLOSE
 
 
@@ -18,6 +18,10 @@ class ScriptedFakeEngine(Engine):
     ``probe_reply(n)`` gives the probe completion (as tokens) after ``n`` reasoning tokens.
     ``final_reply`` is what a reasoning model writes after ``</think>``.
     ``ends_naturally``: the model stops by itself at the end of the script (else it runs on, "length").
+    ``trial_reply(n)`` gives a DEER-style trial's completion (prompt ending in ``trial_suffix``) as
+    (token, logprob) pairs after ``n`` reasoning tokens (a "Wait" starts script token ``n``).
+    Logprobs are returned when asked for (0.0 per token where the script gives none), unless
+    ``logprobs`` is False (an engine without them).
     """
 
     reasoning: Sequence[str]
@@ -30,6 +34,12 @@ class ScriptedFakeEngine(Engine):
     token_delay_s: float = 0.0  # per streamed token
     probe_delay_s: float = 0.0  # per probe
     fail_probes: bool = False
+    probe_suffix: str = DEFAULT_PROBE_SUFFIX  # what a probe prompt ends with (a profile's own suffix)
+    trial_suffix: str = "\n**Final Answer**\n\\boxed"
+    trial_reply: Callable[[int], Sequence[tuple[str, float]]] = lambda n: [("{", -0.01), ("42", -0.01), ("}\n", -0.01)]
+    trial_delay_s: float = 0.0
+    fail_trials: bool = False
+    logprobs: bool = True
     break_stream_at: int | None = None  # a stream breaks off after this many streamed tokens in all
     breaks_left: int = 1  # ... this many times
     probes_in_flight: int = 0
@@ -42,6 +52,10 @@ class ScriptedFakeEngine(Engine):
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         self._base = ChatTemplate.named("raw").render(messages) + ("<think>\n" if self.thinking else "")
         return self._base
+
+    @property
+    def returns_logprobs(self) -> bool:  # type: ignore[override]
+        return self.logprobs
 
     def _token(self, i: int) -> str:
         """Script token i; a model that does not end by itself runs on with filler."""
@@ -62,15 +76,19 @@ class ScriptedFakeEngine(Engine):
     async def generate(self, request: GenerationRequest) -> Completion:
         self.calls.append(request)
         self._maybe_fail()
-        if self._is_probe(request):
+        if self._is_probe(request) or self._is_trial(request):
             self.probes_in_flight += 1
             try:
-                await asyncio.sleep(self.probe_delay_s)
+                await asyncio.sleep(self.trial_delay_s if self._is_trial(request) else self.probe_delay_s)
             finally:
                 self.probes_in_flight -= 1
-        pieces, finish = self._reply(request)
+        pieces, finish, lps = self._reply(request)
         text, used = "".join(pieces), len(pieces)
-        choices = tuple(Choice(text=text, finish_reason=finish, completion_tokens=used) for _ in range(request.n))
+        logprobs = None
+        if request.logprobs is not None and self.logprobs:
+            logprobs = tuple(TokenLogprobs(token=t, logprob=lp) for t, lp in lps)
+        choices = tuple(Choice(text=text, finish_reason=finish, completion_tokens=used, logprobs=logprobs)
+                        for _ in range(request.n))
         return Completion(choices=choices, prompt_tokens=len(request.prompt.split()))
 
     @property
@@ -81,7 +99,7 @@ class ScriptedFakeEngine(Engine):
         """Token by token (``streaming=True`` makes solve_cot reason in one stream with side probes)."""
         self.calls.append(request)
         self._maybe_fail()
-        pieces, finish = self._reply(request)
+        pieces, finish, _ = self._reply(request)
         self.open_streams += 1
         try:
             for i, piece in enumerate(pieces):
@@ -97,16 +115,33 @@ class ScriptedFakeEngine(Engine):
             self.open_streams -= 1
 
     def _is_probe(self, request: GenerationRequest) -> bool:
-        return request.prompt.endswith(DEFAULT_PROBE_SUFFIX)
+        return request.prompt.endswith(self.probe_suffix)
+
+    def _is_trial(self, request: GenerationRequest) -> bool:
+        return request.prompt.endswith(self.trial_suffix)
+
+    @property
+    def trials(self) -> list[GenerationRequest]:
+        """The trial requests received so far."""
+        return [r for r in self.calls if self._is_trial(r)]
 
     def _maybe_fail(self) -> None:
         if self.fail_after_calls is not None and len(self.calls) > self.fail_after_calls:
             raise EngineError("scripted failure")
 
-    def _reply(self, request: GenerationRequest) -> tuple[list[str], str]:
-        """The tokens the script continues ``request`` with (the last cut at a stop string) and why it ends."""
+    def _reply(self, request: GenerationRequest) -> tuple[list[str], str, list[tuple[str, float]]]:
+        """The tokens the script continues ``request`` with (the last cut at a stop string), why it
+        ends, and every generated token with its logprob."""
         rest, consumed = self._consumed(request.prompt)
-        if rest.endswith(DEFAULT_PROBE_SUFFIX):
+        lps: list[tuple[str, float]] | None = None
+        if rest.endswith(self.trial_suffix):
+            if self.fail_trials:
+                raise EngineError("scripted trial failure")
+            pairs = list(self.trial_reply(consumed))[: request.max_tokens]
+            lps = [(t, float(lp)) for t, lp in pairs]
+            out = [t for t, _ in pairs]
+            finish = "length" if len(list(self.trial_reply(consumed))) > request.max_tokens else "stop"
+        elif rest.endswith(self.probe_suffix):
             if self.fail_probes:
                 raise EngineError("scripted probe failure")
             tokens = list(self.probe_reply(consumed))
@@ -121,6 +156,8 @@ class ScriptedFakeEngine(Engine):
             count = min(request.max_tokens, available)
             out = [self._token(consumed + i) for i in range(count)]
             finish = "length" if available > request.max_tokens else "stop"
+        if lps is None:
+            lps = [(t, 0.0) for t in out]
         pieces: list[str] = []
         text = ""
         for token in out:  # honour stop strings as servers do: cut before them, finish "stop"
@@ -134,8 +171,8 @@ class ScriptedFakeEngine(Engine):
                     take = min(excess, len(pieces[i]))
                     pieces[i] = pieces[i][: len(pieces[i]) - take]
                     excess -= take
-                return pieces, "stop"
-        return pieces, finish
+                return pieces, "stop", lps[: len(pieces)]
+        return pieces, finish, lps
 
 
 def _last_nonempty(pieces: list[str]) -> int:

@@ -1,8 +1,9 @@
 """A fake OpenAI-compatible upstream for fault-injection tests only (FakeUpstream), and a helper
 that serves any ASGI app with uvicorn on loopback in a background thread.
 
-The fake "model" reasons forever in tokens of ``"step "`` and answers every probe with
-``fake_answer}``; faults are switched on per request kind (``chunk``: reasoning, ``probe``: an
+The fake "model" reasons forever in tokens of ``"step "`` (a ``"Wait, "`` every ``waits_every``
+tokens where set) and answers every probe with ``fake_answer}`` and every DEER-style trial
+(a prompt ending in ``\boxed``) with ``{answer}`` (logprobs, legacy format, where asked); faults are switched on per request kind (``chunk``: reasoning, ``probe``: an
 answer probe, ``chat``: the chat endpoint) to refuse, fail, hang, break off or send garbage.
 """
 
@@ -50,6 +51,8 @@ class FakeUpstream:
     # Token ids as vLLM reports and takes them: a prompt's characters are its "tokens" (id = code
     # point); every generated token gets an id of its own above them.
     vocab: dict[str, int] = field(default_factory=dict)
+    waits_every: int | None = None  # the reasoning writes "Wait, " as every n-th token
+    trial_logprob: float = -0.0001  # each trial token's logprob
 
     def encode(self, text: str) -> list[int]:
         return [ord(c) for c in text]
@@ -62,19 +65,33 @@ class FakeUpstream:
         return "".join(names[i] if i >= 0x110000 else chr(i) for i in ids)
 
     def kind(self, prompt: str) -> str:
+        if prompt.endswith("\\boxed"):
+            return "trial"
         return "probe" if prompt.endswith(DEFAULT_PROBE_SUFFIX) else "chunk"
 
     def reasoning_so_far(self, prompt: str) -> int:
-        return prompt.count("step ")
+        return prompt.count("step ") + prompt.count("Wait, ")
+
+    def _reasoning_token(self, i: int) -> str:
+        return "Wait, " if self.waits_every and i % self.waits_every == self.waits_every - 1 else "step "
 
     def continuation(self, prompt: str, max_tokens: int) -> tuple[list[str], str]:
+        if self.kind(prompt) == "trial":
+            return ["{", self.answer, "}\n"][:max_tokens], "stop"
         if self.kind(prompt) == "probe":
             answer = str(self.reasoning_so_far(prompt)) if self.disagreeing_probes else self.answer
             return [answer, "}"], "stop"
         done = self.reasoning_so_far(prompt)
         if self.finish_after is not None and done + max_tokens > self.finish_after:
-            return ["step "] * max(0, self.finish_after - done) + [self.final_text], "stop"
-        return ["step "] * max_tokens, "length"
+            n = max(0, self.finish_after - done)
+            return [self._reasoning_token(done + i) for i in range(n)] + [self.final_text], "stop"
+        return [self._reasoning_token(done + i) for i in range(max_tokens)], "length"
+
+    def _logprobs(self, body: dict[str, Any], tokens: list[str]) -> dict[str, Any] | None:
+        if not body.get("logprobs"):
+            return None
+        return {"tokens": tokens, "token_logprobs": [self.trial_logprob] * len(tokens),
+                "top_logprobs": [{t: self.trial_logprob} for t in tokens]}
 
     # -- endpoints ------------------------------------------------------------------------------
 
@@ -105,7 +122,8 @@ class FakeUpstream:
                 return Response(status_code=499)
             return JSONResponse({
                 "id": "cmpl-fake", "object": "text_completion", "model": self.model,
-                "choices": [{"index": 0, "text": "".join(tokens), "finish_reason": finish, "logprobs": None}],
+                "choices": [{"index": 0, "text": "".join(tokens), "finish_reason": finish,
+                             "logprobs": self._logprobs(body, tokens)}],
                 "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(tokens),
                           "total_tokens": len(prompt) // 4 + len(tokens)},
             })

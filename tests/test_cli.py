@@ -94,7 +94,8 @@ def test_solve_on_the_embedded_engine_reports_answer_and_saving(model_path) -> N
     # the accounting, the stop reasons, the budget. Which reasoning is a prefix of which is checked
     # on the scripted engine below.
     for run in (result, full):
-        assert run["total_tokens"] == run["reasoning_tokens"] + run["probe_tokens"] + run["answer_tokens"]
+        assert run["total_tokens"] == (run["reasoning_tokens"] + run["overrun_tokens"] + run["probe_tokens"]
+                                       + run["answer_tokens"])  # overrun: a score exit inside a chunk
         assert run["stop_reason"] in ("certain", "finished", "budget") and run["reasoning_tokens"] <= 256 + UTF8_SLACK
         assert isinstance(run["reasoning"], str)
     assert full["stop_reason"] != "certain"

@@ -27,6 +27,9 @@ def test_jsonl_file_with_a_bad_line_names_the_line(tmp_path) -> None:
     path.write_text('{"question": "1+1?"}\n')
     with pytest.raises(DatasetError, match=r":1: missing 'answer'"):
         load_dataset(str(path))
+    path.write_text('["1+1?", "2"]\n')
+    with pytest.raises(DatasetError, match=r"set.jsonl:1: expected a JSON object, got list$"):
+        load_dataset(str(path))
 
 
 @pytest.mark.parametrize(("kwargs", "fragment"), [({"limit": 0}, "limit"), ({"offset": -1}, "offset"), ({"offset": 10**6}, "selects none")])

@@ -302,6 +302,41 @@ def test_calibrate_certifies_on_train_problems_only_and_refuses_too_little(tmp_p
 # ------------------------------------------------------------------------------ live
 
 
+def test_select_setting_chooses_on_held_aside_train_problems_only(tmp_path):
+    """The held-aside choice replays only CAL problems (never FIT), each exactly once, and here (every
+    first box right) admits a setting that exits early without harm; where a third of the early
+    answers are wrong and nothing tells them apart, a setting certified at a loose alpha exits
+    harmfully on held-aside problems and a zero loss budget admits none."""
+    from certaindex.evaluation.grading import GradeCache
+    from certaindex.evaluation.governor import grading_inputs
+    from certaindex.evaluation.score_policy import part_of, select_setting
+
+    def folder(name, wrong_every):
+        trajs, rows = [], []
+        for pid in range(240):
+            right, early = str(pid % 7), (str(pid % 7 + 1) if pid % wrong_every == 0 else str(pid % 7))
+            t = traj(pid, right, 640, right)
+            t["full_text"] = "<think>" + "x" * 300 + f" \\boxed{{{early}}} " + "y" * 1500 + f"</think> \\boxed{{{right}}}"
+            trajs.append(t)
+            rows += probe_rows(pid, [early] * 9)
+        (run,) = read_governor(write_run(tmp_path / name, trajs, rows).parent)
+        cache = GradeCache.load(tmp_path / f"{name}.json")
+        cache.grade(*grading_inputs(run.trajectories))
+        return run.trajectories, cache
+
+    ts, cache = folder("good", 10**9)
+    chosen, table = select_setting(ts, "bx+g256", cache.key, lambda t, a: cache.correct(a, t.target),
+                                   alphas=(0.05,), labels=("noharm",), guards=(True, False))
+    held = sum(1 for t in ts if part_of(t) in (1, 2, 4, 5))
+    assert len(table) == 2 and all(sum(v["n"] for v in h.per_dataset.values()) == held for h in table)
+    assert chosen is not None and chosen.admissible and chosen.per_dataset["math500"]["harmful"] == 0
+    assert chosen.saved("math500") > 0.3
+    ts, cache = folder("bad", 3)
+    chosen, table = select_setting(ts, "bx+g256", cache.key, lambda t, a: cache.correct(a, t.target),
+                                   alphas=(0.5,), labels=("ok",), guards=(False,), max_loss=0.0)
+    assert all(h.per_dataset["math500"]["harmful"] > 0 for h in table) and chosen is None
+
+
 def test_live_score_decides_like_the_offline_features():
     """Streaming a text one token (character) at a time with probes every 64 tokens and the boxes
     the model writes gives the same exit as scoring the whole stream offline."""
@@ -335,8 +370,12 @@ def test_live_score_decides_like_the_offline_features():
     quiet.add_text(text, len(text))
     quiet.boxed()
     assert quiet.decide()[0] is False
-    tr = LiveScore(dict(rule, schedule="tr"), key)
+    tr = LiveScore(dict(rule, schedule="tr", trials={"max": 3}), key)
     tr.add_text("so. Wait", 2)
-    assert tr.trial_due() and not tr.trial_due()
-    tr.add_text(" hmm, Hmm", 2)
-    assert tr.trial_due()
+    assert not tr.trial_due() and tr.trial_pending()  # "Wait" at the very end: maybe "Waiting"
+    tr.add_text(", hmm, Hmm, but wait", 5)  # Hmm is a reflection word, but DEER's trials are at Wait/wait
+    assert tr.trial_points() == [(4, 1)]  # the text before "Wait": 4 characters, the first token
+    assert tr.trial_points(final=True) == [(24, 6)]  # "wait" at the very end counts once the text ended
+    tr.add_text(" Waiting. Wait. Wait. Wait.", 8)
+    assert len(tr.trial_points()) == 1 and tr.trials_offered == 3  # at most trials.max in all
+    assert LiveScore(rule, key).trial_points(final=True) == []  # the schedule reads no trials

@@ -69,6 +69,64 @@ async def test_one_stream_decides_as_the_chunked_path_whatever_the_timing(name, 
         assert engine.open_streams == 0 and engine.probes_in_flight == 0
 
 
+# A score rule that reads DEER trials at each "Wait" (and a probe every 8 tokens): exits once a trial
+# is confident. The chunked path and the one stream must take the same trials at the same positions.
+TRIAL_SUFFIX = "\n**Final Answer**\n\\boxed"
+TRIAL_RULE = {"schedule": "bx+g8+tr", "threshold": 0.9, "trials": {"suffix": TRIAL_SUFFIX, "max": 30},
+              "model": {"features": ["trial_conf", "trial_agree"], "mean": [0.0, 0.0], "scale": [1.0, 1.0],
+                        "coef": [40.0, 1.0], "intercept": -37.5}}
+
+
+def waits(n: int, every: int, at: int) -> list[str]:
+    return ["Wait" if i % every == at else (", " if i % every == (at + 1) % every else "step ") for i in range(n)]
+
+
+def sure_after(start: int):
+    def reply(n: int) -> list[tuple[str, float]]:
+        lp = -2.0 if n < start else -0.0005
+        return [("{", -0.3), ("42" if n >= start // 2 else "41", lp), ("}\n", lp)]
+    return reply
+
+
+TRIAL_SCENARIOS = {
+    "trial-settles": dict(reasoning=waits(200, 11, 4), trial_reply=sure_after(70), ends_naturally=False),
+    "never-sure": dict(reasoning=waits(120, 9, 3), trial_reply=sure_after(10**6)),
+    "wait-ends-each-chunk": dict(reasoning=waits(200, 8, 7), trial_reply=sure_after(60), ends_naturally=False),
+    "wait-last": dict(reasoning=waits(40, 13, 5)[:-1] + ["Wait"], trial_reply=sure_after(10**6)),
+    "boxes-and-trials": dict(reasoning=[("so \\boxed{42} " if i == 50 else t) for i, t in enumerate(waits(200, 12, 6))],
+                             trial_reply=sure_after(10**6), ends_naturally=False),
+}
+
+
+def trial_decisions(result: CoTResult) -> tuple:
+    return decisions(result) + ([(t.at_tokens, t.answer, t.confidence, t.min_prob, t.tokens) for t in result.trials],)
+
+
+@pytest.mark.parametrize("name", sorted(TRIAL_SCENARIOS))
+@pytest.mark.parametrize("in_flight", [1, 3])
+async def test_trials_in_one_stream_decide_as_the_chunked_path_whatever_the_timing(name, in_flight) -> None:
+    rule = dict(TRIAL_RULE, model=dict(TRIAL_RULE["model"], features=["trial_conf", "box_agree"])) \
+        if name == "boxes-and-trials" else TRIAL_RULE
+    config = replace(CONFIG, budget=160, max_probes_in_flight=in_flight, certainty=rule)
+    chunked_engine = ScriptedFakeEngine(**TRIAL_SCENARIOS[name])
+    chunked = await solve_cot(chunked_engine, QUESTION, config)
+    assert chunked.trials and chunked_engine.trials
+    rng = random.Random(sum(map(ord, name)) + in_flight)
+    for _ in range(3):  # fast and slow side requests: only the overrun may change
+        delay = rng.choice([0, 0.001, 0.01])  # probes and trials alike, so they finish in the order sent
+        engine = ScriptedFakeEngine(**TRIAL_SCENARIOS[name], streaming=True, token_delay_s=rng.choice([0, 0.0005, 0.002]),
+                                    probe_delay_s=delay, trial_delay_s=delay)
+        streamed = await solve_cot(engine, QUESTION, config)
+        if in_flight == 1:
+            assert trial_decisions(streamed) == trial_decisions(chunked)
+        else:  # a request sent beside the deciding one may finish first: real cost, same decisions
+            assert streamed.probe_tokens >= chunked.probe_tokens
+            assert replace(streamed, probe_tokens=0).trials == chunked.trials
+            assert trial_decisions(replace(streamed, probe_tokens=0)) == trial_decisions(replace(chunked, probe_tokens=0))
+        assert engine.streamed == streamed.reasoning_tokens + streamed.overrun_tokens
+        assert engine.open_streams == 0 and engine.probes_in_flight == 0
+
+
 async def test_exit_closes_the_stream_and_counts_the_overrun() -> None:
     engine = ScriptedFakeEngine(["step "] * 500, ends_naturally=False, streaming=True,
                                 token_delay_s=0.001, probe_delay_s=0.02)

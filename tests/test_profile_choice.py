@@ -10,6 +10,7 @@ import pytest
 
 from certaindex.cli import common
 from certaindex.cli.serve import settings_from_args
+from tests.fakes import ScriptedFakeEngine
 
 
 def parse(*flags: str) -> argparse.Namespace:
@@ -29,14 +30,20 @@ def test_profile_from_the_model_name(model, name):
     from certaindex.evaluation.profiles import shipped_profiles
 
     args = parse()
-    if "tr" in next(p for p in shipped_profiles() if p.name == name).rule["schedule"].split("+"):
-        name = "conservative"  # live runs take no DEER trials yet: the trial-free conservative profile stands in
-    config = common.cot_config(args, model_name=model)
-    profile, _ = common.resolve_profile(args, model)
-    assert profile.name == name and profile.kind == "score"
+    config = common.cot_config(args, model_name=model, engine=ScriptedFakeEngine(reasoning=[]))
+    profile, why = common.resolve_profile(args, model)
+    assert profile.name == name and profile.kind == "score" and why == f"picked for model {model}"
     assert config.certainty == profile.rule and config.probe_interval == profile.probe_interval
     assert config.probe_suffix == profile.probe_suffix
     assert common.describe_rule(args, config, model).startswith(f"early-exit profile {name} (score ")
+    # an engine without logprobs cannot take DEER trials: a profile that reads them gives way to the
+    # conservative one, and says why
+    reads_trials = "tr" in profile.rule["schedule"].split("+")
+    plain = ScriptedFakeEngine(reasoning=[], logprobs=False)
+    fallback, why = common.resolve_profile(args, model, plain)
+    assert fallback.name == ("conservative" if reads_trials else name)
+    assert ("does not return" in why) == reads_trials
+    assert common.cot_config(args, model_name=model, engine=plain).reads_trials is False
 
 
 def test_overrides():
@@ -73,3 +80,32 @@ def test_the_proxy_default_follows_the_model(capsys):
     assert "r1-distill-llama" in capsys.readouterr().err
     args = parser.parse_args(["serve", "--model", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "--k", "4"])
     assert settings_from_args(args).cot.certainty is None
+    # an HTTP upstream returns logprobs: R1-Distill-Qwen's profile takes DEER trials live; the
+    # embedded engine the proxy would create has none, so the conservative profile stands in
+    qwen = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+    args = parser.parse_args(["serve", "--upstream", "http://127.0.0.1:9/v1", "--model", qwen])
+    assert settings_from_args(args).cot.reads_trials and "r1-distill-qwen" in capsys.readouterr().err
+    args = parser.parse_args(["serve", "--model", qwen])
+    assert not settings_from_args(args).cot.reads_trials and "conservative" in capsys.readouterr().err
+
+
+def test_record_picks_the_profile_from_the_model_name(capsys):
+    """record probes with the suffix and length of the model's profile (so its traces calibrate what
+    live runs send), says which, and --profile none / --probe-tokens override."""
+    from certaindex.cli.traces import _record_profile, add_subcommands
+    from certaindex.evaluation.profiles import shipped_profiles
+    from certaindex.traces import TraceSettings
+
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers())
+    base = TraceSettings(granularity=16, budget=64)
+    qwen = next(p for p in shipped_profiles() if p.name == "r1-distill-qwen")
+    args = parser.parse_args(["record", "--out", "x.jsonl.gz"])
+    settings = _record_profile(args, base, "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
+    assert (settings.probe_suffix, settings.probe_tokens) == (qwen.probe_suffix, qwen.probe_tokens)
+    assert "early-exit profile r1-distill-qwen" in capsys.readouterr().err
+    args = parser.parse_args(["record", "--out", "x.jsonl.gz", "--probe-tokens", "7"])
+    assert _record_profile(args, base, "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").probe_tokens == 7
+    args = parser.parse_args(["record", "--out", "x.jsonl.gz", "--profile", "none"])
+    assert _record_profile(args, base, "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B") == base
+    assert "default suffix" in capsys.readouterr().err

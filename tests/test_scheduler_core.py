@@ -52,6 +52,10 @@ class CoreMachine(RuleBasedStateMachine):
         p = self.programs[pid]
         return max(0, p["budget"] - p["used"]) * (Q - round(p["certaindex"] * Q))
 
+    def missed(self, pid: str) -> bool:
+        deadline = self.programs[pid]["deadline"]
+        return deadline is not None and deadline <= self.now
+
     # -- rules -------------------------------------------------------------------------------
 
     @initialize()
@@ -156,14 +160,17 @@ class CoreMachine(RuleBasedStateMachine):
                 assert started == []
             return
         at_risk = any(
-            p["deadline"] is not None and p["deadline"] - AGING_S <= self.now for p in self.programs.values()
+            p["deadline"] is not None and p["deadline"] - AGING_S <= self.now < p["deadline"]
+            for p in self.programs.values()
         )
         if started and not at_risk:
-            # Shortest remaining work first within the best priority class, among gangs that fit.
+            # Shortest remaining work first within the best priority class, among gangs that fit;
+            # programs past their deadline after all the others of their class.
             fitting = [g for g in heads.values() if self.fits(g.width, running_before)]
             best = min(
                 fitting,
-                key=lambda g: (self.programs[g.program_id]["priority"], self.remaining(g.program_id), g.gang_id),
+                key=lambda g: (self.programs[g.program_id]["priority"], self.missed(g.program_id),
+                               self.remaining(g.program_id), g.gang_id),
             )
             assert started[0] == best
 
@@ -249,6 +256,60 @@ def test_priority_class_beats_remaining_work_and_at_risk_deadlines_go_first() ->
     assert core.dispatch(now=16) == [gangs["due"]]  # 4 s from its deadline: at risk, goes first
     core.finish(gangs["due"], tokens=1)
     assert core.dispatch(now=17) == [gangs["low"]]
+
+
+def test_a_missed_deadline_no_longer_starves_a_program_that_can_still_make_its_own() -> None:
+    # The failure found on real traces: a program past its deadline kept deadline priority, so under
+    # overload the core served programs that had already missed and made the feasible ones miss too.
+    core = SchedulerCore("certaindex", capacity=1, aging_s=1000, deadline_slack_s=30)
+    core.add_program("late", now=0, budget=8000, deadline=10)  # already at risk, and missed at t=10
+    core.add_program("feasible", now=5, budget=8000, deadline=60)  # at risk from t=30
+    late = core.submit("late", width=1, max_tokens=100, now=5)
+    assert core.dispatch(now=5) == [late]  # at risk, before its deadline: first
+    core.finish(late, tokens=100)
+    gangs = {pid: core.submit(pid, width=1, max_tokens=100, now=31) for pid in ("late", "feasible")}
+    # At t=31 both are within 30 s of their deadline, but "late" missed its own at t=10 (the old core
+    # ranked it first: the earliest deadline). Now the feasible one goes first, every step.
+    for step in range(3):
+        started = core.dispatch(now=31 + step)
+        assert started == [gangs["feasible"]]
+        core.finish(started[0], tokens=100)
+        gangs["feasible"] = core.submit("feasible", width=1, max_tokens=100, now=31 + step)
+    # The missed program also yields to a program with no deadline (it is behind its whole class) ...
+    core.add_program("plain", now=40, budget=8000)
+    plain = core.submit("plain", width=1, max_tokens=100, now=40)
+    core.cancel(gangs["feasible"])
+    core.remove_program("feasible")
+    assert core.dispatch(now=40) == [plain]
+    core.finish(plain, tokens=100)
+    assert core.engine_priority(gangs["late"]) > core.engine_priority(core.submit("plain", width=1, max_tokens=1,
+                                                                                    now=40))
+    # ... but still runs when nothing else waits, and aging bounds its wait whatever comes.
+    core.remove_program("plain")
+    assert core.dispatch(now=41) == [gangs["late"]]
+
+
+def test_a_missed_program_runs_first_once_aged() -> None:
+    core = SchedulerCore("certaindex", capacity=1, aging_s=50, deadline_slack_s=5)
+    core.add_program("late", now=0, budget=8000, deadline=10)
+    late = core.submit("late", width=1, max_tokens=100, now=0)
+    core.add_program("short", now=20, budget=100)
+    short = core.submit("short", width=1, max_tokens=10, now=20)
+    assert core.dispatch(now=20) == [short]  # missed: behind the feasible program
+    core.finish(short, tokens=10)
+    core.submit("short", width=1, max_tokens=10, now=21)
+    assert core.dispatch(now=50) == [late]  # aged 50 s: oldest program first, deadline or not
+
+
+def test_many_missed_deadlines_keep_the_bookkeeping_bounded() -> None:
+    core = SchedulerCore("certaindex", capacity=1, aging_s=10_000, deadline_slack_s=1)
+    for i in range(500):
+        core.add_program(f"p{i}", now=i, budget=100, deadline=i + 2)
+        gang = core.submit(f"p{i}", width=1, max_tokens=10, now=i)
+        assert core.dispatch(now=i + 3) == [gang]  # missed, but the only one waiting
+        core.finish(gang, tokens=10)
+        core.remove_program(f"p{i}")
+    assert len(core._misses) <= 64 and len(core._risks) <= 64 and core._unmissed == 0 and core._unrisked == 0
 
 
 def test_gangs_are_never_split_and_wide_gangs_start_alone() -> None:

@@ -127,6 +127,12 @@ def logged(p, arrival: float = 0.0) -> LoggedProgram:
     return LoggedProgram(p.trajectory, arrival, p.requests, p.tokens, p.correct, p.answer, "", p.budget)
 
 
+def one_stream(p, arrival: float = 0.0) -> LoggedProgram:
+    """The plan with its main stream: served in one stream with side probes by default."""
+    return LoggedProgram(p.trajectory, arrival, p.requests, p.tokens, p.correct, p.answer, "", p.budget,
+                         stream_tokens=p.stream_tokens, exit_pos=p.exit_pos)
+
+
 def test_exiting_earlier_ends_sooner_and_spends_what_the_plan_counts():
     t = trajectory(["3", "7", "7", "7", "7", "7"], tokens=2000)
     cache = cache_for("3", "7")
@@ -256,9 +262,14 @@ def test_cli_simulate_serves_governor_trajectories(governor, capsys):
     tmp_path, folder, cost = governor
     code = run_cli(tmp_path, folder, cost, "--policies", "full-fcfs,exit-fcfs,exit-sched", "--exit-policy",
                    "dynasor:k=2,dynasor:k=3,interval=128", "--split", "dev", "--find-rate", "--json",
-                   str(tmp_path / "out.json"), "--report", str(tmp_path / "out.txt"), "--png", str(tmp_path / "p"))
+                   str(tmp_path / "out.json"), "--report", str(tmp_path / "out.txt"), "--png", str(tmp_path / "p"),
+                   "--probe-timing", "side")
     assert code == 0
     data = json.loads((tmp_path / "out.json").read_text())
+    assert (data["probe_timing"], data["side_probes"]) == ("side", "scheduled")
+    # one stream per program: its probes' answers come back while it decodes, past the exit point (here
+    # far past: the streams fill the capacity of 4, so a probe waits for a slot; test_simulator_side)
+    assert data["rows"][1]["mean_overrun_at_max_rate"] > 0
     rows = {r["label"]: r for r in data["rows"]}
     assert set(rows) == {"full-fcfs", "exit-fcfs", "exit-sched", "exit-fcfs (dynasor k=3 interval=128)",
                          "exit-sched (dynasor k=3 interval=128)"}
@@ -267,8 +278,9 @@ def test_cli_simulate_serves_governor_trajectories(governor, capsys):
     assert rows["full-fcfs"]["mean_tokens"] == pytest.approx(732)
     assert rows["exit-fcfs"]["mean_tokens"] == pytest.approx(222)
     assert rows["exit-fcfs"]["accuracy"] == 1.0
-    assert rows["exit-fcfs"]["max_rate"] >= rows["full-fcfs"]["max_rate"] > 0
+    assert all(r["max_rate"] > 0 for r in rows.values())
     assert "KV capacity: 5,000 tokens" in (tmp_path / "out.txt").read_text()
+    assert "probe timing: side" in (tmp_path / "out.txt").read_text()
     assert (tmp_path / "p-slo20.png").is_file()
 
 
@@ -293,6 +305,10 @@ def test_cli_governor_flags_on_a_trace_file_exit_2(governor, capsys):
     assert cli.main(["simulate", "--traces", str(traces), "--cost-model", str(cost), "--rates", "1",
                      "--find-rate"]) == 2
     assert "apply to Governor folders" in " ".join(capsys.readouterr().err.split())
+    # a trace file's programs run solve_cot in chunks: one-stream timing is for Governor folders
+    assert cli.main(["simulate", "--traces", str(traces), "--cost-model", str(cost), "--rates", "1",
+                     "--probe-timing", "side"]) == 2
+    assert "--probe-timing side apply to Governor folders" in " ".join(capsys.readouterr().err.split())
     assert cli.main(["simulate", "--traces", str(tmp_path / "nowhere"), "--cost-model", str(cost), "--rates", "1",
                      "--no-deadlines"]) == 2
     assert "does not exist" in " ".join(capsys.readouterr().err.split())
@@ -327,6 +343,22 @@ def test_plans_of_the_shipped_real_trajectories_serve_what_evaluate_counts():
     records = simulate_logged([logged(p, 1e6 * i) for i, p in enumerate(plans["default"][:5])], cost, "exit-fcfs",
                               capacity=1)
     assert [r.latency for r in records] == pytest.approx([p.tokens for p in plans["default"][:5]])
+    # One main stream with probes on the side (the default timing): every program spends exactly what
+    # evaluate counts plus the tokens its stream decoded past the deciding probe before it returned.
+    for name in ("default", "dynasor:k=3"):
+        ps = plans[name]
+        side = simulate_logged([one_stream(p, 1e6 * i) for i, p in enumerate(ps)], unit_cost(), "exit-fcfs",
+                               capacity=8, probe_timing="side")
+        chunked = simulate_logged([one_stream(p, 1e6 * i) for i, p in enumerate(ps)], unit_cost(), "exit-fcfs",
+                                  capacity=8, probe_timing="chunked")
+        for p, r, c in zip(ps, side, chunked):
+            assert r.tokens == p.tokens + r.overrun_tokens and c.tokens == p.tokens
+            if p.exit_pos is None:
+                assert r.overrun_tokens == 0
+            else:
+                assert 0 <= r.overrun_tokens <= p.stream_tokens - p.exit_pos
+            assert r.latency <= c.latency + 1  # never waits for a probe (+1: a point is sent once passed)
+        assert sum(r.overrun_tokens for r in side) > 0
 
 
 def test_duration_serves_rate_times_duration_programs_and_longer_draws_extend_shorter_ones():

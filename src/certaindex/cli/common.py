@@ -103,8 +103,12 @@ def add_cot_args(
     )
 
 
-def resolve_profile(args: argparse.Namespace, model_name: str | None):
-    """The early-exit profile for this run (None: Dynasor's rule with the flags), and why."""
+def resolve_profile(args: argparse.Namespace, model_name: str | None, engine=None):
+    """The early-exit profile for this run (None: Dynasor's rule with the flags), and why.
+
+    A profile picked from the model name whose score reads DEER trials needs token logprobs: on an
+    ``engine`` that returns none (``Engine.returns_logprobs``) the conservative profile stands in, and
+    the reason says so."""
     from certaindex.evaluation.profiles import load_profile, profile_for_model, shipped_profiles
 
     calibration = getattr(args, "calibration", None)
@@ -126,31 +130,32 @@ def resolve_profile(args: argparse.Namespace, model_name: str | None):
         if choice.endswith(".json"):
             return load_profile(choice), f"from {choice}"
         raise UsageError(f"--profile {choice!r} is not a shipped profile ({', '.join(sorted(named))}), a .json file, auto or none")
-    if args.probe_interval is not None or args.k is not None:
+    if getattr(args, "probe_interval", None) is not None or getattr(args, "k", None) is not None:
         return None, "--probe-interval/--k given"
     picked = profile_for_model(model_name or "")
-    if picked.kind == "score" and "tr" in picked.rule["schedule"].split("+"):
-        # The live chain of thought does not read DEER trials yet: a profile calibrated with them would
-        # run on different evidence than it was certified on. The conservative profile needs none.
-        fallback = profile_for_model("")
-        return fallback, (f"model {model_name}: its profile {picked.name} reads DEER trials, which live runs do not "
-                          "take yet")
+    if (picked.kind == "score" and "tr" in picked.rule["schedule"].split("+") and engine is not None
+            and not getattr(engine, "returns_logprobs", False)):
+        # Trials are read from token logprobs: without them the profile would run on other evidence
+        # than it was certified on. The conservative profile needs none.
+        return profile_for_model(""), (f"model {model_name}: its profile {picked.name} reads DEER trials, whose "
+                                       f"confidence needs token logprobs, which {engine.name} does not return")
     return picked, f"picked for model {model_name or 'unknown'}"
 
 
-def describe_rule(args: argparse.Namespace, config: CoTConfig, model_name: str | None) -> str:
+def describe_rule(args: argparse.Namespace, config: CoTConfig, model_name: str | None, engine=None) -> str:
     """One line saying which early-exit rule a run uses and why (printed by solve, bench and serve)."""
-    profile, why = resolve_profile(args, model_name)
+    profile, why = resolve_profile(args, model_name, engine)
     if profile is not None:
         return f"early-exit profile {profile.label} ({why})"
     return f"early-exit rule: Dynasor k={config.k}, probe interval {config.probe_interval} ({why})"
 
 
 def cot_config(args: argparse.Namespace, early_exit: bool = True, model_name: str | None = None,
-               announce: bool = False) -> CoTConfig:
+               announce: bool = False, engine=None) -> CoTConfig:
     """The chain-of-thought settings of a run: the flags, then the early-exit profile (picked from
     ``model_name`` unless ``--profile``/``--calibration``/``--probe-interval``/``--k`` say otherwise),
-    announced on stderr."""
+    announced on stderr. ``engine``: the engine the run uses, where its capabilities matter (see
+    :func:`resolve_profile`)."""
     interval = args.probe_interval if args.probe_interval is not None else getattr(args, "default_probe_interval", 32)
     k = args.k if args.k is not None else getattr(args, "default_k", 3)
     positive("budget", args.budget, MAX_BUDGET)
@@ -168,7 +173,7 @@ def cot_config(args: argparse.Namespace, early_exit: bool = True, model_name: st
         seed=args.sampling_seed,
         early_exit=early_exit,
     )
-    profile, why = resolve_profile(args, model_name)
+    profile, why = resolve_profile(args, model_name, engine)
     if profile is not None:
         changes: dict = {"probe_interval": profile.probe_interval, "probe_suffix": profile.probe_suffix,
                          "probe_tokens": profile.probe_tokens}
@@ -184,6 +189,14 @@ def cot_config(args: argparse.Namespace, early_exit: bool = True, model_name: st
 
         config = dataclasses.replace(apply_calibration(config, load_calibration(args.calibration)), early_exit=early_exit)
     return config
+
+
+def profile_reads_trials(args: argparse.Namespace) -> bool:
+    """Whether the profile these flags pick for the named model (``--model``, else the ``--engine``
+    spec, e.g. an embedded GGUF path) reads DEER trials: the embedded engine must then keep the
+    logits their logprobs need, which it does only when created so."""
+    profile, _ = resolve_profile(args, getattr(args, "model", None) or getattr(args, "engine", None))
+    return profile is not None and profile.kind == "score" and "tr" in profile.rule["schedule"].split("+")
 
 
 def engine_from_args(args: argparse.Namespace, logprobs: bool = False):

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 from dataclasses import replace
+from types import SimpleNamespace
 
 from certaindex.cli.common import quiet_http_logs
 from certaindex.core.validation import parse_json_object
@@ -55,6 +56,10 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--no-side-probes", action="store_true",
                        help="reason in chunks with probes between them instead of one upstream stream with "
                             "probes beside it (for servers that run one request at a time, e.g. llama-cpp-python)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="proxy processes serving the one port (SO_REUSEPORT; needs --upstream); each gets "
+                       "--capacity / N of the scheduler's capacity, and its own --max-concurrency and --max-queue "
+                       "(default 1; docs/deployment.md section 5)")
     serve.add_argument("--max-concurrency", type=int, default=64, help="requests served at once (default 64)")
     serve.add_argument("--max-queue", type=int, default=256,
                        help="requests waiting for a slot before 429 is answered (default 256)")
@@ -75,6 +80,14 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--engine-priorities", action="store_true",
                        help="send each request's scheduling priority upstream (vLLM --scheduling-policy priority; "
                        "SGLang --enable-priority-scheduling)")
+    shadow = serve.add_argument_group("shadow mode (docs/server.md)")
+    shadow.add_argument("--shadow", metavar="DIR",
+                        help="answer every chat request with full reasoning (as policy full), probe beside it every "
+                        "probe interval, and write each program as a trace in DIR for `certaindex calibrate DIR`. "
+                        "The traces hold the prompts and answers. The probes cost extra upstream tokens "
+                        "(usage.certaindex.shadow_probe_tokens); the answers are unaffected")
+    shadow.add_argument("--shadow-max-file-mb", type=float, default=256.0,
+                        help="start a new trace file when one reaches this size (default 256)")
     serve.add_argument("--extra-body", help="JSON object sent with every upstream request, e.g. '{\"top_k\": 20}'")
     serve.add_argument("--log-content", action="store_true",
                        help="log prompts and answers (off by default: only sizes and timings are logged)")
@@ -92,7 +105,9 @@ def settings_from_args(args: argparse.Namespace):
 
     cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval or 64, k=args.k or 3,
                     probe_trigger=args.probe_trigger, side_probes=not args.no_side_probes)
-    profile, why = resolve_profile(args, args.model)
+    # HTTP upstreams return logprobs (DEER trials need them); the embedded engine the proxy creates does not
+    upstream = SimpleNamespace(returns_logprobs=bool(args.upstream), name=args.upstream or "the embedded engine")
+    profile, why = resolve_profile(args, args.model, upstream)
     if profile is not None:
         cot = replace(cot, probe_interval=profile.probe_interval, probe_suffix=profile.probe_suffix,
                       probe_tokens=profile.probe_tokens,
@@ -103,17 +118,33 @@ def settings_from_args(args: argparse.Namespace):
     elif args.calibration:
         cot = apply_calibration(cot, load_calibration(args.calibration), budget=True)
     extra = parse_json_object(args.extra_body, "--extra-body") or {}
+    policy = args.policy
+    if getattr(args, "shadow", None):
+        from certaindex.traces.tracelog import check_writable_dir
+
+        if policy not in ("auto", "full", "cot"):
+            raise ValueError(f"--shadow answers chat requests with full reasoning; it cannot run with --policy {policy}")
+        if args.shadow_max_file_mb <= 0:
+            raise ValueError(f"--shadow-max-file-mb must be positive, got {args.shadow_max_file_mb}")
+        check_writable_dir(args.shadow)
+        policy = "full"
+        from certaindex.cli.common import err
+
+        err.print(f"shadow mode: chat requests get full reasoning; probes every {cot.probe_interval} tokens beside it "
+                  f"(extra upstream tokens); each program, prompt included, is written to {args.shadow}", highlight=False)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     return replace(
         ServerSettings(
             upstream=args.upstream, model=args.model, chat_template=args.chat_template,
-            upstream_api_key=args.upstream_api_key, api_key=args.api_key or None, policy=args.policy,
+            upstream_api_key=args.upstream_api_key, api_key=args.api_key or None, policy=policy,
             max_concurrency=args.max_concurrency, max_queue=args.max_queue,
             upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
             log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
             capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
             verbose=args.verbose, plain_max_tokens=args.plain_max_tokens, token_ids=args.token_ids,
+            shadow_dir=getattr(args, "shadow", None) or None,
+            shadow_max_file_bytes=max(1, int(getattr(args, "shadow_max_file_mb", 256.0) * 1024 * 1024)),
         ),
         cot=cot,
     )
@@ -132,6 +163,11 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         logging.getLogger("certaindex.server").warning(
             "listening on %s without --api-key: anyone who can reach this address can use the engine", args.host)
+    if args.workers != 1:
+        from certaindex.server.workers import Supervisor
+
+        supervisor = Supervisor(settings, args.host, args.port, args.workers, log_level=args.log_level)
+        return await supervisor.run()
     app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level == "debug", timeout_graceful_shutdown=5)

@@ -275,7 +275,8 @@ async def simulate_command(args: argparse.Namespace) -> int:
     governor_only = [flag for flag, value in (("--dataset-mix", args.dataset_mix), ("--model", args.model),
                                               ("--find-rate", args.find_rate), ("--json", args.json),
                                               ("--no-deadlines", args.no_deadlines), ("--chunked-prefill", args.chunked_prefill),
-                                              ("--duration", args.duration))
+                                              ("--duration", args.duration),
+                                              ("--probe-timing side", args.probe_timing == "side"))
                      if value]
     if args.exit_policy != "default" or args.split != "all":
         governor_only.append("--exit-policy/--split")

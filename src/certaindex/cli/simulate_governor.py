@@ -65,6 +65,16 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
                        help="a request joining the batch costs only its uncached tokens' prefill, folded into the "
                        "running decode steps as vLLM and SGLang do; default: it stalls the batch for a forward pass "
                        "of its own (the cost model's request_s plus its tokens)")
+    group.add_argument("--probe-timing", choices=("side", "chunked"),
+                       help="side (default, as the proxy runs on HTTP engines): each program reasons in one main "
+                       "stream and its probes run beside it in the batch; on exit the stream is closed and the "
+                       "tokens it decoded past the deciding probe (overrun) count as cost. chunked: the earlier "
+                       "design, the reasoning pausing for each probe. Governor folders only: a trace file's "
+                       "programs run solve_cot's chunked path")
+    group.add_argument("--side-probes", choices=("scheduled", "engine"), default="scheduled",
+                       help="with --probe-timing side: scheduled (default, as the live runtime): a probe takes a "
+                       "slot from the scheduler core like any request, waiting behind other programs when the "
+                       "capacity is used; engine: it goes straight to the engine beside its program's stream")
     group.add_argument("--duration", type=float,
                        help="seconds of arrivals per rate: serve rate x DURATION programs (replaces --programs), so "
                        "every rate loads the engine equally long; use several times the SLO, or a rate the engine "
@@ -145,7 +155,8 @@ def _kv(text: str, cost: CostModel) -> int | None:
 
 def _logged(plan: ProgramPlan) -> LoggedProgram:
     return LoggedProgram(plan.trajectory, 0.0, plan.requests, plan.tokens, plan.correct, plan.answer,
-                         "exit" if plan.exit_pos is not None else "end", plan.budget)
+                         "exit" if plan.exit_pos is not None else "end", plan.budget,
+                         stream_tokens=plan.stream_tokens, exit_pos=plan.exit_pos)
 
 
 def workloads_for(trajs: Sequence[Trajectory], policies: Sequence[str], exits: Sequence[PolicySpec], cache, *,
@@ -191,7 +202,7 @@ def _pool(plans: Sequence[ProgramPlan], weights: Sequence[float] | None) -> tupl
 def _headline(rows: Sequence[Workload], pool: dict[str, tuple[float, float, float]], found: dict[str, RateResult],
               p90_at: dict[str, Summary], ref_rate: float | None, slo: float, title: str) -> Table:
     table = Table(title=title)
-    for column in ("policy", "accuracy", "Δ acc (points)", "mean tokens", "tokens ×", "probes",
+    for column in ("policy", "accuracy", "Δ acc (points)", "mean tokens", "tokens ×", "probes", "overrun",
                    f"max rate @90% ≤{slo:g}s", "rate ×", f"p90 s @{ref_rate:g}/s" if ref_rate else "p90 s", "SLO tighter ×"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     base_acc, base_tok, _ = pool[BASELINE] if BASELINE in pool else next(iter(pool.values()))
@@ -204,8 +215,9 @@ def _headline(rows: Sequence[Workload], pool: dict[str, tuple[float, float, floa
         rate = "" if r is None else (f"{r.rate:.3f}" + ("" if r.bounded else "+"))
         rate_x = f"{r.rate / base_rate:.2f}" if r is not None and base_rate else ""
         p90 = s.latency[90] if s is not None else None
+        overrun = f"{r.summary.mean_overrun:.1f}" if r is not None and r.summary is not None else ""
         table.add_row(w.label, f"{acc:.3f}", f"{100 * (acc - base_acc):+.1f}", f"{tok:.0f}", f"{tok / base_tok:.3f}",
-                      f"{probes:.1f}", rate, rate_x, f"{p90:.1f}" if p90 is not None else "",
+                      f"{probes:.1f}", overrun, rate, rate_x, f"{p90:.1f}" if p90 is not None else "",
                       f"{base_p90 / p90:.2f}" if p90 and base_p90 else "")
     return table
 
@@ -251,7 +263,9 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
                       f"within {slos[0]:g} s {summary.slo[slos[0]]:.0%}", highlight=False)
 
     serving = Serving(capacity=args.capacity, replicas=args.replicas, aging_s=args.aging, kv_tokens=kv_tokens,
-                      deadlines=not args.no_deadlines, chunked_prefill=args.chunked_prefill)
+                      deadlines=not args.no_deadlines, chunked_prefill=args.chunked_prefill,
+                      probe_timing=args.probe_timing or "side",
+                      side_probes_scheduled=args.side_probes == "scheduled")
     if args.duration is not None and (not math.isfinite(args.duration) or args.duration <= 0):
         raise ValueError(f"--duration must be seconds > 0, got {args.duration}")
     results = sweep_workloads(rows, cost, rates, serving, programs=args.programs, slos=slos, seed=args.seed,
@@ -268,7 +282,15 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
              f"capacity {args.capacity}, cost model {Path(args.cost_model).name}")
     pool = {w.label: _pool(plans["full" if w.policy.startswith("full") else _exit_label(w, exits)], weights)
             for w in rows}
+    timing = serving.probe_timing
     notes = [
+        ("probe timing: side (one main stream per program, each probe or trial a separate request beside it in "
+         "the batch, at most one in flight; on exit the stream is closed and its tokens past the deciding probe, "
+         "the overrun, count as cost; side probes "
+         + ("take a scheduler slot, as live" if serving.side_probes_scheduled else "go straight to the engine")
+         + "); mean tokens and tokens × are the plans' (what evaluate counts), overrun comes on top"
+         if timing == "side" else
+         "probe timing: chunked (the reasoning pauses for each probe: a chunk up to each probe, then the probe)"),
         f"cost model: step_s = {cost.a:.3g} + {cost.b:.3g}*batch + {cost.c:.3g}*context; prefill {cost.prefill_s:.3g} "
         f"s/token (a probe computes only its {cost.probe_suffix_tokens}-token suffix: the prompt and reasoning are "
         f"prefix-cached), request {cost.request_s:.3g} s"
@@ -302,7 +324,9 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
     if found:
         headline = _headline(rows, pool, found, p90_at, ref_rate, slos[0],
                              f"headline: {what}; highest rate with >= 90% of programs within {slos[0]:g} s (bisected), "
-                             f"and the tightest SLO met by 90% (p90 latency) at full-fcfs's highest rate")
+                             f"and the tightest SLO met by 90% (p90 latency) at full-fcfs's highest rate; "
+                             f"overrun: mean tokens per program streamed past the deciding probe, at the highest rate "
+                             f"(probe timing {timing})")
         extra_tables.append(headline)
     if args.png:
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)
@@ -313,7 +337,7 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
     for t in extra_tables:
         Console(width=220).print(t)
     if args.json:
-        _write_json(args.json, rows, rates, results, found, p90_at, ref_rate, pool, slos, what, kv_tokens)
+        _write_json(args.json, rows, rates, results, found, p90_at, ref_rate, pool, slos, what, kv_tokens, serving)
     if args.out:
         from certaindex.cli.serving import _write_records
 
@@ -349,15 +373,20 @@ def _report(path: str, sweep_table: Table, tables: Sequence[Table], notes: Seque
     Console().print(f"report written to {target}")
 
 
-def _write_json(path: str, rows, rates, results, found, p90_at, ref_rate, pool, slos, what, kv_tokens) -> None:
+def _write_json(path: str, rows, rates, results, found, p90_at, ref_rate, pool, slos, what, kv_tokens,
+                serving: Serving) -> None:
     data = {
         "workload": what, "slos": slos, "kv_capacity_tokens": kv_tokens, "reference_rate": ref_rate,
+        "probe_timing": serving.probe_timing,
+        "side_probes": "scheduled" if serving.side_probes_scheduled else "engine",
         "rows": [
             {"label": w.label, "policy": w.policy, "accuracy": pool[w.label][0], "mean_tokens": pool[w.label][1],
              "mean_probes": pool[w.label][2],
              "max_rate": found[w.label].rate if w.label in found else None,
              "max_rate_tried": found[w.label].tried if w.label in found else None,
              "p90_at_reference": p90_at[w.label].latency[90] if w.label in p90_at else None,
+             "mean_overrun_at_max_rate": (found[w.label].summary.mean_overrun
+                                          if w.label in found and found[w.label].summary is not None else None),
              "sweep": {f"{rate:g}": results[(w.label, rate)][0].to_dict() for rate in rates}}
             for w in rows
         ],

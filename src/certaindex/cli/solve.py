@@ -30,11 +30,11 @@ from certaindex.programs.self_consistency import SCConfig
 async def _solve(args: argparse.Namespace) -> int:
     question = validate_question(args.question)
     common.cot_config(args, early_exit=not args.no_early_exit)  # bad flags fail before the engine loads
-    engine = common.engine_from_args(args)
+    engine = common.engine_from_args(args, logprobs=not args.no_early_exit and common.profile_reads_trials(args))
     try:
         model_name = args.model or engine.name
-        config = common.cot_config(args, early_exit=not args.no_early_exit, model_name=model_name)
-        rule = common.describe_rule(args, config, model_name)
+        config = common.cot_config(args, early_exit=not args.no_early_exit, model_name=model_name, engine=engine)
+        rule = common.describe_rule(args, config, model_name, engine)
         result = await _solve_with_progress(engine, question, config, quiet=args.quiet or args.json)
         full: CoTResult | None = None
         if args.compare and config.early_exit:
@@ -52,9 +52,10 @@ async def _solve(args: argparse.Namespace) -> int:
         out.print_json(json.dumps(payload))
     else:
         out.print(f"[dim]{escape(rule)}[/dim]", highlight=False)
-        _print_solution(engine.name, result, full, show_reasoning=args.show_reasoning, expected=args.expected)
+        _print_solution(engine.name, result, full, show_reasoning=args.show_reasoning, expected=args.expected,
+                        scored=config.certainty is not None)
     if result.answer is None:
-        err.print(f"[red]error:[/red] the model gave no answer ({_reason_text(result)})")
+        err.print(f"[red]error:[/red] the model gave no answer ({_reason_text(result, config.certainty is not None)})")
         return common.EXIT_NO_ANSWER
     return 0
 
@@ -86,7 +87,10 @@ async def _solve_with_progress(engine, question: str, config: CoTConfig, quiet: 
         return await solve_cot(engine, question, config, on_event=on_event)
 
 
-def _reason_text(result: CoTResult) -> str:
+def _reason_text(result: CoTResult, scored: bool = False) -> str:
+    """Why the run stopped, in the words of the rule that decided (``scored``: a profile's certainty score)."""
+    if result.stop_reason == "certain" and scored:
+        return f"stopped early: the certainty score reached its threshold after {result.reasoning_tokens} reasoning tokens"
     if result.stop_reason == "certain":
         return f"stopped early: the last probes agreed after {result.reasoning_tokens} reasoning tokens"
     if result.stop_reason == "finished":
@@ -95,7 +99,8 @@ def _reason_text(result: CoTResult) -> str:
 
 
 def _print_solution(
-    engine_name: str, result: CoTResult, full: CoTResult | None, show_reasoning: bool, expected: str | None = None
+    engine_name: str, result: CoTResult, full: CoTResult | None, show_reasoning: bool, expected: str | None = None,
+    scored: bool = False,
 ) -> None:
     if show_reasoning:
         out.rule("reasoning")
@@ -108,11 +113,12 @@ def _print_solution(
     if expected is not None:
         verdict = "[green]right[/green]" if _same(result.answer, expected) else "[red]wrong[/red]"
         out.print(f"[dim]expected:[/dim] {escape(expected)} ({verdict})", highlight=False)
-    out.print(f"[dim]stopped:[/dim] {_reason_text(result)}")
+    out.print(f"[dim]stopped:[/dim] {_reason_text(result, scored)}")
     out.print(
         f"[dim]tokens:[/dim] {result.total_tokens} generated = {result.reasoning_tokens} reasoning "
         + (f"+ {result.overrun_tokens} streamed past the deciding probe " if result.overrun_tokens else "")
-        + f"+ {result.probe_tokens} in {len(result.probes)} probes + {result.answer_tokens} answer; "
+        + f"+ {result.probe_tokens} in {len(result.probes)} probes"
+        + (f" and {len(result.trials)} trials" if result.trials else "") + f" + {result.answer_tokens} answer; "
         f"budget {result.budget} reasoning tokens"
     )
     if full is not None:
@@ -201,10 +207,10 @@ async def _bench(args: argparse.Namespace) -> int:
     problems = load_dataset(args.dataset, limit=args.limit, offset=args.offset)
     common.cot_config(args)  # bad flags fail before the engine loads
     sc = _sc_config(args)
-    engine = common.engine_from_args(args, logprobs=args.program in LOGPROB_PROGRAMS)
+    engine = common.engine_from_args(args, logprobs=args.program in LOGPROB_PROGRAMS or common.profile_reads_trials(args))
     try:
-        cot = common.cot_config(args, model_name=args.model or engine.name)
-        args.rule_line = common.describe_rule(args, cot, args.model or engine.name)
+        cot = common.cot_config(args, model_name=args.model or engine.name, engine=engine)
+        args.rule_line = common.describe_rule(args, cot, args.model or engine.name, engine)
         modes = programs_for(args.program, cot, sc, _deepconf_config(args, sc) if args.program == "deepconf" else None)
         with progress_bar("bench") as progress:
             task = progress.add_task(args.dataset, total=len(problems) * len(modes))

@@ -57,7 +57,8 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
         help="probe intervals to try, in tokens, comma-separated multiples of the traces' granularity g "
         "(default: 1, 2, 4 and 8 times g, up to the budget)",
     )
-    group.add_argument("--ks", default="1,2,3,4", help="agreeing probes needed to stop, to try (default 1,2,3,4)")
+    group.add_argument("--ks", default=None, help="agreeing probes needed to stop, to try (default 1,2,3,4; for a "
+                       "folder of traces 1,2,3,4,6,8,12,16,24,32)")
     group = parser.add_argument_group("calibration")
     group.add_argument(
         "--method",
@@ -67,7 +68,8 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
         "probability >= 1-delta); target: the cheapest within --max-loss of full accuracy (default ltt)",
     )
     group.add_argument("--alpha", type=float, default=None,
-                       help="tolerated rate of harmful exits (default 0.1; 0.02 for a Governor folder's score profile)")
+                       help="tolerated rate of harmful exits (default 0.1; 0.05 for a folder of traces; 0.02 for a "
+                       "Governor folder's score profile)")
     group.add_argument("--delta", type=float, default=0.1, help="allowed failure probability of the guarantee (default 0.1)")
     group.add_argument("--max-loss", type=float, default=0.0,
                        help="accuracy the target method may lose against full reasoning, as a fraction (default 0)")
@@ -104,7 +106,12 @@ def add_subcommands(subparsers: Any) -> None:
     group.add_argument("--granularity", "-g", type=int, default=16,
                        help="reasoning tokens per chunk; replay serves probe intervals that are multiples of it (default 16)")
     group.add_argument("--budget", type=int, default=384, help="most reasoning tokens per trace (default 384)")
-    group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
+    group.add_argument("--probe-tokens", type=int, default=None,
+                       help="tokens a probe may write (default: the profile's, else 20)")
+    group.add_argument("--profile", default="auto",
+                       help="early-exit profile whose probe suffix and probe length the traces are recorded with, so "
+                       "they calibrate what live runs send: auto (picked from the model name), a shipped profile's "
+                       "name, a profile JSON file, or none (the default suffix)")
     group.add_argument("--answer-tokens", type=int, default=256,
                        help="tokens for the answer after </think> of a reasoning model (default 256)")
     group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the reasoning (default 0)")
@@ -124,8 +131,9 @@ def add_subcommands(subparsers: Any) -> None:
         description="Replay every probe-agreement setting on the traces and write the one chosen by --method to "
         "a JSON file that solve, bench and the server can read.",
     )
-    calibrate.add_argument("traces", help="a trace file written by 'certaindex record', or a Governor folder (then a "
-                           "certainty-score profile is fitted on its train-split problems)")
+    calibrate.add_argument("traces", help="a trace file written by 'certaindex record', a folder of trace files "
+                           "('serve --shadow DIR' or 'record': a Dynasor profile for that model), or a Governor folder "
+                           "(then a certainty-score profile is fitted on its train-split problems)")
     calibrate.add_argument("--out", "-o", default="calibration.json", help="JSON file to write (default calibration.json)")
     _add_policy_args(calibrate)
     group = calibrate.add_argument_group("Governor folders (certainty-score profile)")
@@ -144,6 +152,11 @@ def add_subcommands(subparsers: Any) -> None:
     group.add_argument("--grade-timeout", type=float, default=5.0, help="seconds per math-verify call (default 5)")
     group.add_argument("--final-answer", choices=("recorded", "extracted"), default="extracted",
                        help="full reasoning's answer: the recorded one or re-extracted from the text (default extracted)")
+    group = calibrate.add_argument_group("folders of trace files (serve --shadow DIR, record)")
+    group.add_argument("--reference", choices=("auto", "full", "gold"), default="auto",
+                       help="what an early answer is checked against: full (the model's own full-reasoning answer: "
+                       "harmful = it differs), gold (the traces' gold answers), or auto: gold where every trace has "
+                       "one, else full (default)")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     calibrate.set_defaults(handler=calibrate_command)
 
@@ -189,7 +202,7 @@ async def record_command(args: argparse.Namespace) -> int:
     from certaindex.traces import TraceSettings, record_traces
 
     for option, value, minimum in (("--limit", args.limit, 1), ("--granularity", args.granularity, 1),
-                                   ("--budget", args.budget, 1), ("--probe-tokens", args.probe_tokens, 1),
+                                   ("--budget", args.budget, 1), ("--probe-tokens", args.probe_tokens or 20, 1),
                                    ("--answer-tokens", args.answer_tokens, 1), ("--samples", args.samples, 1),
                                    ("--top-logprobs", args.top_logprobs, 0), ("--confidence-window", args.confidence_window, 1)):
         _at_least(option, value, minimum)
@@ -205,7 +218,7 @@ async def record_command(args: argparse.Namespace) -> int:
     settings = TraceSettings(
         granularity=args.granularity,
         budget=args.budget,
-        probe_tokens=args.probe_tokens,
+        probe_tokens=args.probe_tokens or 20,
         answer_tokens=args.answer_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -215,7 +228,13 @@ async def record_command(args: argparse.Namespace) -> int:
         confidence_window=args.confidence_window,
     )
     problems = load_dataset(args.dataset, limit=args.limit, offset=args.offset)
+    common.resolve_profile(args, None)  # a bad --profile fails before the engine loads
     engine = common.engine_from_args(args, logprobs=settings.logprobs is not None)
+    try:
+        settings = _record_profile(args, settings, args.model or engine.name)
+    except BaseException:
+        await engine.aclose()
+        raise
     started = time.perf_counter()
     tokens = correct = 0
     try:
@@ -250,6 +269,22 @@ async def record_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_profile(args: argparse.Namespace, settings, model_name: str):
+    """The recording settings under the early-exit profile of ``model_name`` (its probe suffix and
+    probe length), announced on stderr as solve announces its profile."""
+    import dataclasses
+
+    profile, why = common.resolve_profile(args, model_name)
+    if profile is None:
+        err.print(f"[dim]probes recorded with the default suffix ({why})[/dim]")
+        return settings
+    settings = dataclasses.replace(settings, probe_suffix=profile.probe_suffix,
+                                   probe_tokens=args.probe_tokens or profile.probe_tokens)
+    err.print(f"[dim]early-exit profile {escape(profile.label)} ({escape(why)}): probes recorded with its suffix "
+              f"{escape(repr(profile.probe_suffix))}, at most {settings.probe_tokens} tokens[/dim]")
+    return settings
+
+
 def _read(args: argparse.Namespace):
     from certaindex.traces import read_traces
 
@@ -278,6 +313,10 @@ async def calibrate_command(args: argparse.Namespace) -> int:
         if args.alpha is not None:
             _unit("--alpha", args.alpha)
         return calibrate_governor(args, Path(args.traces))
+    if Path(args.traces).is_dir():
+        from certaindex.cli.shadow_calibrate import calibrate_folder
+
+        return calibrate_folder(args, Path(args.traces))
     intervals, ks = _check_policy_args(args)
     traces = _read(args)
     full = full_policy(traces.settings)

@@ -6,10 +6,11 @@ Shipped: ``gsm8k`` (the GSM8K test split, 1,319 problems; source and licence in
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from certaindex.core.validation import json_object_line
 
 SHIPPED = {"gsm8k": "gsm8k_test.jsonl"}
 
@@ -58,12 +59,7 @@ def _parse_jsonl(text: str, label: str) -> list[Problem]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{label}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise DatasetError(f"{label}:{lineno}: expected a JSON object")
+        record = json_object_line(line, f"{label}:{lineno}", DatasetError)
         question, answer = record.get("question"), record.get("answer")
         if not isinstance(question, str) or not question.strip():
             raise DatasetError(f"{label}:{lineno}: missing 'question'")

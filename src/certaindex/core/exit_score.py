@@ -37,11 +37,15 @@ __all__ = [
     "ScoreModel",
     "TextMarkers",
     "THINK_CLOSE",
+    "TRIAL_RE",
+    "TrialReading",
     "WAIT_RE",
     "fit_logistic",
     "first_exit",
     "stream_features",
     "text_markers",
+    "trial_confidence",
+    "read_trial",
 ]
 
 KeyFn = Callable[[Optional[str]], Optional[Hashable]]
@@ -51,8 +55,67 @@ WAIT_RE = re.compile(
     r"\b(?:Wait|wait|Hmm|hmm|Alternatively|Hold on|But wait|"
     r"Let me (?:double[- ]check|verify|check|re-?examine|recheck|re-?evaluate|confirm))\b"
 )
+# Where DEER-style trials are taken: before each "Wait"/"wait" (the Governor DEER records' trigger
+# points: the first 30 matches of this pattern, the trial prompt being the text before the match).
+TRIAL_RE = re.compile(r"\b[Ww]ait\b")
 FINAL_RE = re.compile(r"\*\*\s*Final Answer|[Tt]he (?:final )?answer is|[Ff]inal answer:")
 THINK_CLOSE = "</think>"
+
+
+@dataclass(frozen=True)
+class TrialReading:
+    """What a trial answer says: the answer in the box, its confidence and its smallest token probability."""
+
+    answer: str | None
+    confidence: float
+    min_prob: float
+    answer_tokens: int  # the tokens up to the one closing the box (all when it never closes)
+
+
+def trial_confidence(logprobs: Sequence[float]) -> tuple[float, float]:
+    """(confidence, min_prob) of a trial answer from the logprobs of its tokens.
+
+    The confidence is DEER's ("avg1"): the mean probability of the answer's tokens after the first,
+    which is the box's opening brace; it reproduces every ``confidence`` of the Governor
+    ``deer.jsonl.gz`` records from their ``logprobs``. ``min_prob`` is the smallest probability of
+    any of the tokens (the opening one included). No tokens: (0.0, 0.0)."""
+    probs = [math.exp(float(lp)) for lp in logprobs]
+    if not probs:
+        return 0.0, 0.0
+    rest = probs[1:] or probs
+    return sum(rest) / len(rest), min(probs)
+
+
+def read_trial(tokens: Sequence[str], logprobs: Sequence[float]) -> TrialReading:
+    """Read a trial's completion of ``...\\boxed`` from its tokens and their logprobs.
+
+    The answer is the content of the box the first token opens; the confidence is
+    :func:`trial_confidence` over the tokens up to the one that closes that box (DEER's trial stops
+    there), or over all of them when it never closes (no answer then)."""
+    depth, close, i = 0, None, 0
+    text = "".join(tokens)
+    ends = np.cumsum([len(t) for t in tokens]) if tokens else np.zeros(0, dtype=np.int64)
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                close = i
+                break
+        i += 1
+    n = len(tokens) if close is None else int(np.searchsorted(ends, close, side="right")) + 1
+    n = min(n, len(tokens))
+    answer = None
+    boxes = _boxes("\\boxed" + text) if close is not None else []
+    if boxes and boxes[0][1] is not None and boxes[0][1].strip():
+        answer = boxes[0][1]
+    conf, minp = trial_confidence(list(logprobs)[:n])
+    return TrialReading(answer, conf, minp, n)
 
 
 @dataclass(frozen=True)
@@ -302,20 +365,29 @@ def first_exit(scores: np.ndarray, valid: Sequence[bool], threshold: float) -> i
 class LiveScore:
     """The score rule of a profile, fed as a program streams (pure: no engine, no I/O).
 
-    A program calls :meth:`add_text` with each streamed chunk and its token count, :meth:`probe_due`
-    / :meth:`trial_due` to know when the profile's schedule asks for a probe or a DEER trial,
-    :meth:`observe` with every probe / trial answer it reads, and :meth:`boxed` to turn the boxes
-    the model wrote into observations; :meth:`decide` scores the latest observation with the same
-    :func:`stream_features` the offline replay uses and says whether to exit and with what answer.
+    A program calls :meth:`add_text` with each streamed piece and its token count, and at each
+    decision point (every :attr:`point_every` tokens, and at each DEER trial point) in position
+    order: :meth:`boxed` up to the point's position, :meth:`probe_wanted` to know whether the
+    schedule reads a probe there, :meth:`observe` with the probe / trial answer it read, then
+    :meth:`decide`, which scores the new observations with the same :func:`stream_features` the
+    offline replay uses and says whether to exit and with what answer. :meth:`trial_points` gives
+    the trial points (before each "Wait") as the text arrives.
 
     ``rule`` is a profile's ``score`` rule: ``schedule`` (``bx``, ``tc``, ``gN``, ``tr``, ``ev``),
-    ``threshold`` (None: never exit) and ``model``."""
+    ``threshold`` (None: never exit), ``model`` and, with ``tr``, ``trials`` (``suffix``, ``max``)."""
+
+    GRID = 64  # the probe grid the schedule's gN and tc are defined on (the Governor traces')
 
     def __init__(self, rule: dict[str, Any], key: KeyFn) -> None:
         self.parts = rule["schedule"].split("+")
         self.threshold = rule.get("threshold")
         self.model = ScoreModel.from_dict(rule["model"])
         self.every = next((int(p[1:]) for p in self.parts if p.startswith("g")), None)
+        trials = rule.get("trials") or {}
+        self.reads_trials = "tr" in self.parts
+        self.trial_suffix: str = trials.get("suffix", "\n**Final Answer**\n\\boxed")
+        self.trial_max = int(trials.get("max", 30))
+        self.trial_tokens = int(trials.get("tokens", 20))
         self.key = key
         self.text = ""
         self.tokens = 0
@@ -323,9 +395,12 @@ class LiveScore:
         self.obs: list[Obs] = []
         self._boxes_seen = 0
         self._waits_seen = 0
+        self._trial_scan = 0  # characters scanned for trial points
+        self.trials_offered = 0
         self._last_probe = 0
         self._tc_done = False
         self._decided = 0
+        self.exit_obs: Obs | None = None  # the observation that decided the exit
 
     def add_text(self, chunk: str, tokens: int) -> None:
         """Append streamed text; its characters are spread evenly over its ``tokens`` (exact for
@@ -345,45 +420,96 @@ class LiveScore:
     def markers(self) -> TextMarkers:
         return text_markers(self.text, np.asarray(self._ends or [0], dtype=np.int64))
 
-    def probe_due(self) -> bool:
-        """A grid probe is due (every ``gN`` tokens), or the one probe after ``</think>`` (``tc``)."""
-        if self.every and self.tokens - self._last_probe >= self.every:
+    def point_every(self, probe_interval: int) -> int:
+        """Tokens between decision points for a program whose probe interval is ``probe_interval``:
+        the schedule's grid (64) or finer, so boxes, ``tc`` and ``gN`` are read where replay reads them."""
+        return max(1, min(int(probe_interval), self.GRID))
+
+    def probe_wanted(self, at_tokens: int) -> bool:
+        """Whether the schedule reads a probe at the decision point ``at_tokens`` (points asked in
+        order): a grid probe (``gN``: ``at_tokens`` a multiple of N) or the one probe at the first
+        point after ``</think>`` (``tc``)."""
+        grid = bool(self.every) and at_tokens > 0 and at_tokens % self.every == 0
+        think = self.text.find(THINK_CLOSE)
+        closed = think >= 0 and int(_tokens_at(np.asarray(self._ends or [0]), [think + len(THINK_CLOSE)])[0]) <= at_tokens
+        if closed and not self._tc_done and (grid or "tc" in self.parts):
+            self._tc_done = True
             return True
-        return "tc" in self.parts and not self._tc_done and THINK_CLOSE in self.text
+        return grid
+
+    def probe_due(self) -> bool:
+        """A probe is due at the current position (a grid point, or the first point after ``</think>``)."""
+        step = self.every or self.GRID
+        if self.tokens % step and not ("tc" in self.parts and not self._tc_done and THINK_CLOSE in self.text):
+            return False
+        if self.tokens <= self._last_probe:
+            return False
+        self._last_probe = self.tokens
+        return self.probe_wanted(self.tokens)
+
+    def trial_points(self, final: bool = False) -> list[tuple[int, int]]:
+        """New DEER trial points as (character offset, token position) of the text before each
+        "Wait" (:data:`TRIAL_RE`), at most ``trials.max`` in all, in order; empty unless the schedule
+        reads trials. A word at the very end of the text counts once a character follows it (a
+        "Waiting" is no "Wait") or ``final`` (the reasoning ended)."""
+        if not self.reads_trials:
+            return []
+        found: list[tuple[int, int]] = []
+        ends = np.asarray(self._ends or [0], dtype=np.int64)
+        for m in TRIAL_RE.finditer(self.text, self._trial_scan):
+            if m.end() >= len(self.text) and not final:
+                break
+            self._trial_scan = m.end()
+            if self.trials_offered >= self.trial_max:
+                continue
+            self.trials_offered += 1
+            found.append((m.start(), int(_tokens_at(ends, [m.start()])[0]) if m.start() else 0))
+        return found
+
+    def trial_pending(self) -> bool:
+        """A "Wait" ends right at the end of the text, not yet confirmed as a trial point."""
+        if not self.reads_trials:
+            return False
+        return any(m.end() >= len(self.text) for m in TRIAL_RE.finditer(self.text, self._trial_scan))
+
+    def chars_at(self, tokens: int) -> int:
+        """Characters written by the first ``tokens`` tokens."""
+        if tokens <= 0 or not self._ends:
+            return 0
+        return self._ends[min(tokens, len(self._ends)) - 1]
 
     def trial_due(self) -> bool:
-        """A new reflection word ("Wait", ...) was written since the last call and the schedule reads trials."""
-        if "tr" not in self.parts:
-            return False
-        n = len(WAIT_RE.findall(self.text))
-        due, self._waits_seen = n > self._waits_seen, n
-        return due
+        """A new trial point ("Wait") was confirmed since the last call and the schedule reads trials."""
+        return bool(self.trial_points())
 
-    def boxed(self) -> list[Obs]:
-        """Observations for the ``\\boxed{}`` answers written since the last call (``bx``)."""
+    def boxed(self, upto: int | None = None) -> list[Obs]:
+        """Observations for the ``\\boxed{}`` answers written since the last call (``bx``), those
+        complete by token ``upto`` only when given."""
         if "bx" not in self.parts:
             return []
         m = self.markers()
-        new = [Obs(int(p), "box", c) for p, c in zip(m.box_pos[self._boxes_seen:], m.box_content[self._boxes_seen:])]
-        self._boxes_seen = len(m.box_content)
+        new = []
+        for p, c in zip(m.box_pos[self._boxes_seen:], m.box_content[self._boxes_seen:]):
+            if upto is not None and p > upto:
+                break
+            new.append(Obs(int(p), "box", c))
+        self._boxes_seen += len(new)
         self.obs.extend(new)
         return new
 
     def observe(self, src: str, answer: str | None, certain: bool = True, out_tokens: int = 0,
-                confidence: float = 0.0, min_prob: float = 0.0) -> None:
-        """Record a probe (``grid``/``event``) or ``trial`` answer read now, at the current token count."""
+                confidence: float = 0.0, min_prob: float = 0.0, pos: int | None = None) -> None:
+        """Record a probe (``grid``/``event``) or ``trial`` answer read at token position ``pos``
+        (default: the current token count)."""
+        at = self.tokens if pos is None else int(pos)
         if src == "grid":
-            self._last_probe = self.tokens
-            after_think = THINK_CLOSE in self.text and not self._tc_done
-            if after_think:
-                self._tc_done = True
-            if not self.every and not (after_think and "tc" in self.parts):
-                return  # the schedule reads no probe grid: the probe only marks a decision point
-        self.obs.append(Obs(self.tokens, src, answer, certain, out_tokens, confidence, min_prob))
+            self._last_probe = max(self._last_probe, at)
+        self.obs.append(Obs(at, src, answer, certain, out_tokens, confidence, min_prob))
 
     def decide(self) -> tuple[bool, str | None, float]:
         """(exit now, the answer to submit, the best score) over the observations added since the
-        last call, in order: the first whose score reaches the threshold decides, as in replay."""
+        last call, in order: the first whose score reaches the threshold decides, as in replay
+        (it is kept as :attr:`exit_obs`)."""
         new = self.obs[self._decided:]
         if not new:
             return False, None, 0.0
@@ -392,5 +518,6 @@ class LiveScore:
         if self.threshold is not None:
             i = first_exit(scores, [o.answer is not None for o in new], self.threshold)
             if i is not None:
+                self.exit_obs = new[i]
                 return True, new[i].answer, float(scores[i])
         return False, None, float(scores.max())

@@ -119,6 +119,9 @@ class Engine(abc.ABC):
     #: (``GenerationRequest.prompt_ids``, :meth:`tokenize`): probes then continue exactly the
     #: model's tokens rather than re-tokenized text.
     token_ids: bool = False
+    #: True when the engine returns per-token logprobs for a request that asks for them
+    #: (``GenerationRequest.logprobs``): DEER-style trials read their confidence from them.
+    returns_logprobs: bool = False
 
     async def tokenize(self, text: str) -> tuple[int, ...]:
         """``text``'s token ids, without special tokens (engines with ``token_ids`` only)."""
@@ -174,6 +177,10 @@ class EngineView(Engine):
     @property
     def streams_tokens(self) -> bool:  # type: ignore[override]
         return bool(getattr(self.inner, "streams_tokens", False))
+
+    @property
+    def returns_logprobs(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "returns_logprobs", False))
 
     async def tokenize(self, text: str) -> tuple[int, ...]:
         return await self.inner.tokenize(text)  # no generation: neither metered nor scheduled

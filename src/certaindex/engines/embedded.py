@@ -81,6 +81,11 @@ class EmbeddedEngine(Engine):
         self.stopped_early = 0
 
     @property
+    def returns_logprobs(self) -> bool:  # type: ignore[override]
+        """Only when created with ``logprobs=True`` (llama.cpp then keeps every position's logits)."""
+        return self.logprobs_enabled
+
+    @property
     def name(self) -> str:  # type: ignore[override]
         return f"embedded:{self.model_path.name}"
 

@@ -50,6 +50,7 @@ class HTTPEngine(Engine):
     """An engine behind an OpenAI-compatible server."""
 
     streams_tokens = True
+    returns_logprobs = True  # the completions endpoint's ``logprobs`` field (vLLM, SGLang, llama.cpp's server)
 
     def __init__(
         self,
@@ -411,9 +412,21 @@ def _ids(raw: Any) -> tuple[int, ...] | None:
 
 
 def _parse_logprobs(raw: Any) -> tuple[TokenLogprobs, ...] | None:
-    """Legacy completions logprobs: parallel lists tokens / token_logprobs / top_logprobs."""
+    """Completions logprobs: the legacy parallel lists tokens / token_logprobs / top_logprobs (vLLM,
+    SGLang), or a ``content`` list of {token, logprob, top_logprobs: [{token, logprob}]} (llama.cpp's
+    server answers /v1/completions in the chat format)."""
     if not raw:
         return None
+    if isinstance(raw.get("content"), list):
+        return tuple(
+            TokenLogprobs(
+                token=str(item.get("token", "")),
+                logprob=float(item["logprob"]) if item.get("logprob") is not None else 0.0,
+                top={str(t.get("token", "")): float(t["logprob"]) for t in item.get("top_logprobs") or []
+                     if isinstance(t, dict) and t.get("logprob") is not None},
+            )
+            for item in raw["content"] if isinstance(item, dict)
+        )
     tokens = raw.get("tokens") or []
     token_lps = raw.get("token_logprobs") or []
     tops = raw.get("top_logprobs") or [None] * len(tokens)

@@ -64,6 +64,10 @@ class ReplicatedEngine(Engine):
     def streams_tokens(self) -> bool:  # type: ignore[override]
         return all(getattr(r, "streams_tokens", False) for r in self.replicas)
 
+    @property
+    def returns_logprobs(self) -> bool:  # type: ignore[override]
+        return all(getattr(r, "returns_logprobs", False) for r in self.replicas)
+
     async def tokenize(self, text: str) -> tuple[int, ...]:
         """By the first replica that answers (they serve one model)."""
         error: EngineError | None = None

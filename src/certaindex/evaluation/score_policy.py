@@ -45,14 +45,17 @@ __all__ = [
     "SCHEDULE_PARTS",
     "THRESHOLDS",
     "Calibration",
+    "HeldOut",
     "calibrate",
     "check_schedule",
     "fit_split",
     "markers",
     "observations",
+    "part_of",
     "replay_score",
     "score_grading_inputs",
     "score_profile_json",
+    "select_setting",
 ]
 
 SCHEDULE_PARTS = ("bx", "tc", "tr", "ev")  # plus gN: a probe every N tokens (N a multiple of 64)
@@ -241,12 +244,13 @@ class Calibration:
     stopped_by: str  # why the walk stopped: ltt | stratum <name> | end
     strata: dict[str, int]  # CAL trajectories per dataset
     label: str = "noharm"
+    guard: bool = True  # the walk also stopped where one stratum showed more than alpha harmful exits
 
     def summary(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "delta": self.delta, "fit_trajectories": self.n_fit,
                 "calibration_trajectories": self.n_cal, "calibration_harmful_exits": self.cal_harmful,
                 "calibration_saved": round(self.cal_saved, 4), "stopped_by": self.stopped_by,
-                "calibration_strata": self.strata, "label": LABELS[self.label]}
+                "calibration_strata": self.strata, "stratum_guard": self.guard, "label": LABELS[self.label]}
 
 
 def calibrate(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
@@ -260,6 +264,8 @@ def calibrate(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
     the answer is right or full reasoning is wrong anyway) or ``ok`` (the answer is right)."""
     if label not in LABELS:
         raise ValueError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
+    if strata not in (None, "dataset", "model+dataset"):
+        raise ValueError(f"strata must be dataset, model+dataset or None, got {strata!r}")
     check_schedule(schedule)
     if features is None:
         features = [f for f in FEATURES if "tr" in schedule.split("+") or not ("trial" in f)]
@@ -269,44 +275,132 @@ def calibrate(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
     fit_ids, cal_ids = np.nonzero(part == "fit")[0], np.nonzero(part == "cal")[0]
     if not len(fit_ids) or not len(cal_ids):
         raise ValueError("calibration needs trajectories of several problems (both a fit and a calibration part)")
+    model = _fit(tab, fit_ids, features, l2, label, len(trajs))
+    scores = model.score(tab.X) if len(tab.X) else np.zeros(0)
+    groups = np.array([t.dataset if strata != "model+dataset" else f"{t.model}/{t.dataset}" for t in trajs])
+    index, stopped, runs = _certify(tab, scores, cal_ids, groups if strata else None, alpha, delta)
+    threshold = THRESHOLDS[index] if index is not None else None
+    tok, cor = _replay(tab, runs, cal_ids, threshold)
+    full_ok = tab.final_ok[cal_ids]
+    full_tok = tab.tokens_used[cal_ids].mean()
+    names = sorted(set(groups[cal_ids].tolist()))
+    return Calibration(schedule, model, threshold, alpha, delta, len(fit_ids), len(cal_ids),
+                       int(((~cor) & full_ok).sum()), float(1 - tok.mean() / full_tok), stopped,
+                       {d: int((groups[cal_ids] == d).sum()) for d in names}, label, strata is not None)
+
+
+def _fit(tab: _Table, fit_ids: np.ndarray, features: Sequence[str], l2: float, label: str, n_trajs: int) -> ScoreModel:
+    """The logistic score fitted on the rows of ``fit_ids`` (each trajectory weighing the same)."""
     rows = np.isin(tab.row_traj, fit_ids) & tab.valid
     if rows.sum() < 20:
         raise ValueError(f"only {int(rows.sum())} observations with an answer to fit on; record more trajectories")
     y = (tab.ok | ~tab.final_ok[tab.row_traj]) if label == "noharm" else tab.ok
-    per_traj = np.bincount(tab.row_traj[rows], minlength=len(trajs))[tab.row_traj[rows]]
+    per_traj = np.bincount(tab.row_traj[rows], minlength=n_trajs)[tab.row_traj[rows]]
     w = 1.0 / per_traj
     w *= len(w) / w.sum()
-    model = fit_logistic(tab.X[rows], y[rows], features, l2=l2, weights=w)
-    scores = model.score(tab.X) if len(tab.X) else np.zeros(0)
+    return fit_logistic(tab.X[rows], y[rows], features, l2=l2, weights=w)
+
+
+def _certify(tab: _Table, scores: np.ndarray, cal_ids: np.ndarray, groups: np.ndarray | None, alpha: float,
+             delta: float) -> tuple[int | None, str, list]:
+    """The LTT walk over :data:`THRESHOLDS` on ``cal_ids``, with the stratum guard when ``groups``
+    (one name per trajectory) is given: (index of the certified threshold or None, why it stopped,
+    the per-trajectory runs)."""
     runs = _exits(tab, scores, cal_ids)
-    if strata not in (None, "dataset", "model+dataset"):
-        raise ValueError(f"strata must be dataset, model+dataset or None, got {strata!r}")
-    datasets = np.array([t.dataset if strata != "model+dataset" else f"{t.model}/{t.dataset}" for t in trajs])[cal_ids]
-    names = sorted(set(datasets.tolist()))
-    counts, guard_fail = [], None
     full_ok = tab.final_ok[cal_ids]
+    cal_groups = groups[cal_ids] if groups is not None else None
+    names = sorted(set(cal_groups.tolist())) if cal_groups is not None else []
+    counts, guard_fail = [], None
     for j, lam in enumerate(THRESHOLDS):
         _, cor = _replay(tab, runs, cal_ids, lam)
         harm = (~cor) & full_ok
         counts.append(int(harm.sum()))
-        if strata and guard_fail is None:
+        if cal_groups is not None and guard_fail is None:
             for d in names:
-                m = datasets == d
+                m = cal_groups == d
                 if harm[m].mean() > alpha + 1e-12:
                     guard_fail = (j, d)
                     break
-    ltt = ltt_fixed_sequence(counts, len(cal_ids), alpha, delta)
-    index = ltt.index
+    index = ltt_fixed_sequence(counts, len(cal_ids), alpha, delta).index
     stopped = "ltt" if index is None or index + 1 < len(THRESHOLDS) else "end"
     if guard_fail is not None and (index is None or guard_fail[0] <= index):
         index = guard_fail[0] - 1 if guard_fail[0] > 0 else None
         stopped = f"stratum {guard_fail[1]}"
-    threshold = THRESHOLDS[index] if index is not None else None
-    tok, cor = _replay(tab, runs, cal_ids, threshold)
-    full_tok = tab.tokens_used[cal_ids].mean()
-    return Calibration(schedule, model, threshold, alpha, delta, len(fit_ids), len(cal_ids),
-                       int(((~cor) & full_ok).sum()), float(1 - tok.mean() / full_tok), stopped,
-                       {d: int((datasets == d).sum()) for d in names}, label)
+    return index, stopped, runs
+
+
+def part_of(t: Trajectory) -> int:
+    """Which sixth of the problems ``t`` belongs to (a hash of dataset and problem id): sixths 0
+    and 3 are :func:`fit_split`'s FIT part, the other four its CAL part."""
+    return zlib.crc32(f"{t.dataset}/{t.problem_id}".encode()) % 6
+
+
+@dataclass
+class HeldOut:
+    """One calibration setting replayed on held-aside train problems (pooled over the rotations)."""
+
+    label: str
+    alpha: float
+    guard: bool
+    per_dataset: dict[str, dict[str, float]]  # n, harmful, helped, saved
+    thresholds: list[float | None]
+    admissible: bool = False
+
+    def saved(self, dataset: str) -> float:
+        return self.per_dataset.get(dataset, {}).get("saved", 0.0)
+
+
+def select_setting(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
+                   correct: Callable[[Trajectory, str | None], bool], alphas: Sequence[float] = (0.01, 0.015, 0.02, 0.025, 0.03),
+                   labels: Sequence[str] = tuple(LABELS), guards: Sequence[bool] = (True, False), delta: float = 0.1,
+                   target: str = "math500", max_loss: float = 0.005, max_loss_others: int = 1) -> tuple[HeldOut | None, list[HeldOut]]:
+    """Choose the label, alpha and stratum guard on held-aside TRAIN problems, never on the problems
+    reported on. The score is fitted on FIT as in :func:`calibrate`; CAL's four sixths
+    (:func:`part_of`) take turns as the held-aside part while the other three certify the threshold
+    by the same Learn-then-Test walk. Pooled over the four turns, a setting is admissible when the
+    held-aside ``target`` accuracy drops by at most ``max_loss`` (harmful minus helped exits, as a
+    share) and every other dataset's by at most ``max_loss_others`` trajectories; the admissible one
+    saving most on ``target`` wins (None: none admissible)."""
+    check_schedule(schedule)
+    features = [f for f in FEATURES if "tr" in schedule.split("+") or "trial" not in f]
+    trajs = list(trajs)
+    six = np.array([part_of(t) for t in trajs])
+    datasets = np.array([t.dataset for t in trajs])
+    tab = _table(trajs, schedule, key, correct)
+    fit_ids = np.nonzero(np.isin(six, (0, 3)))[0]
+    rest = (1, 2, 4, 5)
+    out: list[HeldOut] = []
+    for label in labels:
+        scores = _fit(tab, fit_ids, features, 2.0, label, len(trajs)).score(tab.X)
+        for alpha in alphas:
+            for guard in guards:
+                acc: dict[str, dict[str, float]] = {}
+                ths: list[float | None] = []
+                for held in rest:
+                    cal_ids = np.nonzero(np.isin(six, [s for s in rest if s != held]))[0]
+                    test_ids = np.nonzero(six == held)[0]
+                    index, _, _ = _certify(tab, scores, cal_ids, datasets if guard else None, alpha, delta)
+                    th = THRESHOLDS[index] if index is not None else None
+                    ths.append(th)
+                    tok, cor = _replay(tab, _exits(tab, scores, test_ids), test_ids, th)
+                    full = tab.final_ok[test_ids]
+                    for d in sorted(set(datasets[test_ids].tolist())):
+                        m = datasets[test_ids] == d
+                        a = acc.setdefault(d, {"n": 0, "harmful": 0, "helped": 0, "tokens": 0.0, "full_tokens": 0.0})
+                        a["n"] += int(m.sum())
+                        a["harmful"] += int(((~cor) & full)[m].sum())
+                        a["helped"] += int((cor & ~full)[m].sum())
+                        a["tokens"] += float(tok[m].sum())
+                        a["full_tokens"] += float(tab.tokens_used[test_ids][m].sum())
+                per = {d: {"n": a["n"], "harmful": a["harmful"], "helped": a["helped"],
+                           "saved": round(1 - a["tokens"] / a["full_tokens"], 4)} for d, a in acc.items()}
+                h = HeldOut(label, alpha, guard, per, ths)
+                tgt = per.get(target)
+                h.admissible = bool(tgt and (tgt["helped"] - tgt["harmful"]) / tgt["n"] >= -max_loss - 1e-12 and all(
+                    v["harmful"] - v["helped"] <= max_loss_others for d, v in per.items() if d != target))
+                out.append(h)
+    ok = [h for h in out if h.admissible]
+    return (max(ok, key=lambda h: h.saved(target)) if ok else None), out
 
 
 def score_profile_json(name: str, patterns: list[str], models: list[str], cal: Calibration, command: str,
@@ -319,7 +413,9 @@ def score_profile_json(name: str, patterns: list[str], models: list[str], cal: C
     rule = {
         "kind": "score", "schedule": cal.schedule, "threshold": cal.threshold, "model": cal.model.to_dict(),
         "boxed": "bx" in parts, "probe_after_think": "tc" in parts, "probe_every": grid,
-        "trials": {"at": "Wait", "suffix": TRIAL_SUFFIX, "max": 30, "confidence": "mean token probability of the trial answer (DEER)"}
+        "trials": {"at": "Wait", "suffix": TRIAL_SUFFIX, "max": 30, "tokens": 20,
+                   "confidence": "mean token probability of the trial answer after its opening brace (DEER; "
+                                 "core.exit_score.trial_confidence)"}
         if "tr" in parts else None,
     }
     return {
@@ -336,9 +432,9 @@ def score_profile_json(name: str, patterns: list[str], models: list[str], cal: C
             "fit": "train problems with crc32('<dataset>/<problem_id>') % 3 == 0",
             "calibrate": "the other train problems",
             "method": "logistic score (L2, standardised, one weight per trajectory); threshold by Learn-then-Test "
-                      "fixed-sequence testing over 100 thresholds 0.9999 -> 0.30 with exact binomial p-values, "
-                      "stopping also where one stratum's calibration trajectories (calibration_strata) show more "
-                      "than alpha harmful exits",
+                      "fixed-sequence testing over 100 thresholds 0.9999 -> 0.30 with exact binomial p-values"
+                      + (", stopping also where one stratum's calibration trajectories (calibration_strata) show more "
+                         "than alpha harmful exits" if cal.guard else " (no stratum guard)"),
             "final_answer": "re-extracted from full_text (certaindex evaluate --final-answer extracted)",
             "tokens": "reasoning tokens up to the exit plus every probe / trial output token",
             **cal.summary(),

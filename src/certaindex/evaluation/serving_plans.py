@@ -12,6 +12,11 @@ proxy would send upstream:
   probe's recorded output tokens), until the probe where the policy exits; a policy that never
   fires reasons to the end (the last chunk stops at ``tokens_used``) and submits the model's answer.
 
+That sequence is the chunked timing (the reasoning pausing for each probe). The simulator's default,
+one-stream timing (issue 11) reads the same plan as one main stream of the whole trajectory
+(``stream_tokens``) with each probe forked at its position, closed at ``exit_pos`` once the deciding
+probe returns: the tokens it streams meanwhile (the overrun) are added to the plan's by the simulator.
+
 Each request is ``(is_probe, prompt_tokens, max_tokens, tokens[, certaindex])``, the request-log
 format of :func:`certaindex.serving.simulator.simulate_logged`; a probe carries the certaindex the
 program reports after it (Dynasor's: the trailing run of agreeing, unhesitating probes over k,
@@ -67,6 +72,7 @@ class ProgramPlan:
     answer: str | None
     exit_pos: int | None  # reasoning tokens at the exit; None: reasoned to the end
     budget: int
+    stream_tokens: int = 0  # the trajectory's reasoning: where one main stream ends if never closed
 
     @property
     def probes(self) -> int:
@@ -205,4 +211,5 @@ def plan_for(spec: PolicySpec, traj: Trajectory, cache: GradeCache, *, prompt_to
         trajectory=f"{traj.model}/{traj.dataset}/seed_{traj.seed}/{traj.problem_id}", model=traj.model,
         dataset=traj.dataset, requests=requests, tokens=tokens, correct=outcome.correct, answer=outcome.answer,
         exit_pos=outcome.exit_pos, budget=max(budget or collection_budget(traj.dataset), tokens),
+        stream_tokens=traj.tokens_used,
     )

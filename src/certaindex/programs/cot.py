@@ -21,7 +21,7 @@ from typing import Callable, Literal, Sequence
 from contextlib import aclosing
 
 from certaindex.core.answers import answers_equal, canonical_answer, extract_answer, is_hesitant
-from certaindex.core.exit_score import LiveScore
+from certaindex.core.exit_score import LiveScore, read_trial
 from certaindex.core.prompting import (
     PROBE_STOPS,
     marks_probe_event,
@@ -35,11 +35,19 @@ from certaindex.core.prompting import (
 )
 from certaindex.core.signals import ProbeObservation, probe_certaindex, probes_agree
 from certaindex.core.validation import require
-from certaindex.engines.base import BudgetExhausted, Completion, Engine, EngineError, GenerationRequest
+from certaindex.engines.base import (
+    BudgetExhausted,
+    Completion,
+    Engine,
+    EngineConfigError,
+    EngineError,
+    GenerationRequest,
+)
 from certaindex.programs.base import open_prompt
 from certaindex.programs.main_stream import ProbePoint, SideProbes, Verdict, reason_in_one_stream
 
 StopReason = Literal["certain", "finished", "budget"]
+BOXED = object()  # a side point settled by the model's own boxes before its request was sent
 ProbeTrigger = Literal["interval", "events", "both"]
 
 
@@ -70,8 +78,20 @@ class CoTConfig:
     # queued (never skipped), so the decisions do not depend on timing.
     max_probes_in_flight: int = 1
     # A fitted certainty score (a profile's "score" rule: schedule, threshold, model) decides at each
-    # probe point instead of k agreeing probes; None: Dynasor's rule with k.
+    # decision point instead of k agreeing probes; None: Dynasor's rule with k. Its schedule says
+    # which points send a probe (gN, tc) and whether DEER trials are taken at each "Wait" (tr).
     certainty: dict | None = None
+
+    @property
+    def point_interval(self) -> int:
+        """Tokens between decision points: the probe interval, or under a score rule its 64-token
+        grid or finer (probes only where the schedule reads them; the model's boxes are read at each)."""
+        return self.probe_interval if self.certainty is None else max(1, min(self.probe_interval, 64))
+
+    @property
+    def reads_trials(self) -> bool:
+        """The score rule takes DEER trials (schedule part ``tr``): they need the engine's logprobs."""
+        return self.certainty is not None and "tr" in str(self.certainty.get("schedule", "")).split("+")
 
     @property
     def event_gap(self) -> int:
@@ -83,13 +103,32 @@ class CoTConfig:
         """Most probes a run may send, the forced last one included (for scheduler budgets)."""
         if not self.early_exit:
             return 1
+        if self.certainty is not None and self.probe_trigger == "interval":
+            # a score rule probes only where its schedule reads one: every gN tokens, once after </think>
+            parts = str(self.certainty.get("schedule", "")).split("+")
+            every = next((int(p[1:]) for p in parts if p.startswith("g") and p[1:].isdigit()), None)
+            return (-(-self.budget // every) if every else 0) + ("tc" in parts) + 1
         gap = self.probe_interval if self.probe_trigger == "interval" else self.event_gap
         return -(-self.budget // gap) + 1
+
+    @property
+    def max_trials(self) -> int:
+        """Most DEER-style trials a run may send (the score rule's ``trials.max``; 0 without ``tr``)."""
+        if not (self.early_exit and self.reads_trials):
+            return 0
+        return int((self.certainty.get("trials") or {}).get("max", 30))  # type: ignore[union-attr]
+
+    @property
+    def max_side_tokens(self) -> int:
+        """Most tokens its probes and trials may generate (for scheduler budgets)."""
+        trial_tokens = int((self.certainty or {}).get("trials", {}).get("tokens", 20)) if self.max_trials else 0
+        return self.max_probes * self.probe_tokens + self.max_trials * trial_tokens
 
     def is_probe_point(self, last_point: int, tokens: int, reasoning: str, added: str) -> bool:
         """Whether the reasoning, now ``tokens`` long after ``added`` arrived, has reached a probe
         point (``last_point``: the position of the previous one)."""
-        interval = tokens // self.probe_interval > last_point // self.probe_interval
+        step = self.point_interval
+        interval = tokens // step > last_point // step
         if self.probe_trigger == "interval" or (interval and self.probe_trigger == "both"):
             return interval
         if tokens - last_point < self.event_gap:
@@ -125,6 +164,17 @@ class Probe:
     certaindex: float  # probe certaindex after this probe (1.0 means the exit condition holds)
 
 
+@dataclass(frozen=True)
+class Trial:
+    """One DEER-style trial: the answer read at a "Wait", its confidence from the token logprobs."""
+
+    at_tokens: int  # reasoning tokens before the "Wait" it was taken at
+    answer: str | None
+    confidence: float
+    min_prob: float
+    tokens: int
+
+
 @dataclass
 class CoTResult:
     question: str
@@ -144,6 +194,7 @@ class CoTResult:
     overrun_tokens: int = 0
     stream_resumes: int = 0  # times the main stream broke and was resumed from the prefix
     token_id_probes: int = 0  # probes sent as the model's token ids rather than text
+    trials: list[Trial] = field(default_factory=list)  # DEER-style trials (their tokens are in probe_tokens)
 
     @property
     def total_tokens(self) -> int:
@@ -201,19 +252,55 @@ async def solve_cot(
     early_exit = config.early_exit
     failed_probes = 0
     live = LiveScore(config.certainty, canonical_answer) if config.certainty is not None else None
+    if live is not None and live.reads_trials and early_exit and not getattr(engine, "returns_logprobs", False):
+        raise EngineConfigError(f"the score rule reads DEER trials, which need token logprobs, and {engine.name} "
+                                "returns none; use a profile without trials (--profile conservative)")
     exit_answer: list[str | None] = [None]
+    trials: list[Trial] = []
 
-    def settled_after(record: Probe, at_tokens: int, text: str) -> bool:
-        """The certainty rule after a probe: the score (probe, boxes the model wrote) or k agreeing probes."""
+    def settled_after(record: Probe | None, at_tokens: int) -> bool:
+        """The certainty rule at a decision point: the score (the boxes the model wrote up to it, the
+        probe taken there if any) or k agreeing probes."""
         if live is None:
             return probes_agree(observations, config.k, answers_equal)
-        live.sync(text, at_tokens)
-        live.boxed()
-        live.observe("grid", record.answer, certain=not record.hesitant, out_tokens=record.tokens)
-        go, answer, _ = live.decide()
+        live.boxed(upto=at_tokens)
+        if record is not None:
+            live.observe("grid", record.answer, certain=not record.hesitant, out_tokens=record.tokens, pos=at_tokens)
+        return decided()
+
+    def decided() -> bool:
+        go, answer, _ = live.decide()  # type: ignore[union-attr]
         if go:
             exit_answer[0] = answer
         return go
+
+    async def send_trial(text: str) -> Completion:
+        """One DEER-style trial on ``text`` (the reasoning before a "Wait"): greedy, with logprobs;
+        its tokens count as probe tokens."""
+        nonlocal probe_tokens
+        assert live is not None
+        completion = await engine.generate(GenerationRequest(
+            prompt=prompt + text + live.trial_suffix, max_tokens=live.trial_tokens, stop=PROBE_STOPS,
+            temperature=0.0, seed=config.seed, logprobs=1))
+        probe_tokens += completion.first.completion_tokens
+        if completion.first.logprobs is None:
+            raise EngineError(f"{engine.name} returned no logprobs for a trial answer")
+        return completion
+
+    def record_trial(at_tokens: int, completion: Completion) -> bool:
+        """Read a trial (answer, confidence from its logprobs), feed it to the score after the boxes
+        written before it, and decide."""
+        assert live is not None
+        choice = completion.first
+        lps = choice.logprobs or ()
+        reading = read_trial([t.token for t in lps], [t.logprob for t in lps])
+        answer = reading.answer
+        if answer is None and choice.finish_reason == "stop":  # the engine cut the closing brace with a stop string
+            answer = read_probe_answer("\\boxed{", choice.text.lstrip().removeprefix("{"), True)
+        trials.append(Trial(at_tokens, answer, reading.confidence, reading.min_prob, choice.completion_tokens))
+        live.observe("trial", answer, out_tokens=choice.completion_tokens, confidence=reading.confidence,
+                     min_prob=reading.min_prob, pos=at_tokens)
+        return decided()
 
     if main_stream is None:  # full reasoning sends no side request: one stream wherever tokens stream
         main_stream = config.side_probes and bool(
@@ -222,7 +309,7 @@ async def solve_cot(
     def reasoning_request(done_tokens: int) -> GenerationRequest:
         return GenerationRequest(
             prompt=prompt + reasoning,
-            max_tokens=min(config.probe_interval, config.budget - done_tokens),
+            max_tokens=min(config.point_interval, config.budget - done_tokens),
             stop=(THINK_CLOSE,) if thinking else (),
             temperature=config.temperature,
             top_p=config.top_p,
@@ -230,8 +317,9 @@ async def solve_cot(
         )
 
     async def reasoning_chunk(request: GenerationRequest) -> tuple[str, int, str, int]:
-        """(text, tokens, finish_reason, prompt_tokens) of one reasoning chunk."""
-        if not stream_reasoning:
+        """(text, tokens, finish_reason, prompt_tokens) of one reasoning chunk. Under a score rule it
+        is streamed, so the score places what the model writes token by token."""
+        if not stream_reasoning and live is None:
             completion = await engine.generate(request)
             choice = completion.first
             return choice.text, choice.completion_tokens, choice.finish_reason, completion.prompt_tokens
@@ -242,9 +330,12 @@ async def solve_cot(
                 tokens += delta.tokens
                 finish = delta.finish_reason or finish
                 prompt = delta.prompt_tokens or prompt
+                if live is not None:
+                    live.add_text(delta.text, delta.tokens)
                 if delta.text:
                     parts.append(delta.text)
-                    emit(CoTEvent("delta", reasoning_tokens + tokens, probe_tokens, text=delta.text))
+                    if stream_reasoning:
+                        emit(CoTEvent("delta", reasoning_tokens + tokens, probe_tokens, text=delta.text))
         if finish is None:
             raise EngineError(f"the stream from {engine.name} ended without a finish reason")
         return "".join(parts), tokens, finish, prompt
@@ -308,10 +399,12 @@ async def solve_cot(
         failed_probes += 1
         early_exit = False
 
-    async def probe_or_none() -> Probe | None:
-        """A probe at the current position, or None when it failed and failures fall back to full reasoning."""
+    async def probe_or_none(at: int | None = None, text: str | None = None) -> Probe | None:
+        """A probe at the current position (or at ``at`` tokens on ``text``), or None when it failed
+        and failures fall back to full reasoning."""
         try:
-            return record_probe(reasoning_tokens, await send_probe(reasoning))
+            return record_probe(reasoning_tokens if at is None else at,
+                                await send_probe(reasoning if text is None else text))
         except BudgetExhausted:
             raise
         except EngineError as exc:
@@ -327,11 +420,33 @@ async def solve_cot(
                 return "stop-probing"
             if isinstance(outcome, BaseException):
                 raise outcome
-            record = record_probe(point.at_tokens, outcome)
-            return "settled" if settled_after(record, point.at_tokens, point.reasoning) else "continue"
+            if outcome is BOXED:
+                return "settled"
+            if point.kind == "trial":
+                live.boxed(upto=point.at_tokens)  # type: ignore[union-attr]
+                return "settled" if record_trial(point.at_tokens, outcome) else "continue"
+            record = record_probe(point.at_tokens, outcome) if outcome is not None else None
+            return "settled" if settled_after(record, point.at_tokens) else "continue"
+
+        async def run_point(point: ProbePoint) -> Completion | object | None:
+            """A trial, a probe, or (a point where the score rule reads no probe) nothing. Where every
+            point before this one is judged, the boxes the model wrote up to it are judged first, so
+            one that settles it spares the request (as the chunked path does)."""
+            wanted = point.kind == "trial" or live is None or live.probe_wanted(point.at_tokens)
+            if not wanted:
+                return None
+            if live is not None and side.judged == point.index:
+                live.boxed(upto=point.at_tokens)
+                if decided():
+                    return BOXED
+            if point.kind == "trial":
+                return await send_trial(point.reasoning)
+            return await send_probe(point.reasoning, point.ids)
 
         def on_delta(delta: object, tokens: int) -> None:
             text = getattr(delta, "text", "")
+            if live is not None:
+                live.add_text(text, getattr(delta, "tokens", 0))
             if stream_reasoning and text:
                 emit(CoTEvent("delta", tokens, probe_tokens, text=text))
 
@@ -341,19 +456,75 @@ async def solve_cot(
             emit(CoTEvent("chunk", tokens, probe_tokens, text=text[last_point[0]:]))
             last_point[0] = len(text)
 
-        side = SideProbes(lambda point: send_probe(point.reasoning, point.ids), judge, config.max_probes_in_flight)
+        side = SideProbes(run_point, judge, config.max_probes_in_flight)
         outcome = await reason_in_one_stream(
             engine, prompt, budget=config.budget,
             base=reasoning_request(0),
             probes=side if early_exit else None,
             is_point=config.is_probe_point,
             on_delta=on_delta, on_point=on_point,
+            trial_points=live.trial_points if live is not None and live.reads_trials and early_exit else None,
         )
         reasoning, reasoning_tokens = outcome.reasoning, outcome.tokens
         overrun_tokens, resumes = outcome.overrun_tokens, outcome.resumes
         prompt_tokens = outcome.prompt_tokens
         stop_reason = outcome.stop
+        if stop_reason == "finished" and live is not None and early_exit:
+            # the boxes the model wrote after the last decision point (its final answer, usually)
+            live.boxed()
+            if decided():
+                stop_reason = "certain"
+        if stop_reason == "certain" and live is not None and live.exit_obs is not None:
+            # the exit is where the deciding observation was read (a box, a trial): the rest streamed is overrun
+            at = live.exit_obs.pos
+            reasoning, reasoning_tokens = live.text[:live.chars_at(at)], at
+            overrun_tokens = outcome.streamed_tokens - at
         emit(CoTEvent("chunk", reasoning_tokens, probe_tokens, text=reasoning[last_point[0]:]))
+
+    held: list[tuple[int, int]] = []  # chunked score path: an end point (tokens, chars) held until a "Wait" right before it is confirmed
+
+    async def score_points(end: tuple[int, int] | None, final: bool) -> bool:
+        """The chunked path's decision points under a score rule, in position order (as the one
+        stream takes them): trial points confirmed by this chunk, a held end point, and this
+        chunk's end (``end``: tokens and characters; None: none). True: exit."""
+        assert live is not None
+        points: list[tuple[int, int, int]] = [(pos, 1, char) for char, pos in live.trial_points(final=final)]
+        ends, held[:] = held[:], []
+        if end is not None:
+            (held if live.trial_pending() and not final else ends).append(end)
+        points += [(at, 0, chars) for at, chars in ends]
+        for pos, kind, chars in sorted(points):
+            if not early_exit:
+                return False
+            if kind == 1:
+                live.boxed(upto=pos)
+                if decided():
+                    return True
+                try:
+                    completion = await send_trial(reasoning[:chars])
+                except BudgetExhausted:
+                    raise
+                except EngineError as exc:
+                    probe_failed(exc)
+                    return False
+                if record_trial(pos, completion):
+                    return True
+                continue
+            record = None
+            if live.probe_wanted(pos):
+                live.boxed(upto=pos)
+                if decided():  # a box the model wrote settles it before the probe is paid for
+                    return True
+                record = await probe_or_none(pos, reasoning[:chars])
+                if record is None:
+                    return False
+            if settled_after(record, pos):
+                return True
+        if final and early_exit:  # the boxes written after the last decision point (the final answer, usually)
+            live.boxed()
+            return decided()
+        return False
+
     while not main_stream and reasoning_tokens < config.budget:
         # Full reasoning uses the same chunks, so an early exit's reasoning is an exact prefix of
         # the full reasoning on a deterministic engine and the two are compared like for like.
@@ -366,6 +537,23 @@ async def solve_cot(
         reasoning += text
         reasoning_tokens += tokens
         emit(CoTEvent("chunk", reasoning_tokens, probe_tokens, text=text))
+        if live is not None:
+            finished = finish_reason != "length" or tokens == 0
+            end = None if finished or reasoning_tokens >= config.budget else (reasoning_tokens, len(reasoning))
+            try:
+                settled = early_exit and await score_points(end, finished)
+            except BudgetExhausted:
+                break
+            if settled:
+                stop_reason = "certain"
+                at = live.exit_obs.pos if live.exit_obs is not None else reasoning_tokens
+                overrun_tokens, reasoning_tokens = reasoning_tokens - at, at
+                reasoning = reasoning[:live.chars_at(at)]
+                break
+            if finished:
+                stop_reason = "finished"
+                break
+            continue
         if finish_reason != "length" or tokens == 0:
             stop_reason = "finished"
             break
@@ -374,7 +562,7 @@ async def solve_cot(
         if early_exit and wanted and reasoning_tokens < config.budget:
             try:
                 record = await probe_or_none()
-                settled = record is not None and settled_after(record, reasoning_tokens, reasoning)
+                settled = record is not None and settled_after(record, reasoning_tokens)
             except BudgetExhausted:
                 break
             if settled:
@@ -426,6 +614,7 @@ async def solve_cot(
         overrun_tokens=overrun_tokens,
         stream_resumes=resumes,
         token_id_probes=id_probes,
+        trials=trials,
     )
     emit(CoTEvent("done", reasoning_tokens, probe_tokens))
     return result

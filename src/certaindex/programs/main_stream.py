@@ -13,7 +13,9 @@ Decisions depend on positions, never on timing:
   stop string;
 * a probe point that comes while ``max_in_flight`` probes are running is **queued, not skipped**,
   so every point gets its probe, as in the chunked path and in replayed traces;
-* probes are judged strictly in position order (an early answer waits for the ones before it).
+* probes are judged strictly in position order (an early answer waits for the ones before it);
+* DEER-style trial points (before each "Wait", where a score rule reads trials) are points too,
+  offered once the word is confirmed and merged by position with the probe points.
 
 So a run makes the same decisions as the chunked path (and as a replay of its recorded traces);
 only the *overrun* depends on timing: the tokens streamed after the deciding probe's position until
@@ -43,6 +45,7 @@ class ProbePoint:
     at_tokens: int
     reasoning: str
     ids: tuple[int, ...] | None = None  # prompt + reasoning as the model's token ids, where the engine reports them
+    kind: Literal["probe", "trial"] = "probe"  # a probe point (every interval) or a DEER trial point
 
 
 @dataclass
@@ -91,10 +94,11 @@ class SideProbes(Generic[T]):
         self.decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._progress = asyncio.Event()
 
-    def offer(self, at_tokens: int, reasoning: str, ids: tuple[int, ...] | None = None) -> None:
+    def offer(self, at_tokens: int, reasoning: str, ids: tuple[int, ...] | None = None,
+              kind: Literal["probe", "trial"] = "probe") -> None:
         if not self.active:
             return
-        self._queue.append(ProbePoint(self.offered, at_tokens, reasoning, ids))
+        self._queue.append(ProbePoint(self.offered, at_tokens, reasoning, ids, kind))
         self.offered += 1
         self._launch()
 
@@ -160,6 +164,7 @@ class SideProbes(Generic[T]):
 
 
 PointRule = Callable[[int, int, str, str], bool]
+TrialRule = Callable[[bool], list[tuple[int, int]]]
 
 
 async def reason_in_one_stream(
@@ -173,6 +178,7 @@ async def reason_in_one_stream(
     on_delta: Callable[[StreamDelta, int], None],
     on_point: Callable[[int, str], None],
     max_resumes: int = 1,
+    trial_points: TrialRule | None = None,
 ) -> MainStreamOutcome:
     """Stream the reasoning from ``prompt`` up to ``budget`` tokens, forking probes through
     ``probes`` at the positions ``is_point(last_point_tokens, tokens, reasoning, added_text)`` picks.
@@ -180,7 +186,11 @@ async def reason_in_one_stream(
     ``base`` carries the sampling (temperature, top_p, stop, seed); the seed of a resumed stream is
     ``seed + tokens so far``, as the chunked path seeds each chunk. A stream that breaks is resumed
     from the prefix ``max_resumes`` times, then its error is raised; a stream cut on ``length``
-    before the budget (a scheduler's allowance) is simply continued. Cancelling closes the stream."""
+    before the budget (a scheduler's allowance) is simply continued. Cancelling closes the stream.
+
+    ``trial_points(final)``, called after ``on_delta`` has seen each piece, gives the trial points
+    confirmed since (character offset, token position); they are offered as ``trial`` points, in
+    position order with the probe points (a probe point before a trial point at the same position)."""
     state = {"text": "", "tokens": 0, "prompt_tokens": 0, "resumes": 0, "last_point": 0}
     pending: list[tuple[int, str, tuple[int, ...] | None]] = []  # a point reached, sent once the stream goes past it
     # The model's own tokens, where the engine reports their ids (the prompt's on the first piece).
@@ -192,13 +202,13 @@ async def reason_in_one_stream(
 
     def take(delta: StreamDelta) -> None:
         nonlocal ids
+        ready: list[tuple[int, str, tuple[int, ...] | None, Literal["probe", "trial"]]] = []
         if pending and (delta.tokens > 0 or delta.finish_reason):
             # Something came after the point: more tokens, or the model's end as its own piece (an
             # engine samples the end of text after token p, so a chunk of p tokens said "length"
             # and was probed). An end that came with token p itself (a stop string) is not probed.
             at, text, point_ids = pending.pop()
-            if probes is not None:
-                probes.offer(at, text, point_ids)
+            ready.append((at, text, point_ids, "probe"))
         if delta.prompt_ids and not prompt_ids:
             prompt_ids.append(delta.prompt_ids)
         if ids is not None:
@@ -213,6 +223,11 @@ async def reason_in_one_stream(
             state["prompt_tokens"] = delta.prompt_tokens
         on_delta(delta, state["tokens"])
         tokens = state["tokens"]
+        if trial_points is not None and probes is not None and probes.active:
+            ready += [(pos, state["text"][:char], None, "trial") for char, pos in trial_points(bool(delta.finish_reason))]
+        if probes is not None:
+            for at, text, point_ids, kind in sorted(ready, key=lambda r: (r[0], r[3] == "trial")):
+                probes.offer(at, text, point_ids, kind)
         if (
             probes is not None
             and probes.active

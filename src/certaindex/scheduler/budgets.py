@@ -11,9 +11,9 @@ from certaindex.programs.self_consistency import SCConfig
 
 
 def program_budget(config: CoTConfig) -> int:
-    """A chain of thought: its reasoning budget, a probe after every chunk plus the forced last one,
-    and a reasoning model's answer."""
-    return config.budget + config.max_probes * config.probe_tokens + config.answer_tokens
+    """A chain of thought: its reasoning budget, every probe and trial it may send (a probe after every
+    chunk, or where its score rule reads one, plus the forced last one) and a reasoning model's answer."""
+    return config.budget + config.max_side_tokens + config.answer_tokens
 
 
 def sc_program_budget(config: SCConfig) -> int:

@@ -11,8 +11,11 @@ Two policies:
   ago or more) first, oldest program first and holding back everything else until they fit; then
   lower priority class first; within a
   class, programs whose deadline is at risk (earliest deadline first), then shortest remaining work
-  first, where remaining work is ``(budget - used) * (1 - certaindex)``. Token budget flows from
-  confident programs to unsure ones (see :meth:`SchedulerCore.allowance`).
+  first, where remaining work is ``(budget - used) * (1 - certaindex)``, and last the programs whose
+  deadline has passed (shortest remaining work first). A missed deadline cannot be met any more:
+  kept at the front, such programs would take the slots of programs that can still meet theirs,
+  and under overload every program would miss in turn. Aging still bounds their wait. Token budget
+  flows from confident programs to unsure ones (see :meth:`SchedulerCore.allowance`).
 
 Every decision is O(log n) per started gang or per event (heaps with lazy deletion and
 integer aggregates), so 10,000 live programs cost no more per decision than 10.
@@ -32,8 +35,10 @@ Policy = Literal["fcfs", "certaindex"]
 
 #: Certaindex resolution. Allocation works in integers scaled by this, so budget sums stay exact.
 CERTAINTY_SCALE = 1_000_000
-#: Cap of the within-class rank that :meth:`SchedulerCore.engine_priority` adds to the class.
+#: Cap of the within-class rank that :meth:`SchedulerCore.engine_priority` adds to the class: its
+#: upper half ranks the programs whose deadline has passed.
 RANK_SPAN = 1 << 24
+_MISSED_RANK = RANK_SPAN // 2
 
 _Q = CERTAINTY_SCALE
 
@@ -66,7 +71,8 @@ class _Program:
     reserved: int = 0  # most tokens its pending and running gangs can still generate
     certaindex: float = 0.0  # as last reported
     certainty: int = 0  # certaindex * _Q as allocation uses it (0 under fcfs)
-    at_risk: bool = False
+    at_risk: bool = False  # its deadline is near: it goes first (earliest deadline first)
+    missed: bool = False  # its deadline has passed: it goes after the programs that can still make theirs
     live: bool = True
     version: int = 0  # bumps whenever its ready-heap key changes; older heap entries are stale
     pending: dict[int, Gang] = field(default_factory=dict)  # in submission order
@@ -167,6 +173,8 @@ class SchedulerCore:
         self._waiting: set[_Program] = set()  # live programs with pending gangs
         self._risks: list[tuple[float, int, _Program]] = []
         self._unrisked = 0  # live programs with a deadline not yet at risk
+        self._misses: list[tuple[float, int, _Program]] = []  # deadlines, to demote programs past them
+        self._unmissed = 0  # live programs with a deadline not yet passed
 
     # -- programs ----------------------------------------------------------------------------
 
@@ -190,6 +198,8 @@ class SchedulerCore:
         if deadline is not None and self.policy == "certaindex":
             heapq.heappush(self._risks, (program.deadline - self.deadline_slack_s, next(self._tiebreak), program))
             self._unrisked += 1
+            heapq.heappush(self._misses, (program.deadline, next(self._tiebreak), program))
+            self._unmissed += 1
 
     def remove_program(self, program_id: str) -> None:
         """The program ended: drop its pending gangs and return its budget. Its running gangs keep
@@ -204,8 +214,9 @@ class SchedulerCore:
             del self._pending[gang_id]
         program.pending.clear()
         self._waiting.discard(program)
-        if program.deadline is not None and not program.at_risk and self.policy == "certaindex":
-            self._unrisked -= 1
+        if program.deadline is not None and self.policy == "certaindex":
+            self._unrisked -= not program.at_risk and not program.missed
+            self._unmissed -= not program.missed
         self._compact()
 
     # -- gangs -------------------------------------------------------------------------------
@@ -311,14 +322,21 @@ class SchedulerCore:
 
     def engine_priority(self, gang: Gang) -> int:
         """Priority for engines that order requests (vLLM ``priority``: lower runs sooner): the
-        program's class, then (certaindex) at-risk deadlines, then remaining work."""
+        program's class, then (certaindex) at-risk deadlines, then remaining work, then programs
+        whose deadline has passed."""
         entry = self._pending.get(gang.gang_id) or self._running_gangs.get(gang.gang_id)
         if entry is None:
             raise KeyError(f"gang {gang.gang_id} is neither pending nor running")
         program = entry[1]
         if self.policy == "fcfs":
             return program.priority
-        rank = 0 if program.at_risk else 1 + min(RANK_SPAN - 2, program.remaining_work // _Q)
+        work = program.remaining_work // _Q
+        if program.at_risk:
+            rank = 0
+        elif program.missed:
+            rank = _MISSED_RANK + min(RANK_SPAN - 1 - _MISSED_RANK, work)
+        else:
+            rank = 1 + min(_MISSED_RANK - 2, work)
         return program.priority * RANK_SPAN + rank
 
     def certaindex(self, program_id: str) -> float:
@@ -379,7 +397,7 @@ class SchedulerCore:
     def _key(program: _Program, head: int) -> tuple:
         if program.at_risk:
             return (program.priority, 0, program.deadline, head)
-        return (program.priority, 1, program.remaining_work, head)
+        return (program.priority, 2 if program.missed else 1, program.remaining_work, head)
 
     def _push_ready(self, program: _Program) -> None:
         head = program.pending[next(iter(program.pending))]
@@ -431,8 +449,12 @@ class SchedulerCore:
             self._arrivals = [(p.arrived, g.gang_id) for g, p in self._pending.values()]
             heapq.heapify(self._arrivals)
         if len(self._risks) > 2 * self._unrisked + 64:
-            self._risks = [entry for entry in self._risks if entry[2].live and not entry[2].at_risk]
+            self._risks = [entry for entry in self._risks
+                           if entry[2].live and not entry[2].at_risk and not entry[2].missed]
             heapq.heapify(self._risks)
+        if len(self._misses) > 2 * self._unmissed + 64:
+            self._misses = [entry for entry in self._misses if entry[2].live and not entry[2].missed]
+            heapq.heapify(self._misses)
 
     def _start(self, gang: Gang, program: _Program) -> None:
         del self._pending[gang.gang_id]
@@ -462,9 +484,16 @@ class SchedulerCore:
     def _dispatch_certaindex(self, now: float) -> list[Gang]:
         while self._risks and self._risks[0][0] <= now:
             _, _, program = heapq.heappop(self._risks)
-            if program.live and not program.at_risk:
+            if program.live and not program.at_risk and not program.missed:
                 program.at_risk = True
                 self._unrisked -= 1
+                if program.pending:
+                    self._rekey(program)
+        while self._misses and self._misses[0][0] <= now:
+            _, _, program = heapq.heappop(self._misses)
+            if program.live and not program.missed:
+                program.at_risk, program.missed = False, True
+                self._unmissed -= 1
                 if program.pending:
                     self._rekey(program)
         started: list[Gang] = []

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from certaindex.server.plain import plain_events
 from certaindex.server.responses import chunk, completion_object, new_id, sse, usage_chunk
 from certaindex.server.schema import ChatPlan, Policy, plan_chat
 from certaindex.server.settings import ServerSettings
+from certaindex.server.shadow import ShadowRecorder, run_shadow_program, shadow_plan
 from certaindex.server.streaming import (
     ClientGone,
     ClosingStreamingResponse,
@@ -55,6 +57,7 @@ class ProxyState:
     scheduler: Scheduler | None = None
     sc: SCConfig = field(default_factory=lambda: SCConfig(n=8, first_round=4, round_size=2, max_tokens=1024))
     reasoning_model: bool | None = None
+    shadow: ShadowRecorder | None = None  # --shadow DIR: full reasoning, side probes, traces
 
     async def default_policy(self) -> Policy:
         """The server's policy, with ``auto`` resolved: early exit for reasoning models only."""
@@ -79,11 +82,39 @@ class ProxyState:
                           param=sorted(plan.sampling_extra)[0])
 
 
+async def _sample_gauges(metrics: ProxyMetrics, every_s: float = 1.0) -> None:
+    """One of several workers: keep this process's gauges current in the shared metrics files."""
+    while True:
+        metrics.refresh()
+        await asyncio.sleep(every_s)
+
+
+class WorkerHeader:
+    """ASGI middleware naming the serving process (``x-certaindex-worker: <pid>``) on every response,
+    so a client or a test behind one port can tell the workers apart. Pure ASGI: streams pass as they are."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.header = (b"x-certaindex-worker", str(os.getpid()).encode())
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_pid(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_pid)
+
+
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
     """The proxy app. ``engine``: use this engine instead of building one from ``settings``
     (tests; embedding the proxy in a larger program); the caller closes it."""
     admission = Admission(settings.max_concurrency, settings.max_queue)
-    metrics = ProxyMetrics(lambda: admission.active, lambda: admission.waiting)
+    metrics = ProxyMetrics(lambda: admission.active, lambda: admission.waiting, multiprocess=settings.workers > 1)
     holder: dict[str, ProxyState] = {}
 
     @asynccontextmanager
@@ -105,9 +136,17 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             scheduler = Scheduler(inner, core, engine_priorities=settings.engine_priorities)
             metrics.watch_scheduler(core)
         holder["state"] = ProxyState(settings, inner, passthrough, admission, metrics, scheduler)
+        if settings.shadow_dir is not None:
+            holder["state"].shadow = app.state.shadow = ShadowRecorder(
+                settings.shadow_dir, metrics, settings.shadow_max_file_bytes)
+        sampler = asyncio.ensure_future(_sample_gauges(metrics)) if metrics.multiprocess else None
         try:
             yield
         finally:
+            if sampler is not None:
+                await cancel_and_wait(sampler)
+            if holder["state"].shadow is not None:
+                await holder["state"].shadow.aclose()  # the traces being written are finished
             if passthrough is not None:
                 await passthrough.aclose()
             if engine is None:  # an engine handed in belongs to the caller
@@ -116,6 +155,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app = FastAPI(title="certaindex proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.admission = admission
     app.state.metrics = metrics
+    if settings.workers > 1:
+        app.add_middleware(WorkerHeader)
 
     def state() -> ProxyState:
         return holder["state"]
@@ -224,14 +265,22 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     async def scheduled_program(plan: ChatPlan, engine_: Engine, events: asyncio.Queue[Any] | None) -> ChatOutcome:
         """The program in a scheduler session (its upstream requests queue and are ordered there),
         or straight on the engine with ``--scheduler off``."""
-        scheduler = state().scheduler
+        st = state()
+        scheduler = st.scheduler
+
+        async def program(on: Engine) -> ChatOutcome:
+            if st.shadow is not None and plan.policy == "full":
+                model = plan.model or getattr(st.engine, "model", None) or st.engine.name
+                return await run_shadow_program(on, plan, st.shadow, str(model), st.engine.name, events)
+            return await run_chat_program(on, plan, events)
+
         if scheduler is None:
-            return await run_chat_program(engine_, plan, events)
+            return await program(engine_)
         budget = sc_program_budget(plan.sc) if plan.policy == "sc" else program_budget(plan.cot)
         deadline = None if plan.deadline_s is None else scheduler.clock() + plan.deadline_s
         async with scheduler.session(new_id(), budget=budget, deadline=deadline, priority=plan.priority,
                                      engine=engine_) as session:
-            return await run_chat_program(session, plan, events)
+            return await program(session)
 
     async def run_program(plan: ChatPlan, engine_: Engine, events: asyncio.Queue[Any] | None) -> ChatOutcome:
         try:
@@ -372,6 +421,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         payload = parse_json(body)
         st = state()
         plan = plan_chat(payload, await st.default_policy(), settings.cot, st.sc, settings.max_tokens_limit)
+        if st.shadow is not None and plan.policy in ("cot", "full"):
+            plan = shadow_plan(plan, settings.cot)  # never an early exit: full reasoning, probes beside it
         if plan.policy == "off":
             if st.passthrough is None:
                 return await plain_chat(request, payload, plan)
@@ -385,14 +436,16 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     @app.get("/health")
     async def health() -> JSONResponse:
         st = state()
+        worker = {"worker_pid": os.getpid()} if settings.workers > 1 else {}
         if st.passthrough is None:
-            return JSONResponse({"status": "ok", "engine": st.engine.name})
+            return JSONResponse({"status": "ok", "engine": st.engine.name, **worker})
         try:
             reachable = await st.passthrough.reachable()
         except Exception:  # noqa: BLE001 - any failure means "not reachable"
             reachable = False
         return JSONResponse(
-            {"status": "ok" if reachable else "degraded", "engine": st.engine.name, "upstream_reachable": reachable},
+            {"status": "ok" if reachable else "degraded", "engine": st.engine.name, "upstream_reachable": reachable,
+             **worker},
             status_code=200 if reachable else 503,
         )
 

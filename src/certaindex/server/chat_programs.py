@@ -34,6 +34,9 @@ class ChatOutcome:
     details: dict[str, Any] = field(default_factory=dict)
     # Reasoning streamed past the deciding probe before the upstream stream was closed.
     overrun_tokens: int = 0
+    # Shadow mode (server/shadow.py): tokens of the probes taken beside full reasoning, an extra
+    # cost reported apart; the answer and ``completion_tokens`` are full reasoning's.
+    shadow_probe_tokens: int | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -41,7 +44,7 @@ class ChatOutcome:
         return self.reasoning_tokens + self.overrun_tokens + self.probe_tokens + self.answer_tokens
 
     def usage(self) -> dict[str, Any]:
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
@@ -55,6 +58,9 @@ class ChatOutcome:
                 "answer_tokens": self.answer_tokens,
             },
         }
+        if self.shadow_probe_tokens is not None:
+            usage["certaindex"]["shadow_probe_tokens"] = self.shadow_probe_tokens
+        return usage
 
 
 def label(messages: list[dict[str, str]]) -> str:

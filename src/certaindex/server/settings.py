@@ -45,6 +45,14 @@ class ServerSettings:
     engine_priorities: bool = False  # send each request's priority upstream (vLLM --scheduling-policy priority)
     verbose: bool = False  # let the embedded engine's llama.cpp log through
     token_ids: bool = False  # the upstream reports and takes token ids (vLLM): probes continue the model's own tokens
+    # Shadow mode (server/shadow.py): answer chat programs with full reasoning, probe beside it and
+    # write each program as a trace here. Traces hold prompts and answers: opt-in only.
+    shadow_dir: str | None = None
+    shadow_max_file_bytes: int = 256 * 1024 * 1024  # a trace file this large is closed and a new one begun
+    # Proxy processes behind one port (``serve --workers``): each runs this app with the scheduler
+    # capacity already split (server.workers.worker_settings); >1 also adds the serving pid to every
+    # response (header x-certaindex-worker) and aggregates /metrics over the processes.
+    workers: int = 1
 
     @property
     def scheduler_capacity(self) -> int:
@@ -68,7 +76,11 @@ class ServerSettings:
             problems.append(f"plain_max_tokens must be at least 1, got {self.plain_max_tokens}")
         if self.capacity is not None and self.capacity < 1:
             problems.append(f"capacity must be at least 1, got {self.capacity}")
+        if self.workers < 1:
+            problems.append(f"workers must be at least 1, got {self.workers}")
         if not 0 <= self.aging_s < float("inf"):
             problems.append(f"aging must be a finite number of seconds >= 0, got {self.aging_s}")
+        if self.shadow_max_file_bytes < 1:
+            problems.append(f"shadow_max_file_bytes must be at least 1, got {self.shadow_max_file_bytes}")
         if problems:
             raise ValueError("; ".join(problems))

@@ -77,6 +77,7 @@ class ProgramRecord:
     policy: str = ""
     answer: str | None = None
     stop_reason: str = ""
+    overrun_tokens: int = 0  # of ``tokens``: streamed past the deciding probe's position (one-stream programs)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.arrival) and math.isfinite(self.start) and math.isfinite(self.end)):
@@ -150,6 +151,7 @@ class Summary:
     accuracy: float = 0.0
     mean_tokens: float = 0.0
     span_s: float = 0.0
+    mean_overrun: float = 0.0  # tokens streamed past the deciding probe, per program
 
     def ratio(self, baseline: "Summary") -> dict[str, float]:
         """Throughput and mean latency relative to ``baseline`` (nan where the baseline is 0)."""
@@ -186,4 +188,5 @@ def summarise(policy: str, records: Sequence[ProgramRecord], slos: Sequence[floa
         accuracy=sum(1 for r in records if r.correct) / len(records),
         mean_tokens=sum(r.tokens for r in records) / len(records),
         span_s=max(r.end for r in records) - min(r.arrival for r in records),
+        mean_overrun=sum(r.overrun_tokens for r in records) / len(records),
     )

@@ -17,6 +17,21 @@ Like the live runtime (scheduler/runtime.py), a finished gang's program submits 
 before the freed slot is dispatched, so the scheduler core chooses between it and the waiting
 programs (shortest remaining work keeps a program that is nearly done on the engine).
 
+Probe timing of logged programs that carry their main stream (``LoggedProgram.stream_tokens``: plans
+of recorded trajectories, see :mod:`certaindex.evaluation.serving_plans`), ``probe_timing``:
+
+* ``"side"`` (the live default on HTTP engines, issue 11; :mod:`certaindex.programs.main_stream`):
+  one main-stream request decodes the reasoning from the prompt to its natural end; each probe (or
+  DEER-style trial) is a separate short request forked once the stream has passed its position
+  (prefill of the probe suffix only: the prompt and reasoning are the main stream's cached prefix),
+  at most one in flight, later points queued, judged in position order. The exit decision arrives
+  when the deciding probe finishes; the main stream is then closed, and the tokens it decoded past
+  the deciding position meanwhile are ``overrun_tokens``: real cost, counted in the record's tokens.
+  It needs a batch of 2 (``max_batch`` and ``capacity``); below that the live runtime reasons in
+  chunks, and so does the simulation.
+* ``"chunked"`` (the earlier design, and the embedded engine's): the reasoning pauses for every probe:
+  a chunk up to each probe position, then the probe, one after another.
+
 Approximation: when the certaindex core's allowance cuts a request below what the program asked,
 the cut is rounded down to whole recorded chunks (traces hold chunks of g tokens), and a probe that
 does not fit counts as the budget running out; the live runtime cuts to the exact token.
@@ -45,7 +60,9 @@ from certaindex.programs.cot import CoTConfig, CoTResult, solve_cot
 from certaindex.scheduler.core import Gang, SchedulerCore
 from certaindex.traces import TraceRecord, TraceSet
 
-__all__ = ["LoggedProgram", "SimulationError", "plot_sweep", "simulate", "simulate_logged", "sweep"]
+PROBE_TIMINGS = ("side", "chunked")
+
+__all__ = ["PROBE_TIMINGS", "LoggedProgram", "SimulationError", "plot_sweep", "simulate", "simulate_logged", "sweep"]
 
 
 class SimulationError(RuntimeError):
@@ -98,6 +115,10 @@ class LoggedProgram:
     answer: str | None = None
     stop_reason: str = ""
     budget: int | None = None  # its scheduler budget (None: the simulation's default)
+    # One-stream timing (plans of recorded trajectories): reasoning tokens the main stream generates
+    # if never closed, and the reasoning position where the program exits (None: it reasons to the end).
+    stream_tokens: int | None = None
+    exit_pos: int | None = None
 
 
 async def _scripted(engine: Engine, program: LoggedProgram, report: Callable[[float], None] | None) -> None:
@@ -147,6 +168,46 @@ class _Program:
     result: CoTResult | None = None
     cached_end: int = 0  # tokens of its context an engine with per-program prefix caching holds
     kv_final: int = 0  # KV tokens it holds at its end (logged programs: known in advance)
+    side: "_Side | None" = None  # one main stream with probes on the side
+
+
+@dataclass(eq=False)
+class _Side:
+    """A program reasoning in one main stream, its probes forked on the side (issue 11)."""
+
+    probes: list[tuple[int, tuple]]  # (reasoning position, logged probe entry), in position order
+    stream_tokens: int  # where the main stream ends by itself
+    exit_pos: int | None
+    prompt_tokens: int
+    free_exit: bool  # the exit is read from the stream itself (the model's own \boxed{}), not a probe
+    offered: int = 0  # probes whose point the stream has passed
+    launched: int = 0
+    judged: int = 0
+    streamed: int = 0  # main-stream tokens generated so far
+    stream_done: bool = False
+    decided: bool = False
+    probe_tokens: int = 0
+    main: "_Request | None" = None
+    main_gang: Gang | None = None
+
+    def threshold(self, i: int) -> int:
+        """Stream tokens at which probe ``i`` is sent: once the stream has gone past its position
+        (or ended there), as main_stream confirms a point only when something follows it."""
+        return min(self.probes[i][0] + 1, self.stream_tokens)
+
+    def next_milestone(self) -> int:
+        """The next stream position where something happens: a probe point passed, the exit read
+        from the stream, or the stream's end."""
+        marks = [self.stream_tokens]
+        if self.offered < len(self.probes):
+            marks.append(self.threshold(self.offered))
+        if self.free_exit and self.exit_pos is not None and self.streamed < self.exit_pos:
+            marks.append(self.exit_pos)
+        return max(self.streamed + 1, min(marks))
+
+    @property
+    def overrun(self) -> int:
+        return max(0, self.streamed - self.exit_pos) if self.decided and self.exit_pos is not None else 0
 
 
 @dataclass(eq=False)
@@ -159,6 +220,8 @@ class _Request:
     is_probe: bool
     remaining: int = 0  # decode steps left
     length: int = 0  # current context length
+    role: str = ""  # one-stream programs: "main" (the reasoning stream) or "probe" (a side request)
+    shared: int = 0  # prompt tokens shared with a running main stream (a side probe's prefix)
 
 
 @dataclass(eq=False)
@@ -167,6 +230,8 @@ class _GangState:
     completion: Completion
     outstanding: int
     is_probe: bool
+    role: str = ""
+    certaindex: float | None = None  # a side probe's report, heard when it finishes
 
 
 @dataclass(eq=False)
@@ -206,9 +271,16 @@ class _Simulation:
         kv_tokens: int | None = None,
         deadline_slack_s: float | None = None,
         chunked_prefill: bool = False,
+        probe_timing: str = "side",
+        side_probes_scheduled: bool = True,
     ) -> None:
+        self.side_probes_scheduled = side_probes_scheduled
+        if probe_timing not in PROBE_TIMINGS:
+            raise ValueError(f"probe_timing must be one of {', '.join(PROBE_TIMINGS)}, got {probe_timing!r}")
         self.spec = policy_spec(policy)
         self.chunked_prefill = chunked_prefill
+        # Side probes need a second slot beside the stream, as the live runtime requires.
+        self.side = probe_timing == "side" and cost.max_batch >= 2 and capacity >= 2
         self.kv_tokens = kv_tokens
         self._seq = itertools.count()
         self.policy = policy
@@ -235,6 +307,9 @@ class _Simulation:
         deadline = program.arrival + self.slo_s if self.spec.deadlines and self.slo_s is not None else None
         budget = program.logged.budget if program.logged is not None and program.logged.budget else self.budget
         replica.core.add_program(program.program_id, now=now, budget=budget, deadline=deadline)
+        if program.logged is not None and self.side and program.logged.stream_tokens is not None:
+            self._start_side(program, now)
+            return
         if program.logged is not None:
             core, pid = replica.core, program.program_id
             report = (lambda c: core.report(pid, certaindex=c)) if self.spec.deadlines else None
@@ -282,6 +357,109 @@ class _Simulation:
             self.gangs[gang] = _GangState(program, served, request.n, is_probe)
             return
 
+    # -- one main stream, probes on the side --------------------------------------------------
+
+    def _start_side(self, program: _Program, now: float) -> None:
+        """Submit the main stream; its probes are forked as it passes their positions."""
+        logged = program.logged
+        assert logged is not None and logged.stream_tokens is not None
+        probes: list[tuple[int, tuple]] = []
+        pos, prompt = 0, None
+        for entry in logged.requests:
+            if entry[0]:
+                probes.append((pos, entry))
+            else:
+                prompt = entry[1] - pos if prompt is None else prompt
+                pos += entry[3]
+        if prompt is None:  # probes only: their prompts hold the prompt, the suffix and no reasoning
+            prompt = max(0, logged.requests[0][1] - self.cost.probe_suffix_tokens)
+        stream = max(1, logged.stream_tokens)
+        exit_pos = logged.exit_pos
+        side = _Side(probes, stream, exit_pos, prompt,
+                     free_exit=exit_pos is not None and not any(p == exit_pos for p, _ in probes))
+        program.side = side
+        program.kv_final = prompt + stream
+        gang = program.replica.core.submit(program.program_id, width=1, max_tokens=stream, now=now)  # type: ignore[union-attr]
+        choice = Choice(text="", finish_reason="length", completion_tokens=stream)
+        self.gangs[gang] = _GangState(program, Completion(choices=(choice,), prompt_tokens=prompt), 1, False, "main")
+        side.main_gang = gang
+
+    def _launch_probe(self, program: _Program, now: float) -> None:
+        """Send the next offered probe when none is in flight (at most one, the rest queued)."""
+        side = program.side
+        assert side is not None and program.replica is not None
+        if side.decided or side.launched > side.judged or side.launched >= side.offered:
+            return
+        _pos, entry = side.probes[side.launched]
+        side.launched += 1
+        base = max(0, entry[1] - self.cost.probe_suffix_tokens)
+        choice = Choice(text="", finish_reason="length", completion_tokens=entry[3])
+        state = _GangState(program, Completion(choices=(choice,), prompt_tokens=base), 1, True, "probe",
+                           float(entry[4]) if len(entry) > 4 else None)
+        if self.side_probes_scheduled:  # as the live runtime: the probe takes a slot from the core
+            gang = program.replica.core.submit(program.program_id, width=1, max_tokens=max(1, entry[2]), now=now)
+            self.gangs[gang] = state
+            return
+        # Straight to the engine, ahead of its queue (its program already holds a slot).
+        gang = Gang(-next(self._seq) - 1, program.program_id, 1, max(1, entry[2]), now)
+        self.gangs[gang] = state
+        self._enqueue(program.replica, gang, state, front=True)
+
+    def _side_stream(self, replica: _Replica, request: _Request, now: float) -> None:
+        """The main stream reached a milestone (or its end): offer the probes it passed."""
+        program = request.program
+        side = program.side
+        assert side is not None
+        if side.stream_done:  # closed by a decision earlier in this step
+            return
+        side.streamed = request.length - request.context
+        while side.offered < len(side.probes) and side.threshold(side.offered) <= side.streamed:
+            side.offered += 1
+        if side.streamed >= side.stream_tokens:
+            side.stream_done = True
+            replica.core.finish(request.gang, tokens=side.streamed)
+            del self.gangs[request.gang]
+        else:
+            request.remaining = side.next_milestone() - side.streamed
+        self._launch_probe(program, now)
+        self._side_check(replica, program, now)
+
+    def _side_probe_done(self, replica: _Replica, state: _GangState, now: float) -> None:
+        program = state.program
+        side = program.side
+        assert side is not None
+        side.judged += 1
+        side.probe_tokens += state.completion.completion_tokens
+        if state.certaindex is not None and self.spec.deadlines:
+            replica.core.report(program.program_id, certaindex=state.certaindex)
+        if side.main is not None and not side.stream_done:
+            side.streamed = side.main.length - side.main.context
+        self._launch_probe(program, now)
+        self._side_check(replica, program, now)
+
+    def _side_check(self, replica: _Replica, program: _Program, now: float) -> None:
+        """Decide once every probe up to the exit is judged (and the stream has passed an exit it
+        reads itself); close the main stream; end the program when nothing of it is left."""
+        side = program.side
+        assert side is not None
+        if side.decided or side.judged < len(side.probes):
+            return
+        if side.exit_pos is None:
+            if not side.stream_done:  # no exit: it reasons to the end
+                return
+        elif side.free_exit and side.streamed < side.exit_pos and not side.stream_done:
+            return
+        else:
+            side.decided = True
+        if not side.stream_done and side.main is not None:  # close the stream: the server aborts it
+            main = side.main
+            if main in replica.active:
+                replica.active.remove(main)
+            replica.core.finish(main.gang, tokens=side.streamed)
+            self.gangs.pop(main.gang, None)
+            side.stream_done = True
+        self._finish_program(program, now, None)
+
     def _capped(self, program: _Program, request: GenerationRequest) -> tuple[GenerationRequest, Completion, bool]:
         """The request as the runtime's allowance cap sends it, the recorded answer to it, and
         whether it is a probe (the only request whose prompt ends in the probe suffix)."""
@@ -322,7 +500,13 @@ class _Simulation:
         program.end = now
         program.result = result
         start = program.start if program.start is not None else now
-        if program.logged is not None:
+        overrun = 0
+        if program.side is not None:
+            logged, side = program.logged, program.side
+            assert logged is not None
+            overrun = side.overrun
+            tokens, correct, answer, stop = side.streamed + side.probe_tokens, logged.correct, logged.answer, logged.stop_reason
+        elif program.logged is not None:
             logged = program.logged
             tokens, correct, answer, stop = logged.tokens, logged.correct, logged.answer, logged.stop_reason
         else:
@@ -340,6 +524,7 @@ class _Simulation:
                 policy=self.policy,
                 answer=answer,
                 stop_reason=stop,
+                overrun_tokens=overrun,
             )
         )
 
@@ -354,24 +539,34 @@ class _Simulation:
         scheduling, which the proxy feeds), so the scheduler still picks who runs next when memory,
         not the batch size, is the limit."""
         for gang in replica.core.dispatch(now=replica.time):
-            state = self.gangs[gang]
-            program = state.program
-            if program.start is None:
-                program.start = replica.time
-            base = state.completion.prompt_tokens
-            context = base + (self.cost.probe_suffix_tokens if state.is_probe else 0)
-            for choice in state.completion.choices:
-                request = _Request(program, gang, choice.completion_tokens, base, context, state.is_probe)
-                if self.kv_tokens is None:
-                    replica.queue.append(request)
-                else:
-                    priority = replica.core.engine_priority(gang)
-                    heapq.heappush(replica.waiting, (priority, next(self._seq), request))
+            self._enqueue(replica, gang, self.gangs[gang])
         while replica.queue and len(replica.active) < self.cost.max_batch:
             self._join(replica, replica.queue.popleft())
         while (replica.waiting and len(replica.active) < self.cost.max_batch
                and self._kv_fits(replica, replica.waiting[0][2])):
             self._join(replica, heapq.heappop(replica.waiting)[2])
+
+    def _enqueue(self, replica: _Replica, gang: Gang, state: _GangState, front: bool = False) -> None:
+        """Hand a dispatched gang's requests to the engine's queue (``front``: ahead of it)."""
+        program = state.program
+        if program.start is None:
+            program.start = replica.time
+        base = state.completion.prompt_tokens
+        context = base + (self.cost.probe_suffix_tokens if state.is_probe else 0)
+        for choice in state.completion.choices:
+            request = _Request(program, gang, choice.completion_tokens, base, context, state.is_probe,
+                               role=state.role, shared=base if state.role == "probe" else 0)
+            if state.role == "main":
+                assert program.side is not None
+                program.side.main = request
+            if self.kv_tokens is None:
+                if front:
+                    replica.queue.appendleft(request)
+                else:
+                    replica.queue.append(request)
+            else:
+                priority = -(1 << 62) if front else replica.core.engine_priority(gang)
+                heapq.heappush(replica.waiting, (priority, next(self._seq), request))
 
     def _kv_fits(self, replica: _Replica, request: _Request) -> bool:
         """Whether the KV cache holds the newcomer beside the running requests, each program counted
@@ -384,11 +579,15 @@ class _Simulation:
 
     @staticmethod
     def _kv_need(request: _Request) -> int:
+        if request.shared:  # a side probe: its prefix is the main stream's blocks (prefix caching)
+            return request.context - request.shared + max(1, request.tokens)
         return max(request.context + max(1, request.tokens), request.program.kv_final)
 
     def _join(self, replica: _Replica, request: _Request) -> None:
         program = request.program
-        if self.cost.prefix_cache == "last":
+        if request.shared:  # a side probe forks the running stream's prefix: only its suffix is new
+            cached = request.shared
+        elif self.cost.prefix_cache == "last":
             cached = min(request.base, replica.last_end) if replica.last_program is program else 0
         else:
             cached = min(request.base, program.cached_end)
@@ -399,6 +598,9 @@ class _Simulation:
         replica.time += self.cost.prefill_s * max(0, new) if self.chunked_prefill else self.cost.join_s(new)
         request.remaining = max(1, request.tokens)  # even an empty completion takes one step
         request.length = request.context
+        if request.role == "main":  # run to the first milestone (a probe point passed, ...)
+            assert program.side is not None
+            request.remaining = program.side.next_milestone() - program.side.streamed
         replica.active.append(request)
 
     def advance(self, replica: _Replica, until: float) -> None:
@@ -432,11 +634,22 @@ class _Simulation:
         batch = len(replica.active)
         k = min(r.remaining for r in replica.active)
         self._steps(replica, k, batch, sum(r.length for r in replica.active))
-        done = [r for r in replica.active if r.remaining <= 0]
-        replica.active = [r for r in replica.active if r.remaining > 0]
         now = replica.time
+        reached = [r for r in replica.active if r.remaining <= 0]
+        # A main stream at a milestone short of its end keeps decoding.
+        done = [r for r in reached if not (r.role == "main" and r.length - r.context < r.tokens)]
+        replica.active = [r for r in replica.active if r.remaining > 0 or r not in done]
         finished: list[_GangState] = []
-        for request in done:
+        for request in reached:
+            if request.role == "main":
+                self._side_stream(replica, request, now)
+                continue
+            if request.role == "probe":
+                state = self.gangs.pop(request.gang)
+                if request.gang.gang_id >= 0:  # scheduled by the core (not sent straight to the engine)
+                    replica.core.finish(request.gang, tokens=state.completion.completion_tokens)
+                self._side_probe_done(replica, state, now)
+                continue
             self._remember_cache(replica, request)
             state = self.gangs[request.gang]
             state.outstanding -= 1
@@ -537,10 +750,18 @@ def simulate_logged(
     kv_tokens: int | None = None,
     deadline_slack_s: float | None = None,
     chunked_prefill: bool = False,
+    probe_timing: str = "side",
+    side_probes_scheduled: bool = True,
 ) -> list[ProgramRecord]:
     """Serve logged programs (their requests exactly as they ran live) under ``policy``: the check
     of the cost model against a load test, free of any difference in what the engine writes. The
-    certaindex core hears the logged certaindex reports and cuts nothing."""
+    certaindex core hears the logged certaindex reports and cuts nothing.
+
+    Programs carrying ``stream_tokens`` (plans of recorded trajectories) reason in one main stream
+    with side probes under ``probe_timing="side"``, or in chunks under ``"chunked"``; programs
+    logged by a load test run as they were logged. ``side_probes_scheduled``: a side probe takes a
+    slot from the scheduler core like any request (the live runtime), waiting behind other programs
+    when the capacity is used; False sends it straight to the engine, ahead of its queue."""
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, got {replicas}")
     for program in programs:
@@ -551,7 +772,8 @@ def simulate_logged(
     config = CoTConfig()
     _check_kv(kv_tokens)
     sim = _Simulation(None, cost, policy, config, capacity=capacity, replicas=replicas, slo_s=slo_s, aging_s=aging_s,
-                      kv_tokens=kv_tokens, deadline_slack_s=deadline_slack_s, chunked_prefill=chunked_prefill)
+                      kv_tokens=kv_tokens, deadline_slack_s=deadline_slack_s, chunked_prefill=chunked_prefill,
+                      probe_timing=probe_timing, side_probes_scheduled=side_probes_scheduled)
     return sim.run(sims)
 
 

@@ -50,7 +50,8 @@ class Serving:
 
     ``deadlines``: tell the ``*-sched`` cores each program's deadline (arrival + the SLO); without,
     they order by remaining work and certaindex alone. ``chunked_prefill``: a joining request costs
-    its uncached tokens' prefill only (vLLM, SGLang), instead of stalling the batch for a pass."""
+    its uncached tokens' prefill only (vLLM, SGLang), instead of stalling the batch for a pass.
+    ``probe_timing``: see :mod:`certaindex.serving.simulator`."""
 
     capacity: int
     replicas: int = 1
@@ -59,6 +60,8 @@ class Serving:
     deadline_slack_s: float | None = None
     deadlines: bool = True
     chunked_prefill: bool = False
+    probe_timing: str = "side"  # side: one main stream, probes on the side; chunked: reasoning pauses per probe
+    side_probes_scheduled: bool = True  # a side probe takes a scheduler slot (as live) or goes straight to the engine
 
 
 Draw = tuple[list[float], list[int]]  # arrival times, trajectory index of each arrival
@@ -104,7 +107,8 @@ def run_workload(workload: Workload, cost: CostModel, arrivals: Sequence[float],
     return simulate_logged(programs, cost, workload.policy, capacity=serving.capacity, replicas=serving.replicas,
                            slo_s=slo_s if serving.deadlines else None, aging_s=serving.aging_s,
                            kv_tokens=serving.kv_tokens, deadline_slack_s=serving.deadline_slack_s,
-                           chunked_prefill=serving.chunked_prefill)
+                           chunked_prefill=serving.chunked_prefill, probe_timing=serving.probe_timing,
+                           side_probes_scheduled=serving.side_probes_scheduled)
 
 
 def _same_trajectories(workloads: Sequence[Workload]) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX, DEFAULT_SYSTEM_PROMPT
+from certaindex.core.validation import json_object_line
 from certaindex.programs.cot import CoTConfig
 
 __all__ = [
@@ -304,12 +305,7 @@ def read_traces(path: str | os.PathLike[str], allow_truncated: bool = False) -> 
     for lineno, line in _lines(path, label, allow_truncated):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TraceFormatError(f"{label}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise TraceFormatError(f"{label}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        obj = json_object_line(line, f"{label}:{lineno}", TraceFormatError, column=True)
         try:
             if header is None:
                 header = _parse_header(obj)

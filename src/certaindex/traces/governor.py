@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from certaindex.core.exit_score import trial_confidence
+from certaindex.core.validation import json_object_line
+
 __all__ = [
     "GovernorFormatError",
     "GovernorRun",
@@ -195,18 +198,17 @@ def _target(value: Any) -> str:
 
 
 def _min_prob(value: Any) -> float:
-    """The smallest token probability of a trial's ``logprobs`` list (0.0 when absent)."""
-    import math
-
+    """The smallest token probability of a trial's ``logprobs`` list (0.0 when absent), by the
+    definition live trials use (:func:`~certaindex.core.exit_score.trial_confidence`, whose
+    confidence also reproduces the records' own ``confidence``)."""
     lps = _literal(value) or []
     if not isinstance(lps, list):
         raise _Bad("logprobs is not a list")
-    probs = []
+    values = []
     for d in lps:
         d = _literal(d)
-        lp = d.get("logprob") if isinstance(d, dict) else d
-        probs.append(math.exp(_float(lp, "logprob")))
-    return min(probs) if probs else 0.0
+        values.append(_float(d.get("logprob") if isinstance(d, dict) else d, "logprob"))
+    return trial_confidence(values)[1]
 
 
 def _trial_tokens(value: Any) -> tuple[tuple[str, float], ...]:
@@ -244,13 +246,7 @@ def _json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for lineno, line in _lines(path):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GovernorFormatError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise GovernorFormatError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        yield lineno, record
+        yield lineno, json_object_line(line, f"{path}:{lineno}", GovernorFormatError)
 
 
 def read_split_manifest(path: Path) -> dict[tuple[str, int], str]:

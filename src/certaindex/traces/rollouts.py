@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import gzip
-import json
 import re
 import threading
 import zlib
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from certaindex.core.answers import answers_equal, canonical_answer, is_hesitant
+from certaindex.core.validation import json_object_line
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -240,10 +240,9 @@ def read_rollouts(path: str | Path, probe_cost: Callable[[str], int] | None = No
             for lineno, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
+                record = json_object_line(line, f"{path}:{lineno}", RolloutsError)
                 try:
-                    rollout = _rollout(json.loads(line), cost)
-                except json.JSONDecodeError as exc:
-                    raise RolloutsError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                    rollout = _rollout(record, cost)
                 except _LineError as exc:
                     raise RolloutsError(f"{path}:{lineno}: {exc}") from None
                 ident = (rollout.dataset, rollout.problem_id, rollout.rollout_id)
