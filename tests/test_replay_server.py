@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -123,16 +122,18 @@ def test_a_hesitating_probe_reads_as_its_answer_and_as_hesitant(trajs):
 
 
 @needs_vocab
-def test_a_deer_trial_carries_logprobs_of_the_recorded_confidence(replay, trajs):
+def test_a_deer_trial_reads_as_the_recorded_one(replay, trajs):
+    from certaindex.core.exit_score import read_trial
+
     traj = next(t for t in trajs if t.trials and len(t.trials) > 2)
     trial = traj.trials[2]
     reply = replay.answer(prompt_of(traj) + text_at(replay, traj, trial.pos + 5) + DEER_SUFFIX, max_tokens=64,
-                          logprobs=1)
+                          stop=PROBE_STOPS, logprobs=1)  # as the live chain of thought asks
     assert reply.kind == "trial" and reply.recorded_position == trial.pos
-    probs = [math.exp(p.logprob) for p in reply.pieces]
-    assert sum(probs) / len(probs) == pytest.approx(trial.confidence, abs=1e-9)
-    assert min(probs) == pytest.approx(trial.min_prob, abs=1e-9)
-    assert reply.text == "".join(token for token, _ in trial.tokens)
+    reading = read_trial([p.token_text for p in reply.pieces], [p.logprob for p in reply.pieces])
+    assert reading.confidence == pytest.approx(trial.confidence, abs=1e-9)
+    assert reading.min_prob == pytest.approx(trial.min_prob, abs=1e-9)
+    assert answers_equal(reading.answer, trial.answer)
 
 
 def test_an_unknown_problem_and_a_foreign_reasoning_are_refused(replay, trajs):
@@ -293,7 +294,7 @@ def test_the_proxy_runs_real_reasoning_programs_on_the_replay_server(replay_serv
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", f"{replay_server}/v1", "--port", str(port),
-            "--budget", "16384", "--scheduler", "fcfs", "--log-level", "warning"]
+            "--budget", "16384", "--scheduler", "fcfs", "--log-level", "warning", "--model", trajs[0].model_name]
     traj = trajs[0]  # 8,258 tokens; Dynasor's k=3 settles long before
     with server_process(args, tmp_path / "proxy.log", f"{url}/health", "certaindex serve"):
         before = httpx.get(f"{replay_server}/replay/stats").json()
@@ -314,10 +315,14 @@ def test_the_proxy_runs_real_reasoning_programs_on_the_replay_server(replay_serv
         assert after["tokens"] - before["tokens"] >= usage["completion_tokens"]
         assert after["joins"] - before["joins"] == info["upstream_requests"]
 
+        # the shipped profile of the served model (its certainty score reads probes, boxes and DEER trials)
+        before = httpx.get(f"{replay_server}/replay/stats").json()
         profile = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
             "model": "m", "messages": [{"role": "user", "content": trajs[8].problem}]}).json()
+        after = httpx.get(f"{replay_server}/replay/stats").json()
         parts = profile["usage"]["certaindex"]
         assert profile["certaindex"]["stop_reason"] in ("certain", "finished")
+        assert after["joins"] - before["joins"] == profile["certaindex"]["upstream_requests"]
         assert profile["usage"]["completion_tokens"] == sum(parts.values())
         assert parts["reasoning_tokens"] < trajs[8].tokens_used
         assert profile["choices"][0]["message"]["content"]

@@ -75,8 +75,8 @@ def _logprobs(pieces: list[Piece], offset: int) -> dict[str, Any] | None:
     for p in pieces:
         offsets.append(pos)
         pos += len(p.text)
-    return {"tokens": [p.text for p in pieces], "token_logprobs": [p.logprob for p in pieces],
-            "top_logprobs": [{p.text: p.logprob} for p in pieces], "text_offset": offsets}
+    return {"tokens": [p.token_text for p in pieces], "token_logprobs": [p.logprob for p in pieces],
+            "top_logprobs": [{p.token_text: p.logprob} for p in pieces], "text_offset": offsets}
 
 
 def _replay_info(reply: Reply, seq: Sequence_) -> dict[str, Any]:

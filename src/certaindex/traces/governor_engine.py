@@ -25,9 +25,9 @@ A request's raw prompt is recognised and answered from the trajectory it continu
   ``answer} Wait, ...`` instead, so the live reader sees the same answer *and* the hesitation.
   It costs the probe's recorded output tokens (at most ``max_tokens``).
 * **trial** (the prompt ends with DEER's inducer ``\\n**Final Answer**\\n\\boxed``): the recorded
-  trial nearest at or before N (its ``deer.jsonl.gz`` tokens), with logprobs set so that the mean
-  token probability over the trial's tokens equals the recorded ``confidence`` and the smallest
-  equals the recorded ``min_prob``.
+  trial nearest at or before N, its recorded tokens with their recorded logprobs
+  (``deer.jsonl.gz``), from which DEER's rule (``core.exit_score.trial_confidence``) gives back the
+  recorded ``confidence`` and min prob.
 * **seeds**: a problem recorded under several seeds is served by the one whose text the reasoning
   continues; a fresh request (no reasoning yet, so every seed fits) takes the next seed in turn
   (round-robin per problem; ``seed_rule="first"`` always takes the lowest seed, ``"request"`` takes
@@ -108,6 +108,11 @@ class Piece:
     text: str
     token_id: int | None = None
     logprob: float | None = None
+    token: str | None = None  # the token's own text where a stop string cut what is delivered (logprobs show it)
+
+    @property
+    def token_text(self) -> str:
+        return self.text if self.token is None else self.token
 
 
 @dataclass(frozen=True)
@@ -178,17 +183,15 @@ def _at_or_before(positions: Sequence[int], n: int) -> int:
 
 
 def _trial_logprobs(trial: Trial) -> tuple[tuple[str, float], ...]:
-    """The trial's tokens with logprobs whose mean probability is the recorded confidence and whose
-    smallest is the recorded min_prob: the smallest token keeps min_prob, the others share the rest."""
-    tokens = list(trial.tokens) or [("}", 0.0)]
-    n = len(tokens)
-    conf = min(1.0, max(0.0, trial.confidence))
-    if n == 1:
-        return ((tokens[0][0], math.log(max(conf, 1e-12))),)
+    """The trial's recorded tokens and logprobs, which reproduce its recorded confidence by DEER's
+    rule (:func:`certaindex.core.exit_score.trial_confidence`: the mean probability of the tokens
+    after the opening brace; the smallest of all). A trial recorded without them gets an opening
+    brace at the recorded min prob and its answer at the recorded confidence."""
+    if trial.tokens:
+        return trial.tokens
+    conf = min(1.0, max(1e-12, trial.confidence))
     low = min(max(trial.min_prob, 1e-12), conf)
-    m = min(range(n), key=lambda i: tokens[i][1])
-    rest = min(1.0, max(low, (n * conf - low) / (n - 1)))
-    return tuple((text, math.log(low if i == m else rest)) for i, (text, _) in enumerate(tokens))
+    return (("{", math.log(low)), (f"{trial.answer or ''}}}", math.log(conf)))
 
 
 class GovernorReplay:
@@ -364,9 +367,9 @@ class GovernorReplay:
         else:
             pieces, finish, recorded = self._trial(played, position, max_tokens, stop)
         if logprobs is None:
-            pieces = tuple(Piece(p.text, p.token_id, None) for p in pieces)
+            pieces = tuple(Piece(p.text, p.token_id, None, p.token) for p in pieces)
         elif kind != "trial":
-            pieces = tuple(Piece(p.text, p.token_id, 0.0 if p.logprob is None else p.logprob) for p in pieces)
+            pieces = tuple(Piece(p.text, p.token_id, 0.0 if p.logprob is None else p.logprob, p.token) for p in pieces)
         return Reply(kind, played.key, pieces, finish, base + suffix_tokens, base, position, recorded)
 
     def _continue(self, played: _Played, char: int, position: int, max_tokens: int,
@@ -468,7 +471,7 @@ def _apply_stop(pieces: list[Piece], stop: Sequence[str], finish: str) -> tuple[
             pos = 0
             for p in pieces[: i + 1]:
                 keep = max(0, min(len(p.text), cut - pos))
-                out.append(Piece(p.text[:keep], p.token_id, p.logprob))
+                out.append(Piece(p.text[:keep], p.token_id, p.logprob, p.token_text if keep < len(p.text) else p.token))
                 pos += len(p.text)
             return tuple(out), "stop"
     return tuple(pieces), finish
