@@ -10,8 +10,9 @@ arrives, seeded) under each row: ``full-fcfs`` (full reasoning) and ``exit-fcfs`
 k agreeing probes every ``--interval`` tokens; the proxy's probe suffix). The live side runs
 ``--speed`` times faster than the modelled GPU, its arrivals compressed by the same factor and its
 times scaled back: every figure is in modelled (H100) seconds. The proxy reasons in one upstream
-stream with probes on the side (its default) and, as a second live row, in chunks with probes
-between them (``--no-side-probes``), which is what the simulator's plans model.
+stream with probes on the side (its default; simulated with ``--probe-timing side``) and, as a
+second live row, in chunks with probes between them (``--no-side-probes``; simulated with
+``--probe-timing chunked``).
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def main() -> int:
     questions = [trajs[j].problem.strip() for j in order]
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     prompt_tokens = args.prompt_tokens or 122  # the deepseek-r1 template with the default system prompt: ~122
-    serving = Serving(capacity=1024, kv_tokens=None, deadlines=False)
+    timing = {"side": Serving(capacity=1024, kv_tokens=None, deadlines=False, probe_timing="side"),
+              "chunked": Serving(capacity=1024, kv_tokens=None, deadlines=False, probe_timing="chunked")}
     lines: list[str] = []
     figures: dict = {"rows": {}}
     for row in rows:
@@ -160,6 +162,7 @@ def main() -> int:
         workloads, plans = workloads_for(trajs, [policy], exits, cache, prompt_tokens=prompt_tokens,
                                          suffix_tokens=cost.probe_suffix_tokens)
         started = time.monotonic()
+        serving = timing["chunked" if row.endswith("chunked") else "side"]
         sim = summarise(row, run_workload(workloads[0], cost, arrivals, order, serving))
         sim_s = time.monotonic() - started
         started = time.monotonic()
@@ -190,7 +193,8 @@ def main() -> int:
         f"workload: {args.programs} programs drawn (seed {args.seed}) from {len(trajs)} {trajs[0].model} "
         f"{trajs[0].dataset} seed_{args.seed_folder} trajectories, Poisson {args.rate:g}/s; exit rows: Dynasor "
         f"k={args.k} every {args.interval} tokens; proxy scheduler fcfs, capacity 1024; simulator: plans with "
-        f"--prompt-tokens {prompt_tokens}, no KV limit, joins stall the batch (both sides)",
+        f"--prompt-tokens {prompt_tokens}, no KV limit, joins stall the batch (both sides); simulator probe timing: side "
+        f"(one stream, probes beside it, scheduled) for full and exit rows, chunked for the *-chunked row",
     ]
     report = "\n".join(header + [""] + lines) + "\n"
     if args.out:
