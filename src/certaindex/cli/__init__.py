@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from certaindex import __version__
-from certaindex.cli import demo, sampling, serve, serving, solve, traces
+from certaindex.cli import demo, replay_server, sampling, serve, serving, solve, traces
 from certaindex.cli.common import run_handler
 
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_serve_subcommand(sub)  # serve
     serving.add_subcommands(sub)  # loadtest, simulate
     sampling.add_subcommands(sub)  # evaluate-sc
+    replay_server.add_subcommands(sub)  # replay-server
     return parser
 
 

@@ -75,6 +75,7 @@ class Trial:
     confidence: float
     out_tokens: int
     min_prob: float = 0.0  # smallest token probability of the trial answer (from its logprobs)
+    tokens: tuple[tuple[str, float], ...] = ()  # the trial's tokens and their logprobs, as recorded
 
 
 @dataclass(slots=True)
@@ -96,6 +97,7 @@ class Trajectory:
     probes: list[Probe] = field(default_factory=list)  # the 64-token grid, by position
     events: list[Probe] = field(default_factory=list)  # event probes, by position
     trials: list[Trial] | None = None  # DEER trials by position; None where the run has none
+    problem: str = ""  # the problem's text as the prompt gave it (the replay server recognises it)
 
 
 @dataclass
@@ -209,6 +211,16 @@ def _min_prob(value: Any) -> float:
     return trial_confidence(values)[1]
 
 
+def _trial_tokens(value: Any) -> tuple[tuple[str, float], ...]:
+    """A trial's ``logprobs`` list as (token text, logprob) pairs (entries without a token are skipped)."""
+    out = []
+    for d in _literal(value) or []:
+        d = _literal(d)
+        if isinstance(d, dict) and "token" in d:
+            out.append((str(d["token"]), _float(d.get("logprob"), "logprob")))
+    return tuple(out)
+
+
 def _need(record: dict[str, Any], name: str) -> Any:
     if name not in record:
         raise _Bad(f"missing field {name!r}")
@@ -314,6 +326,7 @@ def read_run(folder: str | Path, splits: dict[tuple[str, int], str] | None = Non
                 final_answer=_answer(r.get("final_answer")),
                 final_correct=_bool(r.get("final_correct", False), "final_correct"),
                 finish_reason=str(r.get("finish_reason") or ""),
+                problem=str(r.get("problem") or ""),
             )
         except _Bad as exc:
             raise GovernorFormatError(f"{path}:{lineno}: {exc}") from None
@@ -389,6 +402,7 @@ def read_run(folder: str | Path, splits: dict[tuple[str, int], str] | None = Non
                         _float(_need(x, "confidence"), "confidence"),
                         _int(x.get("trial_out_tokens") or 0, "trial_out_tokens"),
                         _min_prob(x.get("logprobs")),
+                        _trial_tokens(x.get("logprobs")),
                     ))
             except _Bad as exc:
                 raise GovernorFormatError(f"{path}:{lineno}: {exc}") from None

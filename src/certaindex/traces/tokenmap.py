@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["char_ends", "encoding_for_model", "quicktok_available"]
+__all__ = ["char_ends", "encode", "encoding_for_model", "quicktok_available"]
 
 
 def encoding_for_model(model: str) -> str | None:
@@ -77,3 +77,14 @@ def char_ends(text: str, model: str, tokens_used: int) -> tuple[np.ndarray, str]
     n = max(int(tokens_used), 1)
     ratio = len(text) / n
     return np.round(np.arange(1, n + 1) * ratio).astype(np.int64), f"{ratio:.2f} characters a token"
+
+
+def encode(text: str, model: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(token ids, character offset just after each token) of ``text`` in ``model``'s own
+    vocabulary (special tokens such as ``<think>`` as themselves); None without quicktok or for a
+    model family it has no vocabulary for. The replay server streams a recorded text by these."""
+    name = encoding_for_model(model)
+    if name is None or not quicktok_available(name):
+        return None
+    ids = np.asarray(_encoding(name).encode(text, allowed_special="all"), dtype=np.int64)
+    return ids, _quicktok_ends(text, name)
