@@ -221,6 +221,20 @@ class SchedulerCore:
             self._unmissed -= not program.missed
         self._compact()
 
+    def hold_budget(self, program_id: str) -> None:
+        """From now until it ends, the program's whole budget is its floor: none of it is lent.
+
+        For a program whose requests run beside its own open stream (probes and trials forked on
+        one main stream): the stream holds the reasoning part of its budget for its whole life, so
+        lending the rest (its probes', trials' and answer's share) to others would refuse those
+        requests mid-stream (:class:`~certaindex.engines.base.BudgetExhausted`) and cut the program
+        short far below its own budget once its certaindex rose, with the stream decoding on. Lending
+        is meant between rounds (chunks, votes), where nothing of the program runs. It may still
+        borrow what others release. Idempotent; exact (the aggregates move with the floor)."""
+        program = self._program(program_id)
+        if program.floor < program.budget:
+            self._update(program, floor=program.budget)
+
     # -- gangs -------------------------------------------------------------------------------
 
     def submit(self, program_id: str, *, width: int, max_tokens: int, now: float) -> Gang:
@@ -317,8 +331,8 @@ class SchedulerCore:
     def allowance(self, program_id: str) -> int:
         """Tokens the program may still generate.
 
-        Every program is guaranteed its floor (``floor_fraction`` of its budget) minus what it has
-        committed (used, plus held by live gangs). The rest of all live budgets is shared: each
+        Every program is guaranteed its floor (``floor_fraction`` of its budget, or all of it once
+        :meth:`hold_budget` was called) minus what it has committed (used, plus held by live gangs). The rest of all live budgets is shared: each
         program keeps the uncertain part ``(1 - certaindex)`` of its own uncommitted budget; what
         confident programs release is pooled and split in proportion to ``(1 - certaindex) * budget``.
         Hence sum(allowance + committed) <= sum(budget) over live programs while callers stay within

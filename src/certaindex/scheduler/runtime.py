@@ -12,6 +12,12 @@ are side requests: they start at once without a slot (:meth:`SchedulerCore.start
 top engine priority of the program's class, charged to its budget like any request. Waiting for a
 slot behind other programs' whole streams, a probe would let its own stream decode far past the
 exit (the overrun; benchmarks/README.md, issue 13).
+
+A program that sends a request while its own stream runs holds its whole budget from then on
+(:meth:`SchedulerCore.hold_budget`): the ``certaindex`` policy lends a settled program's unused
+budget to unsure ones, and lent away mid-stream it would refuse the stream's next probe
+(``BudgetExhausted``) and end the program on ``budget`` far below its budget. Programs that reason
+in chunks or rounds (nothing of theirs runs between them) keep lending between them.
 """
 
 from __future__ import annotations
@@ -166,6 +172,7 @@ class ScheduledEngine(EngineView):
         self.program_id = program_id
         self.closed = False
         self.streamed = False  # a stream of it has been admitted: its generate calls are side requests
+        self.streams_open = 0  # its streams running now: a request sent meanwhile runs beside one
         counter = getattr(self.inner, "count_tokens", None)
         if counter is not None:
             self.count_tokens = counter  # the inner engine's tokenizer, where it has one
@@ -209,6 +216,8 @@ class ScheduledEngine(EngineView):
         return request
 
     async def generate(self, request: GenerationRequest) -> Completion:
+        if self.streams_open:  # a probe or trial beside its open stream: its own budget is no longer lent
+            self.scheduler.core.hold_budget(self.program_id)
         request = self._capped(request)
         if self.streamed:  # a probe or trial on the admitted stream's prefix: it must not wait
             gang = self.scheduler.start_side(self.program_id, request.n, request.max_tokens)
@@ -228,6 +237,7 @@ class ScheduledEngine(EngineView):
         request = self._capped(request)
         gang = await self.scheduler.acquire(self.program_id, 1, request.max_tokens)
         self.streamed = True
+        self.streams_open += 1
         tokens = 0
         inner = self.inner.stream(self._prioritised(request, gang))
         try:
@@ -235,6 +245,7 @@ class ScheduledEngine(EngineView):
                 tokens += delta.tokens
                 yield delta
         finally:
+            self.streams_open -= 1
             try:
                 await inner.aclose()  # type: ignore[attr-defined]
             finally:
