@@ -32,6 +32,7 @@ class ScriptedFakeEngine(Engine):
     fail_after_calls: int | None = None
     streaming: bool = False  # stream token by token and serve probes meanwhile (like an HTTP server)
     token_delay_s: float = 0.0  # per streamed token
+    tokens_per_delta: int = 1  # a streamed piece carries this many tokens (vLLM's stream interval)
     probe_delay_s: float = 0.0  # per probe
     fail_probes: bool = False
     probe_suffix: str = DEFAULT_PROBE_SUFFIX  # what a probe prompt ends with (a profile's own suffix)
@@ -102,13 +103,15 @@ class ScriptedFakeEngine(Engine):
         pieces, finish, _ = self._reply(request)
         self.open_streams += 1
         try:
-            for i, piece in enumerate(pieces):
-                await asyncio.sleep(self.token_delay_s)
+            step = max(1, self.tokens_per_delta)
+            for i in range(0, len(pieces), step):
+                group = pieces[i:i + step]
+                await asyncio.sleep(self.token_delay_s * len(group))
                 if self.breaks_left and self.break_stream_at is not None and self.streamed >= self.break_stream_at:
                     self.breaks_left -= 1
                     raise EngineError("scripted: the stream breaks off")
-                self.streamed += 1
-                yield StreamDelta(piece, 1, finish_reason=finish if i == len(pieces) - 1 else None)
+                self.streamed += len(group)
+                yield StreamDelta("".join(group), len(group), finish_reason=finish if i + step >= len(pieces) else None)
             if not pieces:
                 yield StreamDelta("", 0, finish_reason=finish)
         finally:

@@ -49,3 +49,17 @@ async def test_shipped_conservative_profile_runs_live() -> None:
     assert result.answer == "42"
     assert result.total_tokens == result.reasoning_tokens + result.probe_tokens + result.answer_tokens + result.overrun_tokens
     assert all(p.at_tokens % conservative.probe_interval == 0 for p in result.probes)
+
+
+@pytest.mark.parametrize("per_delta", [1, 3, 7])
+async def test_grid_probes_are_taken_when_the_stream_delivers_several_tokens_at_once(per_delta) -> None:
+    # a stream whose pieces carry several tokens lands its decision points past the multiples of
+    # the grid: every multiple still gets its one probe, at the first point at or past it
+    engine = ScriptedFakeEngine(reasoning=[f"t{i} " for i in range(200)], probe_reply=lambda n: ["41", "}"],
+                                streaming=True, tokens_per_delta=per_delta)
+    rule = dict(BOX_RULE, schedule="g20", threshold=None)
+    result = await solve_cot(engine, QUESTION, CoTConfig(budget=400, probe_interval=20, certainty=rule))
+    assert result.stop_reason == "finished" and result.reasoning_tokens == 200
+    grid = [p.at_tokens for p in result.probes]
+    assert [at // 20 for at in grid] == list(range(1, 10))  # one probe per multiple of 20 before the end, none skipped
+    assert all(0 <= at - 20 * (at // 20) < per_delta for at in grid)

@@ -398,6 +398,7 @@ class LiveScore:
         self._trial_scan = 0  # characters scanned for trial points
         self.trials_offered = 0
         self._last_probe = 0
+        self._grid_done = 0  # multiples of the grid interval already probed (probe_wanted)
         self._tc_done = False
         self._decided = 0
         self.exit_obs: Obs | None = None  # the observation that decided the exit
@@ -427,9 +428,15 @@ class LiveScore:
 
     def probe_wanted(self, at_tokens: int) -> bool:
         """Whether the schedule reads a probe at the decision point ``at_tokens`` (points asked in
-        order): a grid probe (``gN``: ``at_tokens`` a multiple of N) or the one probe at the first
-        point after ``</think>`` (``tc``)."""
-        grid = bool(self.every) and at_tokens > 0 and at_tokens % self.every == 0
+        order, each once): a grid probe (``gN``: the first point at or past each multiple of N;
+        exactly at it where tokens stream one by one) or the one probe at the first point after
+        ``</think>`` (``tc``)."""
+        # A point past a multiple of N not yet probed takes that grid probe: a stream that delivers
+        # several tokens at a time (vLLM's stream interval, a busy server's batched flush) lands its
+        # points past the multiples, and an exact-multiple test would skip almost every probe there.
+        grid = bool(self.every) and at_tokens > 0 and at_tokens // self.every > self._grid_done
+        if grid:
+            self._grid_done = at_tokens // self.every
         think = self.text.find(THINK_CLOSE)
         closed = think >= 0 and int(_tokens_at(np.asarray(self._ends or [0]), [think + len(THINK_CLOSE)])[0]) <= at_tokens
         if closed and not self._tc_done and (grid or "tc" in self.parts):
