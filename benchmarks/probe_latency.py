@@ -148,7 +148,10 @@ def proxies_for(upstream: str, extra: list[str], designs: tuple[str, ...] = ("si
     commands = []
     for design, port in ports.items():
         args = [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", f"{upstream}/v1", "--port", str(port),
-                "--policy", "cot", "--log-level", "warning", "--chat-template", "chatml", *extra]
+                "--policy", "cot", "--log-level", "warning", "--chat-template", "chatml",
+                # Dynasor's rule with the standard probe suffix (the paced fake answers only that
+                # suffix as a probe; a profile's own suffix would make it reason probe_tokens tokens)
+                "--profile", "none", *extra]
         if design == "chunked":
             args.append("--no-side-probes")
         commands.append((args, f"http://127.0.0.1:{port}/health"))
