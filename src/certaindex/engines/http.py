@@ -374,7 +374,7 @@ async def _read_to_end(lines: AsyncIterator[str]) -> None:
     """Read what follows ``[DONE]``: the end of the chunked body, which servers send with it. Only
     a response read to its end gives its connection back to the pool; one closed half-read closes
     the connection, and the next request pays a fresh TCP connect before its first token (about
-    1 ms on a loaded 2-core VM, ``benchmarks/probe_latency.py``). A server that keeps the body
+    0.5-1 ms on a loaded 2-core VM, ``benchmarks/probe_latency.py``). A server that keeps the body
     open after ``[DONE]`` is not waited for: the connection is closed as before."""
 
     async def drain() -> None:
