@@ -101,14 +101,17 @@ def through_proxy(client: httpx.Client, proxy: str, policy: str, options: dict[s
 def table(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     base_wall = statistics.median(r["wall"] for r in results["direct"])
     base_ttft = statistics.median(r["ttft"] for r in results["direct"])
-    lines = [f"{'path':<14} {'wall vs direct':>14} {'TTFT - direct':>14} {'tokens':>7} {'probes':>6} "
-             f"{'overrun':>7} {'requests':>8}  stop"]
+    lines = [f"{'path':<14} {'wall vs direct':>14} {'TTFT - direct':>14} {'per-rep range':>15} {'tokens':>7} "
+             f"{'probes':>6} {'overrun':>7} {'requests':>8}  stop"]
     for path, runs in results.items():
         wall = statistics.median(r["wall"] for r in runs)
         ttft = statistics.median(r["ttft"] for r in runs)
+        # the spread: each repetition's TTFT against the direct TTFT of the same repetition
+        paired = [(r["ttft"] - d["ttft"]) * 1e3 for r, d in zip(runs, results["direct"])]
+        spread = f"{min(paired):+.1f}..{max(paired):+.1f}"
         last = runs[-1]
         lines.append(
-            f"{path:<14} {wall / base_wall:>13.3f}x {(ttft - base_ttft) * 1e3:>+11.1f} ms {last['tokens']:>7} "
+            f"{path:<14} {wall / base_wall:>13.3f}x {(ttft - base_ttft) * 1e3:>+11.1f} ms {spread:>15} {last['tokens']:>7} "
             f"{str(last.get('probes', '-')):>6} {str(last.get('overrun', '-')):>7} {str(last.get('requests', 1)):>8}"
             f"  {last.get('stop', '-')}"
         )
@@ -119,11 +122,16 @@ def table(results: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def measure(upstream: str, model: str, prompt: str, proxies: dict[str, str], reps: int, max_tokens: int,
             cot: dict[str, Any], messages: list[dict[str, str]], direct_extra: dict[str, Any],
-            paths: tuple[str, ...] = ("direct", "full", "cot", "full/chunked", "cot/chunked")) -> dict[str, list]:
+            paths: tuple[str, ...] = ("direct", "full", "cot", "full/chunked", "cot/chunked"),
+            pause_s: float = 0.0) -> dict[str, list]:
     results: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
     with httpx.Client(timeout=600) as client:
         for rep in range(reps + 1):  # the first round warms every path up and is not counted
             for path in paths:
+                # A quiet start for every path: what the servers still do after the previous response
+                # (the upstream closing its stream) would otherwise land on this path's first token,
+                # always on the same path ("full" after "direct").
+                time.sleep(pause_s)
                 if path == "direct":
                     run = direct(client, upstream, model, prompt, max_tokens, direct_extra)
                 else:
@@ -140,7 +148,10 @@ def proxies_for(upstream: str, extra: list[str], designs: tuple[str, ...] = ("si
     commands = []
     for design, port in ports.items():
         args = [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", f"{upstream}/v1", "--port", str(port),
-                "--policy", "cot", "--log-level", "warning", "--chat-template", "chatml", *extra]
+                "--policy", "cot", "--log-level", "warning", "--chat-template", "chatml",
+                # Dynasor's rule with the standard probe suffix (the paced fake answers only that
+                # suffix as a probe; a profile's own suffix would make it reason probe_tokens tokens)
+                "--profile", "none", *extra]
         if design == "chunked":
             args.append("--no-side-probes")
         commands.append((args, f"http://127.0.0.1:{port}/health"))
@@ -156,7 +167,8 @@ def fake_run(r: float, t: float, args: argparse.Namespace) -> list[str]:
     prompt = ChatTemplate.named("chatml").render(MESSAGES)
     cot = {"probe_interval": args.interval, "k": 3}
     with process(fake, f"{upstream}/v1/models"), process(*commands[0]), process(*commands[1]):
-        results = measure(upstream, "fake-reasoner", prompt, proxies, args.reps, 2 * args.tokens, cot, MESSAGES, {})
+        results = measure(upstream, "fake-reasoner", prompt, proxies, args.reps, 2 * args.tokens, cot, MESSAGES, {},
+                          pause_s=args.pause)
     return [f"fake upstream, R = {r * 1e3:g} ms before each request's first token, T = {t * 1e3:g} ms per token; "
             f"{args.tokens} reasoning tokens, probe interval {args.interval}, probes never agree", *table(results), ""]
 
@@ -177,7 +189,7 @@ def llama_run(args: argparse.Namespace) -> list[str]:
     cot = {"probe_interval": args.llama_interval, "k": 1000}  # probes run, never stop the reasoning
     with process(server, f"{upstream}/v1/models"), process(*commands[0]):
         results = measure(upstream, "smollm2-135m-instruct", prompt, proxies, args.reps, args.llama_tokens, cot,
-                          LLAMA_MESSAGES, sampling, paths=("direct", "full", "cot"))
+                          LLAMA_MESSAGES, sampling, paths=("direct", "full", "cot"), pause_s=args.pause)
     return [f"llama-cpp-python server (one request at a time: the proxy reasons in chunks there), "
             f"SmolLM2-135M-Instruct Q4_1, {args.llama_threads} threads on {os.cpu_count()} CPU cores; "
             f"max {args.llama_tokens} tokens, "
@@ -190,6 +202,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--interval", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--pause", type=float, default=0.2, help="seconds of quiet before each request")
     parser.add_argument("--llama", action="store_true", help="also against llama-cpp-python's server")
     parser.add_argument("--llama-tokens", type=int, default=256)
     parser.add_argument("--llama-interval", type=int, default=32)
@@ -198,9 +211,9 @@ def main() -> int:
     args = parser.parse_args()
     lines = [f"# benchmarks/probe_latency.py {' '.join(sys.argv[1:])}",
              f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; "
-             f"medians of {args.reps} interleaved repetitions after one warm-up",
+             f"medians of {args.reps} interleaved repetitions after one warm-up, {args.pause:g} s apart",
              "# wall: request sent -> last event; TTFT: -> first reasoning token; ratios against 'direct' in the "
-             "same run", ""]
+             "same run; per-rep range: min..max of each repetition's TTFT - that repetition's direct TTFT (ms)", ""]
     for pair in filter(None, args.settings.split(";")):
         r, t = (float(x) for x in pair.split(","))
         lines += fake_run(r, t, args)

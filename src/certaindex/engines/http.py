@@ -29,6 +29,8 @@ from certaindex.engines.base import (
 )
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: Longest wait for the end of a streamed body after its ``[DONE]`` (servers send both at once).
+END_OF_STREAM_S = 0.25
 
 
 def normalise_base_url(url: str) -> str:
@@ -255,7 +257,8 @@ class HTTPEngine(Engine):
                 prompt_tokens: int | None = None
                 finish: str | None = None
                 prompt_ids: tuple[int, ...] | None = None  # passed on with the next piece
-                async for line in response.aiter_lines():
+                lines = response.aiter_lines()
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue
                     data = line[len("data:") :].strip()
@@ -289,6 +292,7 @@ class HTTPEngine(Engine):
                         extra = int(usage["completion_tokens"]) - counted
                         counted += extra
                         yield StreamDelta(text="", tokens=extra)
+                await _read_to_end(lines)
                 if finish is None:
                     raise EngineError(f"the stream from {self.base_url} ended before the completion finished")
                 yield StreamDelta(text="", tokens=0, finish_reason=finish, prompt_tokens=prompt_tokens)
@@ -364,6 +368,23 @@ class HTTPEngine(Engine):
     async def aclose(self) -> None:
         if self._owns_client:
             await self._pool.aclose()
+
+
+async def _read_to_end(lines: AsyncIterator[str]) -> None:
+    """Read what follows ``[DONE]``: the end of the chunked body, which servers send with it. Only
+    a response read to its end gives its connection back to the pool; one closed half-read closes
+    the connection, and the next request pays a fresh TCP connect before its first token (about
+    0.5-1 ms on a loaded 2-core VM, ``benchmarks/probe_latency.py``). A server that keeps the body
+    open after ``[DONE]`` is not waited for: the connection is closed as before."""
+
+    async def drain() -> None:
+        async for _ in lines:
+            pass
+
+    try:
+        await asyncio.wait_for(drain(), END_OF_STREAM_S)
+    except asyncio.TimeoutError:
+        pass
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -45,6 +45,7 @@ from certaindex.server.streaming import (
 )
 
 log = logging.getLogger("certaindex.server")
+_PROGRAM_ENDED = object()  # queued after a streamed program's last piece of reasoning
 
 
 @dataclass
@@ -318,19 +319,14 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         request_id = new_id()
         events: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.ensure_future(run_program(plan, engine_, events))
+        # The program's end is queued after its last piece of reasoning: each piece then reaches the
+        # client in one loop turn (no helper task and wait per piece), in order, and nothing is left behind.
+        task.add_done_callback(lambda _: events.put_nowait(_PROGRAM_ENDED))
 
         async def body() -> AsyncIterator[bytes]:
             yield sse(chunk(request_id, model, {"role": "assistant", "content": ""}))
-            while True:
-                getter = asyncio.ensure_future(events.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield sse(chunk(request_id, model, {"reasoning_content": getter.result()}))
-                    continue
-                await cancel_and_wait(getter)
-                break
-            while not events.empty():
-                yield sse(chunk(request_id, model, {"reasoning_content": events.get_nowait()}))
+            while (text := await events.get()) is not _PROGRAM_ENDED:
+                yield sse(chunk(request_id, model, {"reasoning_content": text}))
             try:
                 outcome = task.result()
             except ProxyError as exc:
