@@ -26,7 +26,7 @@ from typing import Any, Callable, Hashable, Optional, Sequence
 
 import numpy as np
 
-from certaindex.core.answers import _boxes
+from certaindex.core.answers import _boxes, _closing_brace
 
 __all__ = [
     "FEATURES",
@@ -92,22 +92,10 @@ def read_trial(tokens: Sequence[str], logprobs: Sequence[float]) -> TrialReading
     The answer is the content of the box the first token opens; the confidence is
     :func:`trial_confidence` over the tokens up to the one that closes that box (DEER's trial stops
     there), or over all of them when it never closes (no answer then)."""
-    depth, close, i = 0, None, 0
     text = "".join(tokens)
     ends = np.cumsum([len(t) for t in tokens]) if tokens else np.zeros(0, dtype=np.int64)
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                close = i
-                break
-        i += 1
+    opening = re.search(r"(?<!\\)\{", text)  # the first brace that is not escaped
+    close = _closing_brace(text, opening.end()) if opening else None
     n = len(tokens) if close is None else int(np.searchsorted(ends, close, side="right")) + 1
     n = min(n, len(tokens))
     answer = None
