@@ -168,7 +168,9 @@ def test_a_full_disk_fails_no_request_and_leaves_whole_lines(tmp_path):
     try:
         chat(shadow.url)
         recorder = shadow.app.state.shadow
-        assert wait_until(lambda: len(trace_files(tmp_path)) == 1)
+        # the file appears when it is created, before the worker thread has registered it and
+        # written the first trace: wait for the write itself
+        assert wait_until(lambda: any(log.written == 1 for log in list(recorder._logs.values())))
         [log] = recorder._logs.values()
         [opened] = log._files.values()
         full = os.open("/dev/full", os.O_WRONLY)  # every write now fails with ENOSPC, as on a full disk
