@@ -29,6 +29,7 @@ __all__ = [
     "CorrectFn",
     "KeyFn",
     "Outcome",
+    "agreement_runs",
     "deer",
     "dynasor",
     "dynasor_all_k",
@@ -67,7 +68,7 @@ def grid(traj: Trajectory, interval: int = 64) -> list[Probe]:
     return [p for p in traj.probes if p.pos % interval == 0 and p.pos < traj.tokens_used]
 
 
-def _runs(probes: Sequence[Probe], key: KeyFn) -> list[int]:
+def agreement_runs(probes: Sequence[Probe], key: KeyFn) -> list[int]:
     """Length of the run of agreeing, unhesitating probes ending at each probe."""
     runs: list[int] = []
     prev: Hashable | None = None
@@ -93,7 +94,7 @@ def dynasor_all_k(traj: Trajectory, ks: Sequence[int], key: KeyFn, correct: Corr
     if any(k < 1 for k in ks):
         raise ValueError(f"k must be at least 1, got {min(ks)}")
     ps = list(probes) if probes is not None else grid(traj, interval)
-    runs = _runs(ps, key)
+    runs = agreement_runs(ps, key)
     first: dict[int, int] = {}  # k -> first index whose run reaches k
     best = 0
     for i, r in enumerate(runs):

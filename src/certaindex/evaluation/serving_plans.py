@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from certaindex.evaluation.governor import GRID, PolicySpec, run_policy
 from certaindex.evaluation.grading import GradeCache
-from certaindex.evaluation.peers import Outcome, grid
+from certaindex.evaluation.peers import Outcome, agreement_runs, grid
 from certaindex.evaluation.profiles import Profile, profile_for_model
 from certaindex.traces.governor import Probe, Trajectory
 
@@ -105,15 +105,7 @@ def _certaindex(probes: Sequence[Probe], k: int | None, exit_pos: int | None,
     at 1). Without a rule (the oracle) 0 until the exit probe, 1 there."""
     if k is None:
         return [1.0 if p.pos == exit_pos else 0.0 for p in probes]
-    out: list[float] = []
-    prev: Hashable | None = None
-    run = 0
-    for p in probes:
-        kk = key(p.answer) if p.certain else None
-        run = run + 1 if (kk is not None and kk == prev and run > 0) else (1 if kk is not None else 0)
-        prev = kk
-        out.append(min(run, k) / k)
-    return out
+    return [min(run, k) / k for run in agreement_runs(probes, key)]
 
 
 def plan_requests(traj: Trajectory, outcome: Outcome, probes: Sequence[Probe], certaindex: Sequence[float], *,
