@@ -352,7 +352,7 @@ def test_live_score_decides_like_the_offline_features():
     for i, ch in enumerate(text, 1):
         live.add_text(ch, 1)
         live.boxed()
-        if live.probe_due():
+        if live.probe_wanted(live.tokens):
             live.observe("grid", probes.get(i), out_tokens=10)
         go, answer, _ = live.decide()
         if go:

@@ -382,10 +382,8 @@ class LiveScore:
         self._ends: list[int] = []
         self.obs: list[Obs] = []
         self._boxes_seen = 0
-        self._waits_seen = 0
         self._trial_scan = 0  # characters scanned for trial points
         self.trials_offered = 0
-        self._last_probe = 0
         self._grid_done = 0  # multiples of the grid interval already probed (probe_wanted)
         self._tc_done = False
         self._decided = 0
@@ -431,16 +429,6 @@ class LiveScore:
             self._tc_done = True
             return True
         return grid
-
-    def probe_due(self) -> bool:
-        """A probe is due at the current position (a grid point, or the first point after ``</think>``)."""
-        step = self.every or self.GRID
-        if self.tokens % step and not ("tc" in self.parts and not self._tc_done and THINK_CLOSE in self.text):
-            return False
-        if self.tokens <= self._last_probe:
-            return False
-        self._last_probe = self.tokens
-        return self.probe_wanted(self.tokens)
 
     def trial_points(self, final: bool = False) -> list[tuple[int, int]]:
         """New DEER trial points as (character offset, token position) of the text before each
@@ -497,8 +485,6 @@ class LiveScore:
         """Record a probe (``grid``/``event``) or ``trial`` answer read at token position ``pos``
         (default: the current token count)."""
         at = self.tokens if pos is None else int(pos)
-        if src == "grid":
-            self._last_probe = max(self._last_probe, at)
         self.obs.append(Obs(at, src, answer, certain, out_tokens, confidence, min_prob))
 
     def decide(self) -> tuple[bool, str | None, float]:
