@@ -368,44 +368,40 @@ def read_run(folder: str | Path, splits: dict[tuple[str, int], str] | None = Non
     except csv.Error as exc:
         raise GovernorFormatError(f"{path}:{lineno}: {exc}") from None
 
-    has_events = (folder / EVENTS).is_file()
-    if has_events:
-        path = folder / EVENTS
+    def attach(name: str, where: str, field: str, what: str, into: Callable[[Trajectory], list],
+               build: Callable[[dict[str, Any]], Any]) -> None:
+        """Read the optional file ``name``: each line's list ``field`` of objects, built and appended
+        to its trajectory's list (``into``); one error naming file and line."""
+        path = folder / name
         for lineno, r in _json_records(path):
             try:
-                t = owner(_int(_need(r, "problem_id"), "problem_id"), "events")
+                t = owner(_int(_need(r, "problem_id"), "problem_id"), where)
                 if t is None:
                     continue
-                for p in _objects(r, "probes", "an event probe"):
-                    t.events.append(Probe(
-                        _int(_need(p, "token_position"), "token_position"), _answer(p.get("probe_answer")),
-                        _bool(p.get("is_certain", False), "is_certain"),
-                        _int(p.get("probe_out_tokens") or 0, "probe_out_tokens"),
-                        tuple(str(x) for x in (_literal(p.get("trigger_types")) or ())),
-                    ))
+                into(t).extend(build(x) for x in _objects(r, field, what))
             except _Bad as exc:
                 raise GovernorFormatError(f"{path}:{lineno}: {exc}") from None
+
+    has_events = (folder / EVENTS).is_file()
+    if has_events:
+        attach(EVENTS, "events", "probes", "an event probe", lambda t: t.events, lambda p: Probe(
+            _int(_need(p, "token_position"), "token_position"), _answer(p.get("probe_answer")),
+            _bool(p.get("is_certain", False), "is_certain"),
+            _int(p.get("probe_out_tokens") or 0, "probe_out_tokens"),
+            tuple(str(x) for x in (_literal(p.get("trigger_types")) or ())),
+        ))
 
     has_deer = (folder / DEER).is_file()
     if has_deer:
         for t in trajs.values():
             t.trials = []
-        path = folder / DEER
-        for lineno, r in _json_records(path):
-            try:
-                t = owner(_int(_need(r, "problem_id"), "problem_id"), "deer")
-                if t is None:
-                    continue
-                for x in _objects(r, "trials", "a trial"):
-                    t.trials.append(Trial(  # type: ignore[union-attr]
-                        _int(_need(x, "token_position"), "token_position"), _answer(x.get("trial_answer")),
-                        _float(_need(x, "confidence"), "confidence"),
-                        _int(x.get("trial_out_tokens") or 0, "trial_out_tokens"),
-                        _min_prob(x.get("logprobs")),
-                        _trial_tokens(x.get("logprobs")),
-                    ))
-            except _Bad as exc:
-                raise GovernorFormatError(f"{path}:{lineno}: {exc}") from None
+        attach(DEER, "deer", "trials", "a trial", lambda t: t.trials, lambda x: Trial(  # type: ignore[arg-type,return-value]
+            _int(_need(x, "token_position"), "token_position"), _answer(x.get("trial_answer")),
+            _float(_need(x, "confidence"), "confidence"),
+            _int(x.get("trial_out_tokens") or 0, "trial_out_tokens"),
+            _min_prob(x.get("logprobs")),
+            _trial_tokens(x.get("logprobs")),
+        ))
 
     for t in trajs.values():
         t.probes.sort(key=lambda p: p.pos)
