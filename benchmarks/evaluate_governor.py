@@ -81,8 +81,8 @@ def main() -> int:
     lines += ["", f"## DEV-split problems ({len(trajs)} trajectories, seeds 42-44 pooled); tokens = reasoning + every "
               "probe/trial output token; saved = 1 - tokens / full; harm = trajectories wrong where full reasoning "
               "was right; best-within-band rows pick the peer setting saving most with accuracy >= full - 1 point "
-              "ON THESE DEV PROBLEMS (in-sample, favourable to the peers); the default is the shipped profile, "
-              "chosen on TRAIN problems (benchmarks/results/governor-profiles.txt)", "", text_table(tables)]
+              "ON THESE DEV PROBLEMS (in-sample, favourable to the peers; the row \"default's score, best within band\" gives the default's own score the same in-sample choice of threshold); the default is the shipped profile, "
+              "chosen on TRAIN problems (benchmarks/results/score-profiles-dev.json)", "", text_table(tables)]
     text = "\n".join(lines) + "\n"
     print(text)
     out = ROOT / "benchmarks" / "results" / "evaluate-governor.txt"

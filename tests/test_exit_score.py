@@ -379,3 +379,81 @@ def test_live_score_decides_like_the_offline_features():
     tr.add_text(" Waiting. Wait. Wait. Wait.", 8)
     assert len(tr.trial_points()) == 1 and tr.trials_offered == 3  # at most trials.max in all
     assert LiveScore(rule, key).trial_points(final=True) == []  # the schedule reads no trials
+
+
+def test_sweep_score_is_replay_at_each_threshold_and_exits_no_later_as_it_falls(tmp_path):
+    """The score's frontier (one feature pass, many thresholds) gives at each threshold exactly what
+    the profile replayed at that threshold gives, and a lower threshold never exits later."""
+    from certaindex.evaluation.grading import GradeCache
+    from certaindex.evaluation.governor import grading_inputs
+    from certaindex.evaluation.score_policy import replay_score, sweep_score
+
+    (run,) = read_governor(boxed_folder(tmp_path).parent)
+    cache = GradeCache.load(tmp_path / "g.json")
+    cache.grade(*grading_inputs(run.trajectories))
+    rule = score_profile(None, schedule="bx+g128", model={"features": ["box_agree", "log_pos"], "mean": [0.0, 0.0],
+                                                          "scale": [1.0, 1.0], "coef": [4.0, 1.5], "intercept": -9.0})["rule"]
+    thresholds = [None, 0.999, 0.9, 0.5, 0.1, 0.0]
+    for t in run.trajectories:
+        correct = (lambda a, t=t: cache.correct(a, t.target))
+        swept = sweep_score(rule, t, cache.key, correct, thresholds)
+        assert swept == [replay_score({**rule, "threshold": th}, t, cache.key, correct) for th in thresholds]
+        assert swept[0].exit_pos is None and swept[-1].exit_pos is not None
+        ends = [o.exit_pos if o.exit_pos is not None else t.tokens_used for o in swept]
+        assert ends == sorted(ends, reverse=True)
+
+
+def test_evaluate_tables_show_the_default_scores_frontier(tmp_path):
+    """Under a score default, every group also gets the default's score swept over its threshold
+    (family ``score``), and the table a row with its best point in band."""
+    from certaindex.evaluation.grading import GradeCache
+    from certaindex.evaluation.governor import SCORE_SWEEP, family_points, grading_inputs
+    from certaindex.evaluation.governor_report import group_rows
+
+    (run,) = read_governor(boxed_folder(tmp_path).parent)
+    cache = GradeCache.load(tmp_path / "g.json")
+    cache.grade(*grading_inputs(run.trajectories))
+    prof = parse_profile(score_profile(0.99, schedule="bx"))
+    points = family_points(run.trajectories, cache, profile_for=lambda name: prof)
+    sweep = [p for p in points if p.family == "score"]
+    assert len(sweep) == len(SCORE_SWEEP)
+    assert sweep[0].tokens >= sweep[-1].tokens  # conservative first
+    rows = dict(group_rows(points))
+    best = rows["default's score, best within band"]
+    assert best is None or best.family == "score"
+    # a Dynasor default has no score to sweep
+    dyn = parse_profile({"format": "certaindex-profile", "version": 1, "name": "d", "models": ["d"], "probe_suffix": "S",
+                         "probe_interval": 64, "rule": {"kind": "dynasor", "k": 3}})
+    assert not [p for p in family_points(run.trajectories, cache, profile_for=lambda name: dyn) if p.family == "score"]
+
+
+def test_held_aside_outcomes_replay_each_calibration_problem_once_at_a_threshold_certified_without_it(tmp_path):
+    """Each CAL trajectory is replayed once, at the threshold that the other three CAL sixths
+    certify; FIT trajectories never appear."""
+    from certaindex.evaluation.grading import GradeCache
+    from certaindex.evaluation.governor import grading_inputs
+    from certaindex.evaluation.score_policy import THRESHOLDS, HELD_TURNS, _certify, fitted_scores, held_aside_outcomes, part_of
+
+    trajs, rows = [], []
+    for pid in range(240):
+        right, early = str(pid % 7), (str(pid % 7 + 1) if pid % 5 == 0 else str(pid % 7))
+        t = traj(pid, right, 640, right)
+        t["full_text"] = "<think>" + "x" * (300 + 7 * (pid % 11)) + f" \\boxed{{{early}}} " + "y" * 1500 + f"</think> \\boxed{{{right}}}"
+        trajs.append(t)
+        rows += probe_rows(pid, [early] * 3 + [right] * 6)
+    (run,) = read_governor(write_run(tmp_path / "gov", trajs, rows).parent)
+    cache = GradeCache.load(tmp_path / "g.json")
+    cache.grade(*grading_inputs(run.trajectories))
+    ts = run.trajectories
+    correct = (lambda t, a: cache.correct(a, t.target))
+    tab, scores = fitted_scores(ts, "bx+g128", cache.key, correct, "noharm")
+    six = np.array([part_of(t) for t in ts])
+    rot = held_aside_outcomes(tab, scores, six, None, 0.1, 0.1)
+    assert sorted(rot.ids.tolist()) == [i for i, s in enumerate(six) if s in HELD_TURNS]
+    assert len(rot.thresholds) == len(HELD_TURNS)
+    for turn, th in zip(HELD_TURNS, rot.thresholds):
+        others = np.nonzero(np.isin(six, [s for s in HELD_TURNS if s != turn]))[0]
+        index, _, _ = _certify(tab, scores, others, None, 0.1, 0.1)
+        assert th == (None if index is None else THRESHOLDS[index])
+    full_tokens = tab.tokens_used[rot.ids] + tab.overhead[rot.ids]
+    assert (rot.tokens <= full_tokens).all() and (rot.tokens < full_tokens).any()

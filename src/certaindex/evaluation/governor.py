@@ -30,6 +30,7 @@ from certaindex.evaluation.peers import (
     oracle,
 )
 from certaindex.evaluation.profiles import Profile, load_profile, profile_for_model
+from certaindex.evaluation.score_policy import THRESHOLDS, sweep_score
 from certaindex.traces.governor import Trajectory
 
 __all__ = [
@@ -57,6 +58,9 @@ DYNASOR_KS = tuple(range(2, 33))
 DYNASOR_INTERVALS = (64, 128, 256, 512)
 EVENT_KS = tuple(range(2, 21))
 DEER_THRESHOLDS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9995)
+# The default score model swept over its threshold: its own frontier, for comparing signals at equal
+# accuracy (every third LTT candidate, conservative first).
+SCORE_SWEEP: tuple[float, ...] = tuple(THRESHOLDS[::3])
 FINAL_SOURCES = ("recorded", "extracted")
 
 
@@ -302,9 +306,18 @@ def family_points(ts: Sequence[Trajectory], cache: GradeCache,
         for th in thresholds:
             points.append(_point("deer", f"deer {th:g}", [deer(t, th, c) for t, c in zip(ts, corrects)], fulls))
     points.append(_point("oracle", "oracle bound", [oracle(t, c) for t, c in zip(ts, corrects)], fulls))
-    outs = [run_profile(profile_for(t.model_name), t, key, c) for t, c in zip(ts, corrects)]
-    names = sorted({profile_for(t.model_name).label for t in ts})
-    points.append(_point("default", "default: " + "; ".join(names), outs, fulls))
+    profiles = {profile_for(t.model_name).name: profile_for(t.model_name) for t in ts}
+    names = sorted(p.label for p in profiles.values())
+    if len(profiles) == 1 and next(iter(profiles.values())).kind == "score":
+        # one feature pass per trajectory gives the default (its own threshold, last) and its frontier
+        rule = next(iter(profiles.values())).rule
+        per_traj = [sweep_score(rule, t, key, c, [*SCORE_SWEEP, rule.get("threshold")]) for t, c in zip(ts, corrects)]
+        points.append(_point("default", "default: " + "; ".join(names), [o[-1] for o in per_traj], fulls))
+        for j, th in enumerate(SCORE_SWEEP):
+            points.append(_point("score", f"score threshold {th:.4f}", [o[j] for o in per_traj], fulls))
+    else:
+        outs = [run_profile(profile_for(t.model_name), t, key, c) for t, c in zip(ts, corrects)]
+        points.append(_point("default", "default: " + "; ".join(names), outs, fulls))
     if extra is not None and extra.family not in ("default", "full") and not (
             extra.family == "deer" and any(t.trials is None for t in ts)):
         outs = [run_policy(extra, t, cache, profile_for) for t in ts]

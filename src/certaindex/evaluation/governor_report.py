@@ -21,6 +21,7 @@ FAMILY_ROWS = (
     ("deer", "DEER, best within band"),
     ("oracle", "oracle bound"),
     ("default", "certaindex default"),
+    ("score", "default's score, best within band"),
 )
 
 
@@ -29,7 +30,7 @@ def group_rows(points: Sequence[Point], band: float = 0.01) -> list[tuple[str, P
     full = next(p for p in points if p.family == "full")
     rows: list[tuple[str, Point | None]] = []
     for family, label in FAMILY_ROWS:
-        if family in ("dynasor", "events", "deer"):
+        if family in ("dynasor", "events", "deer", "score"):
             if not any(p.family == family for p in points):
                 continue
             rows.append((label, best_in_band(points, family, full.accuracy, band)))
@@ -53,13 +54,13 @@ def render_group(model: str, dataset: str, n: int, points: Sequence[Point], band
 
 def text_table(groups: Sequence[tuple[str, str, int, Sequence[Point]]], band: float = 0.01) -> str:
     """The same rows as plain text (for results files)."""
-    lines = [f"{'model':20s} {'dataset':8s} {'n':>5s}  {'policy':26s} {'setting':46s} {'acc':>6s} {'tokens':>8s} {'saved':>7s} {'harm':>5s}"]
+    lines = [f"{'model':20s} {'dataset':8s} {'n':>5s}  {'policy':34s} {'setting':46s} {'acc':>6s} {'tokens':>8s} {'saved':>7s} {'harm':>5s}"]
     for model, dataset, n, points in groups:
         for label, p in group_rows(points, band):
             if p is None:
-                lines.append(f"{model:20s} {dataset:8s} {n:5d}  {label:26s} {'none in band':46s}")
+                lines.append(f"{model:20s} {dataset:8s} {n:5d}  {label:34s} {'none in band':46s}")
             else:
-                lines.append(f"{model:20s} {dataset:8s} {n:5d}  {label:26s} {p.label[:46]:46s} {p.accuracy:6.3f} "
+                lines.append(f"{model:20s} {dataset:8s} {n:5d}  {label:34s} {p.label[:46]:46s} {p.accuracy:6.3f} "
                              f"{p.tokens:8.0f} {100 * p.saved:6.1f}% {p.harmful_exits:5d}")
     return "\n".join(lines)
 
@@ -80,10 +81,11 @@ def plot_groups(groups: Sequence[tuple[str, str, int, Sequence[Point]]], path: s
             ps = sorted((p for p in dyn if p.interval == interval), key=lambda p: p.tokens)
             ax.plot([p.tokens for p in ps], [p.accuracy for p in ps], ".-", ms=3, lw=0.8, alpha=0.8,
                     label=f"Dynasor, every {interval} tok")
-        for family, style, label in (("events", "s-", "Dynasor on event probes"), ("deer", "^-", "DEER")):
+        for family, style, lw, label in (("events", "s-", 1.0, "Dynasor on event probes"), ("deer", "^-", 1.0, "DEER"),
+                                         ("score", "k-", 1.8, "default's score, any threshold")):
             ps = sorted((p for p in points if p.family == family), key=lambda p: p.tokens)
             if ps:
-                ax.plot([p.tokens for p in ps], [p.accuracy for p in ps], style, ms=4, lw=1, label=label)
+                ax.plot([p.tokens for p in ps], [p.accuracy for p in ps], style, ms=4, lw=lw, label=label)
         for family, style, label in (("full", "k*", "full reasoning"), ("oracle", "gD", "oracle bound"),
                                      ("default", "ro", "certaindex default"), ("policy", "mP", "--policy")):
             for p in points:

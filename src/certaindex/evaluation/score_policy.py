@@ -45,10 +45,14 @@ __all__ = [
     "SCHEDULE_PARTS",
     "THRESHOLDS",
     "Calibration",
+    "HELD_TURNS",
     "HeldOut",
+    "Rotation",
     "calibrate",
     "check_schedule",
     "fit_split",
+    "fitted_scores",
+    "held_aside_outcomes",
     "markers",
     "observations",
     "part_of",
@@ -56,6 +60,7 @@ __all__ = [
     "score_grading_inputs",
     "score_profile_json",
     "select_setting",
+    "sweep_score",
 ]
 
 SCHEDULE_PARTS = ("bx", "tc", "tr", "ev")  # plus gN: a probe every N tokens (N a multiple of 64)
@@ -130,16 +135,31 @@ def observations(traj: Trajectory, schedule: str, marks: TextMarkers | None = No
 
 def replay_score(rule: dict[str, Any], traj: Trajectory, key: KeyFn, correct: CorrectFn) -> Outcome:
     """A ``score`` rule on one trajectory (``rule`` as in a profile: schedule, threshold, model)."""
+    return sweep_score(rule, traj, key, correct, [rule.get("threshold")])[0]
+
+
+def sweep_score(rule: dict[str, Any], traj: Trajectory, key: KeyFn, correct: CorrectFn,
+                thresholds: Sequence[float | None]) -> list[Outcome]:
+    """A ``score`` rule's model on one trajectory at each of ``thresholds`` (None: never exit), the
+    observations and scores computed once: the score's own accuracy / tokens frontier."""
     obs = observations(traj, rule["schedule"])
     spent = np.cumsum([o.out_tokens for o in obs]) if obs else np.zeros(0)
-    threshold = rule.get("threshold")
-    if obs and threshold is not None:
-        scores = ScoreModel.from_dict(rule["model"]).score(stream_features(obs, markers(traj), key))
-        for i, o in enumerate(obs):
-            if o.answer is not None and scores[i] >= threshold:
-                return Outcome(o.pos, o.answer, correct(o.answer), int(o.pos + spent[i]), int(spent[i]))
     total = int(spent[-1]) if len(spent) else 0
-    return Outcome(None, traj.final_answer, correct(traj.final_answer), traj.tokens_used + total, total)
+    to_end = Outcome(None, traj.final_answer, correct(traj.final_answer), traj.tokens_used + total, total)
+    if not obs or all(th is None for th in thresholds):
+        return [to_end for _ in thresholds]
+    scores = ScoreModel.from_dict(rule["model"]).score(stream_features(obs, markers(traj), key))
+    answered = np.array([o.answer is not None for o in obs])
+    best = np.maximum.accumulate(np.where(answered, scores, -np.inf))
+    out: list[Outcome] = []
+    for th in thresholds:
+        if th is None or best[-1] < th:
+            out.append(to_end)
+            continue
+        i = int(np.searchsorted(best, th, side="left"))  # the first answered observation reaching th
+        o = obs[i]
+        out.append(Outcome(o.pos, o.answer, correct(o.answer), int(o.pos + spent[i]), int(spent[i])))
+    return out
 
 
 def score_grading_inputs(trajs: Iterable[Trajectory]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -350,6 +370,54 @@ class HeldOut:
         return self.per_dataset.get(dataset, {}).get("saved", 0.0)
 
 
+@dataclass
+class Rotation:
+    """Each CAL trajectory replayed with the threshold certified without its sixth (see
+    :func:`held_aside_outcomes`): what a deployment certified on other problems would do on it."""
+
+    ids: np.ndarray  # trajectory indices (the CAL part), in order
+    tokens: np.ndarray  # per trajectory of ``ids``: tokens spent (probes and trials counted)
+    correct: np.ndarray  # per trajectory of ``ids``: the submitted answer is right
+    thresholds: list[float | None]  # the certified threshold of each turn, in :data:`HELD_TURNS` order
+
+
+HELD_TURNS = (1, 2, 4, 5)  # CAL's sixths (:func:`part_of`), each held aside in turn
+
+
+def held_aside_outcomes(tab: _Table, scores: np.ndarray, six: np.ndarray, groups: np.ndarray | None,
+                        alpha: float, delta: float) -> Rotation:
+    """Replay every CAL trajectory at the threshold that the other three CAL sixths certify (the
+    same Learn-then-Test walk and guard as :func:`calibrate`; ``groups`` None: no guard)."""
+    ids = np.nonzero(np.isin(six, HELD_TURNS))[0]
+    tokens = np.zeros(len(ids))
+    correct = np.zeros(len(ids), dtype=bool)
+    thresholds: list[float | None] = []
+    for held in HELD_TURNS:
+        cal_ids = np.nonzero(np.isin(six, [s for s in HELD_TURNS if s != held]))[0]
+        test_ids = np.nonzero(six == held)[0]
+        index, _, _ = _certify(tab, scores, cal_ids, groups, alpha, delta)
+        th = THRESHOLDS[index] if index is not None else None
+        thresholds.append(th)
+        tok, cor = _replay(tab, _exits(tab, scores, test_ids), test_ids, th)
+        where = np.searchsorted(ids, test_ids)
+        tokens[where], correct[where] = tok, cor
+    return Rotation(ids, tokens, correct, thresholds)
+
+
+def fitted_scores(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
+                  correct: Callable[[Trajectory, str | None], bool], label: str,
+                  tab: _Table | None = None) -> tuple[_Table, np.ndarray]:
+    """The observation table of ``trajs`` (``tab`` when already built for this schedule) and every
+    row's score, the score fitted on the FIT sixths (0 and 3 of :func:`part_of`, which is
+    :func:`fit_split`'s FIT part) as :func:`calibrate` fits it."""
+    features = [f for f in FEATURES if "tr" in schedule.split("+") or "trial" not in f]
+    six = np.array([part_of(t) for t in trajs])
+    tab = tab if tab is not None else _table(trajs, schedule, key, correct)
+    fit_ids = np.nonzero(np.isin(six, (0, 3)))[0]
+    scores = _fit(tab, fit_ids, features, 2.0, label, len(trajs)).score(tab.X)
+    return tab, scores
+
+
 def select_setting(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
                    correct: Callable[[Trajectory, str | None], bool], alphas: Sequence[float] = (0.01, 0.015, 0.02, 0.025, 0.03),
                    labels: Sequence[str] = tuple(LABELS), guards: Sequence[bool] = (True, False), delta: float = 0.1,
@@ -357,44 +425,29 @@ def select_setting(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
     """Choose the label, alpha and stratum guard on held-aside TRAIN problems, never on the problems
     reported on. The score is fitted on FIT as in :func:`calibrate`; CAL's four sixths
     (:func:`part_of`) take turns as the held-aside part while the other three certify the threshold
-    by the same Learn-then-Test walk. Pooled over the four turns, a setting is admissible when the
-    held-aside ``target`` accuracy drops by at most ``max_loss`` (harmful minus helped exits, as a
-    share) and every other dataset's by at most ``max_loss_others`` trajectories; the admissible one
-    saving most on ``target`` wins (None: none admissible)."""
+    by the same Learn-then-Test walk (:func:`held_aside_outcomes`). Pooled over the four turns, a
+    setting is admissible when the held-aside ``target`` accuracy drops by at most ``max_loss``
+    (harmful minus helped exits, as a share) and every other dataset's by at most
+    ``max_loss_others`` trajectories; the admissible one saving most on ``target`` wins (None: none
+    admissible)."""
     check_schedule(schedule)
-    features = [f for f in FEATURES if "tr" in schedule.split("+") or "trial" not in f]
     trajs = list(trajs)
     six = np.array([part_of(t) for t in trajs])
     datasets = np.array([t.dataset for t in trajs])
-    tab = _table(trajs, schedule, key, correct)
-    fit_ids = np.nonzero(np.isin(six, (0, 3)))[0]
-    rest = (1, 2, 4, 5)
     out: list[HeldOut] = []
     for label in labels:
-        scores = _fit(tab, fit_ids, features, 2.0, label, len(trajs)).score(tab.X)
+        tab, scores = fitted_scores(trajs, schedule, key, correct, label)
         for alpha in alphas:
             for guard in guards:
-                acc: dict[str, dict[str, float]] = {}
-                ths: list[float | None] = []
-                for held in rest:
-                    cal_ids = np.nonzero(np.isin(six, [s for s in rest if s != held]))[0]
-                    test_ids = np.nonzero(six == held)[0]
-                    index, _, _ = _certify(tab, scores, cal_ids, datasets if guard else None, alpha, delta)
-                    th = THRESHOLDS[index] if index is not None else None
-                    ths.append(th)
-                    tok, cor = _replay(tab, _exits(tab, scores, test_ids), test_ids, th)
-                    full = tab.final_ok[test_ids]
-                    for d in sorted(set(datasets[test_ids].tolist())):
-                        m = datasets[test_ids] == d
-                        a = acc.setdefault(d, {"n": 0, "harmful": 0, "helped": 0, "tokens": 0.0, "full_tokens": 0.0})
-                        a["n"] += int(m.sum())
-                        a["harmful"] += int(((~cor) & full)[m].sum())
-                        a["helped"] += int((cor & ~full)[m].sum())
-                        a["tokens"] += float(tok[m].sum())
-                        a["full_tokens"] += float(tab.tokens_used[test_ids][m].sum())
-                per = {d: {"n": a["n"], "harmful": a["harmful"], "helped": a["helped"],
-                           "saved": round(1 - a["tokens"] / a["full_tokens"], 4)} for d, a in acc.items()}
-                h = HeldOut(label, alpha, guard, per, ths)
+                rot = held_aside_outcomes(tab, scores, six, datasets if guard else None, alpha, delta)
+                full = tab.final_ok[rot.ids]
+                per: dict[str, dict[str, float]] = {}
+                for d in sorted(set(datasets[rot.ids].tolist())):
+                    m = datasets[rot.ids] == d
+                    per[d] = {"n": int(m.sum()), "harmful": int(((~rot.correct) & full)[m].sum()),
+                              "helped": int((rot.correct & ~full)[m].sum()),
+                              "saved": round(1 - float(rot.tokens[m].sum()) / float(tab.tokens_used[rot.ids][m].sum()), 4)}
+                h = HeldOut(label, alpha, guard, per, rot.thresholds)
                 tgt = per.get(target)
                 h.admissible = bool(tgt and (tgt["helped"] - tgt["harmful"]) / tgt["n"] >= -max_loss - 1e-12 and all(
                     v["harmful"] - v["helped"] <= max_loss_others for d, v in per.items() if d != target))
