@@ -326,3 +326,34 @@ def test_an_embedded_r1_model_is_created_with_logprobs_for_its_trials(monkeypatc
     cli.main(["solve", "What is 2+2?", "--engine", "embedded:/models/DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf", "--quiet"])
     cli.main(["solve", "What is 2+2?", "--quiet"])
     assert asked == [True, False]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_under_a_score_rule_the_scheduler_hears_the_score_after_each_probe_and_trial(streaming):
+    """What the scheduler hears is the score of each probe's and trial's observation (as the
+    simulator's plans carry it), not Dynasor's agreeing-run progress, which would read 1.0 here once
+    k probes agreed."""
+    from certaindex.scheduler.runtime import cot_reporter
+
+    heard: list[float] = []
+    session = type("FakeSession", (), {"report": lambda self, c: heard.append(c)})()
+    events: list = []
+    report = cot_reporter(session)  # type: ignore[arg-type]
+
+    def on_event(event) -> None:
+        events.append(event)
+        report(event)
+
+    engine = ScriptedFakeEngine(reasoning=with_waits(60), trial_reply=confident_from(10**6), streaming=streaming,
+                                probe_reply=lambda n: ["41", "}"])
+    config = CoTConfig(budget=200, probe_interval=8, k=2, certainty=TRIAL_RULE)
+    result = await solve_cot(engine, QUESTION, config, on_event=on_event)
+    probes = [e.probe for e in events if e.kind == "probe"]
+    trials = [e.trial for e in events if e.kind == "trial"]
+    assert len(probes) >= 3 and trials == result.trials and len(trials) >= 3
+    unsure = 1 / (1 + math.exp(-(40 * (2 * math.exp(-3.0) / 2) - 37)))  # the score of an unsure latest trial
+    assert all(t.certaindex == pytest.approx(unsure) for t in trials)
+    assert all(p.certaindex == pytest.approx(unsure if p.at_tokens > trials[0].at_tokens else 1 / (1 + math.exp(37)))
+               for p in probes)
+    assert heard == [getattr(e, e.kind).certaindex for e in events if e.kind in ("probe", "trial")]
+    assert max(heard) < 0.01  # Dynasor's progress would be 1.0 after two agreeing probes

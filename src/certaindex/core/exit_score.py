@@ -388,6 +388,7 @@ class LiveScore:
         self._tc_done = False
         self._decided = 0
         self.exit_obs: Obs | None = None  # the observation that decided the exit
+        self.last_score: float | None = None  # the score of the latest observation decided on
 
     def add_text(self, chunk: str, tokens: int) -> None:
         """Append streamed text; its characters are spread evenly over its ``tokens`` (exact for
@@ -496,6 +497,7 @@ class LiveScore:
             return False, None, 0.0
         scores = self.model.score(stream_features(self.obs, self.markers(), self.key)[self._decided:])
         self._decided = len(self.obs)
+        self.last_score = float(scores[-1])
         if self.threshold is not None:
             i = first_exit(scores, [o.answer is not None for o in new], self.threshold)
             if i is not None:

@@ -161,7 +161,10 @@ class Probe:
     answer: str | None
     hesitant: bool
     tokens: int
-    certaindex: float  # probe certaindex after this probe (1.0 means the exit condition holds)
+    # The certainty the program reports after this probe (the scheduler hears it): Dynasor's
+    # progress (trailing agreeing run / k; 1.0 means the exit condition holds) or, under a score
+    # rule, the score of this probe's observation (what the simulator's plans carry).
+    certaindex: float
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ class Trial:
     confidence: float
     min_prob: float
     tokens: int
+    certaindex: float = 0.0  # the score of this trial's observation, reported like a probe's
 
 
 @dataclass
@@ -210,13 +214,14 @@ class CoTResult:
 @dataclass(frozen=True)
 class CoTEvent:
     """Progress for live displays: reasoning text arrived (``delta``, when streaming), a reasoning
-    chunk ended, or a probe answered."""
+    chunk ended, a probe answered, or a DEER-style trial answered (``trial``, score rules only)."""
 
-    kind: Literal["delta", "chunk", "probe", "done"]
+    kind: Literal["delta", "chunk", "probe", "trial", "done"]
     reasoning_tokens: int
     probe_tokens: int
     text: str = ""
     probe: Probe | None = None
+    trial: Trial | None = None
 
 
 async def solve_cot(
@@ -258,15 +263,21 @@ async def solve_cot(
     exit_answer: list[str | None] = [None]
     trials: list[Trial] = []
 
+    probe_settled = [False]  # under a score rule: whether the latest probe's observation settled it
+
     def settled_after(record: Probe | None, at_tokens: int) -> bool:
         """The certainty rule at a decision point: the score (the boxes the model wrote up to it, the
-        probe taken there if any) or k agreeing probes."""
+        probe taken there if any, already judged by :func:`record_probe`) or k agreeing probes."""
         if live is None:
             return probes_agree(observations, config.k, answers_equal)
-        live.boxed(upto=at_tokens)
         if record is not None:
-            live.observe("grid", record.answer, certain=not record.hesitant, out_tokens=record.tokens, pos=at_tokens)
+            return probe_settled[0]
+        live.boxed(upto=at_tokens)
         return decided()
+
+    def score_reported() -> float:
+        """The score of the latest observation, as the certainty the scheduler hears (in [0, 1])."""
+        return min(1.0, max(0.0, live.last_score or 0.0))  # type: ignore[union-attr]
 
     def decided() -> bool:
         go, answer, _ = live.decide()  # type: ignore[union-attr]
@@ -297,10 +308,13 @@ async def solve_cot(
         answer = reading.answer
         if answer is None and choice.finish_reason == "stop":  # the engine cut the closing brace with a stop string
             answer = read_probe_answer("\\boxed{", choice.text.lstrip().removeprefix("{"), True)
-        trials.append(Trial(at_tokens, answer, reading.confidence, reading.min_prob, choice.completion_tokens))
         live.observe("trial", answer, out_tokens=choice.completion_tokens, confidence=reading.confidence,
                      min_prob=reading.min_prob, pos=at_tokens)
-        return decided()
+        settled = decided()
+        trial = Trial(at_tokens, answer, reading.confidence, reading.min_prob, choice.completion_tokens, score_reported())
+        trials.append(trial)
+        emit(CoTEvent("trial", at_tokens, probe_tokens, trial=trial))
+        return settled
 
     if main_stream is None:  # full reasoning sends no side request: one stream wherever tokens stream
         main_stream = config.side_probes and bool(
@@ -379,13 +393,20 @@ async def solve_cot(
         answer = read_probe_answer(config.probe_suffix, choice.text, hit_stop)
         hesitant = is_hesitant(choice.text)
         observations.append(ProbeObservation(answer=answer, hesitant=hesitant))
+        if live is None:
+            certaindex = probe_certaindex(observations, config.k, answers_equal)
+        else:  # the score judges the boxes written up to the probe, then the probe
+            live.boxed(upto=at_tokens)
+            live.observe("grid", answer, certain=not hesitant, out_tokens=choice.completion_tokens, pos=at_tokens)
+            probe_settled[0] = decided()
+            certaindex = score_reported()
         record = Probe(
             at_tokens=at_tokens,
             text=choice.text,
             answer=answer,
             hesitant=hesitant,
             tokens=choice.completion_tokens,
-            certaindex=probe_certaindex(observations, config.k, answers_equal),
+            certaindex=certaindex,
         )
         probes.append(record)
         emit(CoTEvent("probe", at_tokens, probe_tokens, probe=record))

@@ -253,13 +253,14 @@ class ScheduledEngine(EngineView):
 
 
 def cot_reporter(session: ScheduledEngine) -> Callable[[object], None]:
-    """An ``on_event`` callback for :func:`~certaindex.programs.cot.solve_cot` that reports each
-    probe's certaindex to the scheduler."""
+    """An ``on_event`` callback for :func:`~certaindex.programs.cot.solve_cot` that reports the
+    certaindex after each probe, and after each DEER-style trial under a score rule, to the scheduler."""
 
     def on_event(event: object) -> None:
-        probe = getattr(event, "probe", None)
-        if getattr(event, "kind", None) == "probe" and probe is not None:
-            session.report(probe.certaindex)
+        kind = getattr(event, "kind", None)
+        record = getattr(event, kind, None) if kind in ("probe", "trial") else None
+        if record is not None:
+            session.report(record.certaindex)
 
     return on_event
 

@@ -105,13 +105,15 @@ class _DispatchClock(Engine):
 
 
 def _logging(report: Callable[[object], None], state: dict) -> Callable[[object], None]:
-    """Report each probe's certaindex, and note it on the program's last logged request (the probe)."""
+    """Report each probe's (and trial's) certaindex, and note it on the program's last logged request
+    (that probe or trial)."""
 
     def on_event(event: object) -> None:
         report(event)
-        probe = getattr(event, "probe", None)
-        if getattr(event, "kind", None) == "probe" and probe is not None and state["requests"]:
-            state["requests"][-1][4:] = [probe.certaindex]
+        kind = getattr(event, "kind", None)
+        record = getattr(event, kind, None) if kind in ("probe", "trial") else None
+        if record is not None and state["requests"]:
+            state["requests"][-1][4:] = [record.certaindex]
 
     return on_event
 
