@@ -80,13 +80,90 @@ def test_the_proxy_default_follows_the_model(capsys):
     assert "r1-distill-llama" in capsys.readouterr().err
     args = parser.parse_args(["serve", "--model", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "--k", "4"])
     assert settings_from_args(args).cot.certainty is None
-    # an HTTP upstream returns logprobs: R1-Distill-Qwen's profile takes DEER trials live; the
-    # embedded engine the proxy would create has none, so the conservative profile stands in
+    # an HTTP upstream returns logprobs: R1-Distill-Qwen's profile takes DEER trials live, and the
+    # proxy asks no embedded engine for them
     qwen = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
     args = parser.parse_args(["serve", "--upstream", "http://127.0.0.1:9/v1", "--model", qwen])
-    assert settings_from_args(args).cot.reads_trials and "r1-distill-qwen" in capsys.readouterr().err
-    args = parser.parse_args(["serve", "--model", qwen])
-    assert not settings_from_args(args).cot.reads_trials and "conservative" in capsys.readouterr().err
+    settings = settings_from_args(args)
+    assert settings.cot.reads_trials and not settings.embedded_logprobs
+    assert "r1-distill-qwen" in capsys.readouterr().err
+
+
+def serve_args(*flags: str) -> argparse.Namespace:
+    from certaindex.cli.serve import add_serve_subcommand
+
+    parser = argparse.ArgumentParser()
+    add_serve_subcommand(parser.add_subparsers())
+    return parser.parse_args(["serve", *flags])
+
+
+@pytest.mark.parametrize("flags, name", [
+    (["--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"], "r1-distill-qwen"),
+    (["--model", "/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf"], "r1-distill-qwen"),
+    (["--model", "Qwen/Qwen3-8B"], "qwen3"),
+    (["--profile", "qwen3"], "qwen3"),
+])
+def test_the_proxy_embedded_engine_keeps_logprobs_for_a_profile_with_trials(flags, name, capsys):
+    """Like solve: with no upstream, a profile that reads DEER trials is kept (not the conservative
+    one) and the embedded engine the proxy creates is asked for token logprobs."""
+    settings = settings_from_args(serve_args(*flags))
+    assert settings.upstream is None and settings.embedded_logprobs is True
+    assert settings.cot.reads_trials
+    printed = capsys.readouterr().err
+    assert f"early-exit profile {name} " in printed and "keeps token logprobs" in printed
+    assert "conservative" not in printed and "does not return" not in printed
+
+
+@pytest.mark.parametrize("flags", [
+    [],  # the embedded default model: the conservative profile
+    ["--model", "/models/SmolLM2-135M-Instruct.Q4_1.gguf"],
+    ["--model", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"],  # a profile without trials
+    ["--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "--k", "4"],  # Dynasor's rule
+    ["--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "--profile", "none"],
+    ["--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "--profile", "conservative"],
+])
+def test_the_proxy_embedded_engine_has_no_logprobs_without_trials(flags):
+    """Kept logits cost memory: only a profile that reads trials asks for them."""
+    settings = settings_from_args(serve_args(*flags))
+    assert settings.embedded_logprobs is False and not settings.cot.reads_trials
+
+
+def test_a_calibrated_profile_with_trials_asks_the_embedded_engine_for_logprobs(tmp_path):
+    from certaindex.evaluation.profiles import shipped_profiles
+
+    qwen = next(p for p in shipped_profiles() if p.name == "r1-distill-qwen")
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"format": "certaindex-profile", "version": 1, "name": "mine", "models": [],
+                                "probe_suffix": qwen.probe_suffix, "probe_interval": qwen.probe_interval,
+                                "rule": qwen.rule}))
+    settings = settings_from_args(serve_args("--model", "anything", "--calibration", str(path)))
+    assert settings.embedded_logprobs and settings.cot.reads_trials
+    settings = settings_from_args(serve_args("--upstream", "http://127.0.0.1:9/v1", "--calibration", str(path)))
+    assert not settings.embedded_logprobs and settings.cot.reads_trials
+
+
+def test_the_app_builds_its_embedded_engine_as_the_settings_say(monkeypatch):
+    """create_app hands ``embedded_logprobs`` to the engine it builds (each --workers process
+    builds its own from the same settings)."""
+    import httpx
+
+    from certaindex.server import app as app_module
+    from certaindex.server.settings import ServerSettings
+    from tests.misbehaving_upstream import serve_in_thread
+
+    built: list[dict] = []
+
+    def fake_make_engine(spec, **kwargs):
+        built.append({"spec": spec, **kwargs})
+        return ScriptedFakeEngine(reasoning=[], logprobs=kwargs["logprobs"])
+
+    monkeypatch.setattr(app_module, "make_engine", fake_make_engine)
+    for wanted in (True, False):
+        with serve_in_thread(app_module.create_app(ServerSettings(embedded_logprobs=wanted))) as url:
+            assert httpx.get(f"{url}/health").status_code == 200
+        assert built[-1]["spec"] == "embedded" and built[-1]["logprobs"] is wanted
+    with pytest.raises(ValueError, match="embedded engine only"):
+        ServerSettings(upstream="http://127.0.0.1:9/v1", embedded_logprobs=True)
 
 
 def test_record_picks_the_profile_from_the_model_name(capsys):

@@ -142,3 +142,54 @@ def test_embedded_engine_serves_early_exit_and_plain_chat(embedded_proxy):
     models = client(embedded_proxy).models.list()
     assert len(models.data) == 1
     assert httpx.post(f"{embedded_proxy}/v1/completions", json={"prompt": "x"}).status_code == 404
+
+
+def test_embedded_proxy_with_a_trial_profile_gets_logprobs(model_path, monkeypatch):
+    """``serve`` with no upstream and a profile that reads DEER trials (as solve does): the engine
+    the app builds itself keeps token logprobs, early-exit chat runs with that profile, and a trial
+    (the reasoning plus the profile's suffix, greedy, logprobs=1) gets its logprobs back."""
+    import argparse
+    import asyncio
+
+    from certaindex.cli.serve import add_serve_subcommand, settings_from_args
+    from certaindex.core.answers import canonical_answer
+    from certaindex.core.exit_score import LiveScore, read_trial
+    from certaindex.engines.base import GenerationRequest
+    from certaindex.server import app as app_module
+    from tests.misbehaving_upstream import serve_in_thread
+
+    parser = argparse.ArgumentParser()
+    add_serve_subcommand(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", str(model_path), "--profile", "r1-distill-qwen",
+                              "--policy", "cot", "--budget", "64"])
+    settings = settings_from_args(args)
+    assert settings.embedded_logprobs and settings.cot.reads_trials
+    built = []
+    real_make_engine = app_module.make_engine
+
+    def recording_make_engine(*a, **kw):
+        built.append(real_make_engine(*a, **kw))
+        return built[-1]
+
+    monkeypatch.setattr(app_module, "make_engine", recording_make_engine)
+    with serve_in_thread(app_module.create_app(settings)) as url:
+        (engine,) = built
+        assert engine.returns_logprobs is True
+        reply = client(url).chat.completions.create(model="any", messages=QUESTION, temperature=0)
+        info = reply.model_extra["certaindex"]
+        details = reply.usage.model_extra["certaindex"]
+        assert info["policy"] == "cot" and info["stop_reason"] in ("certain", "finished", "budget")
+        assert 0 <= details["reasoning_tokens"] <= 64 + UTF8_SLACK
+        assert reply.usage.completion_tokens == (details["reasoning_tokens"] + details["overrun_tokens"]
+                                                 + details["probe_tokens"] + details["answer_tokens"])
+        live = LiveScore(settings.cot.certainty, canonical_answer)
+        trial = asyncio.run(engine.generate(GenerationRequest(
+            prompt=engine.render_chat(QUESTION) + "Tom has 7 apples." + live.trial_suffix,
+            max_tokens=live.trial_tokens, temperature=0.0, logprobs=1)))
+    choice = trial.first
+    assert choice.logprobs is not None and 0 <= choice.completion_tokens <= live.trial_tokens
+    assert len(choice.logprobs) <= choice.completion_tokens + UTF8_SLACK
+    assert len(choice.logprobs) >= 1 or choice.completion_tokens == 0  # a token each, unless the model ended at once
+    assert all(isinstance(t.token, str) and t.logprob <= 0.0 for t in choice.logprobs)
+    reading = read_trial([t.token for t in choice.logprobs], [t.logprob for t in choice.logprobs])
+    assert 0.0 <= reading.confidence <= 1.0 and 0.0 <= reading.min_prob <= 1.0

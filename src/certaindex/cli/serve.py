@@ -101,12 +101,15 @@ def settings_from_args(args: argparse.Namespace):
     from certaindex.evaluation.evaluate import apply_calibration, load_calibration
     from certaindex.server.settings import ServerSettings
 
-    from certaindex.cli.common import resolve_profile
+    from certaindex.cli.common import profile_reads_trials, resolve_profile
 
     cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval or 64, k=args.k or 3,
                     probe_trigger=args.probe_trigger, side_probes=not args.no_side_probes)
-    # HTTP upstreams return logprobs (DEER trials need them); the embedded engine the proxy creates does not
-    upstream = SimpleNamespace(returns_logprobs=bool(args.upstream), name=args.upstream or "the embedded engine")
+    # DEER trials need token logprobs. HTTP upstreams return them; the embedded engine the proxy
+    # creates keeps the logits they need (memory) only when asked, so ask only when the profile reads trials.
+    embedded_logprobs = not args.upstream and profile_reads_trials(args)
+    upstream = SimpleNamespace(returns_logprobs=bool(args.upstream) or embedded_logprobs,
+                               name=args.upstream or "the embedded engine")
     profile, why = resolve_profile(args, args.model, upstream)
     if profile is not None:
         cot = replace(cot, probe_interval=profile.probe_interval, probe_suffix=profile.probe_suffix,
@@ -114,7 +117,9 @@ def settings_from_args(args: argparse.Namespace):
                       **({"certainty": profile.rule} if profile.kind == "score" else {"k": int(profile.rule["k"])}))
         from certaindex.cli.common import err
 
-        err.print(f"early-exit profile {profile.label} ({why}); requests may still ask for k / probe_interval", highlight=False)
+        logprobs_note = "; the embedded engine keeps token logprobs for its DEER trials" if embedded_logprobs else ""
+        err.print(f"early-exit profile {profile.label} ({why}){logprobs_note}; requests may still ask for k / "
+                  "probe_interval", highlight=False)
     elif args.calibration:
         cot = apply_calibration(cot, load_calibration(args.calibration), budget=True)
     extra = parse_json_object(args.extra_body, "--extra-body") or {}
@@ -143,6 +148,7 @@ def settings_from_args(args: argparse.Namespace):
             log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
             capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
             verbose=args.verbose, plain_max_tokens=args.plain_max_tokens, token_ids=args.token_ids,
+            embedded_logprobs=embedded_logprobs,
             shadow_dir=getattr(args, "shadow", None) or None,
             shadow_max_file_bytes=max(1, int(getattr(args, "shadow_max_file_mb", 256.0) * 1024 * 1024)),
         ),

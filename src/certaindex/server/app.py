@@ -124,6 +124,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             settings.upstream or "embedded", model=settings.model, chat_template=settings.chat_template,
             api_key=settings.upstream_api_key, extra_body=settings.engine_extra_body or None,
             timeout_s=settings.upstream_timeout_s, verbose=settings.verbose, token_ids=settings.token_ids,
+            logprobs=settings.embedded_logprobs,
         )
         passthrough = None
         if settings.upstream:

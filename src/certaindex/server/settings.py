@@ -44,6 +44,10 @@ class ServerSettings:
     aging_s: float = 30.0  # a program this old goes before all later ones
     engine_priorities: bool = False  # send each request's priority upstream (vLLM --scheduling-policy priority)
     verbose: bool = False  # let the embedded engine's llama.cpp log through
+    # Create the embedded engine with token logprobs (llama.cpp then keeps every position's logits,
+    # which costs memory): set by ``serve`` only when the early-exit profile reads DEER trials.
+    # HTTP upstreams return logprobs anyway, so with ``upstream`` given it must stay False.
+    embedded_logprobs: bool = False
     token_ids: bool = False  # the upstream reports and takes token ids (vLLM): probes continue the model's own tokens
     # Shadow mode (server/shadow.py): answer chat programs with full reasoning, probe beside it and
     # write each program as a trace here. Traces hold prompts and answers: opt-in only.
@@ -80,6 +84,8 @@ class ServerSettings:
             problems.append(f"workers must be at least 1, got {self.workers}")
         if not 0 <= self.aging_s < float("inf"):
             problems.append(f"aging must be a finite number of seconds >= 0, got {self.aging_s}")
+        if self.embedded_logprobs and self.upstream is not None:
+            problems.append("embedded_logprobs applies to the embedded engine only, not to an upstream")
         if self.shadow_max_file_bytes < 1:
             problems.append(f"shadow_max_file_bytes must be at least 1, got {self.shadow_max_file_bytes}")
         if problems:
