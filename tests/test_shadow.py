@@ -317,8 +317,8 @@ def test_runs_that_do_not_fit_the_format_are_skipped_not_written():
 
     config = CoTConfig(budget=64, probe_interval=4, probe_tokens=8)
 
-    def result(at: list[int], tokens: int, stop: str = "finished") -> CoTResult:
-        probes = [Probe(a, "7", "7", False, 2, 0.0) for a in at]
+    def result(at: list[int], tokens: int, stop: str = "finished", probe_tokens: int = 2) -> CoTResult:
+        probes = [Probe(a, "7", "7", False, probe_tokens, 0.0) for a in at]
         return CoTResult("q", "7", "7", stop, "x" * tokens, 3, tokens, 2 * len(at), 0, 64, probes)
 
     offsets = {i: i for i in range(65)}
@@ -326,10 +326,12 @@ def test_runs_that_do_not_fit_the_format_are_skipped_not_written():
     for bad, reason in ((result([4, 9], 10), "misaligned"),  # several tokens streamed across a point
                         (result([4], 10), "probe-failed"),  # no probe at 8
                         (result([4, 8], 10, stop="certain"), "early-exit"),
-                        (result([4, 8], 67, stop="budget"), "over-budget")):
+                        (result([4, 8], 67, stop="budget"), "over-budget"),
+                        (result([4, 8], 10, probe_tokens=-1), "invalid")):  # the reader's parse_record refuses it
         with pytest.raises(SkippedTrace) as caught:
             shadow_trace("a", "q", "p", 3, bad, offsets, config)
         assert caught.value.reason == reason
+    assert "chunks[0].probe.tokens" in str(caught.value)  # the reader's own message names the field
 
 
 @pytest.mark.model

@@ -37,6 +37,7 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "Chunk",
+    "FieldError",
     "FinalAnswer",
     "ProbeRecord",
     "TraceFormatError",
@@ -45,6 +46,7 @@ __all__ = [
     "TraceSet",
     "TraceSettings",
     "TraceWriter",
+    "parse_record",
     "read_traces",
     "write_traces",
 ]
@@ -310,8 +312,8 @@ def read_traces(path: str | os.PathLike[str], allow_truncated: bool = False) -> 
             if header is None:
                 header = _parse_header(obj)
                 continue
-            record = _parse_record(obj, header.settings)
-        except _FieldError as exc:
+            record = parse_record(obj, header.settings)
+        except FieldError as exc:
             raise TraceFormatError(f"{label}:{lineno}: {exc}") from None
         key = (record.id, record.sample)
         if key in seen:
@@ -358,8 +360,10 @@ def _lines(path: Path, label: str, allow_truncated: bool) -> Iterator[tuple[int,
                 raise TraceFormatError(f"{label}:{lineno}: not UTF-8 text ({exc.reason})") from None
 
 
-class _FieldError(Exception):
-    pass
+class FieldError(Exception):
+    """One field of one line breaks the format; the message names the field, not the file or line:
+    :func:`read_traces` adds those (as a :class:`TraceFormatError`), and a writer that checks a
+    record before writing it (shadow traces) can skip the record instead."""
 
 
 def _is_int(value: object) -> bool:
@@ -375,7 +379,7 @@ def _get(obj: dict, key: str, kind: str, where: str, optional: bool = False) -> 
     if key not in obj:
         if optional:
             return None
-        raise _FieldError(f"missing field {name!r}")
+        raise FieldError(f"missing field {name!r}")
     value = obj[key]
     if value is None and (optional or kind.endswith("?")):
         return None
@@ -390,29 +394,29 @@ def _get(obj: dict, key: str, kind: str, where: str, optional: bool = False) -> 
     }[base](value)
     if not ok:
         what = {"num": "a number", "int": "an int", "str": "a string", "bool": "true or false", "list": "a list", "dict": "an object"}[base]
-        raise _FieldError(f"field {name!r} must be {what}, got {value!r:.60}")
+        raise FieldError(f"field {name!r} must be {what}, got {value!r:.60}")
     if base == "int" and value < 0:
-        raise _FieldError(f"field {name!r} must be >= 0, got {value}")
+        raise FieldError(f"field {name!r} must be >= 0, got {value}")
     return value
 
 
 def _parse_header(obj: dict) -> TraceHeader:
     if obj.get("format") != FORMAT:
-        raise _FieldError(f"not a certaindex trace file: the header's format is {obj.get('format')!r}, expected {FORMAT!r}")
+        raise FieldError(f"not a certaindex trace file: the header's format is {obj.get('format')!r}, expected {FORMAT!r}")
     version = obj.get("version")
     if version != VERSION:
-        raise _FieldError(f"trace format version {version!r} is not supported (this certaindex reads version {VERSION})")
+        raise FieldError(f"trace format version {version!r} is not supported (this certaindex reads version {VERSION})")
     raw = _get(obj, "settings", "dict", "header.")
     known = set(TraceSettings.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise _FieldError(f"unknown settings {', '.join(unknown)} in the header")
+        raise FieldError(f"unknown settings {', '.join(unknown)} in the header")
     for key in ("granularity", "budget"):
         _get(raw, key, "int", "settings.")
     try:
         settings = TraceSettings(**raw)
     except (TypeError, ValueError) as exc:
-        raise _FieldError(f"bad header settings: {exc}") from None
+        raise FieldError(f"bad header settings: {exc}") from None
     return TraceHeader(
         model=_get(obj, "model", "str", "header."),
         engine=_get(obj, "engine", "str", "header."),
@@ -424,7 +428,7 @@ def _parse_header(obj: dict) -> TraceHeader:
 
 def _parse_probe(obj: Any, where: str) -> ProbeRecord:
     if not isinstance(obj, dict):
-        raise _FieldError(f"field {where.rstrip('.')!r} must be an object")
+        raise FieldError(f"field {where.rstrip('.')!r} must be an object")
     return ProbeRecord(
         at_tokens=_get(obj, "at_tokens", "int", where),
         text=_get(obj, "text", "str", where),
@@ -437,17 +441,20 @@ def _parse_probe(obj: Any, where: str) -> ProbeRecord:
     )
 
 
-def _parse_record(obj: dict, settings: TraceSettings) -> TraceRecord:
+def parse_record(obj: dict, settings: TraceSettings) -> TraceRecord:
+    """One record line's object, checked as the reader checks it against the header's ``settings``
+    (chunks of exactly g tokens, a probe at every boundary, within the budget). Public so that a
+    writer can refuse a record the reader would stop at. Raises :class:`FieldError`."""
     g = settings.granularity
     chunks_raw = _get(obj, "chunks", "list", "")
     if not chunks_raw:
-        raise _FieldError("field 'chunks' is empty: a trace has at least one chunk")
+        raise FieldError("field 'chunks' is empty: a trace has at least one chunk")
     chunks = []
     at = 0
     for i, raw in enumerate(chunks_raw):
         where = f"chunks[{i}]."
         if not isinstance(raw, dict):
-            raise _FieldError(f"field 'chunks[{i}]' must be an object")
+            raise FieldError(f"field 'chunks[{i}]' must be an object")
         probe_raw = _get(raw, "probe", "dict?", where, optional=True)
         chunk = Chunk(
             text=_get(raw, "text", "str", where),
@@ -460,20 +467,20 @@ def _parse_record(obj: dict, settings: TraceSettings) -> TraceRecord:
         )
         last = i == len(chunks_raw) - 1
         if chunk.tokens > g or (not last and chunk.tokens != g):
-            raise _FieldError(f"chunk {i} has {chunk.tokens} tokens; every chunk but the last has exactly g={g}")
+            raise FieldError(f"chunk {i} has {chunk.tokens} tokens; every chunk but the last has exactly g={g}")
         if not last and chunk.finish_reason != "length":
-            raise _FieldError(f"chunk {i} ended with {chunk.finish_reason!r} but more chunks follow it")
+            raise FieldError(f"chunk {i} ended with {chunk.finish_reason!r} but more chunks follow it")
         at += chunk.tokens
         if chunk.finish_reason == "length" and chunk.tokens > 0:
             if chunk.probe is None:
-                raise _FieldError(f"chunk {i} has no probe: every boundary the reasoning went on from has one")
+                raise FieldError(f"chunk {i} has no probe: every boundary the reasoning went on from has one")
             if chunk.probe.at_tokens != at:
-                raise _FieldError(f"chunk {i}'s probe is at {chunk.probe.at_tokens} tokens, its boundary at {at}")
+                raise FieldError(f"chunk {i}'s probe is at {chunk.probe.at_tokens} tokens, its boundary at {at}")
         chunks.append(chunk)
     if at > settings.budget:
-        raise _FieldError(f"the reasoning has {at} tokens, more than the budget of {settings.budget}")
+        raise FieldError(f"the reasoning has {at} tokens, more than the budget of {settings.budget}")
     if "reasoning_tokens" in obj and _get(obj, "reasoning_tokens", "int", "") != at:
-        raise _FieldError(f"field 'reasoning_tokens' is {obj['reasoning_tokens']} but the chunks hold {at} tokens")
+        raise FieldError(f"field 'reasoning_tokens' is {obj['reasoning_tokens']} but the chunks hold {at} tokens")
     final_raw = _get(obj, "final", "dict", "")
     final = FinalAnswer(
         source=_get(final_raw, "source", "str", "final."),
@@ -483,16 +490,16 @@ def _parse_record(obj: dict, settings: TraceSettings) -> TraceRecord:
         finish_reason=_get(final_raw, "finish_reason", "str", "final."),
     )
     if final.source not in FINISH_SOURCES:
-        raise _FieldError(f"field 'final.source' must be one of {', '.join(FINISH_SOURCES)}, got {final.source!r}")
+        raise FieldError(f"field 'final.source' must be one of {', '.join(FINISH_SOURCES)}, got {final.source!r}")
     stop = _get(obj, "stop", "str", "")
     if stop not in ("finished", "budget"):
-        raise _FieldError(f"field 'stop' must be 'finished' or 'budget', got {stop!r}")
+        raise FieldError(f"field 'stop' must be 'finished' or 'budget', got {stop!r}")
     sample = _get(obj, "sample", "int", "")
     seed = obj.get("seed")
     if seed is not None and not _is_int(seed):
-        raise _FieldError(f"field 'seed' must be an int or null, got {seed!r}")
+        raise FieldError(f"field 'seed' must be an int or null, got {seed!r}")
     if "seed" not in obj:
-        raise _FieldError("missing field 'seed'")
+        raise FieldError("missing field 'seed'")
     return TraceRecord(
         id=_get(obj, "id", "str", ""),
         sample=sample,

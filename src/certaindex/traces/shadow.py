@@ -19,8 +19,9 @@ from typing import Mapping
 
 from certaindex.core.prompting import THINK_OPEN
 from certaindex.programs.cot import CoTConfig, CoTResult
-from certaindex.traces.format import Chunk, FinalAnswer, ProbeRecord, TraceRecord, TraceSettings
-from certaindex.traces.format import _FieldError, _parse_record  # the reader's own checks, before writing
+from certaindex.traces.format import (
+    Chunk, FieldError, FinalAnswer, ProbeRecord, TraceRecord, TraceSettings, parse_record,
+)
 
 __all__ = ["SHADOW_DATASET", "SkippedTrace", "shadow_trace", "shadow_trace_settings"]
 
@@ -106,7 +107,7 @@ def shadow_trace(
         finish_reason=chunks[-1].finish_reason, stop=result.stop_reason, final=final, correct=False,
     )
     try:  # a line the reader would refuse is never written: it would stop `calibrate DIR` at that line
-        _parse_record(record.to_dict(), shadow_trace_settings(config))
-    except _FieldError as exc:
+        parse_record(record.to_dict(), shadow_trace_settings(config))
+    except FieldError as exc:
         raise SkippedTrace("invalid", str(exc)) from None
     return record
