@@ -8,7 +8,10 @@ import argparse
 import asyncio
 import dataclasses
 import json
-from typing import Awaitable, Callable
+import shlex
+import sys
+from pathlib import Path
+from typing import Awaitable, Callable, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -212,6 +215,19 @@ def engine_from_args(args: argparse.Namespace, logprobs: bool = False):
         extra_body=extra_body,
         verbose=verbose,
     )
+
+
+def write_report(path: str, items: Sequence[object], width: int) -> Path:
+    """Write a results file that names the command it came from: the command line, then each item
+    (a rich renderable, or a plain line printed without highlighting)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", encoding="utf-8") as fh:
+        fh.write("$ certaindex " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n\n")
+        console = Console(file=fh, width=width, no_color=True, force_terminal=False)
+        for item in items:
+            console.print(item, highlight=False)
+    return target
 
 
 def progress_bar(label: str, quiet: bool = False) -> Progress:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from certaindex.cli import common
-from certaindex.cli.common import progress_bar
+from certaindex.cli.common import progress_bar, write_report
 from certaindex.cli.simulate_governor import add_governor_args
 from certaindex.serving.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise, trace_arrivals
 
@@ -166,15 +164,7 @@ def _emit(table: Table, notes: Sequence[str], report: str | None) -> None:
     for note in notes:
         console.print(note, highlight=False)
     if report:
-        path = Path(report)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as fh:
-            fh.write("$ certaindex " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n\n")
-            file_console = Console(file=fh, width=200, no_color=True, force_terminal=False)
-            file_console.print(table)
-            for note in notes:
-                file_console.print(note, highlight=False)
-        console.print(f"report written to {path}")
+        console.print(f"report written to {write_report(report, [table, *notes], 200)}")
 
 
 def _write_records(path: str, records: Sequence[tuple[dict, ProgramRecord]]) -> None:

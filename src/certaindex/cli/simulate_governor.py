@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from certaindex.cli.common import write_report
 from certaindex.cli.governor import grade, load_trajectories
 from certaindex.evaluation.governor import PolicySpec, parse_policy
 from certaindex.evaluation.serving_plans import PLAN_FAMILIES, ProgramPlan, plan_for
@@ -356,22 +357,9 @@ def _exit_label(w: Workload, exits: Sequence[PolicySpec]) -> str:
 
 def _report(path: str, sweep_table: Table, tables: Sequence[Table], notes: Sequence[str],
             found: dict[str, RateResult]) -> None:
-    import shlex
-    import sys
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", encoding="utf-8") as fh:
-        fh.write("$ certaindex " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n\n")
-        console = Console(file=fh, width=220, no_color=True, force_terminal=False)
-        console.print(sweep_table)
-        for t in tables:
-            console.print(t)
-        for note in notes:
-            console.print(note, highlight=False)
-        for label, r in found.items():
-            tried = ", ".join(f"{rate:.3f}/s: {a:.0%}" for rate, a in r.tried)
-            console.print(f"bisection {label}: {tried}", highlight=False)
+    bisections = [f"bisection {label}: " + ", ".join(f"{rate:.3f}/s: {a:.0%}" for rate, a in r.tried)
+                  for label, r in found.items()]
+    target = write_report(path, [sweep_table, *tables, *notes, *bisections], 220)
     Console().print(f"report written to {target}")
 
 
