@@ -106,6 +106,7 @@ class Family:
         ids = self.cal_ids[self.math]
         self.draws = Draws(np.array([self.ts[i].problem_id for i in ids]), draws, rng)
         self.full_right = np.array([cache.correct(self.ts[i].final_answer, self.ts[i].target) for i in ids])
+        self.full_tokens_pooled = float(sum(self.ts[i].tokens_used for i in ids))
         self.full_tok = self.draws.totals(np.array([self.ts[i].tokens_used for i in ids], dtype=float))
         self.full_acc = self.draws.totals(self.full_right) / self.draws.trajs
         tokens, right = peer_outcomes(self.ts, cache, ids)
@@ -123,8 +124,7 @@ class Family:
         """Saving on all held-aside MATH500 trajectories at once; None: out of the band there."""
         if right.mean() < self.full_right.mean() - BAND - 1e-12:
             return None
-        ids = self.cal_ids[self.math]
-        return float(1 - tokens.sum() / sum(self.ts[i].tokens_used for i in ids))
+        return float(1 - tokens.sum() / self.full_tokens_pooled)
 
     def saved_in_band(self, tokens: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per draw: saving and whether accuracy is within the band of full reasoning's."""

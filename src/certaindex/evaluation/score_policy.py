@@ -435,8 +435,9 @@ def select_setting(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
     six = np.array([part_of(t) for t in trajs])
     datasets = np.array([t.dataset for t in trajs])
     out: list[HeldOut] = []
+    tab = _table(trajs, schedule, key, correct)  # one observation table, fitted once per label
     for label in labels:
-        tab, scores = fitted_scores(trajs, schedule, key, correct, label)
+        _, scores = fitted_scores(trajs, schedule, key, correct, label, tab)
         for alpha in alphas:
             for guard in guards:
                 rot = held_aside_outcomes(tab, scores, six, datasets if guard else None, alpha, delta)

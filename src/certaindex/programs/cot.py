@@ -223,6 +223,12 @@ class CoTEvent:
     probe: Probe | None = None
     trial: Trial | None = None
 
+    @property
+    def certaindex(self) -> float | None:
+        """The certainty the program reports with this event (a probe's or a trial's); None for others."""
+        record = self.probe if self.kind == "probe" else self.trial if self.kind == "trial" else None
+        return None if record is None else record.certaindex
+
 
 async def solve_cot(
     engine: Engine,

@@ -257,10 +257,9 @@ def cot_reporter(session: ScheduledEngine) -> Callable[[object], None]:
     certaindex after each probe, and after each DEER-style trial under a score rule, to the scheduler."""
 
     def on_event(event: object) -> None:
-        kind = getattr(event, "kind", None)
-        record = getattr(event, kind, None) if kind in ("probe", "trial") else None
-        if record is not None:
-            session.report(record.certaindex)
+        certaindex = getattr(event, "certaindex", None)
+        if certaindex is not None:
+            session.report(certaindex)
 
     return on_event
 

@@ -110,10 +110,9 @@ def _logging(report: Callable[[object], None], state: dict) -> Callable[[object]
 
     def on_event(event: object) -> None:
         report(event)
-        kind = getattr(event, "kind", None)
-        record = getattr(event, kind, None) if kind in ("probe", "trial") else None
-        if record is not None and state["requests"]:
-            state["requests"][-1][4:] = [record.certaindex]
+        certaindex = getattr(event, "certaindex", None)
+        if certaindex is not None and state["requests"]:
+            state["requests"][-1][4:] = [certaindex]
 
     return on_event
 
