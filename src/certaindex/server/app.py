@@ -24,12 +24,14 @@ from certaindex.scheduler import Scheduler, SchedulerCore
 from certaindex.server.admission import Admission
 from certaindex.server.errors import ProxyError, error_body
 from certaindex.server.metrics import ProxyMetrics
+from certaindex.server.model_profiles import ModelProfiles
 from certaindex.server.passthrough import Passthrough
 from certaindex.server.routers import chat, health, models, passthrough
 from certaindex.server.settings import ServerSettings
 from certaindex.server.shadow import ShadowRecorder
 from certaindex.server.state import ProxyState
 from certaindex.server.streaming import ClientGone, cancel_and_wait
+from certaindex.server.upstream_watch import UpstreamWatch
 
 __all__ = ["ProxyState", "WorkerHeader", "create_app"]
 
@@ -87,6 +89,8 @@ def _build_state(settings: ServerSettings, engine: Engine, admission: Admission,
         scheduler = Scheduler(engine, core, engine_priorities=settings.engine_priorities)
         metrics.watch_scheduler(core)
     state = ProxyState(settings, engine, passthrough_, admission, metrics, scheduler)
+    state.watch = UpstreamWatch(passthrough_) if passthrough_ is not None else None
+    state.profiles = ModelProfiles(settings, bool(getattr(engine, "returns_logprobs", False)), engine.name)
     if settings.shadow_dir is not None:
         state.shadow = ShadowRecorder(settings.shadow_dir, metrics, settings.shadow_max_file_bytes)
     return state
@@ -120,11 +124,15 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         if state.shadow is not None:
             app.state.shadow = state.shadow
         sampler = asyncio.ensure_future(_sample_gauges(metrics)) if metrics.multiprocess else None
+        if state.watch is not None:
+            await state.watch.start()  # the served models, read once before the first request
         try:
             yield
         finally:
             if sampler is not None:
                 await cancel_and_wait(sampler)
+            if state.watch is not None:
+                await state.watch.aclose()
             if state.shadow is not None:
                 await state.shadow.aclose()  # the traces being written are finished
             if state.passthrough is not None:

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from certaindex.engines.base import Engine, EngineError
+from certaindex.evaluation.profile_choice import ProfileChoice
 from certaindex.scheduler.budgets import program_budget, sc_program_budget
 from certaindex.server.chat_programs import ChatOutcome, run_chat_program
 from certaindex.server.errors import ProxyError, upstream_failed
@@ -72,13 +73,21 @@ async def scheduled_program(state: ProxyState, plan: ChatPlan, engine: Engine,
         return await program(session)
 
 
-async def run_program(state: ProxyState, plan: ChatPlan, engine: Engine,
-                      events: asyncio.Queue[Any] | None) -> ChatOutcome:
-    """:func:`scheduled_program` within ``--request-timeout`` (504), engine failures as 400/502."""
+async def run_program(state: ProxyState, plan: ChatPlan, engine: Engine, events: asyncio.Queue[Any] | None,
+                      profile: ProfileChoice | None = None) -> ChatOutcome:
+    """:func:`scheduled_program` within ``--request-timeout`` (504), engine failures as 400/502.
+    ``profile``: the early-exit profile the plan runs, named in ``usage.certaindex`` with its reason."""
     try:
-        return await asyncio.wait_for(scheduled_program(state, plan, engine, events), state.settings.request_timeout_s)
+        outcome = await asyncio.wait_for(scheduled_program(state, plan, engine, events),
+                                         state.settings.request_timeout_s)
     except asyncio.TimeoutError:
         raise timed_out(state) from None
     except EngineError as exc:
         state.metrics.upstream_errors.labels("chat").inc()
+        if state.watch is not None:
+            state.watch.poke()  # the upstream may be down, or serve another model now
         raise engine_error(exc) from exc
+    if profile is not None and (plan.policy == "cot" or state.shadow is not None):
+        outcome.profile = profile.to_dict()
+        outcome.details.update(outcome.profile)
+    return outcome

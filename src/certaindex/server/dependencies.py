@@ -24,14 +24,19 @@ def server_settings(request: Request) -> ServerSettings:
     return request.app.state.settings
 
 
-def authorize(request: Request) -> None:
-    """401 unless the client sends ``Authorization: Bearer <--api-key>`` (when one is set)."""
+def is_authorised(request: Request) -> bool:
+    """Whether the client sent ``Authorization: Bearer <--api-key>``, or no key is set."""
     api_key = server_settings(request).api_key
     if api_key is None:
-        return
+        return True
     header = request.headers.get("authorization", "")
     token = header[7:] if header.lower().startswith("bearer ") else ""
-    if not hmac.compare_digest(token.encode(), api_key.encode()):
+    return hmac.compare_digest(token.encode(), api_key.encode())
+
+
+def authorize(request: Request) -> None:
+    """401 unless the client sends ``Authorization: Bearer <--api-key>`` (when one is set)."""
+    if not is_authorised(request):
         raise ProxyError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                          "authentication_error", code="invalid_api_key")
 

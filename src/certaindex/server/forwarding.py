@@ -36,6 +36,8 @@ async def forward(request: Request, state: ProxyState, body: bytes, endpoint: st
     except BaseException:
         slot.release()
         metrics.upstream_errors.labels(endpoint).inc()
+        if state.watch is not None:
+            state.watch.poke()
         raise
     status = str(upstream.status_code)
     headers = passthrough.response_headers(upstream)

@@ -15,10 +15,12 @@ from certaindex.scheduler import Scheduler
 from certaindex.server.admission import Admission
 from certaindex.server.errors import bad_request
 from certaindex.server.metrics import ProxyMetrics
+from certaindex.server.model_profiles import ModelProfiles
 from certaindex.server.passthrough import Passthrough
 from certaindex.server.schema import ChatPlan, Policy
 from certaindex.server.settings import ServerSettings
 from certaindex.server.shadow import ShadowRecorder
+from certaindex.server.upstream_watch import UpstreamWatch
 
 
 @dataclass
@@ -32,6 +34,12 @@ class ProxyState:
     sc: SCConfig = field(default_factory=lambda: SCConfig(n=8, first_round=4, round_size=2, max_tokens=1024))
     reasoning_model: bool | None = None
     shadow: ShadowRecorder | None = None  # --shadow DIR: full reasoning, side probes, traces
+    watch: UpstreamWatch | None = None  # the upstream's reachability and served models, kept current
+    profiles: ModelProfiles | None = None  # the early-exit profile per model
+
+    def served_models(self) -> tuple[str, ...]:
+        """The models the upstream serves, as last read; () when unknown or embedded."""
+        return self.watch.snapshot.models if self.watch is not None else ()
 
     async def default_policy(self) -> Policy:
         """The server's policy, with ``auto`` resolved: early exit for reasoning models only."""
