@@ -132,6 +132,9 @@ def test_each_model_is_chosen_once_logged_once_and_the_cache_is_bounded(caplog):
     with caplog.at_level(logging.INFO, logger="certaindex.server"):
         first, cot = profiles.choose(QWEN3, [R1_QWEN])
         again, cot_again = profiles.choose(QWEN3, [R1_QWEN])
+        assert not caplog.records  # chosen, not yet run: a passed-through request runs no profile
+        for _ in range(3):
+            profiles.announce(first)
     assert first is again and cot is cot_again and first.name == "qwen3"
     assert cot.certainty == first.profile.rule and cot.budget == COT.budget
     lines = [r.getMessage() for r in caplog.records if "early-exit profile" in r.getMessage()]

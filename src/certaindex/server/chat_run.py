@@ -77,6 +77,9 @@ async def run_program(state: ProxyState, plan: ChatPlan, engine: Engine, events:
                       profile: ProfileChoice | None = None) -> ChatOutcome:
     """:func:`scheduled_program` within ``--request-timeout`` (504), engine failures as 400/502.
     ``profile``: the early-exit profile the plan runs, named in ``usage.certaindex`` with its reason."""
+    runs_profile = profile is not None and (plan.policy == "cot" or state.shadow is not None)
+    if runs_profile and state.profiles is not None:
+        state.profiles.announce(profile)
     try:
         outcome = await asyncio.wait_for(scheduled_program(state, plan, engine, events),
                                          state.settings.request_timeout_s)
@@ -87,7 +90,7 @@ async def run_program(state: ProxyState, plan: ChatPlan, engine: Engine, events:
         if state.watch is not None:
             state.watch.poke()  # the upstream may be down, or serve another model now
         raise engine_error(exc) from exc
-    if profile is not None and (plan.policy == "cot" or state.shadow is not None):
+    if runs_profile:
         outcome.profile = profile.to_dict()
         outcome.details.update(outcome.profile)
     return outcome

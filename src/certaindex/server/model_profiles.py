@@ -3,7 +3,7 @@
 With ``serve`` picking profiles per model (no ``--model``, ``--profile``, ``--calibration``,
 ``--k`` or ``--probe-interval``), a request's profile is chosen from its ``model``, else from the
 upstream's served model (:mod:`certaindex.evaluation.profile_choice`), once per model name: the
-choice is logged the first time, cached, and reported in ``/health`` and ``usage.certaindex``.
+choice is cached, logged the first time a program runs with it, and reported in ``/health`` and ``usage.certaindex``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class ModelProfiles:
         self.engine_name = engine_name
         self.max_models = max_models
         self._chosen: OrderedDict[tuple[str | None, str | None], tuple[ProfileChoice, CoTConfig]] = OrderedDict()
+        self._announced: OrderedDict[tuple[str | None, str], None] = OrderedDict()
 
     def choose(self, request_model: str | None, served: Sequence[str]) -> tuple[ProfileChoice | None, CoTConfig]:
         """The profile for this request (None: the settings' rule, not a profile) and the chain of
@@ -54,12 +55,22 @@ class ModelProfiles:
                                 returns_logprobs=self.returns_logprobs, engine_name=self.engine_name,
                                 served_by="the upstream")
         cot = apply_profile(self.settings.cot, choice.profile) if choice.profile is not None else self.settings.cot
-        log.info("early-exit profile %s for model %s (%s)", choice.profile.label if choice.profile else "none",
-                 repr(choice.model) if choice.model else "unknown", choice.reason)
         self._chosen[key] = (choice, cot)
         while len(self._chosen) > self.max_models:
             self._chosen.popitem(last=False)
         return choice, cot
+
+    def announce(self, choice: ProfileChoice) -> None:
+        """Log the profile an early-exit program runs, the first time it runs for this model and
+        reason (not for requests passed through: they run no profile)."""
+        key = (choice.model, choice.reason)
+        if key in self._announced:
+            return
+        self._announced[key] = None
+        while len(self._announced) > self.max_models:
+            self._announced.popitem(last=False)
+        log.info("early-exit profile %s for model %s (%s)", choice.profile.label if choice.profile else "none",
+                 repr(choice.model) if choice.model else "unknown", choice.reason)
 
     def report(self, served: Sequence[str]) -> dict[str, object]:
         """For ``/health``: the profile a request without a model gets, and each model's so far."""
