@@ -209,3 +209,12 @@ def test_a_long_recorded_answer_comes_through_the_proxy_whole(tmp_path) -> None:
         assert cut["certaindex"]["stop_reason"] == "answer_length" and cut["choices"][0]["finish_reason"] == "length"
         assert cut["usage"]["certaindex"]["answer_tokens"] == 100
         assert recorded.startswith(cut["choices"][0]["message"]["content"])
+
+
+def test_a_programs_scheduler_budget_holds_its_answer_within_max_tokens() -> None:
+    from certaindex.scheduler.budgets import program_budget
+
+    free = CoTConfig(budget=100, probe_interval=10, probe_tokens=20)
+    bounded = CoTConfig(budget=100, probe_interval=10, probe_tokens=20, max_tokens=100)
+    assert program_budget(free) == 100 + free.max_side_tokens + DEFAULT_ANSWER_TOKENS
+    assert program_budget(bounded) == 100 + bounded.max_side_tokens + 100
