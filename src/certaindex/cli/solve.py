@@ -95,6 +95,9 @@ def _reason_text(result: CoTResult, scored: bool = False) -> str:
         return f"stopped early: the last probes agreed after {result.reasoning_tokens} reasoning tokens"
     if result.stop_reason == "finished":
         return f"the model finished its reasoning after {result.reasoning_tokens} tokens"
+    if result.stop_reason == "answer_length":
+        return (f"the reasoning ended after {result.reasoning_tokens} tokens, and the answer after it was cut at "
+                f"its limit of {result.answer_tokens} tokens")
     return f"the budget of {result.budget} reasoning tokens ran out; the answer was forced by a final probe"
 
 
