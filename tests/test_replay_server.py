@@ -143,6 +143,24 @@ def test_an_unknown_problem_and_a_foreign_reasoning_are_refused(replay, trajs):
         replay.answer(prompt_of(trajs[0]) + "Let me think about something else entirely.", max_tokens=5)
 
 
+def test_an_off_track_prompt_after_an_unrecognised_template_is_refused_not_replayed_from_the_start(replay, trajs):
+    traj = trajs[0]
+    head = traj.problem.strip()
+    # no template ending anywhere after the problem: the empty rest fits every text, yet says nothing
+    with pytest.raises(OffTrajectory, match="no chat template ending was recognised"):
+        replay.answer(head + "\nLet me think about something else entirely.", max_tokens=5)
+    with pytest.raises(OffTrajectory, match="no chat template ending was recognised"):
+        replay.answer(head + "\nSolution:", max_tokens=5)
+    # an instruction between the problem and a known template ending: the reasoning starts at the template
+    instructed = head + "\nAnswer in a box.<\uff5cAssistant\uff5c><think>\n"
+    with pytest.raises(OffTrajectory, match="does not continue"):
+        replay.answer(instructed + "Let me think about something else entirely.", max_tokens=5)
+    fresh = replay.answer(instructed, max_tokens=5)
+    assert fresh.kind == "continuation" and fresh.position <= 2 and traj.full_text.startswith("<think>\n" + fresh.text)
+    on_track = replay.answer(instructed + traj.full_text[8:200], max_tokens=5)
+    assert traj.full_text[200:].startswith(on_track.text)
+
+
 @needs_vocab
 def test_seeds_of_one_problem_go_round_robin_and_a_continuation_keeps_its_own(trajs):
     traj = trajs[3]

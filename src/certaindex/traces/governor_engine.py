@@ -8,7 +8,8 @@ A request's raw prompt is recognised and answered from the trajectory it continu
   head wins); otherwise :class:`UnknownProblem` (HTTP 404).
 * **position**: after the problem comes the chat template's tail, then the reasoning written so
   far. The reasoning must be a prefix of the trajectory's ``full_text`` (which starts with
-  ``<think>`` where the template also opens it: the overlap is found); otherwise
+  ``<think>`` where the template also opens it: the overlap is found, within the template's
+  tail; with no template tail recognised, the reasoning must be non-empty); otherwise
   :class:`OffTrajectory` (HTTP 400). A prompt that ends in a known suffix is a probe or a trial
   request at that position (below); any other prompt is a **continuation**: the trajectory's own
   text from there on, token by token in the model's vocabulary (``quicktok-v1``, which reproduces
@@ -270,13 +271,29 @@ class GovernorReplay:
                 self._heads.popitem(last=False)
         return self._heads[head]
 
+    def _template_end(self, tail: str) -> tuple[int, int] | None:
+        """Where the chat template's ending lies in ``tail`` (the prompt after the problem): a known
+        template tail ``tail`` starts with, else the first one (not mere blank lines) within its
+        first 400 characters (an instruction after the problem); None when there is none."""
+        known = next((t for t in self.tails if tail.startswith(t)), None)
+        if known is not None:
+            return 0, len(known)
+        found = [(at, at + len(t)) for t in self.tails if t.strip()
+                 for at in [tail.find(t, 0, _TEMPLATE_TAIL + len(t))] if at >= 0]
+        if not found:
+            return None
+        start = min(at for at, _ in found)
+        return start, max(end for at, end in found if at == start)
+
     def _locate(self, full_text: str, tail: str) -> int | None:
         """Start of the reasoning in ``tail`` (the prompt after the problem): the first offset from
-        which the rest of ``tail`` is a prefix of ``full_text``; None when there is none. After a
-        known template tail the reasoning must start within it (its ``<think>`` may be the text's)."""
-        known = next((t for t in self.tails if tail.startswith(t)), None)
-        last = len(known) if known is not None else min(len(tail), _TEMPLATE_TAIL)
-        for j in range(last + 1):
+        which the rest of ``tail`` is a prefix of ``full_text``; None when there is none. The
+        reasoning must start within the template's ending (its ``<think>`` may be the text's). Where
+        no template ending is recognised it must start within 400 characters and be non-empty: an
+        empty rest fits every text, and would replay an off-track prompt from the start."""
+        span = self._template_end(tail)
+        lo, hi = span if span is not None else (0, min(len(tail) - 1, _TEMPLATE_TAIL))
+        for j in range(lo, hi + 1):
             if full_text.startswith(tail[j:]):
                 return j
         return None
@@ -307,8 +324,11 @@ class GovernorReplay:
                     self._last[problem] = t.seed
                     return t, len(tail) - j
             t = candidates[0]
+            unknown = "" if self._template_end(tail) is not None else (
+                "; no chat template ending was recognised after the problem, so the prompt must carry "
+                "the reasoning's start (e.g. <think>)")
             raise OffTrajectory(f"the prompt's reasoning does not continue any recorded trajectory of "
-                                f"{t.dataset} problem {t.problem_id} ({len(candidates)} seed(s) loaded)")
+                                f"{t.dataset} problem {t.problem_id} ({len(candidates)} seed(s) loaded){unknown}")
         if len(fits) == 1:
             chosen = fits[0]
         elif len(fits) == len(candidates) and all(end == fits[0][1] for _, end in fits) and self._fresh(fits[0]):
