@@ -100,6 +100,21 @@ def test_a_probe_is_answered_from_the_recorded_probe_at_or_before_its_position(r
 
 
 @needs_vocab
+def test_a_probe_before_the_first_recorded_one_reads_no_answer_not_a_later_probes(replay, trajs):
+    traj = trajs[1]
+    first = min(p.pos for p in traj.probes)
+    for n in (0, first // 2):
+        reasoning = text_at(replay, traj, n) if n else ""
+        reply = replay.answer(prompt_of(traj) + reasoning + DEFAULT_PROBE_SUFFIX, max_tokens=20, stop=PROBE_STOPS)
+        # the template's <think> and newline are the recording's first 2 tokens
+        assert reply.kind == "probe" and reply.position == max(n, 2) and reply.recorded_position is None
+        assert read_probe_answer(DEFAULT_PROBE_SUFFIX, reply.text, reply.finish_reason == "stop") is None
+        assert reply.tokens == 20 and reply.finish_reason == "length"
+    at_first = replay.answer(prompt_of(traj) + text_at(replay, traj, first) + DEFAULT_PROBE_SUFFIX, max_tokens=32)
+    assert at_first.recorded_position == first
+
+
+@needs_vocab
 def test_a_probe_reads_the_grid_even_on_an_event_probes_position(replay, trajs):
     traj, event = next((t, e) for t in trajs for e in t.events if e.pos % 64 > 2)
     grid = max(p.pos for p in traj.probes if p.pos <= event.pos)

@@ -18,13 +18,16 @@ A request's raw prompt is recognised and answered from the trajectory it continu
   count). The recorded text's end is the model's end (``stop``), also for a trajectory that the
   collection cut at its budget (``finish_reason`` length): the recording holds nothing after it.
 * **probe** (the prompt ends with a probe suffix, e.g. ``**Final Answer**\\n\\n\\[ \\boxed{``): the
-  grid probe (every 64 tokens) recorded nearest **at or before** the reasoning's token count N
-  (before the first one, the first): the grid the simulator's plans read, wherever the stream's
+  grid probe (every 64 tokens) recorded nearest **at or before** the reasoning's token count N:
+  the grid the simulator's plans read, wherever the stream's
   delivery put N a few tokens past a grid point. Event probes are not used: a live probe landing
   on an event's position by chance would read a probe the plans never see. Its text is the
   answer and the closing ``} \\]``; a probe recorded as hesitating (``is_certain`` False) reads
   ``answer} Wait, ...`` instead, so the live reader sees the same answer *and* the hesitation.
-  It costs the probe's recorded output tokens (at most ``max_tokens``).
+  It costs the probe's recorded output tokens (at most ``max_tokens``). Before the first recorded
+  probe nothing was recorded: the reply closes no box (no answer, as a recorded probe that found
+  none) and costs the Governor probes' 32-token budget (at most ``max_tokens``), never the answer
+  of a later probe.
 * **trial** (the prompt ends with DEER's inducer ``\\n**Final Answer**\\n\\boxed``): the recorded
   trial nearest at or before N, its recorded tokens with their recorded logprobs
   (``deer.jsonl.gz``), from which DEER's rule (``core.exit_score.trial_confidence``) gives back the
@@ -85,6 +88,7 @@ def template_tails() -> tuple[str, ...]:
         if tail:
             tails.append(tail)
     return tuple(sorted(set(tails), key=len, reverse=True))
+_PROBE_BUDGET = 32  # the Governor probes' output budget (a probe that closed no box spent it all)
 _AFTER_END = 64  # characters a program may add after a cut trajectory's end (</think>, blank lines)
 _HEAD = 8192  # characters of system prompt and template before the problem, at most
 
@@ -420,18 +424,22 @@ class GovernorReplay:
                stop: Sequence[str]) -> tuple[tuple[Piece, ...], str, int | None]:
         if not played.grid:
             raise ReplayError(f"{played.key} has no recorded probes")
-        probe = played.grid[_at_or_before(played.grid_pos, position)]
-        if probe.answer is None:
-            text = " ".join(["\\dots"] * 8)  # no box closed within the probe's tokens
-        elif probe.certain:
-            text = probe.answer + "} \\]"
+        if position < played.grid_pos[0]:  # nothing recorded this early: the next probe's answer is the future
+            answer, certain, out_tokens, recorded = None, True, _PROBE_BUDGET, None
         else:
-            text = probe.answer + "} Wait, let me check."
-        count = min(max_tokens, max(1, probe.out_tokens))
+            probe = played.grid[_at_or_before(played.grid_pos, position)]
+            answer, certain, out_tokens, recorded = probe.answer, probe.certain, probe.out_tokens, probe.pos
+        if answer is None:
+            text = " ".join(["\\dots"] * 8)  # no box closed within the probe's tokens
+        elif certain:
+            text = answer + "} \\]"
+        else:
+            text = answer + "} Wait, let me check."
+        count = min(max_tokens, max(1, out_tokens))
         pieces = _spread(_tokens_of(played, text), count)
-        finish = "length" if probe.answer is None and count == max_tokens else "stop"
+        finish = "length" if answer is None and count == max_tokens else "stop"
         pieces_out, finish = _apply_stop(pieces, stop, finish)
-        return _pad(pieces_out, count), finish, probe.pos
+        return _pad(pieces_out, count), finish, recorded
 
     def _trial(self, played: _Played, position: int, max_tokens: int,
                stop: Sequence[str]) -> tuple[tuple[Piece, ...], str, int | None]:
