@@ -26,6 +26,7 @@ from certaindex.traces.governor_engine import (
     GOVERNOR_PROBE_SUFFIX,
     GovernorReplay,
     OffTrajectory,
+    ReplayError,
     UnknownProblem,
 )
 from certaindex.traces.tokenmap import quicktok_available
@@ -190,6 +191,31 @@ def test_seeds_of_one_problem_go_round_robin_and_a_continuation_keeps_its_own(tr
     assert {first.answer(prompt_of(traj), max_tokens=2).trajectory for _ in range(3)} == {fresh[0].trajectory}
 
 
+@needs_vocab
+def test_a_requests_seed_picks_its_recording_and_a_greedy_request_always_the_same(trajs):
+    traj = trajs[3]
+    other = dataclasses.replace(traj, seed=43, full_text="<think>\nA different line of thought. " + traj.full_text[8:])
+    replay = GovernorReplay([traj, other])
+
+    def seed_of(**kw) -> str:
+        return replay.answer(prompt_of(traj), max_tokens=4, **kw).trajectory.split("/")[2]
+
+    assert [seed_of(seed=43) for _ in range(3)] == ["seed_43"] * 3  # the recording made under that seed
+    assert [seed_of(seed=42, temperature=0.6) for _ in range(3)] == ["seed_42"] * 3
+    assert [seed_of(seed=7) for _ in range(2)] == ["seed_43"] * 2  # another seed: 7 % 2, the same every time
+    assert [seed_of(temperature=0.0) for _ in range(3)] == ["seed_42"] * 3  # greedy is deterministic
+    assert {seed_of(temperature=0.6) for _ in range(2)} == {"seed_42", "seed_43"}  # sampled: each a new sample
+
+
+def test_a_sampled_probe_or_trial_is_refused_not_answered_with_the_greedy_recording(replay, trajs):
+    traj = trajs[1]
+    reasoning = traj.full_text[8:600]
+    for suffix in (DEFAULT_PROBE_SUFFIX, DEER_SUFFIX):
+        with pytest.raises(ReplayError, match="recorded greedy"):
+            replay.answer(prompt_of(traj) + reasoning + suffix, max_tokens=8, temperature=0.6)
+        assert replay.answer(prompt_of(traj) + reasoning + suffix, max_tokens=8, temperature=0.0).kind != "continuation"
+
+
 # ------------------------------------------------------------------------------------ clock
 
 
@@ -280,6 +306,13 @@ def test_the_openai_client_gets_completions_streaming_and_not(replay_server, tra
         model=model, prompt=prompt_of(traj), max_tokens=12).choices[0].text
     missing = httpx.post(f"{replay_server}/v1/completions", json={"prompt": "Who wrote Hamlet?", "max_tokens": 3})
     assert missing.status_code == 404 and "no recorded problem" in missing.json()["error"]["message"]
+    sampled = httpx.post(f"{replay_server}/v1/completions", json={
+        "prompt": prompt_of(traj) + traj.full_text[8:300] + DEFAULT_PROBE_SUFFIX, "max_tokens": 8, "temperature": 0.7})
+    assert sampled.status_code == 400 and "recorded greedy" in sampled.json()["error"]["message"]
+    for bad in ({"temperature": -1}, {"temperature": "hot"}, {"top_p": 0}, {"top_p": 1.5}):
+        refused = httpx.post(f"{replay_server}/v1/completions",
+                             json={"prompt": prompt_of(traj), "max_tokens": 3, **bad})
+        assert refused.status_code == 400 and next(iter(bad)) in refused.json()["error"]["message"]
 
 
 @needs_vocab

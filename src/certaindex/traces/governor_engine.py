@@ -33,10 +33,16 @@ A request's raw prompt is recognised and answered from the trajectory it continu
   (``deer.jsonl.gz``), from which DEER's rule (``core.exit_score.trial_confidence``) gives back the
   recorded ``confidence`` and min prob.
 * **seeds**: a problem recorded under several seeds is served by the one whose text the reasoning
-  continues; a fresh request (no reasoning yet, so every seed fits) takes the next seed in turn
-  (round-robin per problem; ``seed_rule="first"`` always takes the lowest seed, ``"request"`` takes
-  ``seed % n`` of the request's ``seed``). An ambiguous reasoning prefix keeps the seed last handed
-  out for that problem.
+  continues; a fresh request (no reasoning yet, so every seed fits) with a ``seed`` gets that
+  seed's recording (the one recorded under it, else number ``seed % n``: the same seed, the same
+  trajectory); a greedy one (``temperature`` 0) without a seed gets the lowest (greedy decoding is
+  deterministic); any other takes the next seed in turn (round-robin per problem: each a new
+  sample). ``seed_rule="first"`` always takes the lowest seed; ``"request"`` is the default's
+  older name. An ambiguous reasoning prefix keeps the seed last handed out for that problem.
+* **sampling**: a continuation is the recorded sample (the Governor runs sampled at temperature
+  0.6, top_p 0.95) whatever ``temperature`` and ``top_p`` ask: only the choice of recording above
+  honours them. Probes and trials were recorded greedy: one asking for ``temperature`` > 0 is
+  refused (:class:`ReplayError`), since every sample would come back the same.
 
 Pure logic over in-memory trajectories; no I/O, no clock.
 """
@@ -302,7 +308,8 @@ class GovernorReplay:
                 return j
         return None
 
-    def _match(self, problem: str, tail: str, seed: int | None) -> tuple[Trajectory, int]:
+    def _match(self, problem: str, tail: str, seed: int | None,
+               greedy: bool = False) -> tuple[Trajectory, int]:
         """The trajectory the reasoning in ``tail`` continues, and the reasoning's end in its text."""
         candidates = self.problems[problem]
         fits: list[tuple[Trajectory, int]] = []
@@ -336,7 +343,7 @@ class GovernorReplay:
         if len(fits) == 1:
             chosen = fits[0]
         elif len(fits) == len(candidates) and all(end == fits[0][1] for _, end in fits) and self._fresh(fits[0]):
-            chosen = fits[self._pick(problem, len(fits), seed)]
+            chosen = fits[self._pick(problem, [t.seed for t, _ in fits], seed, greedy)]
         else:
             last = self._last.get(problem)
             chosen = next((f for f in fits if f[0].seed == last), fits[0])
@@ -347,20 +354,24 @@ class GovernorReplay:
         """No reasoning yet beyond what the template itself writes (``<think>``)."""
         return not fit[0].full_text[: fit[1]].replace("<think>", "").strip()
 
-    def _pick(self, problem: str, n: int, seed: int | None) -> int:
+    def _pick(self, problem: str, seeds: list[int], seed: int | None, greedy: bool) -> int:
+        """Which of a problem's recordings (``seeds``, ascending) a fresh request gets."""
         if self.seed_rule == "first":
             return 0
-        if self.seed_rule == "request" and seed is not None:
-            return seed % n
+        if seed is not None:
+            return seeds.index(seed) if seed in seeds else seed % len(seeds)
+        if greedy:
+            return 0
         turn = self._turn.get(problem, 0)
         self._turn[problem] = turn + 1
-        return turn % n
+        return turn % len(seeds)
 
     # -- answering --------------------------------------------------------------------------
 
     def answer(self, prompt: str, *, max_tokens: int, stop: Sequence[str] = (), logprobs: int | None = None,
-               seed: int | None = None) -> Reply:
-        """The reply to one completion request; raises :class:`ReplayError` subclasses."""
+               seed: int | None = None, temperature: float | None = None) -> Reply:
+        """The reply to one completion request; raises :class:`ReplayError` subclasses.
+        ``temperature`` None: the request did not say (a probe is then read greedy, as recorded)."""
         if max_tokens < 1:
             raise ReplayError(f"max_tokens must be at least 1, got {max_tokens}")
         problem, end = self.recognise(prompt)
@@ -372,8 +383,11 @@ class GovernorReplay:
         else:
             suffix = next((s for s in self.probe_suffixes if tail.endswith(s)), "")
             kind = "probe" if suffix else "continuation"
+        if kind != "continuation" and temperature is not None and temperature > 0:
+            raise ReplayError(f"a {kind} at temperature {temperature:g} cannot be replayed: probes and trials "
+                              "were recorded greedy, so every sample would come back the same; send temperature 0")
         reasoning_tail = tail[: len(tail) - len(suffix)]
-        traj, char = self._match(problem, reasoning_tail, seed)
+        traj, char = self._match(problem, reasoning_tail, seed, greedy=temperature == 0)
         played = self.played(traj)
         position = played.token_at(char)
         # Prompt tokens: the problem's prompt up to where the reasoning starts, then the reasoning's
