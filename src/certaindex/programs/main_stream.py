@@ -167,6 +167,136 @@ PointRule = Callable[[int, int, str, str], bool]
 TrialRule = Callable[[bool], list[tuple[int, int]]]
 
 
+class MainStream:
+    """The state of one main stream as it is read: the reasoning so far, its token ids, the probe
+    point waiting to be confirmed, and how many times the stream was resumed.
+
+    :meth:`take` handles one streamed piece (pure bookkeeping, offering the points it confirms to
+    the side probes); :meth:`read` is the transport: it opens the stream, resumes it once when it
+    breaks, and continues it when a scheduler's allowance cut it before the budget."""
+
+    def __init__(self, engine: Engine, prompt: str, *, budget: int, base: GenerationRequest,
+                 probes: SideProbes | None, is_point: PointRule, on_delta: Callable[[StreamDelta, int], None],
+                 on_point: Callable[[int, str], None], max_resumes: int = 1,
+                 trial_points: TrialRule | None = None) -> None:
+        self.engine, self.prompt, self.budget, self.base = engine, prompt, budget, base
+        self.probes, self.is_point, self.on_delta, self.on_point = probes, is_point, on_delta, on_point
+        self.max_resumes, self.trial_points = max_resumes, trial_points
+        self.text = ""
+        self.tokens = 0
+        self.prompt_tokens = 0
+        self.resumes = 0
+        self.last_point = 0
+        # a point reached, sent once the stream goes past it
+        self.pending: list[tuple[int, str, tuple[int, ...] | None]] = []
+        # The model's own tokens, where the engine reports their ids (the prompt's on the first piece).
+        self.ids: list[int] | None = [] if getattr(engine, "token_ids", False) else None
+        self.prompt_ids: list[tuple[int, ...]] = []
+
+    def known_ids(self) -> tuple[int, ...] | None:
+        return self.prompt_ids[0] + tuple(self.ids) if self.ids is not None and self.prompt_ids else None
+
+    def _keep_ids(self, delta: StreamDelta) -> None:
+        if delta.prompt_ids and not self.prompt_ids:
+            self.prompt_ids.append(delta.prompt_ids)
+        if self.ids is not None:
+            if delta.tokens and (delta.token_ids is None or len(delta.token_ids) != delta.tokens):
+                self.ids = None  # a piece without its ids: probes fall back to text
+            elif delta.token_ids:
+                self.ids.extend(delta.token_ids)
+
+    def take(self, delta: StreamDelta) -> None:
+        """One streamed piece: add it, offer the points it confirms, and note a point it reaches."""
+        probes = self.probes
+        ready: list[tuple[int, str, tuple[int, ...] | None, Literal["probe", "trial"]]] = []
+        if self.pending and (delta.tokens > 0 or delta.finish_reason):
+            # Something came after the point: more tokens, or the model's end as its own piece (an
+            # engine samples the end of text after token p, so a chunk of p tokens said "length"
+            # and was probed). An end that came with token p itself (a stop string) is not probed.
+            at, text, point_ids = self.pending.pop()
+            ready.append((at, text, point_ids, "probe"))
+        self._keep_ids(delta)
+        added = delta.text
+        self.text += added
+        self.tokens += delta.tokens
+        if delta.prompt_tokens and not self.prompt_tokens:
+            self.prompt_tokens = delta.prompt_tokens
+        self.on_delta(delta, self.tokens)
+        tokens = self.tokens
+        if self.trial_points is not None and probes is not None and probes.active:
+            ready += [(pos, self.text[:char], None, "trial") for char, pos in self.trial_points(bool(delta.finish_reason))]
+        if probes is not None:
+            for at, text, point_ids, kind in sorted(ready, key=lambda r: (r[0], r[3] == "trial")):
+                probes.offer(at, text, point_ids, kind)
+        if (
+            probes is not None
+            and probes.active
+            and delta.tokens > 0
+            and tokens < self.budget
+            and self.is_point(self.last_point, tokens, self.text, added)
+        ):
+            self.pending[:] = [(tokens, self.text, self.known_ids())]
+            self.on_point(tokens, self.text)
+            self.last_point = tokens
+
+    def request(self) -> GenerationRequest:
+        """The stream's request from where it stands (a resumed stream goes on from the exact tokens)."""
+        base, start_tokens = self.base, self.tokens
+        return GenerationRequest(
+            prompt=self.prompt + self.text,
+            max_tokens=self.budget - start_tokens,
+            stop=base.stop,
+            temperature=base.temperature,
+            top_p=base.top_p,
+            seed=None if base.seed is None else base.seed + start_tokens,
+            priority=base.priority,
+            prompt_ids=self.known_ids() if start_tokens else None,
+        )
+
+    def _resume(self, error: EngineError) -> None:
+        """A broken stream: resume it from the prefix, or raise once ``max_resumes`` are spent."""
+        if self.resumes >= self.max_resumes:
+            raise error
+        self.resumes += 1
+
+    async def read(self) -> Stop:
+        """Stream up to the budget or the model's end (``budget`` also when an allowance ran out)."""
+        while self.tokens < self.budget:
+            start_tokens = self.tokens
+            finish: str | None = None
+            try:
+                async with aclosing(self.engine.stream(self.request())) as deltas:
+                    async for delta in deltas:
+                        self.take(delta)
+                        finish = delta.finish_reason or finish
+            except BudgetExhausted:
+                return "budget"
+            except EngineError as exc:
+                self._resume(exc)
+                continue
+            if finish is None:  # an engine whose stream ended without saying why: treat as broken
+                self._resume(EngineError(f"the stream from {self.engine.name} ended without a finish reason"))
+                continue
+            if finish != "length" or self.tokens == start_tokens:
+                return "finished"
+        return "budget"
+
+    def outcome(self, stop: Stop) -> MainStreamOutcome:
+        """How it ended: at the deciding point when the side probes settled it (or spent the budget)."""
+        probes = self.probes
+        outcome = MainStreamOutcome(
+            reasoning=self.text, tokens=self.tokens, stop=stop, streamed_tokens=self.tokens,
+            prompt_tokens=self.prompt_tokens, resumes=self.resumes,
+        )
+        if probes is not None and probes.error is not None:
+            raise probes.error
+        if probes is not None and probes.verdict in ("settled", "budget") and probes.decided_at is not None:
+            point = probes.decided_at
+            outcome.reasoning, outcome.tokens, outcome.decided_at = point.reasoning, point.at_tokens, point
+            outcome.stop = "certain" if probes.verdict == "settled" else "budget"
+        return outcome
+
+
 async def reason_in_one_stream(
     engine: Engine,
     prompt: str,
@@ -191,90 +321,9 @@ async def reason_in_one_stream(
     ``trial_points(final)``, called after ``on_delta`` has seen each piece, gives the trial points
     confirmed since (character offset, token position); they are offered as ``trial`` points, in
     position order with the probe points (a probe point before a trial point at the same position)."""
-    state = {"text": "", "tokens": 0, "prompt_tokens": 0, "resumes": 0, "last_point": 0}
-    pending: list[tuple[int, str, tuple[int, ...] | None]] = []  # a point reached, sent once the stream goes past it
-    # The model's own tokens, where the engine reports their ids (the prompt's on the first piece).
-    ids: list[int] | None = [] if getattr(engine, "token_ids", False) else None
-    prompt_ids: list[tuple[int, ...]] = []
-
-    def known_ids() -> tuple[int, ...] | None:
-        return prompt_ids[0] + tuple(ids) if ids is not None and prompt_ids else None
-
-    def take(delta: StreamDelta) -> None:
-        nonlocal ids
-        ready: list[tuple[int, str, tuple[int, ...] | None, Literal["probe", "trial"]]] = []
-        if pending and (delta.tokens > 0 or delta.finish_reason):
-            # Something came after the point: more tokens, or the model's end as its own piece (an
-            # engine samples the end of text after token p, so a chunk of p tokens said "length"
-            # and was probed). An end that came with token p itself (a stop string) is not probed.
-            at, text, point_ids = pending.pop()
-            ready.append((at, text, point_ids, "probe"))
-        if delta.prompt_ids and not prompt_ids:
-            prompt_ids.append(delta.prompt_ids)
-        if ids is not None:
-            if delta.tokens and (delta.token_ids is None or len(delta.token_ids) != delta.tokens):
-                ids = None  # a piece without its ids: probes fall back to text
-            elif delta.token_ids:
-                ids.extend(delta.token_ids)
-        added = delta.text
-        state["text"] += added
-        state["tokens"] += delta.tokens
-        if delta.prompt_tokens and not state["prompt_tokens"]:
-            state["prompt_tokens"] = delta.prompt_tokens
-        on_delta(delta, state["tokens"])
-        tokens = state["tokens"]
-        if trial_points is not None and probes is not None and probes.active:
-            ready += [(pos, state["text"][:char], None, "trial") for char, pos in trial_points(bool(delta.finish_reason))]
-        if probes is not None:
-            for at, text, point_ids, kind in sorted(ready, key=lambda r: (r[0], r[3] == "trial")):
-                probes.offer(at, text, point_ids, kind)
-        if (
-            probes is not None
-            and probes.active
-            and delta.tokens > 0
-            and tokens < budget
-            and is_point(state["last_point"], tokens, state["text"], added)
-        ):
-            pending[:] = [(tokens, state["text"], known_ids())]
-            on_point(tokens, state["text"])
-            state["last_point"] = tokens
-
-    async def read() -> Stop:
-        while state["tokens"] < budget:
-            start_tokens = state["tokens"]
-            request = GenerationRequest(
-                prompt=prompt + state["text"],
-                max_tokens=budget - start_tokens,
-                stop=base.stop,
-                temperature=base.temperature,
-                top_p=base.top_p,
-                seed=None if base.seed is None else base.seed + start_tokens,
-                priority=base.priority,
-                prompt_ids=known_ids() if start_tokens else None,  # a resumed stream goes on from the exact tokens
-            )
-            finish: str | None = None
-            try:
-                async with aclosing(engine.stream(request)) as deltas:
-                    async for delta in deltas:
-                        take(delta)
-                        finish = delta.finish_reason or finish
-            except BudgetExhausted:
-                return "budget"
-            except EngineError:
-                if state["resumes"] >= max_resumes:
-                    raise
-                state["resumes"] += 1
-                continue
-            if finish is None:  # an engine whose stream ended without saying why: treat as broken
-                if state["resumes"] >= max_resumes:
-                    raise EngineError(f"the stream from {engine.name} ended without a finish reason")
-                state["resumes"] += 1
-                continue
-            if finish != "length" or state["tokens"] == start_tokens:
-                return "finished"
-        return "budget"
-
-    reader = asyncio.ensure_future(read())
+    stream = MainStream(engine, prompt, budget=budget, base=base, probes=probes, is_point=is_point,
+                        on_delta=on_delta, on_point=on_point, max_resumes=max_resumes, trial_points=trial_points)
+    reader = asyncio.ensure_future(stream.read())
     waits: set[asyncio.Future] = {reader}
     if probes is not None:
         waits.add(probes.decided)
@@ -282,7 +331,7 @@ async def reason_in_one_stream(
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if reader.done():
             stop: Stop = reader.result()  # raises the main stream's error
-            pending.clear()  # the stream ended right at the last point: no probe there
+            stream.pending.clear()  # the stream ended right at the last point: no probe there
             if probes is not None:
                 await probes.drain()  # decisions by position: the probes before the end still count
         else:
@@ -296,18 +345,7 @@ async def reason_in_one_stream(
             pass
         if probes is not None:
             await probes.aclose()
-    streamed = state["tokens"]
-    outcome = MainStreamOutcome(
-        reasoning=state["text"], tokens=streamed, stop=stop, streamed_tokens=streamed,
-        prompt_tokens=state["prompt_tokens"], resumes=state["resumes"],
-    )
-    if probes is not None and probes.error is not None:
-        raise probes.error
-    if probes is not None and probes.verdict in ("settled", "budget") and probes.decided_at is not None:
-        point = probes.decided_at
-        outcome.reasoning, outcome.tokens, outcome.decided_at = point.reasoning, point.at_tokens, point
-        outcome.stop = "certain" if probes.verdict == "settled" else "budget"
-    return outcome
+    return stream.outcome(stop)
 
 
-__all__ = ["MainStreamOutcome", "ProbePoint", "SideProbes", "Verdict", "reason_in_one_stream"]
+__all__ = ["MainStream", "MainStreamOutcome", "ProbePoint", "SideProbes", "Verdict", "reason_in_one_stream"]
