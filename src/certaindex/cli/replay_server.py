@@ -39,8 +39,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="all", choices=["train", "dev", "all"], help="problems to serve (default all)")
     p.add_argument("--seeds", help="serve only these seeds, comma-separated (default: all)")
     p.add_argument("--seed-rule", default="round-robin", choices=["round-robin", "first", "request"],
-                   help="which seed a fresh request of a problem recorded under several gets: the next in turn "
-                   "(default), the lowest, or the request's seed modulo their number")
+                   help="which seed a fresh request of a problem recorded under several gets: round-robin "
+                   "(default; 'request' is its older name): the request's seed's recording, else the lowest for a "
+                   "greedy request, else the next in turn; first: always the lowest")
     p.add_argument("--served-model-name", help="the model id /v1/models reports (default: the recorded model's name, "
                    "e.g. deepseek-ai/DeepSeek-R1-Distill-Qwen-7B, so a proxy picks its profile)")
     p.add_argument("--chat-template", help="template for /v1/chat/completions (default: guessed from the model name)")

@@ -34,6 +34,8 @@ async def _solve(args: argparse.Namespace) -> int:
     try:
         model_name = args.model or await common.served_model_name(engine)
         config = common.cot_config(args, early_exit=not args.no_early_exit, model_name=model_name, engine=engine)
+        if args.compare and config.seed is None:  # one seed for both runs: a sampling server (or a replay
+            config = dataclasses.replace(config, seed=0)  # choosing among recorded seeds) gives both one trajectory
         rule = common.describe_rule(args, config, model_name, engine)
         result = await _solve_with_progress(engine, question, config, quiet=args.quiet or args.json)
         full: CoTResult | None = None

@@ -18,6 +18,7 @@ import httpx
 
 from certaindex.engines.deadline import capped, remaining_s
 from certaindex.engines.pool import ShardedClient
+from certaindex.engines.sse import SSEError, SSEReader, parse_logprobs, token_ids
 from certaindex.engines.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
 from certaindex.engines.base import (
     Choice,
@@ -250,8 +251,10 @@ class HTTPEngine(Engine):
         """Server-sent events from the completions endpoint. Leaving the loop closes the connection,
         which makes vLLM, SGLang and llama.cpp abort the generation upstream.
 
-        Token counts come from per-token logprobs when asked for, else one per event, corrected by
-        the final usage report where the server sends one (``stream_options.include_usage``)."""
+        What the socket delivered is read at once (:mod:`certaindex.engines.sse`): a reader that
+        fell behind catches up in few large pieces, not one Python round per event. Token counts
+        come from ``token_ids``, else per-token logprobs, else one per event, corrected by the final
+        usage report where the server sends one (``stream_options.include_usage``)."""
         if request.n != 1:
             raise ValueError("stream() takes n=1; start one stream per sample")
         await self.connect()
@@ -263,49 +266,22 @@ class HTTPEngine(Engine):
                     raise EngineError(
                         f"{self.base_url}/v1/completions answered HTTP {response.status_code}: {_error_text(response)}"
                     )
-                counted = 0
-                prompt_tokens: int | None = None
-                finish: str | None = None
-                prompt_ids: tuple[int, ...] | None = None  # passed on with the next piece
-                lines = response.aiter_lines()
-                async for line in lines:
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[len("data:") :].strip()
-                    if data == "[DONE]":
-                        break
-                    try:
-                        event = json.loads(data)
-                    except json.JSONDecodeError:
-                        raise EngineError(f"malformed stream event from {self.base_url}: {data[:200]!r}") from None
-                    if not isinstance(event, dict):
-                        raise EngineError(f"malformed stream event from {self.base_url}: {data[:200]!r}")
-                    if event.get("error"):
-                        raise EngineError(f"{self.base_url} reported an error mid-stream: {event['error']}")
-                    usage = event.get("usage") or {}
-                    if usage.get("prompt_tokens") is not None:
-                        prompt_tokens = int(usage["prompt_tokens"])
-                    for raw in event.get("choices") or []:
-                        text = raw.get("text") or ""
-                        logprobs = _parse_logprobs(raw.get("logprobs"))
-                        ids = _ids(raw.get("token_ids"))
-                        prompt_ids = _ids(raw.get("prompt_token_ids")) or prompt_ids
-                        tokens = (len(ids) if ids is not None else len(logprobs) if logprobs is not None
-                                  else (1 if text else 0))
-                        counted += tokens
-                        finish = raw.get("finish_reason") or finish
-                        if text or logprobs or ids:
-                            yield StreamDelta(text=text, tokens=tokens, logprobs=logprobs, token_ids=ids,
-                                              prompt_ids=prompt_ids)
-                            prompt_ids = None
-                    if usage.get("completion_tokens") is not None and int(usage["completion_tokens"]) > counted:
-                        extra = int(usage["completion_tokens"]) - counted
-                        counted += extra
-                        yield StreamDelta(text="", tokens=extra)
-                await _read_to_end(lines)
-                if finish is None:
+                reader = SSEReader()
+                chunks = response.aiter_bytes()
+                try:
+                    async for chunk in chunks:  # whatever the socket holds: parsed and handed up at once
+                        for delta in reader.feed(chunk):
+                            yield delta
+                        if reader.done:
+                            break
+                    for delta in reader.close():
+                        yield delta
+                except SSEError as exc:
+                    raise EngineError(f"{self.base_url}: {exc}") from None
+                await _read_to_end(chunks)
+                if reader.finish is None:
                     raise EngineError(f"the stream from {self.base_url} ended before the completion finished")
-                yield StreamDelta(text="", tokens=0, finish_reason=finish, prompt_tokens=prompt_tokens)
+                yield StreamDelta(text="", tokens=0, finish_reason=reader.finish, prompt_tokens=reader.prompt_tokens)
         except httpx.TimeoutException as exc:
             raise EngineError(f"the engine at {self.base_url} timed out while streaming: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
@@ -461,39 +437,5 @@ def parse_completion_choice(payload: dict[str, Any], where: str = "engine") -> t
         raise EngineError(f"malformed completion from {where}: {exc}: {str(payload)[:200]}") from exc
 
 
-def _ids(raw: Any) -> tuple[int, ...] | None:
-    """A list of token ids from a server, or None when it sent none (or something else)."""
-    if isinstance(raw, list) and raw and all(isinstance(i, int) for i in raw):
-        return tuple(raw)
-    return None
-
-
-def _parse_logprobs(raw: Any) -> tuple[TokenLogprobs, ...] | None:
-    """Completions logprobs: the legacy parallel lists tokens / token_logprobs / top_logprobs (vLLM,
-    SGLang), or a ``content`` list of {token, logprob, top_logprobs: [{token, logprob}]} (llama.cpp's
-    server answers /v1/completions in the chat format)."""
-    if not raw:
-        return None
-    if isinstance(raw.get("content"), list):
-        return tuple(
-            TokenLogprobs(
-                token=str(item.get("token", "")),
-                logprob=float(item["logprob"]) if item.get("logprob") is not None else 0.0,
-                top={str(t.get("token", "")): float(t["logprob"]) for t in item.get("top_logprobs") or []
-                     if isinstance(t, dict) and t.get("logprob") is not None},
-            )
-            for item in raw["content"] if isinstance(item, dict)
-        )
-    tokens = raw.get("tokens") or []
-    token_lps = raw.get("token_logprobs") or []
-    tops = raw.get("top_logprobs") or [None] * len(tokens)
-    out = []
-    for token, lp, top in zip(tokens, token_lps, tops):
-        out.append(
-            TokenLogprobs(
-                token=str(token),
-                logprob=float(lp) if lp is not None else 0.0,
-                top={str(k): float(v) for k, v in (top or {}).items()},
-            )
-        )
-    return tuple(out)
+_ids = token_ids
+_parse_logprobs = parse_logprobs
