@@ -23,6 +23,7 @@ from rich.table import Table
 from certaindex.cli import common
 from certaindex.cli.common import (
     emit_table,
+    err,
     parse_floats,
     parse_policies,
     parse_slos,
@@ -224,7 +225,8 @@ def _headline(rows: Sequence[Workload], pool: dict[str, tuple[float, float, floa
         acc, tok, probes = pool[w.label]
         r = found.get(w.label)
         s = p90_at.get(w.label)
-        rate = "" if r is None else (f"{r.rate:.3f}" + ("" if r.bounded else "+"))
+        rate = "" if r is None else (f"{r.rate:.3f}" + ("" if r.bounded else "+") if r.rate > 0
+                                     else f"< {r.tried[0][0]:g}")  # even the lowest rate missed the target
         rate_x = f"{r.rate / base_rate:.2f}" if r is not None and base_rate else ""
         p90 = s.latency[90] if s is not None else None
         overrun = f"{r.summary.mean_overrun:.1f}" if r is not None and r.summary is not None else ""
@@ -295,8 +297,14 @@ def _find_rates(args: argparse.Namespace, rows: Sequence[Workload], cost: CostMo
         found[w.label] = max_rate(w, cost, slos[0], serving, lo=min(rates), hi=max(rates), programs=args.programs,
                                   seed=args.seed, weights=weights, target=TARGET, ceiling=2 * max(rates),
                                   duration_s=args.duration)
-        console.print(f"{w.label}: highest rate with >= 90% within {slos[0]:g} s: {found[w.label].rate:.3f}/s",
-                      highlight=False)
+        r = found[w.label]
+        shown = f"{r.rate:.3f}/s" if r.rate > 0 else f"none (at {r.tried[0][0]:g}/s only {r.tried[0][1]:.0%})"
+        console.print(f"{w.label}: highest rate with >= 90% within {slos[0]:g} s: {shown}", highlight=False)
+    missed = [label for label, r in found.items() if r.rate == 0]
+    if missed:
+        err.print(f"[yellow]note:[/yellow] {', '.join(missed)}: fewer than 90% of programs end within {slos[0]:g} s "
+                  f"even at {min(rates):g}/s, the lowest --rates: give a larger --slo (a program's own reasoning can "
+                  "take longer than it) or lower rates", highlight=False)
     ref_rate = found[BASELINE].rate if BASELINE in found and found[BASELINE].rate > 0 else None
     p90_at: dict[str, Summary] = {}
     if ref_rate:
