@@ -9,7 +9,9 @@ import asyncio
 import dataclasses
 import json
 import math
+import errno
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
@@ -313,6 +315,33 @@ def write_records(path: str, records: Sequence[tuple[dict, ProgramRecord]]) -> N
     with target.open("w", encoding="utf-8") as fh:
         for extra, record in records:
             fh.write(json.dumps({**extra, **record.to_dict()}) + "\n")
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a server's address before the server starts: uvicorn binds only after the app's startup
+    (the embedded model loaded, "Application startup complete" printed) and then exits on a taken port.
+    Each address ``host`` resolves to is bound and released here, as uvicorn would bind it."""
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closed socket's TIME_WAIT is no conflict
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise UsageError(f"port {port} on {host} is in use (another server listens there): "
+                                     "stop it or choose another --port") from None
+                if exc.errno == errno.EACCES:
+                    raise UsageError(f"port {port} on {host} needs privileges to listen on: choose a --port "
+                                     "above 1023") from None
+                raise UsageError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None
 
 
 def progress_bar(label: str, quiet: bool = False) -> Progress:

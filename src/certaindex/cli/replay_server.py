@@ -8,7 +8,7 @@ import logging
 import math
 from pathlib import Path
 
-from certaindex.cli.common import err
+from certaindex.cli.common import check_port, err
 
 __all__ = ["add_subcommands", "default_cost_model"]
 
@@ -128,6 +128,7 @@ async def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     app, replay, clock, path = build(args)
+    check_port(args.host, args.port)  # before the banner: uvicorn would print its own, then fail to bind
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     err.print(f"replay-server: {replay.trajectories} trajectories of {replay.model_name} "
               f"({len(replay.problems)} problems), cost model {path.name}, speed {clock.speed:g}x, "

@@ -1,0 +1,63 @@
+"""How ``serve`` and ``replay-server`` start, as a user runs them (subprocesses, real sockets): a
+taken port is one ``error:`` line and exit 2 before anything starts; an upstream that does not
+answer is named at start, and the proxy serves anyway with the documented statuses."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port, server_process
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "src" / "certaindex" / "data" / "governor_sample"
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "certaindex.cli", *args], capture_output=True, text=True,
+                          timeout=180, cwd=ROOT)
+
+
+def test_serve_on_a_taken_port_says_so_and_exits_2_before_starting() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = _run(["serve", "--upstream", f"http://127.0.0.1:{free_port()}/v1", "--port", str(port)])
+    assert run.returncode == 2, run.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in " ".join(run.stderr.split())
+    assert run.stderr.count("error:") == 1
+    assert "startup complete" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_replay_server_on_a_taken_port_says_so_before_its_banner() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = _run(["replay-server", str(SAMPLE), "--port", str(port)])
+    assert run.returncode == 2, run.stderr
+    assert "is in use" in run.stderr and "error:" in run.stderr
+    assert "replay-server:" not in run.stderr  # the serving banner
+    assert "Traceback" not in run.stderr
+
+
+def test_serve_names_an_upstream_that_does_not_answer_and_serves_anyway(tmp_path) -> None:
+    dead = free_port()  # bound and released: nothing listens, connections are refused
+    port = free_port()
+    log = tmp_path / "serve.log"
+    args = [sys.executable, "-m", "certaindex.cli", "serve", "--upstream", f"http://127.0.0.1:{dead}/v1",
+            "--port", str(port), "--model", "some-model"]
+    with server_process(args, log, f"http://127.0.0.1:{port}/metrics", "serve"):
+        chat = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                          json={"model": "some-model", "messages": [{"role": "user", "content": "What is 2+3?"}]})
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
+    text = " ".join(log.read_text().split())
+    assert f"warning: no upstream answers: http://127.0.0.1:{dead} (cannot connect)" in text
+    assert "Serving anyway" in text
+    assert chat.status_code == 502, chat.text
+    assert health.status_code == 503
