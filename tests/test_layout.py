@@ -148,3 +148,13 @@ def test_no_import_circle_inside_the_package():
     """Two modules that import each other (even lazily, inside a function) are one module in two
     files: neither can be read, tested or moved alone."""
     assert _cycles(_import_graph()) == []
+
+
+def test_no_cli_function_over_120_lines():
+    """The command line's functions stay readable (issue 21: the package's rule, held here for cli/)."""
+    long = []
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 120:
+                long.append(f"{path.name}: {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import free_port, server_process
 
@@ -61,3 +62,19 @@ def test_serve_names_an_upstream_that_does_not_answer_and_serves_anyway(tmp_path
     assert "Serving anyway" in text
     assert chat.status_code == 502, chat.text
     assert health.status_code == 503
+
+
+def test_check_port_refuses_a_taken_port_and_a_foreign_host_and_passes_a_free_one() -> None:
+    from certaindex.cli.common import UsageError, check_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError, match=f"port {port} on 127.0.0.1 is in use"):
+            check_port("127.0.0.1", port)
+    check_port("127.0.0.1", free_port())
+    with pytest.raises(UsageError, match="not an address of this machine"):
+        check_port("192.0.2.1", free_port())  # TEST-NET-1: never this machine's
+    with pytest.raises(UsageError, match="--port must be between"):
+        check_port("127.0.0.1", 70000)

@@ -327,6 +327,7 @@ def check_port(host: str, port: int) -> None:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise UsageError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    unavailable = 0
     for family, kind, proto, _, address in addresses:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closed socket's TIME_WAIT is no conflict
@@ -335,6 +336,9 @@ def check_port(host: str, port: int) -> None:
             try:
                 sock.bind(address)
             except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:  # asyncio skips an address family the machine lacks
+                    unavailable += 1
+                    continue
                 if exc.errno == errno.EADDRINUSE:
                     raise UsageError(f"port {port} on {host} is in use (another server listens there): "
                                      "stop it or choose another --port") from None
@@ -342,6 +346,8 @@ def check_port(host: str, port: int) -> None:
                     raise UsageError(f"port {port} on {host} needs privileges to listen on: choose a --port "
                                      "above 1023") from None
                 raise UsageError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None
+    if unavailable == len(addresses):
+        raise UsageError(f"--host {host}: not an address of this machine")
 
 
 def progress_bar(label: str, quiet: bool = False) -> Progress:
