@@ -78,3 +78,28 @@ def test_check_port_refuses_a_taken_port_and_a_foreign_host_and_passes_a_free_on
         check_port("192.0.2.1", free_port())  # TEST-NET-1: never this machine's
     with pytest.raises(UsageError, match="--port must be between"):
         check_port("127.0.0.1", 70000)
+
+
+def test_serve_with_a_missing_embedded_model_file_is_a_usage_error() -> None:
+    run = _run(["serve", "--model", "/nonexistent/model.gguf", "--port", str(free_port())])
+    assert run.returncode == 2, run.stderr
+    assert "--model /nonexistent/model.gguf: no such file" in " ".join(run.stderr.split())
+    assert "Traceback" not in run.stderr and "startup" not in run.stderr
+
+
+class _FakeFailingUvicorn:
+    """A fake uvicorn server whose startup fails as uvicorn's does: ``sys.exit(3)``."""
+
+    async def serve(self) -> None:
+        raise SystemExit(3)
+
+
+def test_a_failed_server_start_is_an_engine_failure_not_no_answer() -> None:
+    """uvicorn's exit 3 (startup failed) would read as this command line's 3, 'no answer'."""
+    from certaindex.cli.common import EXIT_ENGINE, EXIT_NO_ANSWER, run_handler, run_uvicorn
+
+    async def handler(_args) -> int:
+        await run_uvicorn(_FakeFailingUvicorn(), "certaindex serve")
+        return 0
+
+    assert run_handler(handler, None) == EXIT_ENGINE != EXIT_NO_ANSWER

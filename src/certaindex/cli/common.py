@@ -350,6 +350,18 @@ def check_port(host: str, port: int) -> None:
         raise UsageError(f"--host {host}: not an address of this machine")
 
 
+async def run_uvicorn(server, what: str) -> None:
+    """Serve until stopped. uvicorn exits 3 when the app's startup fails (the embedded model cannot
+    load) or it cannot listen, and 3 is this command line's "the model gave no answer": such a start
+    is an engine failure here, one ``error:`` line and exit 1, under uvicorn's own log of the cause."""
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        if exc.code == 3:
+            raise EngineError(f"{what} did not start (the cause is logged above)") from None
+        raise
+
+
 def progress_bar(label: str, quiet: bool = False) -> Progress:
     """The progress bar of every long command (bench, record, replay), on stderr."""
     return Progress(

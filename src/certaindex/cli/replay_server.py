@@ -8,7 +8,7 @@ import logging
 import math
 from pathlib import Path
 
-from certaindex.cli.common import check_port, err
+from certaindex.cli.common import check_port, err, run_uvicorn
 
 __all__ = ["add_subcommands", "default_cost_model"]
 
@@ -135,5 +135,5 @@ async def _serve(args: argparse.Namespace) -> int:
               f"http://{args.host}:{args.port}/v1", highlight=False)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5)
-    await uvicorn.Server(config).serve()
+    await run_uvicorn(uvicorn.Server(config), "replay-server")
     return 0

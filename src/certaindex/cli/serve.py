@@ -7,9 +7,10 @@ import asyncio
 import logging
 import os
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
-from certaindex.cli.common import check_port, err, quiet_http_logs
+from certaindex.cli.common import UsageError, check_port, err, quiet_http_logs, run_uvicorn
 from certaindex.core.validation import parse_json_object
 from certaindex.programs.cot import CoTConfig
 
@@ -202,6 +203,9 @@ async def _serve(args: argparse.Namespace) -> int:
     except ImportError as exc:  # a broken install: FastAPI, uvicorn and prometheus-client are core dependencies
         raise ValueError(f"`certaindex serve` cannot start, an install is broken: pip install certaindex ({exc})") from None
     check_port(args.host, args.port)  # before the app starts: uvicorn binds only after its startup
+    if not args.upstream and args.model and not Path(args.model).expanduser().is_file():
+        raise UsageError(f"--model {args.model}: no such file (without --upstream, --model is the GGUF file of the "
+                         "embedded engine)")
     settings = settings_from_args(args)
     if settings.upstream:
         await check_upstreams(settings.upstream, settings.upstream_api_key)
@@ -218,5 +222,5 @@ async def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level == "debug", timeout_graceful_shutdown=5)
-    await uvicorn.Server(config).serve()
+    await run_uvicorn(uvicorn.Server(config), "certaindex serve")
     return 0
