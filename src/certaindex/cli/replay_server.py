@@ -8,7 +8,7 @@ import logging
 import math
 from pathlib import Path
 
-from certaindex.cli.common import err
+from certaindex.cli.common import check_port, err, run_uvicorn
 
 __all__ = ["add_subcommands", "default_cost_model"]
 
@@ -129,11 +129,12 @@ async def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     app, replay, clock, path = build(args)
+    check_port(args.host, args.port)  # before the banner: uvicorn would print its own, then fail to bind
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     err.print(f"replay-server: {replay.trajectories} trajectories of {replay.model_name} "
               f"({len(replay.problems)} problems), cost model {path.name}, speed {clock.speed:g}x, "
               f"http://{args.host}:{args.port}/v1", highlight=False)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5)
-    await uvicorn.Server(config).serve()
+    await run_uvicorn(uvicorn.Server(config), "replay-server")
     return 0

@@ -181,7 +181,9 @@ def add_subcommands(subparsers: Any) -> None:
     group.add_argument("--final-answer", choices=("recorded", "extracted"), default="extracted",
                        help="full reasoning's answer: the recorded final_answer, or re-extracted from full_text with the project's extractor, as a live run would (default extracted)")
     group = evaluate.add_argument_group("output")
-    group.add_argument("--png", help="Pareto plot to write (default: next to the traces, <name>-pareto.png)")
+    group.add_argument("--png", help="Pareto plot to write (default: for a trace file, <name>-pareto.png next to it; "
+                       "for a Governor folder, <folder>-pareto.png in the current folder, as the folder is often "
+                       "shared, read-only data)")
     group.add_argument("--no-png", action="store_true", help="draw no plot")
     group.add_argument("--json", dest="json_out", help="also write every figure as JSON to this file")
     group.add_argument("--calibration-out", help="write the setting fitted on the calibration split (by --method) here")
