@@ -66,3 +66,100 @@ def test_imports_point_down(path: Path):
         if LAYERS[target] >= LAYERS[own]:
             upward.append(f"line {line}: {module}")
     assert upward == [], f"{rel} imports a layer at or above its own ({own})"
+
+
+MAX_FUNCTION_LINES = 120
+
+
+def _long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """Every function or method (nested ones too, each counted with its whole body) over ``limit``
+    lines, from its ``def`` line to its last line; decorators are not counted."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > limit:
+                found.append(f"{node.name} (line {node.lineno}): {lines} lines")
+    return found
+
+
+def test_the_function_length_check_counts_a_long_nested_function(tmp_path):
+    body = "\n".join(f"        x{i} = {i}" for i in range(130))
+    (tmp_path / "m.py").write_text(f"def outer():\n    def inner():\n{body}\n    return inner\n\n\ndef short():\n    return 1\n")
+    assert [f.split(" ")[0] for f in _long_functions(tmp_path / "m.py")] == ["outer", "inner"]
+    assert _long_functions(tmp_path / "m.py", limit=200) == []
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_function_is_over_120_lines(path: Path):
+    """Issue 21: a function that does not fit on a screen or two does more than one job."""
+    long = _long_functions(path)
+    assert long == [], f"{path.relative_to(PACKAGE)}: split {'; '.join(long)}"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (lazy imports too). ``from pkg import mod`` counts
+    as importing ``pkg.mod`` only, not ``pkg``'s ``__init__``, so a package that lists its
+    submodules is not a circle with each of them."""
+    names = {_module_name(p): p for p in MODULES}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    deps.add(sub if sub in names else node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names)
+        graph[name] = {d for d in deps if d in names and d != name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import graph's strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_circle_check_finds_a_circle():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circle():
+    """Issue 21: modules of one layer may import each other, but not in a circle (lazy imports count:
+    a circle hidden in a function is still two modules that cannot be understood apart)."""
+    found = circles(import_graph())
+    assert found == [], f"import circles: {found}"
