@@ -49,3 +49,17 @@ def test_missing_reads_braces_prefixes_and_placeholders(tmp_path):
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_results_path_the_docs_name_exists(doc: Path):
     assert missing(doc.read_text(encoding="utf-8")) == []
+
+
+ABSOLUTE = re.compile(r"(?<![\w.~])/(?:work|home|root|tmp|Users|mnt|data)/")
+
+
+def test_the_absolute_path_check_catches_a_machine_path():
+    assert ABSOLUTE.search("--traces /work/shared/traces/governor")
+    assert not ABSOLUTE.search("--traces ../shared/traces/governor and results/gpu/x.json")
+
+
+def test_benchmarks_readme_names_no_absolute_path():
+    """A newcomer runs the commands from the repository root on another machine."""
+    text = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    assert ABSOLUTE.findall(text) == []
