@@ -95,4 +95,3 @@ def test_no_function_is_over_120_lines(path: Path):
     """Issue 21: a function that does not fit on a screen or two does more than one job."""
     long = _long_functions(path)
     assert long == [], f"{path.relative_to(PACKAGE)}: split {'; '.join(long)}"
-
