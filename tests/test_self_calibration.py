@@ -181,6 +181,15 @@ def test_calibrate_folder_errors_are_one_line(tmp_path):
     result = cli("calibrate", str(tmp_path / "mixed" / ".."), "--reference", "gold")
     assert result.returncode == 2
 
+    cut = tmp_path / "cut"  # an interrupted gzip recording: the message names the command-line flag
+    cut.mkdir()
+    whole = write_traces(cut / "a.jsonl.gz", TraceHeader("my-model", "fake", TraceSettings(granularity=G, budget=64,
+                         **SUFFIX_SETTINGS), dataset=SHADOW_DATASET), agreeing(30))
+    whole.write_bytes(whole.read_bytes()[:-40])
+    result = cli("calibrate", str(cut))
+    assert result.returncode == 2 and "--allow-truncated" in result.stderr and "allow_truncated=True" not in result.stderr.replace(
+        "(allow_truncated=True in Python)", "")
+
 
 def test_record_files_with_gold_answers_are_calibrated_against_gold(tmp_path):
     records = [trace(i, ["5"] + ["7"] * 6, "7", budget=64, gold="7") for i in range(30)]

@@ -258,6 +258,8 @@ async def simulate_command(args: argparse.Namespace) -> int:
     from certaindex.traces import read_traces
     from certaindex.traces.governor import is_governor_layout
 
+    if not Path(args.traces).exists():
+        raise ValueError(f"--traces {args.traces} does not exist (no such file or folder)")
     if Path(args.traces).is_dir() and is_governor_layout(args.traces):
         from certaindex.cli.simulate_governor import simulate_governor
 
@@ -271,8 +273,7 @@ async def simulate_command(args: argparse.Namespace) -> int:
     if args.exit_policy != "default" or args.split != "all":
         governor_only.append("--exit-policy/--split")
     if governor_only:
-        what = "is a trace file" if Path(args.traces).exists() else "does not exist"
-        raise ValueError(f"{', '.join(governor_only)} apply to Governor folders; {args.traces} {what}")
+        raise ValueError(f"{', '.join(governor_only)} apply to Governor folders; {args.traces} is a trace file")
     policies = _policies(args.policies)
     slos = _slos(args.slo)
     rates = _floats("--rates", args.rates)
