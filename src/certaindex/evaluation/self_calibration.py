@@ -1,5 +1,6 @@
-"""Calibrating Dynasor's rule on a user's own traces (shadow traffic, or ``certaindex record``):
-pure functions, no I/O.
+"""Calibrating Dynasor's rule and the certainty score on a user's own traces (shadow traffic, or
+``certaindex record``): pure functions, no I/O. The score part (:func:`calibrate_score`) turns the
+traces into trajectories (:func:`as_trajectories`) and uses :mod:`certaindex.evaluation.score_policy`.
 
 Each trace holds the probe at every g tokens of a full-reasoning run, so the rule "stop when the
 last k probes, taken every m*g tokens, agree and none hesitates" is replayed exactly by reading
@@ -264,15 +265,18 @@ def score_schedule(start_schedule: str, granularity: int, has_trials: bool) -> s
 
 
 def calibrate_score(trajs: Sequence[Trajectory], schedule: str, start_model: Any, key: KeyFn,
-                    correct: Callable[[Trajectory, str | None], bool], alpha: float, delta: float) -> list[ScoreCandidate]:
+                    correct: Callable[[Trajectory, str | None], bool], alpha: float, delta: float,
+                    refit_schedule: str | None = None) -> list[ScoreCandidate]:
     """Both score candidates on ``trajs``: the starting profile's fitted score with its threshold
-    re-certified on every trace, and a score refitted on a third and certified on the rest (left
-    out, with why, when there are too few observations to fit)."""
+    re-certified on every trace (observing ``schedule``), and a score refitted on a third and
+    certified on the rest (observing ``refit_schedule``, default ``schedule``; left out, with why,
+    when there are too few observations to fit)."""
     from certaindex.evaluation.score_policy import calibrate, certify_model
 
     out = [ScoreCandidate("start", certify_model(trajs, schedule, start_model, key, correct, alpha, delta))]
     try:
-        out.append(ScoreCandidate("refit", calibrate(trajs, schedule, key, correct, alpha, delta, strata=None)))
+        out.append(ScoreCandidate("refit", calibrate(trajs, refit_schedule or schedule, key, correct, alpha, delta,
+                                                     strata=None)))
     except ValueError as exc:
         out.append(ScoreCandidate("refit", None, str(exc)))
     return out
