@@ -189,6 +189,8 @@ async def simulate_command(args: argparse.Namespace) -> int:
     from certaindex.traces import read_traces
     from certaindex.traces.governor import is_governor_layout
 
+    if not Path(args.traces).exists():
+        raise ValueError(f"--traces {args.traces} does not exist (no such file or folder)")
     if Path(args.traces).is_dir() and is_governor_layout(args.traces):
         return await simulate_governor(args)
     governor_only = [flag for flag, value in (("--dataset-mix", args.dataset_mix), ("--model", args.model),
@@ -200,8 +202,7 @@ async def simulate_command(args: argparse.Namespace) -> int:
     if args.exit_policy != "default" or args.split != "all":
         governor_only.append("--exit-policy/--split")
     if governor_only:
-        what = "is a trace file" if Path(args.traces).exists() else "does not exist"
-        raise ValueError(f"{', '.join(governor_only)} apply to Governor folders; {args.traces} {what}")
+        raise ValueError(f"{', '.join(governor_only)} apply to Governor folders; {args.traces} is a trace file")
     policies = parse_policies(args.policies)
     slos = parse_slos(args.slo)
     rates = parse_floats("--rates", args.rates)
