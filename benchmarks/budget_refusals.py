@@ -3,7 +3,7 @@
 programs that end ``budget`` with reasoning below their budget (a request refused with
 ``BudgetExhausted``: the scheduler lent the program's budget away mid-stream).
 
-    nice -n 10 .venv/bin/python benchmarks/budget_refusals.py --out benchmarks/results/budget-refusals.txt
+    nice -n 10 .venv/bin/python benchmarks/budget_refusals.py --out benchmarks/results/budget-refusals/budget-refusals.txt
 
 Rows: scheduler (certaindex, fcfs) x profile (the served model's shipped profile; the same without
 DEER trials, ``--no-trials``, whose grid probes agree before its score settles more often). All

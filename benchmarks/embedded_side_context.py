@@ -10,7 +10,7 @@ probes never stop it, so both do the same work), interleaved repetition by repet
 * ``two contexts, T+T threads``: main stream on context A, probes on context B, each with the given
   llama.cpp thread count.
 
-    .venv/bin/python benchmarks/embedded_side_context.py --out benchmarks/results/embedded-side-context.txt
+    .venv/bin/python benchmarks/embedded_side_context.py --out benchmarks/results/probe-latency/embedded-side-context.txt
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Calibrate the simulator's engine cost model: time an engine, fit, write JSON.
 
-    python benchmarks/engine_cost.py                       # embedded engine -> results/cost-model-embedded.json
+    python benchmarks/engine_cost.py                       # embedded engine -> results/online-serving/cost-model-embedded.json
     python benchmarks/engine_cost.py --engine http://127.0.0.1:8000/v1 --batches 1,2,4,8 \
-        --max-batch 8 --prefix-cache program --out benchmarks/results/cost-model-server.json
+        --max-batch 8 --prefix-cache program --out benchmarks/results/online-serving/cost-model-server.json
 
 Two kinds of measurement, each on fresh prompts (a random first line defeats prefix caches):
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", default="embedded", help="embedded, embedded:/path.gguf or an http(s):// URL")
     parser.add_argument("--model", help="served model name (http) or GGUF path")
-    parser.add_argument("--out", default="benchmarks/results/cost-model-embedded.json")
+    parser.add_argument("--out", default="benchmarks/results/online-serving/cost-model-embedded.json")
     parser.add_argument("--batches", type=_int_list, default=[1], help="batch sizes to time (default 1)")
     parser.add_argument("--context-words", type=_int_list, default=[10, 60, 120, 200],
                         help="prompt lengths of decode points, in counting words (~2-4 tokens each)")

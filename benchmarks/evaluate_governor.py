@@ -11,7 +11,7 @@
 
     python benchmarks/evaluate_governor.py [GOVERNOR_DIR] [--cold]
 
-Writes benchmarks/results/evaluate-governor.txt.
+Writes benchmarks/results/governor-replay/evaluate-governor.txt.
 """
 
 from __future__ import annotations
@@ -82,10 +82,10 @@ def main() -> int:
               "probe/trial output token; saved = 1 - tokens / full; harm = trajectories wrong where full reasoning "
               "was right; best-within-band rows pick the peer setting saving most with accuracy >= full - 1 point "
               "ON THESE DEV PROBLEMS (in-sample, favourable to the peers; the row \"default's score, best within band\" gives the default's own score the same in-sample choice of threshold); the default is the shipped profile, "
-              "chosen on TRAIN problems (benchmarks/results/score-profiles-dev.json)", "", text_table(tables)]
+              "chosen on TRAIN problems (benchmarks/results/score-profiles/score-profiles-dev.json)", "", text_table(tables)]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = ROOT / "benchmarks" / "results" / "evaluate-governor.txt"
+    out = ROOT / "benchmarks" / "results" / "governor-replay" / "evaluate-governor.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return 0

@@ -18,7 +18,7 @@ estimates its odds without touching dev: for each shipped family it
   frontier, its threshold picked in band on the draw like the peers', saves more than the best
   peer in band (the signals compared at equal accuracy, both tuned in hindsight).
 
-    python benchmarks/goal_odds.py [GOVERNOR_DIR] [--draws N]   # -> results/goal-odds.{json,txt}
+    python benchmarks/goal_odds.py [GOVERNOR_DIR] [--draws N]   # -> results/score-profiles/goal-odds.{json,txt}
 """
 
 from __future__ import annotations
@@ -258,9 +258,9 @@ def main() -> int:
               "seconds": round(time.perf_counter() - started, 1), "families": rows,
               "p_goal_all_four_shipped": float(all_met.mean())}
     stem = "goal-odds" + ("-select" if select else "")
-    out = ROOT / "benchmarks" / "results" / f"{stem}.json"
+    out = ROOT / "benchmarks" / "results" / "score-profiles" / f"{stem}.json"
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    (ROOT / "benchmarks" / "results" / f"{stem}.txt").write_text(f"$ {command}\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    (ROOT / "benchmarks" / "results" / "score-profiles" / f"{stem}.txt").write_text(f"$ {command}\n" + "\n".join(lines) + "\n", encoding="utf-8")
     print(f"written {out} in {result['seconds']} s")
     return 0
 

@@ -10,7 +10,7 @@ must meet this on all four models. k < 4 is never considered (Dynasor's k=3 lose
 
     python benchmarks/governor_profiles.py [GOVERNOR_DIR] [--write]
 
-writes benchmarks/results/governor-profiles.txt, and with --write the profile JSON files in
+writes benchmarks/results/governor-replay/governor-profiles.txt, and with --write the profile JSON files in
 src/certaindex/data/profiles/.
 """
 
@@ -102,8 +102,8 @@ def main() -> int:
                          f"tokens {r.full_tokens:7.0f} -> {r.tokens:7.0f} ({100 * r.saved:5.1f}% saved), harmful {r.harmful_exits}")
     text = "\n".join(lines) + "\n"
     print(text)
-    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "governor-profiles.txt").write_text(text)
+    (ROOT / "benchmarks" / "results" / "governor-replay").mkdir(parents=True, exist_ok=True)
+    (ROOT / "benchmarks" / "results" / "governor-replay" / "governor-profiles.txt").write_text(text)
     if "--write" in sys.argv:
         for family, (patterns, k, interval, saved, rows) in chosen.items():
             profile = {

@@ -2,11 +2,11 @@
 each row's highest rate at 90% SLO attainment and its tightest SLO at full-fcfs's highest rate, as
 ratios to full-fcfs, with the row's accuracy change written on its bar.
 
-    python benchmarks/plot_simulate_real.py benchmarks/results/simulate-real-r1-7b-math500.json \
-        benchmarks/results/simulate-real-r1-7b-mix.json benchmarks/results/simulate-real-r1-32b-math500.json \
-        --chunked benchmarks/results/simulate-real-r1-7b-math500-chunked.json \
-        benchmarks/results/simulate-real-r1-7b-mix-chunked.json benchmarks/results/simulate-real-r1-32b-math500-chunked.json \
-        --out benchmarks/results/simulate-real-summary.png
+    python benchmarks/plot_simulate_real.py benchmarks/results/simulate-real/simulate-real-r1-7b-math500.json \
+        benchmarks/results/simulate-real/simulate-real-r1-7b-mix.json benchmarks/results/simulate-real/simulate-real-r1-32b-math500.json \
+        --chunked benchmarks/results/simulate-real/simulate-real-r1-7b-math500-chunked.json \
+        benchmarks/results/simulate-real/simulate-real-r1-7b-mix-chunked.json benchmarks/results/simulate-real/simulate-real-r1-32b-math500-chunked.json \
+        --out benchmarks/results/simulate-real/simulate-real-summary.png
 
 Inputs are the ``--json`` files of ``certaindex simulate --traces <Governor folder> --find-rate``;
 ``--chunked``: the same workloads run with ``--probe-timing chunked``, drawn as a second, hatched

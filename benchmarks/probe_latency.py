@@ -18,7 +18,7 @@ stops; probes answer a different number each time), once per ``--settings R,T`` 
 model writes what it writes, so tokens are reported beside the times, and ``k`` is set so probes
 never stop it).
 
-    .venv/bin/python benchmarks/probe_latency.py --out benchmarks/results/probe-latency.txt --llama
+    .venv/bin/python benchmarks/probe_latency.py --out benchmarks/results/probe-latency/probe-latency.txt --llama
 """
 
 from __future__ import annotations

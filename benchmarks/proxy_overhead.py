@@ -15,7 +15,7 @@ and this client. Measurements, interleaved so machine noise hits both sides alik
 The upstream is either the fake upstream of the tests (instant answers: isolates the proxy's own
 cost) or a real engine (``--upstream URL``, e.g. llama-cpp-python's server with the embedded model).
 
-    .venv/bin/python benchmarks/proxy_overhead.py --out benchmarks/results/proxy-overhead.txt
+    .venv/bin/python benchmarks/proxy_overhead.py --out benchmarks/results/proxy/proxy-overhead.txt
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 process, sent with the official ``openai`` client to ``certaindex serve`` on the embedded engine,
 once per ``--scheduler`` setting (each a fresh proxy process, one after another, same arrival times).
 
-    .venv/bin/python benchmarks/proxy_scheduling.py --out benchmarks/results/proxy-scheduling.txt
+    .venv/bin/python benchmarks/proxy_scheduling.py --out benchmarks/results/proxy/proxy-scheduling.txt
 
 Every request runs the early-exit chain of thought (``policy cot``). Latency is measured by the
 client from its request's arrival time; throughput is programs (and generated tokens, from

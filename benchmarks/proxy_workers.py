@@ -7,7 +7,7 @@ early-exit chat requests (policy cot: a reasoning stream and probes per request)
 per round. Each round also records the CPU seconds each side used (proxy processes, upstream,
 client), so a ratio held down by the machine's cores shows where the CPU went.
 
-    .venv/bin/python benchmarks/proxy_workers.py --out benchmarks/results/proxy-workers.txt
+    .venv/bin/python benchmarks/proxy_workers.py --out benchmarks/results/proxy/proxy-workers.txt
 """
 
 from __future__ import annotations

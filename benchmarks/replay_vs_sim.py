@@ -3,7 +3,7 @@
 trajectories back paced by the H100 cost model with continuous batching) and by ``certaindex
 simulate --traces`` (the simulator on the same cost model and the programs' request plans).
 
-    nice -n 10 .venv/bin/python benchmarks/replay_vs_sim.py --out benchmarks/results/replay-vs-sim.txt
+    nice -n 10 .venv/bin/python benchmarks/replay_vs_sim.py --out benchmarks/results/replay-vs-sim/replay-vs-sim.txt
 
 Both sides serve the same draw (``serving.workload.draw``: Poisson arrivals and which trajectory
 arrives, seeded) under each row: ``full-fcfs`` (full reasoning) and ``exit-fcfs`` (Dynasor's rule,

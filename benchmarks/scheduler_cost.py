@@ -5,7 +5,7 @@ finishes a running gang, submits a new gang for a random program and dispatches 
 the work the runtime asks of the core per request. A report is one ``report()`` of a random
 program's certaindex. Times are wall-clock per call on this machine, so compare rows of one run.
 
-    .venv/bin/python benchmarks/scheduler_cost.py [--cycles 20000] [--out benchmarks/results/scheduler-cost.txt]
+    .venv/bin/python benchmarks/scheduler_cost.py [--cycles 20000] [--out benchmarks/results/scheduler-cost/scheduler-cost.txt]
 """
 
 from __future__ import annotations

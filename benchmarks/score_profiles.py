@@ -11,7 +11,7 @@ only): R1-Distill-Qwen-7B ``bx+tc+g512+tr``, Qwen3-8B ``bx+tc+tr``, R1-Distill-Q
 prints the DEV table (per model x dataset: full reasoning, the default profile, the best Dynasor,
 event-probe and DEER setting within 1 point of full reasoning, tuned on DEV itself, and the 95%
 interval of the accuracy change by a bootstrap over problems) and writes
-benchmarks/results/score-profiles-dev.json; with --write the profile JSON files in
+benchmarks/results/score-profiles/score-profiles-dev.json; with --write the profile JSON files in
 src/certaindex/data/profiles/.
 
 It also replays each shipped setting on held-aside TRAIN problems (``held_aside_selection`` in the
@@ -19,7 +19,7 @@ JSON: CAL's four sixths take turns as held-aside while the other three certify),
 train problems promise with what dev shows. ``--select`` instead chooses each family's label, alpha
 (0.01-0.03) and stratum guard on those held-aside train problems (the setting saving most on
 MATH500 with accuracy down at most 0.5 point there and at most one trajectory on AMC23 / AIME24)
-and writes results/score-profiles-dev-select.{json,md}; it was tried and is not what ships (see
+and writes results/score-profiles/score-profiles-dev-select.{json,md}; it was tried and is not what ships (see
 benchmarks/README.md).
 """
 
@@ -278,8 +278,8 @@ def main() -> int:
               "profiles": {n: p.calibration for n, p in profiles.items()}, "peers_ltt_certified": peers_ltt,
               "held_aside_selection": selections}
     stem = "score-profiles-dev" + ("-select" if select else "")
-    (ROOT / "benchmarks" / "results" / f"{stem}.md").write_text(markdown(rows, peers_ltt), encoding="utf-8")
-    out = ROOT / "benchmarks" / "results" / f"{stem}.json"
+    (ROOT / "benchmarks" / "results" / "score-profiles" / f"{stem}.md").write_text(markdown(rows, peers_ltt), encoding="utf-8")
+    out = ROOT / "benchmarks" / "results" / "score-profiles" / f"{stem}.json"
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"written {out} in {result['seconds']} s")
     return 0

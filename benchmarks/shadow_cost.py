@@ -3,7 +3,7 @@ traces: the probes it forks beside full reasoning, every I tokens, as a share of
 own tokens. Read from recorded Governor trajectories, whose probes were taken every 64 tokens with
 the same suffix a profile uses, so each probe's recorded length is what shadow mode would pay.
 
-    .venv/bin/python benchmarks/shadow_cost.py [PATH] [--out benchmarks/results/shadow-cost.txt]
+    .venv/bin/python benchmarks/shadow_cost.py [PATH] [--out benchmarks/results/shadow-cost/shadow-cost.txt]
 
 PATH: a Governor folder (default: the sample shipped in the package). Only decode tokens are
 counted; a probe's prompt is the cached prefix plus the suffix (about 20 new tokens of prefill).

@@ -1,7 +1,7 @@
 """Simulate a finished load test and compare: same programs, same arrival times, same policies.
 
-    python benchmarks/sim_vs_real.py benchmarks/results/loadtest-embedded.jsonl \
-        --cost-model benchmarks/results/cost-model-embedded.json --slo 20
+    python benchmarks/sim_vs_real.py benchmarks/results/online-serving/loadtest-embedded.jsonl \
+        --cost-model benchmarks/results/online-serving/cost-model-embedded.json --slo 20
 
 Each program of the load test (its ``--out`` JSONL, which logs every request: probe or not, prompt
 tokens, max_tokens, tokens generated) is replayed request by request through the same scheduler

@@ -16,7 +16,7 @@ from the program's own prompt (``open_prompt``, the default system prompt), and 
   prompts are the same ids must give the same output.
 
     nice -n 10 .venv/bin/python benchmarks/token_id_probes.py --problems 20 --budget 256 --interval 32 \\
-        --out benchmarks/results/token-id-probes.txt
+        --out benchmarks/results/token-id-probes/token-id-probes.txt
 """
 
 from __future__ import annotations

@@ -66,3 +66,32 @@ def test_imports_point_down(path: Path):
         if LAYERS[target] >= LAYERS[own]:
             upward.append(f"line {line}: {module}")
     assert upward == [], f"{rel} imports a layer at or above its own ({own})"
+
+
+MAX_FUNCTION_LINES = 120
+
+
+def _long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """Every function or method (nested ones too, each counted with its whole body) over ``limit``
+    lines, from its ``def`` line to its last line; decorators are not counted."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > limit:
+                found.append(f"{node.name} (line {node.lineno}): {lines} lines")
+    return found
+
+
+def test_the_function_length_check_counts_a_long_nested_function(tmp_path):
+    body = "\n".join(f"        x{i} = {i}" for i in range(130))
+    (tmp_path / "m.py").write_text(f"def outer():\n    def inner():\n{body}\n    return inner\n\n\ndef short():\n    return 1\n")
+    assert [f.split(" ")[0] for f in _long_functions(tmp_path / "m.py")] == ["outer", "inner"]
+    assert _long_functions(tmp_path / "m.py", limit=200) == []
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_function_is_over_120_lines(path: Path):
+    """Issue 21: a function that does not fit on a screen or two does more than one job."""
+    long = _long_functions(path)
+    assert long == [], f"{path.relative_to(PACKAGE)}: split {'; '.join(long)}"

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.model
 async def test_the_simulator_replays_the_live_run_of_the_embedded_engine(embedded_engine):
-    cost = CostModel.load(ROOT / "benchmarks" / "results" / "cost-model-embedded.json")
+    cost = CostModel.load(ROOT / "benchmarks" / "results" / "online-serving" / "cost-model-embedded.json")
     problems = load_dataset("gsm8k")[:4]
     config = CoTConfig(budget=64, probe_interval=16, k=2)
     arrivals = [0.0, 0.3, 0.6, 0.9]  # faster than the engine serves them: they queue

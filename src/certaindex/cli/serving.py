@@ -25,7 +25,7 @@ from certaindex.serving.loadgen import ProgramRecord, Summary, poisson_arrivals,
 __all__ = ["add_subcommands", "loadtest_command", "simulate_command", "summary_table"]
 
 DEFAULT_TRACES = "benchmarks/traces/gsm8k-smollm2-135m.jsonl.gz"
-DEFAULT_COST_MODEL = "benchmarks/results/cost-model-embedded.json"
+DEFAULT_COST_MODEL = "benchmarks/results/online-serving/cost-model-embedded.json"
 BASELINE = "full-fcfs"
 
 

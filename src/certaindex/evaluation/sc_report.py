@@ -137,7 +137,7 @@ def _name(family: str, label: str, width: int = 46) -> str:
 
 
 def render_study(study: Study, facts: Sequence[str] = ()) -> str:
-    """The study as a plain-text report (what benchmarks/results/sc-rollouts.txt holds)."""
+    """The study as a plain-text report (what benchmarks/results/sc-rollouts/sc-rollouts.txt holds)."""
     lines = [*facts]
     tol = ", ".join(f"{t:g}" for t in study.tolerances)
     lines.append(
