@@ -122,13 +122,15 @@ class Deer:
 
 class _RecordedScore(LiveScore):
     """The score's state over a recorded run: the text markers are known in advance (the whole
-    text, tokenised exactly), so nothing is streamed."""
+    text, tokenised exactly), so nothing is streamed. None: a run with nothing to observe."""
 
-    def __init__(self, rule: dict[str, Any], key: KeyFn, marks: TextMarkers) -> None:
+    def __init__(self, rule: dict[str, Any], key: KeyFn, marks: TextMarkers | None) -> None:
         super().__init__(rule, key)
         self._marks = marks
 
     def markers(self) -> TextMarkers:
+        if self._marks is None:
+            raise ValueError("a recorded run given no text markers cannot be scored")
         return self._marks
 
 
@@ -144,8 +146,8 @@ class ScoreRule:
         self.last = Decision(False)
 
     @classmethod
-    def recorded(cls, rule: dict[str, Any], key: KeyFn, marks: TextMarkers) -> "ScoreRule":
-        """The rule over a recorded run whose text markers are ``marks``."""
+    def recorded(cls, rule: dict[str, Any], key: KeyFn, marks: TextMarkers | None) -> "ScoreRule":
+        """The rule over a recorded run whose text markers are ``marks`` (None: it observes nothing)."""
         return cls(_RecordedScore(rule, key, marks))
 
     def observe(self, *observations: Obs) -> Decision:
