@@ -15,7 +15,10 @@ Answers are handled by two injected functions, so the rules stay pure and testab
 
 Peers: Dynasor's rule (the last ``k`` probes agree and none hesitates) on the probe grid
 subsampled to a multiple of 64 tokens, the same rule on the event probes, DEER (exit at the first
-"Wait" trial whose confidence reaches a threshold, submit its answer) and the oracle bound.
+"Wait" trial whose confidence reaches a threshold, submit its answer) and the oracle bound. The
+rules decide through the exit policy objects of :mod:`certaindex.core.exit_policy`, the ones the
+live program calls; :func:`dynasor_all_k` sweeps every ``k`` in one pass (``tests/test_exit_policy.py``
+checks it against the object).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Hashable, Optional, Sequence
 
+from certaindex.core.exit_policy import Decision, Deer, Dynasor, key_equal, replay
+from certaindex.core.exit_score import Obs
 from certaindex.traces.governor import Probe, Trajectory
 
 __all__ = [
@@ -36,7 +41,9 @@ __all__ = [
     "event_probes",
     "full_reasoning",
     "grid",
+    "observations",
     "oracle",
+    "replayed_outcome",
 ]
 
 KeyFn = Callable[[Optional[str]], Optional[Hashable]]
@@ -81,11 +88,28 @@ def agreement_runs(probes: Sequence[Probe], key: KeyFn) -> list[int]:
     return runs
 
 
+def observations(probes: Sequence[Probe], src: str = "grid") -> list[Obs]:
+    """Recorded probes as the observations a live program makes (``src``: ``grid`` or ``event``)."""
+    return [Obs(p.pos, src, p.answer, p.certain, p.out_tokens) for p in probes]
+
+
+def replayed_outcome(traj: Trajectory, decision_spent: tuple[Decision, int], correct: CorrectFn) -> Outcome:
+    """The outcome of :func:`~certaindex.core.exit_policy.replay`'s (decision, tokens spent) on ``traj``."""
+    decision, spent = decision_spent
+    if not decision.exit:
+        return _to_end(traj, spent, correct)
+    assert decision.at is not None
+    return Outcome(decision.at.pos, decision.answer, correct(decision.answer), decision.at.pos + spent, spent)
+
+
 def dynasor(traj: Trajectory, k: int, key: KeyFn, correct: CorrectFn, interval: int = 64,
-            probes: Sequence[Probe] | None = None) -> Outcome:
-    """Dynasor's rule: exit at the first probe where the last ``k`` probes agree and none hesitates;
-    submit that probe's answer."""
-    return dynasor_all_k(traj, [k], key, correct, interval, probes)[0]
+            probes: Sequence[Probe] | None = None, src: str = "grid") -> Outcome:
+    """Dynasor's rule (:class:`~certaindex.core.exit_policy.Dynasor`): exit at the first probe where
+    the last ``k`` probes agree and none hesitates; submit that probe's answer."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    ps = list(probes) if probes is not None else grid(traj, interval)
+    return replayed_outcome(traj, replay(Dynasor(k, key_equal(key)), observations(ps, src)), correct)
 
 
 def dynasor_all_k(traj: Trajectory, ks: Sequence[int], key: KeyFn, correct: CorrectFn, interval: int = 64,
@@ -116,7 +140,7 @@ def dynasor_all_k(traj: Trajectory, ks: Sequence[int], key: KeyFn, correct: Corr
 
 def event_probes(traj: Trajectory, k: int, key: KeyFn, correct: CorrectFn) -> Outcome:
     """Dynasor's rule on the event probes only (conclusion markers, "Wait", entropy drops, ...)."""
-    return dynasor(traj, k, key, correct, probes=[p for p in traj.events if p.pos < traj.tokens_used])
+    return dynasor(traj, k, key, correct, probes=[p for p in traj.events if p.pos < traj.tokens_used], src="event")
 
 
 def deer(traj: Trajectory, threshold: float, correct: CorrectFn) -> Outcome:
@@ -124,14 +148,12 @@ def deer(traj: Trajectory, threshold: float, correct: CorrectFn) -> Outcome:
     answer; submit the trial's answer. Every trial up to it costs its output tokens."""
     if traj.trials is None:
         raise ValueError(f"{traj.model} {traj.dataset} problem {traj.problem_id} has no DEER trials")
-    spent = 0
+    trials = []
     for t in traj.trials:
         if t.pos >= traj.tokens_used:
             break
-        spent += t.out_tokens
-        if t.answer is not None and t.confidence >= threshold:
-            return Outcome(t.pos, t.answer, correct(t.answer), t.pos + spent, spent)
-    return _to_end(traj, spent, correct)
+        trials.append(Obs(t.pos, "trial", t.answer, True, t.out_tokens, t.confidence, t.min_prob))
+    return replayed_outcome(traj, replay(Deer(threshold), trials), correct)
 
 
 def oracle(traj: Trajectory, correct: CorrectFn, interval: int = 64) -> Outcome:

@@ -27,6 +27,7 @@ import numpy as np
 
 from certaindex.core.answers import _boxes
 from certaindex.core.calibration import ltt_fixed_sequence
+from certaindex.core.exit_policy import ScoreRule, replay
 from certaindex.core.exit_score import (
     FEATURES,
     Obs,
@@ -36,7 +37,7 @@ from certaindex.core.exit_score import (
     stream_features,
     text_markers,
 )
-from certaindex.evaluation.peers import CorrectFn, KeyFn, Outcome
+from certaindex.evaluation.peers import CorrectFn, KeyFn, Outcome, replayed_outcome
 from certaindex.traces.governor import Trajectory
 from certaindex.traces.tokenmap import char_ends
 
@@ -135,14 +136,18 @@ def observations(traj: Trajectory, schedule: str, marks: TextMarkers | None = No
 
 
 def replay_score(rule: dict[str, Any], traj: Trajectory, key: KeyFn, correct: CorrectFn) -> Outcome:
-    """A ``score`` rule on one trajectory (``rule`` as in a profile: schedule, threshold, model)."""
-    return sweep_score(rule, traj, key, correct, [rule.get("threshold")])[0]
+    """A ``score`` rule on one trajectory (``rule`` as in a profile: schedule, threshold, model),
+    decided by the :class:`~certaindex.core.exit_policy.ScoreRule` the live program calls."""
+    obs = observations(traj, rule["schedule"])
+    marks = markers(traj) if obs else None  # no observation: nothing is scored, no text tokenised
+    return replayed_outcome(traj, replay(ScoreRule.recorded(rule, key, marks), obs), correct)
 
 
 def sweep_score(rule: dict[str, Any], traj: Trajectory, key: KeyFn, correct: CorrectFn,
                 thresholds: Sequence[float | None]) -> list[Outcome]:
     """A ``score`` rule's model on one trajectory at each of ``thresholds`` (None: never exit), the
-    observations and scores computed once: the score's own accuracy / tokens frontier."""
+    observations and scores computed once: the score's own accuracy / tokens frontier. Equal to
+    :func:`replay_score` at each threshold (``tests/test_exit_policy.py`` checks it)."""
     obs = observations(traj, rule["schedule"])
     spent = np.cumsum([o.out_tokens for o in obs]) if obs else np.zeros(0)
     total = int(spent[-1]) if len(spent) else 0

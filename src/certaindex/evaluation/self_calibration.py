@@ -28,7 +28,7 @@ from typing import Any, Callable, Hashable, Literal, Optional, Sequence
 
 from certaindex.core.answers import answers_equal
 from certaindex.core.calibration import LTTResult, binomial_cdf, ltt_fixed_sequence
-from certaindex.core.signals import ProbeObservation, probes_agree
+from certaindex.core.exit_policy import Dynasor, Observation
 from certaindex.traces.format import TraceRecord
 from certaindex.traces.governor import Probe, Trajectory
 
@@ -68,19 +68,20 @@ class Replayed:
 def replay_dynasor(record: TraceRecord, interval: int, k: int, budget: int, equal: Equal = same_answer) -> Replayed:
     """Dynasor's rule with probes every ``interval`` tokens (a multiple of the trace's g) on one
     trace recorded with reasoning budget ``budget``: the probes it would take are the recorded ones
-    at multiples of ``interval`` below the budget that the reasoning went on from."""
+    at multiples of ``interval`` below the budget that the reasoning went on from. The decision is
+    the live program's (:class:`~certaindex.core.exit_policy.Dynasor`)."""
     probes = {c.probe.at_tokens: c.probe for c in record.chunks if c.probe is not None}
     total = record.reasoning_tokens
-    seen: list[ProbeObservation] = []
+    policy = Dynasor(k, equal)
     spent = 0
     for at in range(interval, min(total, budget - 1) + 1, interval):
         probe = probes.get(at)
         if probe is None:
             break  # the reasoning ended here, by itself, with no probe after it
         spent += probe.tokens
-        seen.append(ProbeObservation(answer=probe.answer, hesitant=probe.hesitant))
-        if probes_agree(seen, k, lambda a, b: equal(a, b)):
-            return Replayed(probe.answer, at + spent, True)
+        decision = policy.observe(Observation(at, "grid", probe.answer, not probe.hesitant, probe.tokens))
+        if decision.exit:
+            return Replayed(decision.answer, at + spent, True)
     # Full reasoning from here: the model's answer, or the probe that forces one at the budget.
     return Replayed(record.final.answer, total + spent + record.final.tokens, False)
 

@@ -3,7 +3,8 @@
 The simulator (``certaindex simulate --traces <Governor folder>``) serves real reasoning programs
 without re-running them: each trajectory's outcome under a policy is computed first by the pure
 policy functions (:mod:`certaindex.evaluation.peers` through
-:func:`certaindex.evaluation.governor.run_policy`), then turned into the request sequence the
+:func:`certaindex.evaluation.governor.run_policy`, deciding with the exit policy objects of
+:mod:`certaindex.core.exit_policy`), then turned into the request sequence the
 proxy would send upstream:
 
 * full reasoning: one request generating the whole trajectory (``tokens_used`` tokens);
@@ -28,9 +29,10 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
+from certaindex.core.exit_policy import Dynasor, ScoreRule, key_equal, replay
 from certaindex.evaluation.governor import GRID, PolicySpec, run_policy
 from certaindex.evaluation.grading import GradeCache
-from certaindex.evaluation.peers import Outcome, agreement_runs, grid
+from certaindex.evaluation.peers import Outcome, grid, observations as probe_observations
 from certaindex.evaluation.profiles import Profile, profile_for_model
 from certaindex.traces.governor import Probe, Trajectory
 
@@ -101,11 +103,13 @@ def probe_schedule(spec: PolicySpec, traj: Trajectory,
 
 def _certaindex(probes: Sequence[Probe], k: int | None, exit_pos: int | None,
                 key: Callable[[str | None], Hashable | None]) -> list[float]:
-    """Dynasor's certaindex after each probe: trailing run of agreeing, unhesitating probes / k (capped
-    at 1). Without a rule (the oracle) 0 until the exit probe, 1 there."""
+    """Dynasor's certaindex after each probe, as the policy object reports it: trailing run of
+    agreeing, unhesitating probes / k (capped at 1). Without a rule (the oracle) 0 until the exit
+    probe, 1 there."""
     if k is None:
         return [1.0 if p.pos == exit_pos else 0.0 for p in probes]
-    return [min(run, k) / k for run in agreement_runs(probes, key)]
+    policy = Dynasor(k, key_equal(key))
+    return [policy.observe(o).certaindex for o in probe_observations(probes)]
 
 
 def plan_requests(traj: Trajectory, outcome: Outcome, probes: Sequence[Probe], certaindex: Sequence[float], *,
@@ -155,13 +159,13 @@ def score_plan_requests(profile: Profile, traj: Trajectory, outcome: Outcome, ke
         raise ValueError("prompt_tokens and suffix_tokens must be >= 0")
     rule = profile.rule
     obs = observations(traj, rule["schedule"])
-    scores = (ScoreModel.from_dict(rule["model"]).score(stream_features(obs, markers(traj), key))
-              if obs else [])
+    marks = markers(traj) if obs else None
+    scores = ScoreModel.from_dict(rule["model"]).score(stream_features(obs, marks, key)) if marks else []
     end = outcome.exit_pos if outcome.exit_pos is not None else traj.tokens_used
     taken = len(obs)
-    if outcome.exit_pos is not None:  # the observation that fired, exactly as replay_score finds it
-        taken = next(i + 1 for i, (o, s) in enumerate(zip(obs, scores))
-                     if o.answer is not None and s >= rule["threshold"])
+    if outcome.exit_pos is not None:  # the observation that fired: the policy object's decision
+        decision, _ = replay(ScoreRule.recorded(rule, key, marks), obs)
+        taken = next(i + 1 for i, o in enumerate(obs) if o is decision.at)
     requests: list[Request] = []
     pos = 0
     for o, score in zip(obs[:taken], scores):

@@ -2,9 +2,11 @@
 the answer has settled.
 
 Pure logic, no engine: the chunked and the one-stream paths feed it the same observations in
-position order, so they make the same decisions. Under Dynasor's rule the last ``k`` probes must
-agree without hesitating; under a fitted score rule (``CoTConfig.certainty``) a
-:class:`~certaindex.core.exit_score.LiveScore` decides from the probes, trials and boxes.
+position order, so they make the same decisions. The decision itself is the exit policy object of
+:mod:`certaindex.core.exit_policy` that the trace replay also calls: :class:`Dynasor` (the last ``k``
+probes agree without hesitating) or, under a fitted score rule (``CoTConfig.certainty``),
+:class:`ScoreRule` over a :class:`~certaindex.core.exit_score.LiveScore`, which reads the probes,
+trials and the boxes the model writes.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 from typing import Callable
 
 from certaindex.core.answers import answers_equal, is_hesitant
-from certaindex.core.exit_score import LiveScore, read_trial
+from certaindex.core.exit_policy import Decision, Dynasor, ExitPolicy, ScoreRule
+from certaindex.core.exit_score import LiveScore, Obs, read_trial
 from certaindex.core.prompting import opens_box, read_probe_answer
-from certaindex.core.signals import ProbeObservation, probe_certaindex, probes_agree
 from certaindex.engines.base import Completion
 from certaindex.programs.cot_types import CoTConfig, CoTEvent, Probe, Trial
 
@@ -30,17 +32,21 @@ class Judge:
         self.live = live
         self.emit = emit
         self.probes: list[Probe] = []
-        self.observations: list[ProbeObservation] = []
         self.trials: list[Trial] = []
-        self.exit_answer: str | None = None  # under a score rule: the answer it exited with
-        self._probe_settled = False  # under a score rule: whether the latest probe settled it
+        self.policy: ExitPolicy = Dynasor(config.k, answers_equal) if live is None else ScoreRule(live)
+        self.decision = Decision(False)  # the policy's latest decision
+        self.exited: Decision | None = None  # the latest decision to exit (its answer and observation)
+        self._probe_settled = False  # whether the latest probe settled it
+
+    def _observe(self, *observations: Obs) -> bool:
+        self.decision = self.policy.observe(*observations)
+        if self.decision.exit:
+            self.exited = self.decision
+        return self.decision.exit
 
     def decided(self) -> bool:
-        """The score rule's decision on everything observed so far (keeps the answer it exits with)."""
-        go, answer, _ = self.live.decide()  # type: ignore[union-attr]
-        if go:
-            self.exit_answer = answer
-        return go
+        """The score rule's decision on everything observed so far (the boxes it read included)."""
+        return self._observe()
 
     def boxes_settle(self, upto: int | None = None) -> bool:
         """Judge the boxes the model wrote up to ``upto`` tokens (None: all of them), then decide."""
@@ -48,17 +54,16 @@ class Judge:
         return self.decided()
 
     def settled_after(self, record: Probe | None, at_tokens: int) -> bool:
-        """The certainty rule at a decision point: the score (the boxes the model wrote up to it, the
-        probe taken there if any, already judged by :meth:`record_probe`) or k agreeing probes."""
-        if self.live is None:
-            return probes_agree(self.observations, self.config.k, answers_equal)
-        if record is not None:
+        """The policy at a decision point: under a score rule, the boxes the model wrote up to it and
+        the probe taken there if any (already judged by :meth:`record_probe`); under Dynasor's rule,
+        the probes so far."""
+        if self.live is None or record is not None:
             return self._probe_settled
         return self.boxes_settle(at_tokens)
 
     def score_reported(self) -> float:
-        """The score of the latest observation, as the certainty the scheduler hears (in [0, 1])."""
-        return min(1.0, max(0.0, self.live.last_score or 0.0))  # type: ignore[union-attr]
+        """The certaindex of the latest decision, as the scheduler hears it (in [0, 1])."""
+        return self.decision.certaindex
 
     def record_probe(self, at_tokens: int, completion: Completion, probe_tokens: int) -> Probe:
         """Read a probe's answer and judge it in order: the rule sees probes by position.
@@ -67,17 +72,11 @@ class Judge:
         suffix = self.config.probe_suffix
         answer = read_probe_answer(suffix, choice.text, choice.finish_reason == "stop" and opens_box(suffix))
         hesitant = is_hesitant(choice.text)
-        self.observations.append(ProbeObservation(answer=answer, hesitant=hesitant))
-        if self.live is None:
-            certaindex = probe_certaindex(self.observations, self.config.k, answers_equal)
-        else:  # the score judges the boxes written up to the probe, then the probe
+        if self.live is not None:  # the score judges the boxes written up to the probe, then the probe
             self.live.boxed(upto=at_tokens)
-            self.live.observe("grid", answer, certain=not hesitant, out_tokens=choice.completion_tokens,
-                              pos=at_tokens)
-            self._probe_settled = self.decided()
-            certaindex = self.score_reported()
+        self._probe_settled = self._observe(Obs(at_tokens, "grid", answer, not hesitant, choice.completion_tokens))
         record = Probe(at_tokens=at_tokens, text=choice.text, answer=answer, hesitant=hesitant,
-                       tokens=choice.completion_tokens, certaindex=certaindex)
+                       tokens=choice.completion_tokens, certaindex=self.decision.certaindex)
         self.probes.append(record)
         self.emit(CoTEvent("probe", at_tokens, probe_tokens, probe=record))
         return record
@@ -93,9 +92,8 @@ class Judge:
         answer = reading.answer
         if answer is None and choice.finish_reason == "stop":  # the engine cut the closing brace with a stop string
             answer = read_probe_answer("\\boxed{", choice.text.lstrip().removeprefix("{"), True)
-        live.observe("trial", answer, out_tokens=choice.completion_tokens, confidence=reading.confidence,
-                     min_prob=reading.min_prob, pos=at_tokens)
-        settled = self.decided()
+        settled = self._observe(Obs(at_tokens, "trial", answer, True, choice.completion_tokens, reading.confidence,
+                                    reading.min_prob))
         trial = Trial(at_tokens, answer, reading.confidence, reading.min_prob, choice.completion_tokens,
                       self.score_reported())
         self.trials.append(trial)
@@ -103,14 +101,14 @@ class Judge:
         return settled
 
     def final_answer(self) -> str | None:
-        """The answer an early exit gives: the score rule's, or the deciding probe's."""
-        return self.exit_answer if self.live is not None else self.probes[-1].answer
+        """The answer an early exit gives: the one the policy exited with."""
+        return self.exited.answer if self.exited is not None else None
 
     def exit_position(self) -> int | None:
         """Under a score rule, the position of the observation it exited on (a box, a trial, a probe)."""
-        if self.live is None or self.live.exit_obs is None:
+        if self.live is None or self.exited is None or self.exited.at is None:
             return None
-        return self.live.exit_obs.pos
+        return self.exited.at.pos
 
 
 __all__ = ["Judge"]
