@@ -162,6 +162,11 @@ def test_answer_model_through_the_proxy() -> None:
         assert cut.choices[0].finish_reason == "length"
         assert cut.model_extra["certaindex"]["stop_reason"] == "answer_length"
         assert cut.choices[0].message.content == "The answer is"
+        stream = client.chat.completions.create(model="fake-reasoner", messages=CHAT, stream=True,
+                                                extra_body={"certaindex": {"answer": "model", "answer_tokens": 2}})
+        pieces = [c for event in stream for c in event.choices]
+        assert "".join(c.delta.content or "" for c in pieces) == "The answer is"
+        assert [c.finish_reason for c in pieces if c.finish_reason] == ["length"]
     finally:
         for ctx in contexts:
             ctx.__exit__(None, None, None)
