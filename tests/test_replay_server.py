@@ -381,7 +381,7 @@ def test_the_proxy_runs_real_reasoning_programs_on_the_replay_server(replay_serv
     with server_process(args, tmp_path / "proxy.log", f"{url}/health", "certaindex serve"):
         before = httpx.get(f"{replay_server}/replay/stats").json()
         reply = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
-            "model": "m", "messages": [{"role": "user", "content": traj.problem}],
+            "model": traj.model_name, "messages": [{"role": "user", "content": traj.problem}],
             "certaindex": {"k": 3, "probe_interval": 128}}).json()
         after = httpx.get(f"{replay_server}/replay/stats").json()
         info, usage = reply["certaindex"], reply["usage"]
@@ -400,11 +400,11 @@ def test_the_proxy_runs_real_reasoning_programs_on_the_replay_server(replay_serv
         # the shipped profile of the served model (its certainty score reads probes, boxes and DEER trials)
         before = httpx.get(f"{replay_server}/replay/stats").json()
         profile = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
-            "model": "m", "messages": [{"role": "user", "content": trajs[8].problem}]}).json()
+            "model": trajs[8].model_name, "messages": [{"role": "user", "content": trajs[8].problem}]}).json()
         after = httpx.get(f"{replay_server}/replay/stats").json()
         parts = profile["usage"]["certaindex"]
         assert profile["certaindex"]["stop_reason"] in ("certain", "finished")
         assert after["joins"] - before["joins"] == profile["certaindex"]["upstream_requests"]
-        assert profile["usage"]["completion_tokens"] == sum(parts.values())
+        assert profile["usage"]["completion_tokens"] == sum(v for k, v in parts.items() if k.endswith("_tokens"))
         assert parts["reasoning_tokens"] < trajs[8].tokens_used
         assert profile["choices"][0]["message"]["content"]

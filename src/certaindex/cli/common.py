@@ -112,7 +112,8 @@ def resolve_profile(args: argparse.Namespace, model_name: str | None, engine=Non
     A profile picked from the model name whose score reads DEER trials needs token logprobs: on an
     ``engine`` that returns none (``Engine.returns_logprobs``) the conservative profile stands in, and
     the reason says so."""
-    from certaindex.evaluation.profiles import load_profile, profile_for_model, shipped_profiles
+    from certaindex.evaluation.profile_choice import choose_profile
+    from certaindex.evaluation.profiles import load_profile, shipped_profiles
 
     calibration = getattr(args, "calibration", None)
     if calibration:
@@ -135,14 +136,20 @@ def resolve_profile(args: argparse.Namespace, model_name: str | None, engine=Non
         raise UsageError(f"--profile {choice!r} is not a shipped profile ({', '.join(sorted(named))}), a .json file, auto or none")
     if getattr(args, "probe_interval", None) is not None or getattr(args, "k", None) is not None:
         return None, "--probe-interval/--k given"
-    picked = profile_for_model(model_name or "")
-    if (picked.kind == "score" and "tr" in picked.rule["schedule"].split("+") and engine is not None
-            and not getattr(engine, "returns_logprobs", False)):
-        # Trials are read from token logprobs: without them the profile would run on other evidence
-        # than it was certified on. The conservative profile needs none.
-        return profile_for_model(""), (f"model {model_name}: its profile {picked.name} reads DEER trials, whose "
-                                       f"confidence needs token logprobs, which {engine.name} does not return")
-    return picked, f"picked for model {model_name or 'unknown'}"
+    flag_model = getattr(args, "model", None)
+    choice = choose_profile(flag_model=flag_model if flag_model and flag_model == model_name else None,
+                            served_models=[model_name] if model_name else [],
+                            returns_logprobs=engine is None or bool(getattr(engine, "returns_logprobs", False)),
+                            engine_name=getattr(engine, "name", "the engine"))
+    return choice.profile, choice.reason
+
+
+async def served_model_name(engine) -> str:
+    """The model ``engine`` serves, to pick its profile by: a server's (an HTTP engine reads
+    ``GET /v1/models`` as it prepares), else the engine's own name (an embedded GGUF file)."""
+    await engine.prepare()
+    model = getattr(engine, "model", None)
+    return model if isinstance(model, str) and model else engine.name
 
 
 def describe_rule(args: argparse.Namespace, config: CoTConfig, model_name: str | None, engine=None) -> str:
@@ -178,13 +185,9 @@ def cot_config(args: argparse.Namespace, early_exit: bool = True, model_name: st
     )
     profile, why = resolve_profile(args, model_name, engine)
     if profile is not None:
-        changes: dict = {"probe_interval": profile.probe_interval, "probe_suffix": profile.probe_suffix,
-                         "probe_tokens": profile.probe_tokens}
-        if profile.kind == "score":
-            changes["certainty"] = profile.rule
-        elif profile.kind == "dynasor":
-            changes["k"] = int(profile.rule["k"])
-        config = dataclasses.replace(config, **changes)
+        from certaindex.evaluation.profile_choice import apply_profile
+
+        config = apply_profile(config, profile)
         if announce:
             err.print(f"[dim]early-exit profile {profile.label} ({why})[/dim]")
     elif getattr(args, "calibration", None):

@@ -23,7 +23,8 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--upstream", help="the engine URL, e.g. http://localhost:8000/v1, or several replicas "
                        "separated by commas "
                        "(default: the embedded engine in process)")
-    serve.add_argument("--model", help="the upstream model name (default: its first) or an embedded GGUF path")
+    serve.add_argument("--model", help="the upstream model name (default: its first), which then also picks the "
+                       "early-exit profile for every request, or an embedded GGUF path")
     serve.add_argument("--chat-template", help="chat template name (default: read from the engine or guessed)")
     serve.add_argument("--upstream-api-key", default=os.environ.get("CERTAINDEX_UPSTREAM_API_KEY"),
                        help="API key for the upstream (env CERTAINDEX_UPSTREAM_API_KEY)")
@@ -42,7 +43,8 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
                        "of the model's profile)")
     serve.add_argument("--k", type=int, default=None, help="default agreeing probes needed to stop (default 3)")
     serve.add_argument("--profile", default="auto",
-                       help="early-exit profile: auto (picked from --model's name; default), a shipped profile's name, "
+                       help="early-exit profile: auto (picked from the model name: --model, else each request's "
+                       "model, else the upstream's served model; default), a shipped profile's name, "
                        "a profile JSON file, or none (Dynasor's rule with --probe-interval and --k)")
     serve.add_argument("--plain-max-tokens", type=int, default=1024,
                        help="policy off on the embedded engine: most tokens when a request gives no max_tokens "
@@ -99,6 +101,7 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     from certaindex.evaluation.evaluate import apply_calibration, load_calibration
+    from certaindex.evaluation.profile_choice import ProfileChoice
     from certaindex.server.settings import ServerSettings
 
     from certaindex.cli.common import profile_reads_trials, resolve_profile
@@ -110,16 +113,23 @@ def settings_from_args(args: argparse.Namespace):
     embedded_logprobs = not args.upstream and profile_reads_trials(args)
     upstream = SimpleNamespace(returns_logprobs=bool(args.upstream) or embedded_logprobs,
                                name=args.upstream or "the embedded engine")
-    profile, why = resolve_profile(args, args.model, upstream)
-    if profile is not None:
-        cot = replace(cot, probe_interval=profile.probe_interval, probe_suffix=profile.probe_suffix,
-                      probe_tokens=profile.probe_tokens,
-                      **({"certainty": profile.rule} if profile.kind == "score" else {"k": int(profile.rule["k"])}))
-        from certaindex.cli.common import err
+    # With an upstream and no --model or rule flags, the proxy chooses per request (its model, else
+    # the upstream's served model); else the profile is chosen here, once.
+    per_model = (bool(args.upstream) and not args.model and (args.profile or "auto") == "auto"
+                 and not args.calibration and args.probe_interval is None and args.k is None)
+    profile, why = (None, "") if per_model else resolve_profile(args, args.model, upstream)
+    from certaindex.cli.common import err
 
+    if per_model:
+        err.print("early-exit profile: chosen per request, from its model, else the upstream's served model "
+                  "(GET /v1/models); each choice is logged once", highlight=False, soft_wrap=True)
+    elif profile is not None:
+        from certaindex.evaluation.profile_choice import apply_profile
+
+        cot = apply_profile(cot, profile)
         logprobs_note = "; the embedded engine keeps token logprobs for its DEER trials" if embedded_logprobs else ""
         err.print(f"early-exit profile {profile.label} ({why}){logprobs_note}; requests may still ask for k / "
-                  "probe_interval", highlight=False)
+                  "probe_interval", highlight=False, soft_wrap=True)
     elif args.calibration:
         cot = apply_calibration(cot, load_calibration(args.calibration), budget=True)
     extra = parse_json_object(args.extra_body, "--extra-body") or {}
@@ -133,9 +143,8 @@ def settings_from_args(args: argparse.Namespace):
             raise ValueError(f"--shadow-max-file-mb must be positive, got {args.shadow_max_file_mb}")
         check_writable_dir(args.shadow)
         policy = "full"
-        from certaindex.cli.common import err
-
-        err.print(f"shadow mode: chat requests get full reasoning; probes every {cot.probe_interval} tokens beside it "
+        every = "each model's profile interval" if per_model else f"{cot.probe_interval} tokens"
+        err.print(f"shadow mode: chat requests get full reasoning; probes every {every} beside it "
                   f"(extra upstream tokens); each program, prompt included, is written to {args.shadow}", highlight=False)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
@@ -151,6 +160,8 @@ def settings_from_args(args: argparse.Namespace):
             embedded_logprobs=embedded_logprobs,
             shadow_dir=getattr(args, "shadow", None) or None,
             shadow_max_file_bytes=max(1, int(getattr(args, "shadow_max_file_mb", 256.0) * 1024 * 1024)),
+            profile_per_model=per_model, check_model=bool(args.upstream),
+            profile=None if per_model else ProfileChoice(profile, why, args.model),
         ),
         cot=cot,
     )

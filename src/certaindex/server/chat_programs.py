@@ -37,6 +37,9 @@ class ChatOutcome:
     # Shadow mode (server/shadow.py): tokens of the probes taken beside full reasoning, an extra
     # cost reported apart; the answer and ``completion_tokens`` are full reasoning's.
     shadow_probe_tokens: int | None = None
+    # The early-exit profile the program ran and why ({"profile": ..., "profile_reason": ...}),
+    # reported in ``usage.certaindex`` beside the token counts.
+    profile: dict[str, str] | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -60,6 +63,8 @@ class ChatOutcome:
         }
         if self.shadow_probe_tokens is not None:
             usage["certaindex"]["shadow_probe_tokens"] = self.shadow_probe_tokens
+        if self.profile is not None:
+            usage["certaindex"].update(self.profile)
         return usage
 
 

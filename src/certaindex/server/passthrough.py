@@ -45,16 +45,6 @@ class Passthrough:
         self._next += 1
         return self.root_urls[start:] + self.root_urls[:start]
 
-    async def reachable(self) -> bool:
-        """Whether any upstream answers ``GET /v1/models`` (for ``/health``)."""
-        for root in self.root_urls:
-            try:
-                if (await self.pool.pick().get(f"{root}/v1/models", timeout=5.0)).status_code < 500:
-                    return True
-            except httpx.HTTPError:
-                continue
-        return False
-
     def request_headers(self, headers: dict[str, str]) -> dict[str, str]:
         out = {k: v for k, v in headers.items() if k.lower() not in DROPPED_REQUEST_HEADERS}
         if self.upstream_api_key is not None or self.strip_client_auth:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from certaindex.evaluation.profile_choice import ProfileChoice
 from certaindex.programs.cot import CoTConfig
 
 DefaultPolicy = Literal["auto", "cot", "sc", "full", "off"]
@@ -57,6 +58,15 @@ class ServerSettings:
     # capacity already split (server.workers.worker_settings); >1 also adds the serving pid to every
     # response (header x-certaindex-worker) and aggregates /metrics over the processes.
     workers: int = 1
+    # The early-exit profile. ``profile_per_model``: chosen per request from its ``model``, else the
+    # upstream's served model, and applied to ``cot`` (``serve`` with an upstream and no --model,
+    # --profile, --calibration, --k or --probe-interval). Else ``cot`` runs as given, and ``profile``
+    # says which profile it holds and why (reported in /health and usage.certaindex; None: unnamed).
+    profile_per_model: bool = False
+    profile: ProfileChoice | None = None
+    # Refuse (404, as vLLM does) a chat request whose model the upstream does not serve, once its
+    # GET /v1/models list is known; --model's name is accepted too (``serve`` turns this on).
+    check_model: bool = False
 
     @property
     def scheduler_capacity(self) -> int:
@@ -88,5 +98,7 @@ class ServerSettings:
             problems.append("embedded_logprobs applies to the embedded engine only, not to an upstream")
         if self.shadow_max_file_bytes < 1:
             problems.append(f"shadow_max_file_bytes must be at least 1, got {self.shadow_max_file_bytes}")
+        if self.profile_per_model and self.upstream is None:
+            problems.append("profile_per_model needs an upstream (the embedded engine serves one model)")
         if problems:
             raise ValueError("; ".join(problems))
