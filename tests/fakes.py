@@ -151,7 +151,8 @@ class ScriptedFakeEngine(Engine):
             out = tokens[: request.max_tokens]
             finish = "length" if len(tokens) > request.max_tokens else "stop"
         elif rest.endswith(THINK_CLOSE + "\n\n"):
-            out, finish = list(self.final_reply)[: request.max_tokens], "stop"
+            out = list(self.final_reply)[: request.max_tokens]
+            finish = "length" if len(self.final_reply) > request.max_tokens else "stop"
         elif rest:
             raise EngineError(f"unexpected prompt tail {rest[-40:]!r}")
         else:

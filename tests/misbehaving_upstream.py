@@ -39,6 +39,8 @@ class FakeUpstream:
     disagreeing_probes: bool = False  # each probe answers a different number: probes never agree
     finish_after: int | None = None  # reasoning tokens after which the fake writes its answer and stops
     final_text: str = " So the answer is \\boxed{7}."
+    # what the model writes after a prompt that closed its thinking ("</think>\n\n"), one token each
+    answer_reply: tuple[str, ...] = ("The answer ", "is ", "\\boxed{42}", ".")
     faults: dict[str, Fault] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     active_streams: int = 0
@@ -67,6 +69,8 @@ class FakeUpstream:
     def kind(self, prompt: str) -> str:
         if prompt.endswith("\\boxed"):
             return "trial"
+        if prompt.endswith("</think>\n\n"):
+            return "answer"
         return "probe" if prompt.endswith(DEFAULT_PROBE_SUFFIX) else "chunk"
 
     def reasoning_so_far(self, prompt: str) -> int:
@@ -81,6 +85,8 @@ class FakeUpstream:
         if self.kind(prompt) == "probe":
             answer = str(self.reasoning_so_far(prompt)) if self.disagreeing_probes else self.answer
             return [answer, "}"], "stop"
+        if self.kind(prompt) == "answer":
+            return list(self.answer_reply[:max_tokens]), "length" if len(self.answer_reply) > max_tokens else "stop"
         done = self.reasoning_so_far(prompt)
         if self.finish_after is not None and done + max_tokens > self.finish_after:
             n = max(0, self.finish_after - done)

@@ -31,7 +31,9 @@ from certaindex.programs.cot_chunks import reason_in_chunks
 from certaindex.programs.cot_observe import Judge
 from certaindex.programs.cot_run import CoTRun, SideRequests
 from certaindex.programs.cot_stream import reason_in_stream
-from certaindex.programs.cot_types import CoTConfig, CoTEvent, CoTResult, Probe, ProbeTrigger, StopReason, Trial
+from certaindex.programs.cot_types import (
+    DEFAULT_ANSWER_TOKENS, AnswerMode, CoTConfig, CoTEvent, CoTResult, Probe, ProbeTrigger, StopReason, Trial,
+)
 
 
 def _live_score(engine: Engine, config: CoTConfig) -> LiveScore | None:
@@ -113,4 +115,4 @@ def _result(run: CoTRun, question: str, answer: str | None, answer_text: str) ->
     )
 
 
-__all__ = ["CoTConfig", "CoTEvent", "CoTResult", "Probe", "ProbeTrigger", "StopReason", "Trial", "solve_cot"]
+__all__ = ["DEFAULT_ANSWER_TOKENS", "AnswerMode", "CoTConfig", "CoTEvent", "CoTResult", "Probe", "ProbeTrigger", "StopReason", "Trial", "solve_cot"]

@@ -1,8 +1,13 @@
 """The answer phase: what a chain of thought answers once its reasoning stopped.
 
-An early exit answers with the settled answer, boxed. A model that closed its reasoning itself
+An early exit answers with the settled answer, boxed (or, with ``CoTConfig.answer="model"``, the
+model closes its thinking and writes its own answer). A model that closed its reasoning itself
 writes its answer after ``</think>``, as it would without certaindex. A budget spent mid-thought
 forces an answer with one last probe, and says so (``stop_reason="budget"``).
+
+The model's own answer has room for ``CoTConfig.answer_room`` tokens: what the client's
+``max_tokens`` leaves after the reasoning, at most ``answer_tokens``. An answer cut there is never
+passed off as complete: the run's ``stop_reason`` becomes ``answer_length``.
 """
 
 from __future__ import annotations
@@ -13,19 +18,26 @@ from certaindex.engines.base import BudgetExhausted, Engine, GenerationRequest
 from certaindex.programs.cot_run import CoTRun
 
 
-async def model_answer(run: CoTRun, engine: Engine) -> tuple[str | None, str]:
-    """The model's own answer after its reasoning (closed with ``</think>``); its tokens are counted."""
+async def model_answer(run: CoTRun, engine: Engine, fallback: str | None) -> tuple[str | None, str]:
+    """The model's own answer after its reasoning, closed with ``</think>``; its tokens are counted.
+    ``fallback``: the answer when the model's text boxes none."""
     config = run.config
+    room = config.answer_room(run.reasoning_tokens)
+    if room == 0:  # the client's max_tokens was spent on the reasoning: no room for an answer
+        run.stop_reason = "answer_length"
+        return fallback, ""
     completion = await engine.generate(GenerationRequest(
         prompt=run.prompt + run.reasoning + THINK_CLOSE + "\n\n",
-        max_tokens=config.answer_tokens,
+        max_tokens=room,
         temperature=config.temperature,
         top_p=config.top_p,
         seed=config.seed,
     ))
     run.answer_tokens += completion.first.completion_tokens
+    if completion.first.finish_reason == "length":
+        run.stop_reason = "answer_length"
     text = completion.first.text.strip()
-    return extract_answer(text) or extract_answer(run.reasoning), text
+    return extract_answer(text) or fallback, text
 
 
 async def forced_answer(run: CoTRun) -> str | None:
@@ -42,9 +54,11 @@ async def answer(run: CoTRun, engine: Engine) -> tuple[str | None, str]:
     """(answer, answer_text) for how the run stopped."""
     if run.stop_reason == "certain":
         settled = run.judge.final_answer()
+        if run.config.answer == "model":
+            return await model_answer(run, engine, settled)
         return settled, format_answer(settled)
     if run.stop_reason == "finished" and run.thinking:
-        return await model_answer(run, engine)
+        return await model_answer(run, engine, extract_answer(run.reasoning))
     if run.stop_reason == "finished":
         return extract_answer(run.reasoning), run.reasoning.strip()
     forced = await forced_answer(run)

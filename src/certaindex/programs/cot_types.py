@@ -12,7 +12,15 @@ from typing import Literal
 from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX, DEFAULT_SYSTEM_PROMPT, marks_probe_event
 from certaindex.core.validation import require
 
-StopReason = Literal["certain", "finished", "budget"]
+# certain: an early exit; finished: the model ended its reasoning; budget: the reasoning budget ran
+# out (the answer was forced by one last probe); answer_length: the reasoning ended (either way) and
+# the answer the model wrote after it was cut at its token limit.
+StopReason = Literal["certain", "finished", "budget", "answer_length"]
+AnswerMode = Literal["boxed", "model"]
+# The answer's room after </think> when the client sets no max_tokens: above every one of the 5,236
+# answers the Governor traces recorded (longest 3,935 tokens, 99th percentile 1,381; see
+# benchmarks/results/answer-lengths/governor.txt).
+DEFAULT_ANSWER_TOKENS = 4096
 ProbeTrigger = Literal["interval", "events", "both"]
 
 
@@ -24,7 +32,13 @@ class CoTConfig:
     probe_interval: int = 64  # reasoning tokens between probes
     k: int = 3  # consecutive agreeing probes needed to stop
     probe_tokens: int = 20  # length of one probe's completion
-    answer_tokens: int = 256  # room for the answer after a reasoning model closes </think>
+    answer_tokens: int = DEFAULT_ANSWER_TOKENS  # most tokens of the answer the model writes after </think>
+    # The client's max_tokens: the model's own writing (reasoning and the answer after it) stays
+    # within it, as an upstream serving the request directly would bound it. None: no such bound.
+    max_tokens: int | None = None
+    # After an early exit: answer with the settled answer, boxed ("boxed"), or close the thinking and
+    # let the model write its own final answer ("model"; its tokens are answer tokens).
+    answer: AnswerMode = "boxed"
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = 0
@@ -89,6 +103,12 @@ class CoTConfig:
         trial_tokens = int((self.certainty or {}).get("trials", {}).get("tokens", 20)) if self.max_trials else 0
         return self.max_probes * self.probe_tokens + self.max_trials * trial_tokens
 
+    def answer_room(self, reasoning_tokens: int) -> int:
+        """Most tokens the answer after ``reasoning_tokens`` of reasoning may take (0: none left)."""
+        if self.max_tokens is None:
+            return self.answer_tokens
+        return max(0, min(self.answer_tokens, self.max_tokens - reasoning_tokens))
+
     def is_probe_point(self, last_point: int, tokens: int, reasoning: str, added: str) -> bool:
         """Whether the reasoning, now ``tokens`` long after ``added`` arrived, has reached a probe
         point (``last_point``: the position of the previous one)."""
@@ -107,6 +127,8 @@ class CoTConfig:
             (self.k >= 1, f"k must be at least 1, got {self.k}"),
             (self.probe_tokens >= 1, f"probe_tokens must be at least 1, got {self.probe_tokens}"),
             (self.answer_tokens >= 1, f"answer_tokens must be at least 1, got {self.answer_tokens}"),
+            (self.max_tokens is None or self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}"),
+            (self.answer in ("boxed", "model"), f"answer must be boxed or model, got {self.answer!r}"),
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (bool(self.probe_suffix.strip()), "probe_suffix must not be empty"),
@@ -195,4 +217,4 @@ class CoTEvent:
         return None if record is None else record.certaindex
 
 
-__all__ = ["CoTConfig", "CoTEvent", "CoTResult", "Probe", "ProbeTrigger", "StopReason", "Trial"]
+__all__ = ["DEFAULT_ANSWER_TOKENS", "AnswerMode", "CoTConfig", "CoTEvent", "CoTResult", "Probe", "ProbeTrigger", "StopReason", "Trial"]

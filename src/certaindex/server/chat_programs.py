@@ -77,8 +77,8 @@ def label(messages: list[dict[str, str]]) -> str:
 
 
 def cot_outcome(result: CoTResult, policy: str, upstream: MeteredEngine) -> ChatOutcome:
-    if result.stop_reason == "finished" and result.answer_tokens > 0:
-        content = result.answer_text  # a reasoning model closed </think> and wrote its answer
+    if result.answer_tokens > 0:
+        content = result.answer_text  # the model closed </think> and wrote its answer
     elif result.answer is not None:
         content = format_answer(result.answer)
     elif result.stop_reason == "finished":
@@ -88,8 +88,9 @@ def cot_outcome(result: CoTResult, policy: str, upstream: MeteredEngine) -> Chat
     return ChatOutcome(
         reasoning=result.reasoning,
         content=content,
-        # Cut by the budget: the answer was forced by a probe, and the client is told so.
-        finish_reason="length" if result.stop_reason == "budget" else "stop",
+        # Cut by the budget (the answer was forced by a probe) or the answer cut at its limit: the
+        # client is told so.
+        finish_reason="length" if result.stop_reason in ("budget", "answer_length") else "stop",
         prompt_tokens=result.prompt_tokens,
         reasoning_tokens=result.reasoning_tokens,
         probe_tokens=result.probe_tokens,

@@ -47,6 +47,7 @@ class CertaindexOptions(BaseModel):
     k: int | None = Field(default=None, ge=1)
     probe_tokens: int | None = Field(default=None, ge=1, le=256)
     answer_tokens: int | None = Field(default=None, ge=1)
+    answer: Literal["boxed", "model"] | None = None  # after an early exit: the boxed answer, or the model's own
     samples: int | None = Field(default=None, ge=1, le=64)  # sc: most samples
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # sc: certaindex to stop at
     deadline_s: float | None = Field(default=None, gt=0.0, le=86_400.0)  # scheduler: answer wanted within
@@ -197,7 +198,7 @@ def plan_chat(body: dict[str, Any], default_policy: Policy, cot: CoTConfig, sc: 
         key: value for key, value in (
             ("probe_interval", options.probe_interval), ("k", options.k),
             ("probe_tokens", options.probe_tokens), ("answer_tokens", options.answer_tokens),
-            ("temperature", temperature), ("top_p", top_p), ("seed", seed),
+            ("temperature", temperature), ("top_p", top_p), ("seed", seed), ("answer", options.answer),
         ) if value is not None
     }
     if options.k is not None or options.probe_interval is not None:
@@ -206,6 +207,7 @@ def plan_chat(body: dict[str, Any], default_policy: Policy, cot: CoTConfig, sc: 
     if max_tokens is not None:
         budget = min(budget, max_tokens)  # the client's max_tokens bounds every generated token
     cot_changes["budget"] = budget
+    cot_changes["max_tokens"] = max_tokens  # ... and the reasoning and answer together
     cot_changes["early_exit"] = policy != "full"
     cot_changes["system_prompt"] = None  # the client's messages are rendered as they are
     cot_config = replace(cot_config, **cot_changes)

@@ -63,7 +63,7 @@ def shadow_trace(
     g = config.probe_interval
     if result.reasoning_tokens > config.budget:  # llama.cpp may finish a UTF-8 character past max_tokens
         raise SkippedTrace("over-budget", f"{result.reasoning_tokens} reasoning tokens, over the budget of {config.budget}")
-    if result.stop_reason not in ("finished", "budget"):
+    if result.stop_reason not in ("finished", "budget", "answer_length"):
         raise SkippedTrace("early-exit", f"the run stopped by {result.stop_reason!r}, not by full reasoning")
     reasoning, total = result.reasoning, result.reasoning_tokens
     probes = result.probes
@@ -98,13 +98,15 @@ def shadow_trace(
             raise SkippedTrace("probe-failed", f"no probe after {prev_at} of {total} reasoning tokens (a probe failed)")
         chunks.append(Chunk(reasoning[prev_off:], rest, "stop"))
         if result.answer_tokens > 0 or prompt.rstrip().endswith(THINK_OPEN):
-            final = FinalAnswer("after-think", result.answer, result.answer_text, result.answer_tokens, "stop")
+            cut = "length" if result.stop_reason == "answer_length" else "stop"
+            final = FinalAnswer("after-think", result.answer, result.answer_text, result.answer_tokens, cut)
         else:
             final = FinalAnswer("reasoning", result.answer)
     record = TraceRecord(
         id=trace_id, sample=0, seed=config.seed, question=question, gold="", prompt=prompt,
         prompt_tokens=prompt_tokens, thinking=prompt.rstrip().endswith(THINK_OPEN), chunks=tuple(chunks),
-        finish_reason=chunks[-1].finish_reason, stop=result.stop_reason, final=final, correct=False,
+        finish_reason=chunks[-1].finish_reason, final=final, correct=False,
+        stop="finished" if result.stop_reason == "answer_length" else result.stop_reason,  # the reasoning's end
     )
     try:  # a line the reader would refuse is never written: it would stop `calibrate DIR` at that line
         parse_record(record.to_dict(), shadow_trace_settings(config))
