@@ -1,7 +1,7 @@
 """What `evaluate` promises against what a user gets through the proxy (issue 18, items 5 and 3).
 
-For each recorded model family: ``certaindex replay-server`` plays its recorded trajectories (one
-seed, so every problem has exactly one trajectory), ``certaindex serve`` runs in front of it as
+For each recorded model family: ``certaindex replay-server`` plays its recorded trajectories (each
+request names its seed, which the replay server honours, so every request has exactly one trajectory), ``certaindex serve`` runs in front of it as
 docs/replay-server.md shows (no ``--model`` unless ``--model-flag``), and every problem is sent as
 one chat request (the problem as the user's message). Tokens are counted at the upstream (the
 replay server's ``/replay/stats``). Every problem is compared with what ``certaindex evaluate
@@ -14,7 +14,8 @@ tokens.
         --out-dir benchmarks/results/live-vs-offline
 
 Outcome equal: both exit early or both reason to the end, with equal answers (the project's answer
-equivalence) and equal correctness. Per row: problems, live and offline accuracy, outcomes equal,
+equivalence) and equal correctness. An offline exit at or after the point where the live model
+finished its reasoning (a box in the answer after ``</think>``) counts as reasoning to the end. Per row: problems, live and offline accuracy, outcomes equal,
 exit position (live minus offline, mean and most), upstream tokens against the offline plan's
 tokens, overrun tokens per early exit. Written per run: ``<family>-c<concurrency>.jsonl`` (one row
 per problem) and ``summary.txt`` (the table, the command, the machine).
@@ -108,37 +109,39 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def load(traces: Path, family: str, datasets: list[str], split: str, seed: int, limit: int | None) -> list[Trajectory]:
+def load(traces: Path, family: str, datasets: list[str], split: str, seeds: list[int],
+         limit: int | None) -> list[Trajectory]:
     trajs: list[Trajectory] = []
-    for dataset in datasets:
-        folder = traces / f"{family}__{dataset}__seed_{seed}"
-        if folder.is_dir():
-            got = [t for run in read_governor(folder, split) for t in run.trajectories]
-            trajs += got[:limit] if limit else got
+    for seed in seeds:
+        for dataset in datasets:
+            folder = traces / f"{family}__{dataset}__seed_{seed}"
+            if folder.is_dir():
+                got = [t for run in read_governor(folder, split) for t in run.trajectories]
+                trajs += got[:limit] if limit else got
     trajs = with_final_answers(trajs)  # full reasoning's answer as evaluate reads it (--final-answer extracted)
     if not trajs:
-        raise SystemExit(f"no {split} trajectories of {family} ({', '.join(datasets)}, seed {seed}) in {traces}")
+        raise SystemExit(f"no {split} trajectories of {family} ({', '.join(datasets)}, seeds {seeds}) in {traces}")
     return trajs
 
 
 def offline(trajs: list[Trajectory], cache_path: Path, policy: str) -> dict[str, Any]:
-    """What ``evaluate --policy <policy>`` replays on each trajectory, by problem text."""
+    """What ``evaluate --policy <policy>`` replays on each trajectory, by (problem text, seed)."""
     cache = GradeCache.load(cache_path)
     pairs, answers = grading_inputs(trajs)
     cache.grade(pairs, answers)
     cache.save(cache_path)
     spec = parse_policy(policy)
-    return {t.problem.strip(): run_policy(spec, t, cache) for t in trajs}
+    return {(t.problem.strip(), t.seed): run_policy(spec, t, cache) for t in trajs}
 
 
-async def ask_all(url: str, model: str | None, trajs: list[Trajectory], concurrency: int, policy: str,
-                  seed: int) -> list[dict[str, Any]]:
+async def ask_all(url: str, model: str | None, trajs: list[Trajectory], concurrency: int,
+                  policy: str) -> list[dict[str, Any]]:
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
 
     async with httpx.AsyncClient(timeout=None, limits=limits) as client:
         async def one(traj: Trajectory) -> dict[str, Any]:
-            body: dict[str, Any] = {"messages": [{"role": "user", "content": traj.problem.strip()}], "seed": seed}
+            body: dict[str, Any] = {"messages": [{"role": "user", "content": traj.problem.strip()}], "seed": traj.seed}
             if model:
                 body["model"] = model
             if policy == "full":
@@ -155,19 +158,21 @@ async def ask_all(url: str, model: str | None, trajs: list[Trajectory], concurre
 def compare(trajs: list[Trajectory], replies: list[dict[str, Any]], plans: dict[str, Any]) -> list[Row]:
     rows = []
     for traj, reply in zip(trajs, replies):
-        plan = plans[traj.problem.strip()]
+        plan = plans[(traj.problem.strip(), traj.seed)]
         if "error" in reply:
             info, parts, usage, finish = {"stop_reason": "error", "answer": None}, {}, {}, "error"
         else:
             info, usage = reply["certaindex"], reply["usage"]
             parts, finish = usage.get("certaindex", {}), reply["choices"][0]["finish_reason"]
         answer = info.get("answer")
+        live_pos = int(parts.get("reasoning_tokens", 0))
+        finished = info.get("stop_reason") == "finished"
         rows.append(Row(
-            problem=f"{traj.dataset}/{traj.problem_id}", live_exit=info.get("stop_reason") == "certain",
-            live_pos=int(parts.get("reasoning_tokens", 0)), live_answer=answer,
+            problem=f"{traj.dataset}/{traj.problem_id}/seed_{traj.seed}", live_exit=info.get("stop_reason") == "certain",
+            live_pos=live_pos, live_answer=answer,
             live_correct=answers_equal(answer, traj.target), live_tokens=int(usage.get("completion_tokens", 0)),
             overrun=int(parts.get("overrun_tokens", 0)), answer_cut=finish == "length",
-            off_exit=plan.exit_pos is not None, off_pos=plan.exit_pos, off_answer=plan.answer,
+            off_exit=plan.exit_pos is not None and not (finished and plan.exit_pos >= live_pos), off_pos=plan.exit_pos, off_answer=plan.answer,
             off_correct=plan.correct, off_tokens=plan.tokens, stop_reason=str(info.get("stop_reason"))))
     return rows
 
@@ -197,11 +202,11 @@ def chosen_profile(log: Path) -> str:
 
 
 def run_family(args: argparse.Namespace, family: str, out: Path) -> list[str]:
-    trajs = load(args.traces, family, args.datasets, args.split, args.seed, args.limit)
+    trajs = load(args.traces, family, args.datasets, args.split, args.seeds, args.limit)
     plans = offline(trajs, out / "grades.json", args.policy)
     rport, sport = free_port(), free_port()
     replay = start(["replay-server", str(args.traces), "--model", family, "--split", args.split, "--seeds",
-                    str(args.seed), "--dataset", ",".join(args.datasets), "--speed", str(args.speed),
+                    ",".join(map(str, args.seeds)), "--dataset", ",".join(args.datasets), "--speed", str(args.speed),
                     "--flush-ms", str(args.flush_ms), "--port", str(rport)],
                    out / f"{family}-replay.log", f"http://127.0.0.1:{rport}/health")
     lines = []
@@ -216,7 +221,7 @@ def run_family(args: argparse.Namespace, family: str, out: Path) -> list[str]:
             for concurrency in args.concurrency:
                 before = httpx.get(f"http://127.0.0.1:{rport}/replay/stats").json()
                 replies = asyncio.run(ask_all(f"http://127.0.0.1:{sport}", served if args.send_model else None,
-                                              trajs, concurrency, args.policy, args.seed))
+                                              trajs, concurrency, args.policy))
                 after = httpx.get(f"http://127.0.0.1:{rport}/replay/stats").json()
                 rows = compare(trajs, replies, plans)
                 with (out / f"{family}-c{concurrency}.jsonl").open("w") as fh:
@@ -239,7 +244,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["r1-distill-qwen-7b"])
     parser.add_argument("--datasets", nargs="+", default=["math500", "amc23", "aime24"])
     parser.add_argument("--split", default="dev", choices=["train", "dev", "all"])
-    parser.add_argument("--seed", type=int, default=42, help="the recorded seed served (one trajectory a problem)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="recorded seeds served (default 42)")
     parser.add_argument("--limit", type=int, help="first N problems of each dataset")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1])
     parser.add_argument("--speed", type=float, default=20, help="replay-server --speed (default 20)")
@@ -254,7 +259,7 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     head = [f"$ python benchmarks/live_vs_offline.py {shlex.join(sys.argv[1:])}",
             f"machine: {platform.node()} ({os.cpu_count()} CPUs, shared); traces {args.traces.name}, split {args.split}, "
-            f"seed {args.seed}; replay speed {args.speed:g}x; serve --budget {args.budget} --scheduler fcfs"
+            f"seeds {args.seeds}; replay speed {args.speed:g}x; serve --budget {args.budget} --scheduler fcfs"
             + (" --model" if args.model_flag else " (no --model)") + f"; policy {args.policy}",
             "live/eval: right answers; same: outcomes equal; dpos: live minus offline exit position (mean, most); "
             "upstream: tokens generated at the replay server; plan: evaluate's tokens; overrun: per early exit; "

@@ -152,6 +152,22 @@ def test_a_deer_trial_reads_as_the_recorded_one(replay, trajs):
     assert answers_equal(reading.answer, trial.answer)
 
 
+@needs_vocab
+def test_the_answer_after_a_trajectory_cut_at_its_budget_is_what_evaluates_full_reasoning_submits(trajs):
+    from certaindex.core.answers import extract_answer
+
+    def reasoning(t):
+        return t.full_text.split("</think>")[0]
+
+    # one whose reasoning's own answer differs from its last probe's (the answer replayed before)
+    traj = next(t for t in trajs if extract_answer(reasoning(t)) is not None
+                and not answers_equal(extract_answer(reasoning(t)), max(t.probes, key=lambda p: p.pos).answer))
+    cut = dataclasses.replace(traj, full_text=reasoning(traj), finish_reason="length")
+    submitted = extract_answer(cut.full_text)  # evaluate's full reasoning answer (--final-answer extracted)
+    reply = GovernorReplay([cut]).answer(prompt_of(cut) + cut.full_text[8:] + "\n</think>\n\n", max_tokens=64)
+    assert answers_equal(extract_answer(reply.text), submitted), reply.text
+
+
 def test_an_unknown_problem_and_a_foreign_reasoning_are_refused(replay, trajs):
     with pytest.raises(UnknownProblem, match="no recorded problem"):
         replay.answer("What is the capital of France?", max_tokens=5)

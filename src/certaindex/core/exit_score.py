@@ -445,6 +445,8 @@ class LiveScore:
         self._ends: list[int] = []
         self.obs: list[Obs] = []
         self._boxes_seen = 0
+        self._box_scan = 0  # no box opener starts before this character
+        self._markers: tuple[tuple[int, int], TextMarkers] | None = None
         self._trial_scan = 0  # characters scanned for trial points
         self.trials_offered = 0
         self._grid_done = 0  # multiples of the grid interval already probed (probe_wanted)
@@ -469,7 +471,11 @@ class LiveScore:
             self.add_text(text[len(self.text):], tokens - self.tokens)
 
     def markers(self) -> TextMarkers:
-        return text_markers(self.text, np.asarray(self._ends or [0], dtype=np.int64))
+        """The text's markers; computed once per text (a decision point asks for them more than once)."""
+        if self._markers is None or self._markers[0] != (len(self.text), len(self._ends)):
+            self._markers = ((len(self.text), len(self._ends)),
+                             text_markers(self.text, np.asarray(self._ends or [0], dtype=np.int64)))
+        return self._markers[1]
 
     def point_every(self, probe_interval: int) -> int:
         """Tokens between decision points for a program whose probe interval is ``probe_interval``:
@@ -539,6 +545,10 @@ class LiveScore:
         """Observations for the ``\\boxed{}`` answers written since the last call (``bx``), those
         complete by token ``upto`` only when given."""
         if "bx" not in self.parts:
+            return []
+        if all(self.text.find(opener, self._box_scan) < 0 for opener in ("\\boxed", "\\fbox")):
+            # no box in the text yet: nothing to read, and the whole text need not be scanned again
+            self._box_scan = max(self._box_scan, len(self.text) - len("\\boxed") + 1)
             return []
         m = self.markers()
         new = []

@@ -16,7 +16,9 @@ A request's raw prompt is recognised and answered from the trajectory it continu
   ``tokens_used``; without it, characters spread evenly over ``tokens_used``), honouring
   ``max_tokens`` and stop strings as vLLM does (the text stops before the stop string; its tokens
   count). The recorded text's end is the model's end (``stop``), also for a trajectory that the
-  collection cut at its budget (``finish_reason`` length): the recording holds nothing after it.
+  collection cut at its budget (``finish_reason`` length): the recording holds nothing after it, so
+  the answer asked for after such a text is the one ``evaluate``'s full reasoning submits (extracted
+  from the text; else the last probe's).
 * **probe** (the prompt ends with a probe suffix, e.g. ``**Final Answer**\\n\\n\\[ \\boxed{``): the
   grid probe (every 64 tokens) recorded nearest **at or before** the reasoning's token count N:
   the grid the simulator's plans read, wherever the stream's
@@ -57,6 +59,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from certaindex.core.answers import extract_answer
 from certaindex.core.prompting import DEFAULT_PROBE_SUFFIX
 from certaindex.engines.chat_template import BUILTIN_TEMPLATES, ChatTemplate
 from certaindex.traces.governor import Probe, Trajectory, Trial
@@ -426,9 +429,12 @@ class GovernorReplay:
     def _after_end(self, played: _Played, max_tokens: int,
                    stop: Sequence[str]) -> tuple[tuple[Piece, ...], str, int | None]:
         """The answer asked for after a trajectory the collection cut at its budget: nothing was
-        recorded there, so its last probe's answer is written out as the model's."""
+        recorded there, so the answer full reasoning submits in ``evaluate`` (extracted from the
+        recorded text) is written out as the model's; where the text holds none, its last probe's."""
         last = played.grid[-1] if played.grid else None
-        answer = last.answer if last is not None and last.answer is not None else "?"
+        answer = extract_answer(played.traj.full_text)
+        if answer is None:
+            answer = last.answer if last is not None and last.answer is not None else "?"
         text = f"**Final Answer**\n\\[ \\boxed{{{answer}}} \\]"
         pieces = _spread(_tokens_of(played, text), max_tokens)
         out, finish = _apply_stop(pieces, stop, "stop")
