@@ -1,6 +1,7 @@
 """What every command shares: exit statuses, consoles, the engine and reasoning flags, validation
-of numbers, the progress bar and the mapping of errors to exit statuses. Command modules import
-this one; it imports none of them."""
+of numbers, the progress bar and the mapping of errors to exit statuses; the serving commands'
+(loadtest, simulate) option parsers, table and records; the start of a server (a taken port, uvicorn's
+exit). Command modules import this one; it imports none of them."""
 
 from __future__ import annotations
 
