@@ -68,7 +68,10 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--upstream-timeout", type=float, default=300.0,
                        help="seconds one upstream read may take (default 300)")
     serve.add_argument("--request-timeout", type=float, default=900.0,
-                       help="seconds a whole request may take (default 900)")
+                       help="seconds a whole request may take from its arrival, retries included; then 504 "
+                       "(default 900)")
+    serve.add_argument("--upstream-headers-timeout", type=float, default=60.0,
+                       help="seconds a streamed upstream request's response headers may take; then 504 (default 60)")
     group = serve.add_argument_group("scheduling (docs/scheduler.md)")
     group.add_argument("--scheduler", default="certaindex", choices=["certaindex", "fcfs", "off"],
                        help="order the chat programs' upstream requests: certaindex (settled and urgent programs "
@@ -154,6 +157,7 @@ def settings_from_args(args: argparse.Namespace):
             upstream_api_key=args.upstream_api_key, api_key=args.api_key or None, policy=policy,
             max_concurrency=args.max_concurrency, max_queue=args.max_queue,
             upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
+            upstream_headers_timeout_s=args.upstream_headers_timeout,
             log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
             capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
             verbose=args.verbose, plain_max_tokens=args.plain_max_tokens, token_ids=args.token_ids,

@@ -9,12 +9,14 @@ sample without the others, and still shares the prefix on engines with prefix ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from typing import Any, AsyncIterator, Sequence
 
 import httpx
 
+from certaindex.engines.deadline import capped, remaining_s
 from certaindex.engines.pool import ShardedClient
 from certaindex.engines.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
 from certaindex.engines.base import (
@@ -62,6 +64,7 @@ class HTTPEngine(Engine):
         api_key: str | None = None,
         timeout_s: float = 300.0,
         connect_timeout_s: float = 10.0,
+        headers_timeout_s: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
         max_connections: int = 1024,
@@ -73,8 +76,15 @@ class HTTPEngine(Engine):
         token-id prompts, as vLLM does; probes then continue the model's exact tokens.
         ``concurrent_streams``: the server runs requests side by side (vLLM, SGLang, llama.cpp's
         server), so probes can run beside an open reasoning stream; None: yes, unless
-        ``GET /v1/models`` names a server that runs one request at a time (llama-cpp-python's)."""
+        ``GET /v1/models`` names a server that runs one request at a time (llama-cpp-python's).
+        ``timeout_s``: one read of a generation may take this long. ``headers_timeout_s``: a streamed
+        generation's response headers, and a setup request's answer, must come within this (a
+        server that accepted the connection and hangs is given up on then, not after ``timeout_s``).
+        Every attempt is also cut at the request's deadline (:mod:`certaindex.engines.deadline`)."""
         self.base_url = normalise_base_url(base_url)
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.headers_timeout_s = headers_timeout_s
         self.token_ids = token_ids
         self._concurrent = concurrent_streams
         self._one_at_a_time = False
@@ -247,7 +257,7 @@ class HTTPEngine(Engine):
         await self.connect()
         body = self._body(request, request.seed, stream=True)
         try:
-            async with self._client.stream("POST", "/v1/completions", json=body) as response:
+            async with self._open_stream(body) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise EngineError(
@@ -301,17 +311,39 @@ class HTTPEngine(Engine):
         except httpx.HTTPError as exc:
             raise EngineError(f"streaming from {self.base_url} failed: {exc or type(exc).__name__}") from exc
 
+    def _attempt_timeout(self, read_s: float) -> httpx.Timeout:
+        """One attempt's timeouts, cut at the current request's deadline."""
+        read = capped(read_s)
+        return httpx.Timeout(read, connect=min(self.connect_timeout_s, read))
+
+    @contextlib.asynccontextmanager
+    async def _open_stream(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """A streamed completion whose response headers must come within ``headers_timeout_s``."""
+        wait = capped(self.headers_timeout_s)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(wait):
+                    response = await stack.enter_async_context(self._client.stream(
+                        "POST", "/v1/completions", json=body, timeout=self._attempt_timeout(self.timeout_s)))
+            except TimeoutError:
+                raise EngineError(f"the engine at {self.base_url} sent no response headers in {wait:.3g} s "
+                                  "(timed out)") from None
+            yield response
+
     async def _request_json(
         self, method: str, path: str, json: dict[str, Any] | None = None, retries: int | None = None
     ) -> dict[str, Any]:
+        """One JSON request, retried on connection failures and transient statuses while the request's
+        deadline leaves time. A timed-out read is not retried: a hung server would hang again."""
         retries = self.max_retries if retries is None else retries
+        read_s = self.timeout_s if path == "/v1/completions" else self.headers_timeout_s
         for attempt in range(retries + 1):
             try:
-                response = await self._client.request(method, path, json=json)
+                response = await self._client.request(method, path, json=json, timeout=self._attempt_timeout(read_s))
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 error = EngineError(f"cannot reach the engine at {self.base_url}: {exc or type(exc).__name__}")
             except httpx.TimeoutException as exc:
-                error = EngineError(f"the engine at {self.base_url} timed out on {path}: {type(exc).__name__}")
+                raise EngineError(f"the engine at {self.base_url} timed out on {path}: {type(exc).__name__}") from exc
             except httpx.HTTPError as exc:
                 error = EngineError(f"HTTP error talking to {self.base_url}{path}: {exc or type(exc).__name__}")
             else:
@@ -331,7 +363,11 @@ class HTTPEngine(Engine):
                 if response.status_code not in TRANSIENT_STATUS:
                     raise error
             if attempt < retries:
-                await asyncio.sleep(self.backoff_s * (2**attempt) * (1 + 0.1 * random.random()))
+                delay = self.backoff_s * (2**attempt) * (1 + 0.1 * random.random())
+                left = remaining_s()
+                if left is not None and left <= delay:
+                    break  # no time for another attempt before the request's deadline
+                await asyncio.sleep(delay)
         raise error
 
     async def tokenize(self, text: str) -> tuple[int, ...]:

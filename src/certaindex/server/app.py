@@ -22,7 +22,8 @@ from certaindex.engines.base import Engine
 from certaindex.engines.http import normalise_base_url
 from certaindex.scheduler import Scheduler, SchedulerCore
 from certaindex.server.admission import Admission
-from certaindex.server.errors import ProxyError, error_body
+from certaindex.server.errors import ProxyError
+from certaindex.server.guard import RequestGuard
 from certaindex.server.metrics import ProxyMetrics
 from certaindex.server.model_profiles import ModelProfiles
 from certaindex.server.passthrough import Passthrough
@@ -71,7 +72,7 @@ def _build_engine(settings: ServerSettings) -> Engine:
         settings.upstream or "embedded", model=settings.model, chat_template=settings.chat_template,
         api_key=settings.upstream_api_key, extra_body=settings.engine_extra_body or None,
         timeout_s=settings.upstream_timeout_s, verbose=settings.verbose, token_ids=settings.token_ids,
-        logprobs=settings.embedded_logprobs,
+        logprobs=settings.embedded_logprobs, headers_timeout_s=settings.upstream_headers_timeout_s,
     )
 
 
@@ -82,6 +83,7 @@ def _build_state(settings: ServerSettings, engine: Engine, admission: Admission,
         passthrough_ = Passthrough(
             [normalise_base_url(url) for url in settings.upstream.split(",")], settings.upstream_api_key,
             strip_client_auth=settings.api_key is not None, timeout_s=settings.upstream_timeout_s,
+            headers_timeout_s=settings.upstream_headers_timeout_s,
         )
     scheduler = None
     if settings.scheduler != "off":
@@ -104,11 +106,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, exc: ClientGone) -> Response:
         return Response(status_code=499)  # nobody reads it; nginx's code for "client closed request"
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error serving %s", request.url.path)
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
+    # Any other exception: RequestGuard answers it (a 500 that keeps the connection open).
 
 
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
@@ -146,6 +144,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app.state.metrics = metrics
     if settings.workers > 1:
         app.add_middleware(WorkerHeader)
+    app.add_middleware(RequestGuard, timeout_s=settings.request_timeout_s)  # outermost: deadline, no 500 drops
     _add_error_handlers(app)
     for router in (chat.router, models.router, health.router, passthrough.router):  # its catch-all last
         app.include_router(router)

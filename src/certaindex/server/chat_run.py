@@ -11,7 +11,8 @@ from certaindex.engines.base import Engine, EngineError
 from certaindex.evaluation.profile_choice import ProfileChoice
 from certaindex.scheduler.budgets import program_budget, sc_program_budget
 from certaindex.server.chat_programs import ChatOutcome, run_chat_program
-from certaindex.server.errors import ProxyError, upstream_failed
+from certaindex.engines.deadline import capped
+from certaindex.server.errors import ProxyError, engine_failure
 from certaindex.server.responses import new_id
 from certaindex.server.schema import ChatPlan
 from certaindex.server.shadow import run_shadow_program
@@ -21,11 +22,8 @@ log = logging.getLogger("certaindex.server")
 
 
 def engine_error(exc: EngineError) -> ProxyError:
-    """An engine failure as the client sees it: 400 when the upstream refused the request, else 502."""
-    message = str(exc)
-    if any(f"HTTP {code}" in message for code in (400, 413, 422)):
-        return ProxyError(400, f"the upstream refused the request: {message}", "invalid_request_error")
-    return upstream_failed(message)
+    """An engine failure as the client sees it: 400 when the request was refused or too long, else 502/504."""
+    return engine_failure(str(exc))
 
 
 def timed_out(state: ProxyState) -> ProxyError:
@@ -40,7 +38,7 @@ def record_chat(state: ProxyState, outcome: ChatOutcome, plan: ChatPlan, status:
     metrics.duration.labels("chat", plan.policy).observe(seconds)
     for kind, value in (("prompt", outcome.prompt_tokens), ("reasoning", outcome.reasoning_tokens),
                         ("overrun", outcome.overrun_tokens), ("probe", outcome.probe_tokens),
-                        ("answer", outcome.answer_tokens)):
+                        ("trial", outcome.trial_tokens), ("answer", outcome.answer_tokens)):
         metrics.tokens.labels(kind).inc(value)
     metrics.stops.labels(str(outcome.details.get("stop_reason"))).inc()
     metrics.probe_failures.inc(int(outcome.details.get("probe_failures") or 0))
@@ -75,14 +73,15 @@ async def scheduled_program(state: ProxyState, plan: ChatPlan, engine: Engine,
 
 async def run_program(state: ProxyState, plan: ChatPlan, engine: Engine, events: asyncio.Queue[Any] | None,
                       profile: ProfileChoice | None = None) -> ChatOutcome:
-    """:func:`scheduled_program` within ``--request-timeout`` (504), engine failures as 400/502.
-    ``profile``: the early-exit profile the plan runs, named in ``usage.certaindex`` with its reason."""
+    """:func:`scheduled_program` by the request's deadline (``--request-timeout`` from its arrival:
+    504), engine failures as 400/502. ``profile``: the early-exit profile the plan runs, named in
+    ``usage.certaindex`` with its reason."""
     runs_profile = profile is not None and (plan.policy == "cot" or state.shadow is not None)
     if runs_profile and state.profiles is not None:
         state.profiles.announce(profile)
     try:
         outcome = await asyncio.wait_for(scheduled_program(state, plan, engine, events),
-                                         state.settings.request_timeout_s)
+                                         capped(state.settings.request_timeout_s))
     except asyncio.TimeoutError:
         raise timed_out(state) from None
     except EngineError as exc:

@@ -4,12 +4,12 @@ the request body (bounded in size, parsed as one JSON object)."""
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 from fastapi import Request
 
-from certaindex.server.errors import ProxyError, bad_request
+from certaindex.server.errors import ProxyError
+from certaindex.server.request_body import parse_json_object
 from certaindex.server.settings import ServerSettings
 from certaindex.server.state import ProxyState
 
@@ -54,11 +54,5 @@ async def request_body(request: Request) -> bytes:
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; 400 otherwise."""
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise bad_request("the body must be a JSON object")
-    return payload
+    """The body as a JSON object; a 400 naming the problem otherwise (server/request_body.py)."""
+    return parse_json_object(body)

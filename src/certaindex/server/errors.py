@@ -36,3 +36,14 @@ def upstream_failed(message: str) -> ProxyError:
     timed_out = "timed out" in message
     return ProxyError(504 if timed_out else 502, message, "upstream_error",
                       code="upstream_timeout" if timed_out else "upstream_error")
+
+
+def engine_failure(message: str) -> ProxyError:
+    """An engine's failure as the client's error: a request the engine refused as too long or
+    invalid is the client's (400), anything else the upstream's (502, or 504 when it timed out)."""
+    if "does not fit the context window" in message:
+        return ProxyError(400, f"the prompt is too long for the model: {message}", "invalid_request_error",
+                          param="messages", code="context_length_exceeded")
+    if any(f"HTTP {code}" in message for code in (400, 413, 422)):
+        return ProxyError(400, f"the upstream refused the request: {message}", "invalid_request_error")
+    return upstream_failed(message)

@@ -4,6 +4,7 @@ path), inside an admission slot, counted in the metrics."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -14,9 +15,11 @@ from certaindex.server.state import ProxyState
 from certaindex.server.streaming import ClientGone, ClosingStreamingResponse, unless_client_leaves
 
 
-async def forward(request: Request, state: ProxyState, body: bytes, endpoint: str) -> Response:
+async def forward(request: Request, state: ProxyState, body: bytes, endpoint: str,
+                  note: dict[str, Any] | None = None) -> Response:
     """The upstream's answer to this request with ``body``, streamed back as it comes; 404 without
-    an upstream. ``endpoint`` labels the metrics."""
+    an upstream. ``endpoint`` labels the metrics; ``note`` names a fallback in a relayed chat
+    completion (server/annotate.py)."""
     if state.passthrough is None:
         raise ProxyError(404, f"{request.url.path} is not served by the embedded engine", code="not_found")
     metrics = state.metrics
@@ -50,5 +53,5 @@ async def forward(request: Request, state: ProxyState, body: bytes, endpoint: st
         metrics.requests.labels(endpoint, "off", status).inc()
         metrics.duration.labels(endpoint, "off").observe(time.perf_counter() - started)
 
-    return ClosingStreamingResponse(passthrough.relay(upstream), on_close=done,
+    return ClosingStreamingResponse(passthrough.relay(upstream, note), on_close=done,
                                     status_code=upstream.status_code, headers=headers)

@@ -31,6 +31,9 @@ class ServerSettings:
     max_concurrency: int = 64  # requests being served at once
     max_queue: int = 256  # requests waiting for a slot; beyond this the proxy answers 429
     upstream_timeout_s: float = 300.0  # one upstream read may take this long
+    # A streamed upstream request's response headers (and a setup request's answer) must come within
+    # this: an upstream that accepted the connection and hangs gives a 504 then.
+    upstream_headers_timeout_s: float = 60.0
     request_timeout_s: float = 900.0  # a whole request may take this long
     max_tokens_limit: int = 131_072  # larger max_tokens / budgets are refused as absurd
     # Policy ``off`` on the embedded engine without max_tokens: at most this many tokens (not to the
@@ -82,7 +85,7 @@ class ServerSettings:
             problems.append(f"max_concurrency must be at least 1, got {self.max_concurrency}")
         if self.max_queue < 0:
             problems.append(f"max_queue must be >= 0, got {self.max_queue}")
-        if self.upstream_timeout_s <= 0 or self.request_timeout_s <= 0:
+        if self.upstream_timeout_s <= 0 or self.request_timeout_s <= 0 or self.upstream_headers_timeout_s <= 0:
             problems.append("timeouts must be positive")
         if self.scheduler not in ("certaindex", "fcfs", "off"):
             problems.append(f"scheduler must be certaindex, fcfs or off, got {self.scheduler!r}")

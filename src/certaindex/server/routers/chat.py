@@ -21,7 +21,7 @@ from certaindex.server.errors import ProxyError
 from certaindex.server.forwarding import forward
 from certaindex.server.model_profiles import unknown_model
 from certaindex.server.responses import chunk, completion_object, new_id, sse, usage_chunk
-from certaindex.server.schema import ChatPlan, plan_chat
+from certaindex.server.schema import ChatPlan, fallback_note, plan_chat
 from certaindex.server.shadow import shadow_plan
 from certaindex.server.state import ProxyState
 from certaindex.server.streaming import ClientGone, ClosingStreamingResponse, cancel_and_wait, unless_client_leaves
@@ -51,7 +51,7 @@ async def chat_completions(request: Request, body: bytes = Depends(request_body)
         if "certaindex" in payload:  # our own field is the one thing not passed on
             payload.pop("certaindex")
             body = json.dumps(payload).encode()
-        return await forward(request, state, body, "chat")
+        return await forward(request, state, body, "chat", fallback_note(plan) or None)
     return await respond(request, state, plan, state.model_name(plan), profile)
 
 
