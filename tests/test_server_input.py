@@ -97,6 +97,8 @@ HOSTILE = {
     "not utf-8": (b'{"messages": "\xff\xfe"}', "not valid JSON"),
     "not an object": (b"[1, 2]", "must be a JSON object"),
     "messages not a list": (b'{"messages": {"role": "user"}}', "non-empty list"),
+    "role an object": (b'{"messages": [{"role": {"x": 1}, "content": "hi"}]}', "messages[0].role must be one of"),
+    "role a list": (b'{"messages": [{"role": ["user"], "content": "hi"}]}', "messages[0].role must be one of"),
     "bad stop": (b'{"messages": [{"role": "user", "content": "hi"}], "stop": [1]}', "'stop' must be"),
 }
 

@@ -152,7 +152,7 @@ def text_messages(raw: Any) -> tuple[list[dict[str, str]] | None, str | None]:
         if not isinstance(message, dict):
             raise bad_request(f"messages[{i}] must be an object", param="messages")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # (a list or object is not hashable)
             raise bad_request(f"messages[{i}].role must be one of {sorted(ROLES)}, got {role!r}", param="messages")
         content = message.get("content")
         if role == "tool" or message.get("tool_calls") or message.get("function_call"):
