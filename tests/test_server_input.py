@@ -114,6 +114,11 @@ def test_hostile_bodies_get_a_400_and_the_connection_survives(stack):
             assert response.status_code == 400, (name, response.text)
             assert message in response.json()["error"]["message"], name
             assert local_port(response) == port, f"{name}: the connection was closed"
+        oversize = client.post(f"{stack.url}/v1/chat/completions", content=b'{"messages": "' + b"a" * (9 << 20) + b'"}',
+                               headers={"content-type": "application/json"})
+        assert oversize.status_code == 413 and local_port(oversize) == port
+        wrong_method = client.get(f"{stack.url}/v1/chat/completions")
+        assert wrong_method.status_code == 405 and local_port(wrong_method) == port
         after = client.post(f"{stack.url}/v1/chat/completions", json=GOOD)
         assert after.status_code == 200 and local_port(after) == port
 
