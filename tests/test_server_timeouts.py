@@ -127,7 +127,9 @@ def test_a_hung_upstream_is_answered_by_the_request_deadline(hung, extra):
         assert response.status_code == 504, response.text
         error = response.json()["error"]
     assert error["code"] in ("request_timeout", "upstream_timeout")
-    assert hung.connections <= 2  # no retries stacking up connections to a server that hangs
+    # No retries stacking up connections to a server that hangs: the request's own (setup, then the
+    # request) and the proxy's background reads of /v1/models (server/upstream_watch.py) at most.
+    assert hung.connections <= 5
 
 
 def test_a_hung_upstream_gives_a_504_at_the_headers_timeout_well_before_the_request_deadline(hung):
