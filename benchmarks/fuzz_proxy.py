@@ -4,7 +4,7 @@ Two processes on loopback, as a user runs them: ``certaindex replay-server`` on 
 Governor sample (``--speed 50``) and ``certaindex serve`` in front of it. This client sends
 ``--requests`` requests (bounded also by ``--max-seconds``), drawn with a fixed seed from:
 
-- good requests: a recorded problem under every policy (default, cot, full, sc, off), streamed or
+- good requests (the served model, now and then another: 404): a recorded problem under every policy (default, cot, full, sc, off), streamed or
   not, with small budgets; and questions the replay server has no recording of (its 404);
 - requests the programs cannot take: no question ("???", emoji, whitespace, system only), a
   question over the 100,000-character limit, ``stop``, ``n``, tools;
@@ -86,14 +86,15 @@ OPTIONS = ["policy", "budget", "probe_interval", "k", "probe_tokens", "answer_to
 class Generator:
     """Draws one request at a time: (method, path, body bytes, headers, kind)."""
 
-    def __init__(self, seed: int, questions: list[str], max_body_bytes: int) -> None:
+    def __init__(self, seed: int, questions: list[str], max_body_bytes: int, model: str) -> None:
         self.rng = random.Random(seed)
+        self.model = model  # the served model (another name is refused with 404, as vLLM does)
         self.questions = questions
         self.max_body_bytes = max_body_bytes
 
     def good(self) -> dict[str, Any]:
         rng = self.rng
-        body: dict[str, Any] = {"model": "any", "messages": [{"role": "user", "content": rng.choice(self.questions)}],
+        body: dict[str, Any] = {"model": self.model if rng.random() < 0.9 else "gpt-4o", "messages": [{"role": "user", "content": rng.choice(self.questions)}],
                                 "max_tokens": rng.choice([64, 128, 256, 512])}
         policy = rng.choice([None, "cot", "full", "sc", "off"])
         if policy is not None:
@@ -230,10 +231,10 @@ async def fuzz(url: str, generator: Generator, count: int, max_seconds: float, c
             "failures": failures, "stream_errors": stream_errors}
 
 
-def healthy_after(url: str, question: str) -> tuple[bool, str]:
+def healthy_after(url: str, question: str, model: str) -> tuple[bool, str]:
     with httpx.Client(timeout=120) as client:
         health = client.get(f"{url}/health")
-        good = client.post(f"{url}{CHAT}", json={"messages": [{"role": "user", "content": question}],
+        good = client.post(f"{url}{CHAT}", json={"model": model, "messages": [{"role": "user", "content": question}],
                                                  "max_tokens": 256})
     ok = health.status_code == 200 and good.status_code == 200 and bool(good.json()["choices"])
     return ok, f"/health {health.status_code}, a good request {good.status_code}"
@@ -257,9 +258,10 @@ def main() -> int:
                          "--port", str(replay_port)], f"{replay_url}/health", "replay-server", cwd=ROOT), \
             running_server([python, "-m", "certaindex.cli", "serve", "--upstream", replay_url, "--port",
                             str(proxy_port), "--log-level", "warning"], f"{proxy_url}/health", "serve", cwd=ROOT):
-        result = asyncio.run(fuzz(proxy_url, Generator(args.seed, questions, max_body_bytes), args.requests,
+        model = httpx.get(f"{replay_url}/v1/models", timeout=30).json()["data"][0]["id"]
+        result = asyncio.run(fuzz(proxy_url, Generator(args.seed, questions, max_body_bytes, model), args.requests,
                                   args.max_seconds, args.concurrency))
-        healthy, health_line = healthy_after(proxy_url, questions[0])
+        healthy, health_line = healthy_after(proxy_url, questions[0], model)
     lines = [
         "# certaindex serve under random and hostile requests (benchmarks/fuzz_proxy.py)",
         f"command: python benchmarks/fuzz_proxy.py --requests {args.requests} --max-seconds {args.max_seconds:g} "
