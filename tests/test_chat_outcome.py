@@ -39,3 +39,19 @@ def test_self_consistency_finish_reason_agrees_with_its_stop_reason(stop_reason,
     result = SCResult(question="q", answer="4", vote=vote, samples=samples, stop_reason=stop_reason, prompt_tokens=5)
     outcome = sc_outcome(result, upstream())
     assert outcome.finish_reason == finish_reason and outcome.details["stop_reason"] == stop_reason
+
+
+@pytest.mark.parametrize("message, status, code", [
+    ("llama.cpp: prompt of 9000 tokens does not fit the context window of 4096", 400, "context_length_exceeded"),
+    ("http://u/v1/completions answered HTTP 404: no recorded problem appears in the prompt", 400, None),
+    ("http://u/v1/completions answered HTTP 422: bad field", 400, None),
+    ("http://u/v1/completions answered HTTP 401: wrong key", 502, "upstream_error"),  # the proxy's own key
+    ("http://u/v1/completions answered HTTP 429: busy", 502, "upstream_error"),
+    ("http://u/v1/completions answered HTTP 500: boom", 502, "upstream_error"),
+    ("the engine at http://u sent no response headers in 60 s (timed out)", 504, "upstream_timeout"),
+])
+def test_an_engine_failure_blames_the_request_only_when_it_is_the_requests(message, status, code):
+    from certaindex.server.errors import engine_failure
+
+    error = engine_failure(message)
+    assert (error.status, error.code) == (status, code)

@@ -133,6 +133,10 @@ def test_the_embedded_plain_path_honours_stop_and_refuses_n():
         two = client.post(f"{url}/v1/chat/completions", json={**GOOD, "n": 2})
         assert two.status_code == 400 and two.json()["error"]["param"] == "n"
         assert "one choice per request" in two.json()["error"]["message"]
+        neutral = client.post(f"{url}/v1/chat/completions", json={**GOOD, "presence_penalty": 0, "top_k": 0})
+        assert neutral.status_code == 200, neutral.text  # what the engine does anyway
+        top_k = client.post(f"{url}/v1/chat/completions", json={**GOOD, "top_k": 20})
+        assert top_k.status_code == 400 and top_k.json()["error"]["param"] == "top_k"
         tools = client.post(f"{url}/v1/chat/completions", json={**GOOD, "tools": [{"type": "function"}]})
         assert tools.status_code == 400 and tools.json()["error"]["param"] == "tools"
         plain = client.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "???"}],

@@ -34,6 +34,13 @@ ENGINE_SAMPLING_FIELDS = frozenset({
     "top_k", "min_p", "repetition_penalty", "repeat_penalty", "typical_p", "presence_penalty",
     "frequency_penalty", "logit_bias", "min_tokens", "ignore_eos", "priority",
 })
+# Values of engine sampling fields that ask for what the embedded engine does anyway (clients such
+# as LangChain send the neutral penalties on every request): honoured, so not refused.
+EMBEDDED_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "presence_penalty": (0,), "frequency_penalty": (0,), "repetition_penalty": (1,), "repeat_penalty": (1,),
+    "top_k": (0, -1), "min_p": (0,), "typical_p": (1,), "min_tokens": (0,), "ignore_eos": (False,),
+    "logit_bias": ({},),
+}
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
@@ -132,7 +139,8 @@ def embedded_plain_problem(body: dict[str, Any], plan: ChatPlan) -> tuple[str, s
     if not plan.messages:
         return plan.passthrough_reason or "the messages hold no text", "messages"
     used = [name for name in TAKEOVER_BLOCKERS if name != "stop" and body.get(name) not in (None, False, [], {})]
-    used += sorted(name for name in ENGINE_SAMPLING_FIELDS if name in body)
+    used += sorted(name for name in ENGINE_SAMPLING_FIELDS
+                   if name in body and body[name] not in (None, *EMBEDDED_NEUTRAL.get(name, ())))
     if used:
         return f"it does not take {', '.join(used)}", used[0]
     if plan.n > 1:
