@@ -18,9 +18,10 @@ The certified candidate saving most is applied to every DEV trajectory of the mo
 gold answers (as `certaindex evaluate`): tokens saved and harmful exits per dataset, next to the
 shipped family profile (the default) on the same trajectories. Several random draws per N.
 
-    python benchmarks/calibration_curve.py [GOVERNOR_DIR] [--draws 3] [--sizes 50,100,200,400]   # GRADE_CACHE=path
+    python benchmarks/calibration_curve.py [GOVERNOR_DIR] [--draws 3] [--sizes 50,100,200,400] [--alpha 0.05]
+    # GRADE_CACHE=path to reuse a grade cache
 
-Writes benchmarks/results/calibration-curve/curve.txt and curve.json.
+Writes benchmarks/results/calibration-curve/curve.txt and curve.json (curve-alpha<A>.* for another alpha).
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ def _final_key(cache, t):
 def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     draws = int(sys.argv[sys.argv.index("--draws") + 1]) if "--draws" in sys.argv else 3
+    global ALPHA
+    ALPHA = float(sys.argv[sys.argv.index("--alpha") + 1]) if "--alpha" in sys.argv else ALPHA
     sizes = tuple(int(x) for x in sys.argv[sys.argv.index("--sizes") + 1].split(",")) if "--sizes" in sys.argv else SIZES
     args = [a for a in args if not a[0].isdigit()]
     path = Path(args[0]) if args else Path("/work/shared/traces/governor")
@@ -173,11 +176,11 @@ def main() -> int:
             rows[n] = {"draws": per_draw, "mean": mean}
         result["models"][model] = {"shipped_profile": family.name, "shipped_dev": shipped, "sizes": rows}
     head = [
-        f"# python benchmarks/calibration_curve.py {path} --draws {draws} --sizes {','.join(map(str, sizes))}",
+        f"# python benchmarks/calibration_curve.py {path} --draws {draws} --sizes {','.join(map(str, sizes))} --alpha {ALPHA:g}",
         f"# machine: {platform.node()}, {os.cpu_count()} cores ({platform.machine()}), python {platform.python_version()}; "
         f"shared by other jobs; {time.perf_counter() - started:.0f} s wall-clock",
         "# stand-in shadow traces: N random TRAIN-split trajectories of the model (no gold used: harmful = differs from full "
-        "reasoning's own answer); three candidates at delta/3 each (alpha 0.05, delta 0.1): Dynasor's grid, the "
+        f"reasoning's own answer); three candidates at delta/3 each (alpha {ALPHA:g}, delta {DELTA:g}): Dynasor's grid, the "
         f"'{start.name}' profile's score re-certified, the score refitted on a third (bx+tc+g512, +tr with trials); "
         "the certified one saving most on its calibration traces is judged on every DEV trajectory with gold answers",
         "# saved = 1 - tokens / full reasoning's tokens (probe/trial tokens counted); harm = wrong where full was right",
@@ -186,8 +189,9 @@ def main() -> int:
     print(text)
     out = ROOT / "benchmarks" / "results" / "calibration-curve"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "curve.txt").write_text(text)
-    (out / "curve.json").write_text(json.dumps(result, indent=1, default=lambda o: None) + "\n")
+    stem = "curve" if ALPHA == 0.05 else f"curve-alpha{ALPHA:g}"
+    (out / f"{stem}.txt").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=lambda o: None) + "\n")
     return 0
 
 
