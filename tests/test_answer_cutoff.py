@@ -162,6 +162,11 @@ def test_answer_model_through_the_proxy() -> None:
         assert cut.choices[0].finish_reason == "length"
         assert cut.model_extra["certaindex"]["stop_reason"] == "answer_length"
         assert cut.choices[0].message.content == "The answer is"
+        stream = client.chat.completions.create(model="fake-reasoner", messages=CHAT, stream=True,
+                                                extra_body={"certaindex": {"answer": "model", "answer_tokens": 2}})
+        pieces = [c for event in stream for c in event.choices]
+        assert "".join(c.delta.content or "" for c in pieces) == "The answer is"
+        assert [c.finish_reason for c in pieces if c.finish_reason] == ["length"]
     finally:
         for ctx in contexts:
             ctx.__exit__(None, None, None)
@@ -209,3 +214,12 @@ def test_a_long_recorded_answer_comes_through_the_proxy_whole(tmp_path) -> None:
         assert cut["certaindex"]["stop_reason"] == "answer_length" and cut["choices"][0]["finish_reason"] == "length"
         assert cut["usage"]["certaindex"]["answer_tokens"] == 100
         assert recorded.startswith(cut["choices"][0]["message"]["content"])
+
+
+def test_a_programs_scheduler_budget_holds_its_answer_within_max_tokens() -> None:
+    from certaindex.scheduler.budgets import program_budget
+
+    free = CoTConfig(budget=100, probe_interval=10, probe_tokens=20)
+    bounded = CoTConfig(budget=100, probe_interval=10, probe_tokens=20, max_tokens=100)
+    assert program_budget(free) == 100 + free.max_side_tokens + DEFAULT_ANSWER_TOKENS
+    assert program_budget(bounded) == 100 + bounded.max_side_tokens + 100

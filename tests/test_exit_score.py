@@ -15,8 +15,10 @@ from certaindex.core.calibration import hoeffding_bentkus_pvalue, ltt_fixed_sequ
 from certaindex.core.exit_score import (
     FEATURES,
     NEVER,
+    RELATIVE_FEATURES,
     Obs,
     ScoreModel,
+    answer_parts,
     fit_logistic,
     first_exit,
     stream_features,
@@ -96,6 +98,54 @@ def test_box_think_and_trial_features_use_only_the_past():
     assert col(X, "trial_minp")[4] == pytest.approx(0.2)
     # row i depends only on obs[:i+1]: dropping the later observations leaves it unchanged
     assert np.array_equal(stream_features(obs[:3], marks, key), X[:3])
+
+
+def test_relative_features_read_shares_of_the_reasoning_so_far():
+    text = "a" * 100 + "\\boxed{5}" + "b" * 91 + "</think>" + "c" * 100 + " The answer is 5" + "d" * 300
+    marks = text_markers(text, one_char_per_token(text))
+    box_at, think_at, final_at = int(marks.box_pos[0]), marks.think_close, int(marks.finals[0])
+    obs = [Obs(80, "grid", "5"), Obs(box_at, "box", "5"), Obs(400, "grid", "7"), Obs(600, "grid", "5")]
+    X = stream_features(obs, marks, key)
+    assert list(col(X, "ans_age_frac")) == pytest.approx([0, (box_at - 80) / box_at, 0, 520 / 600])
+    assert list(col(X, "box_age_frac")) == pytest.approx([0, 0, 0, (600 - box_at) / 600])  # "7" was never boxed
+    assert list(col(X, "think_frac")) == pytest.approx([0, 0, (400 - think_at) / 400, (600 - think_at) / 600])
+    assert list(col(X, "final_frac")) == pytest.approx([0, 0, (400 - final_at) / 400, (600 - final_at) / 600])
+    # the same stream at twice the tokens (half a character a token: every position doubled) gives
+    # the same relative features
+    marks2 = text_markers(text, np.repeat(one_char_per_token(text), 2))
+    obs2 = [Obs(2 * o.pos, o.src, o.answer) for o in obs]
+    X2 = stream_features(obs2, marks2, key)
+    for name in ("ans_age_frac", "box_age_frac", "think_frac", "final_frac", "run_frac"):
+        assert col(X2, name) == pytest.approx(col(X, name), abs=0.01), name
+    assert not np.allclose(col(X2, "log_pos"), col(X, "log_pos"))  # an absolute feature moves
+    assert set(RELATIVE_FEATURES) < set(FEATURES) and "log_pos" not in RELATIVE_FEATURES
+    assert {"fewer_parts", "ans_age_frac", "trial_agree_lg"} <= set(RELATIVE_FEATURES)
+
+
+def test_waits_run_share_counts_reflection_inside_the_run():
+    text = "Wait " + "a" * 94 + " Wait " + "b" * 94 + " Hmm " + "c" * 200
+    marks = text_markers(text, one_char_per_token(text))
+    obs = [Obs(50, "grid", "3"), Obs(150, "grid", "4"), Obs(250, "grid", "4"), Obs(350, "grid", None)]
+    X = stream_features(obs, marks, key)
+    # waits so far: 1, 2, 3, 3; inside the run (since its first observation): 0, 0, 1 (the Hmm), 0
+    assert list(col(X, "waits_run_share")) == pytest.approx([0, 0, 1 / 3, 0])
+
+
+@pytest.mark.parametrize("answer, parts", [
+    ("2, -3", 2), ("2", 1), ("(1, 2)", 1), ("1,000", 1), ("x=1 \\text{ or } x=2", 2), ("1, 2, and 3", 3),
+    ("[1, 2), (3, 4]", 2), ("1; 2; 3", 3), ("2, ", 1), ("", 0), (None, 0)])
+def test_answer_parts_counts_the_listed_parts(answer, parts):
+    assert answer_parts(answer) == parts
+
+
+def test_fewer_parts_flags_a_list_answered_short_after_a_longer_one():
+    text = "x" * 1000
+    marks = text_markers(text, one_char_per_token(text))
+    obs = [Obs(64, "grid", "2"), Obs(128, "grid", "2, -3"), Obs(192, "grid", "-3"), Obs(256, "grid", None),
+           Obs(320, "grid", "2, -3"), Obs(384, "grid", "(1, 5)")]
+    X = stream_features(obs, marks, key)
+    # "2" first is no sign (nothing longer came before); "-3" after "2, -3" is; a pair in brackets is one part
+    assert list(col(X, "fewer_parts")) == [0, 0, 1, 0, 0, 1]
 
 
 # ------------------------------------------------------------------------------ the score

@@ -21,3 +21,8 @@ def test_a_dynasor_exit_names_agreeing_probes() -> None:
 def test_finished_and_budget_read_the_same_under_either_rule() -> None:
     for stop in ("finished", "budget"):
         assert _reason_text(_result(stop), scored=True) == _reason_text(_result(stop))
+
+
+def test_a_cut_answer_is_named_as_cut() -> None:
+    text = _reason_text(_result("answer_length"))
+    assert "cut" in text and "budget" not in text and "2 tokens" in text

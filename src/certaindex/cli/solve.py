@@ -144,7 +144,7 @@ def _why_no_saving(result: CoTResult, full: CoTResult) -> str:
         return (f"the model finished by itself after {result.reasoning_tokens} reasoning tokens, before the "
                 "first probe point: there was nothing left for early exit to cut")
     if result.stop_reason != "certain":
-        ended = "finished by itself" if result.stop_reason == "finished" else "ran out of budget"
+        ended = "ran out of budget" if result.stop_reason == "budget" else "finished by itself"
         return (f"{paid}, but they never agreed before the model {ended} after {result.reasoning_tokens} "
                 "reasoning tokens, so they were paid on top of the same reasoning")
     cut = full.reasoning_tokens - result.reasoning_tokens

@@ -34,12 +34,14 @@ __all__ = [
     "LiveScore",
     "NEVER",
     "Obs",
+    "RELATIVE_FEATURES",
     "ScoreModel",
     "TextMarkers",
     "THINK_CLOSE",
     "TRIAL_RE",
     "TrialReading",
     "WAIT_RE",
+    "answer_parts",
     "fit_logistic",
     "first_exit",
     "stream_features",
@@ -190,7 +192,49 @@ FEATURES: tuple[str, ...] = (
     "trial_conf_lg",    # -log10(1 - confidence of the latest trial)
     "trial_agree_lg",   # -log10(1 - best confidence of trials equal to the current answer)
     "pos_over_med",     # pos / 4000
+    # Relative to the run's own scale (no absolute token count, so they carry across models of
+    # different verbosity; RELATIVE_FEATURES below lists what a profile for unknown models reads):
+    "ans_age_frac",     # share of the reasoning so far since the current answer was first observed
+    "box_age_frac",     # share since the model first wrote the current answer in a \boxed{} (0: never)
+    "think_frac",       # share written after </think> (0 before it)
+    "final_frac",       # share since the first final-answer phrase (0 before it)
+    "waits_run_share",  # share of the reflection words so far written inside the agreement run
+    "fewer_parts",      # the current answer has fewer parts (a list cut short) than an earlier answer
 )
+
+# The features that read no absolute token count or count of text markers (log_pos, run_tok,
+# pos_over_med, wait_rate, log_waits and waits_in_run grow with a model's verbosity): what the
+# ``generic`` profile for models of no known family is fitted on.
+RELATIVE_FEATURES: tuple[str, ...] = tuple(
+    f for f in FEATURES if f not in ("log_pos", "run_tok", "pos_over_med", "wait_rate", "log_waits", "waits_in_run"))
+
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_PART_SEP = re.compile(r"\\text\{\s*(?:or|and)\s*\}|\b(?:or|and)\b")
+
+
+def answer_parts(answer: str | None) -> int:
+    """How many parts an answer lists: top-level commas and semicolons (outside brackets and braces,
+    thousands separators excepted) and the words "or" / "and" split it, empty parts not counted;
+    0 for no answer.
+
+    Why: a probe read while the model has found one of two roots answers the list cut short
+    (``2`` where the answer is ``2, -3``); an answer with fewer parts than an earlier one is a sign
+    of that (feature ``fewer_parts``)."""
+    if answer is None or not answer.strip():
+        return 0
+    text = _PART_SEP.sub(",", _THOUSANDS.sub("", answer))
+    depth, parts, current = 0, 0, ""
+    for ch in text + ",":
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+        elif ch in ",;" and depth == 0:
+            parts += bool(current.strip())  # an empty part ("1, 2, and 3", a trailing comma) is none
+            current = ""
+            continue
+        current += ch
+    return max(parts, 1)
 
 
 def _count_le(arr: np.ndarray, x: int) -> int:
@@ -215,6 +259,13 @@ def stream_features(obs: Sequence[Obs], marks: TextMarkers, key: KeyFn) -> np.nd
     trial_conf: dict[Hashable, float] = {}
     trial_n: dict[Hashable, int] = {}
     hesitant = np.cumsum([0] + [0 if o.certain else 1 for o in obs])
+    first_seen: dict[Hashable, int] = {}
+    first_box: dict[Hashable, int] = {}
+    for p, bk in zip(marks.box_pos, box_keys):
+        if bk is not None and bk not in first_box:
+            first_box[bk] = int(p)
+    first_final = int(marks.finals[0]) if len(marks.finals) else NEVER
+    most_parts = 0  # the most parts of an earlier answer
     for i, o in enumerate(obs):
         k = keys[i]
         if i == 0 or k is None or k != prev:
@@ -237,6 +288,10 @@ def stream_features(obs: Sequence[Obs], marks: TextMarkers, key: KeyFn) -> np.nd
         nw_run = nw - _count_le(marks.waits, obs[run_start].pos)
         a = o.answer or ""
         agree_conf = trial_conf.get(k, 0.0) if k is not None else 0.0
+        if k is not None:
+            first_seen.setdefault(k, o.pos)
+        box_first = first_box.get(k, NEVER) if k is not None else NEVER
+        parts = answer_parts(o.answer)
         X[i] = (
             math.log(pos),
             math.log1p(run_n),
@@ -268,7 +323,14 @@ def stream_features(obs: Sequence[Obs], marks: TextMarkers, key: KeyFn) -> np.nd
             -math.log10(max(1e-6, 1 - last_trial.confidence)) if last_trial else 0.0,
             -math.log10(max(1e-6, 1 - agree_conf)),
             o.pos / 4000.0,
+            (o.pos - first_seen[k]) / pos if k is not None else 0.0,
+            (o.pos - box_first) / pos if box_first <= o.pos else 0.0,
+            (o.pos - marks.think_close) / pos if marks.think_close <= o.pos else 0.0,
+            (o.pos - first_final) / pos if first_final <= o.pos else 0.0,
+            nw_run / nw if nw else 0.0,
+            float(0 < parts < most_parts),
         )
+        most_parts = max(most_parts, parts)
     return X
 
 

@@ -12,8 +12,9 @@ from certaindex.programs.self_consistency import SCConfig
 
 def program_budget(config: CoTConfig) -> int:
     """A chain of thought: its reasoning budget, every probe and trial it may send (a probe after every
-    chunk, or where its score rule reads one, plus the forced last one) and a reasoning model's answer."""
-    return config.budget + config.max_side_tokens + config.answer_tokens
+    chunk, or where its score rule reads one, plus the forced last one) and a reasoning model's answer
+    (at most ``answer_tokens``, and within the client's ``max_tokens``)."""
+    return config.budget + config.max_side_tokens + config.answer_room(0)
 
 
 def sc_program_budget(config: SCConfig) -> int:
