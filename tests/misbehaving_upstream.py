@@ -199,7 +199,7 @@ class FakeUpstream:
                 await asyncio.sleep(self.token_delay_s)
                 delta = {"role": "assistant", "content": "word "} if i == 0 else {"content": "word "}
                 event = {"id": "chatcmpl-upstream", "object": "chat.completion.chunk", "model": self.model,
-                         "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": "stop" if i == tokens - 1 else None}]}
                 yield f"data: {json.dumps(event)}\n\n".encode()
             yield b"data: [DONE]\n\n"
             finished = True
@@ -237,6 +237,49 @@ class FakeUpstream:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/embeddings", self.other, methods=["POST"]),
         ])
+
+
+class HungUpstream:
+    """A server (fake, for tests and benchmarks only) that accepts every connection, reads what is
+    sent, and never answers: the upstream that hung. ``connections`` counts the connections opened.
+    A context manager; ``url`` is its base URL."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        self._sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.connections = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # timeout: look at the stop flag again
+                continue
+            conn.setblocking(False)
+            self.connections += 1
+            self._held.append(conn)
+            for held in self._held:  # read what was sent (so the sender is not blocked), answer nothing
+                try:
+                    held.recv(65536)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> "HungUpstream":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+        self._sock.close()
 
 
 def free_port() -> int:

@@ -159,6 +159,9 @@ def test_extract_answer_none(text: str) -> None:
         ("y = 1,000", "1000"),
         ("1,000", "1000"),
         ("1{,}000", "1000"),
+        (r"10,\!080", "10080"),  # a comma then a negative thin space: one number, not the set {10, 80}
+        (r"1{,}\!000", "1000"),
+        (r"1\,000", "1000"),
         ("1,234.5", "2469/2"),
         ("50%", "50"),
         (r"50\%", "50"),
@@ -216,6 +219,7 @@ def test_canonical_answer_keeps_distinct_values_apart() -> None:
         ("18", r"\$18.00"),
         ("18 dollars", r"\$18.00"),
         ("1,000", "1000"),
+        (r"10,\!080", "10080"),
         (r"\sqrt{4}", "2"),
         ("(1,2)", "(1, 2)"),
         (r"\{1,2\}", r"\{2, 1\}"),

@@ -119,6 +119,18 @@ def test_solve_compare_json_reports_an_early_exit_that_is_a_prefix_of_full_reaso
     assert result["total_tokens"] < full["total_tokens"]
 
 
+def test_solve_compare_sends_both_runs_the_same_seed(monkeypatch, capsys) -> None:
+    """A sampling server, or a replay server choosing among recorded seeds, then reasons along one
+    trajectory for both runs: the saving compares like with like."""
+    fake = ScriptedFakeEngine(reasoning=[f"step{i} " for i in range(120)], probe_reply=lambda n: ["7", "}"])
+    monkeypatch.setattr(cli.common, "make_engine", lambda *a, **k: fake)
+    assert cli.main(["solve", "What is 3+4?", "--budget", "96", "--probe-interval", "16", "--k", "2",
+                     "--compare", "--json", "--seed", "5"]) == 0
+    fresh = [c for c in fake.calls if c.prompt == fake._base]  # each run's first reasoning request
+    assert len(fresh) == 2 and [c.seed for c in fresh] == [5, 5]
+    capsys.readouterr()
+
+
 @pytest.mark.model
 def test_verbose_lets_llama_cpp_log_through(model_path) -> None:
     proc = run_cli("solve", "What is 2+2?", "--budget", "4", "--probe-interval", "2", "--verbose")

@@ -214,7 +214,7 @@ def test_cli_errors_are_one_line(tmp_path, traces, capsys) -> None:
     assert "error:" in capsys.readouterr().err
     assert cli_traces.main(["evaluate", traces.path, "--intervals", "7", "--no-png", "--quiet"]) == 2
     assert "not a multiple of the traces' granularity" in capsys.readouterr().err
-    assert cli_traces.main(["calibrate", traces.path, "-o", str(tmp_path / "x.json"), "--quiet"]) == 2
-    assert "no setting is certified" in capsys.readouterr().err
+    assert cli_traces.main(["calibrate", traces.path, "-o", str(tmp_path / "x.json"), "--quiet"]) == 3  # as for folders
+    assert "no setting is certified" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
     assert cli_traces.main(["record", "--out", str(tmp_path / "t.jsonl.gz"), "--budget", "0"]) == 2
     assert "--budget must be at least 1" in capsys.readouterr().err

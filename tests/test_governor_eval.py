@@ -48,7 +48,8 @@ def test_json_schema_and_values_for_dynasor(tmp_path, capsys):
                           "--grade-cache", str(tmp_path / "g.json"))
     assert code == 0, stdout
     data = json.loads(out.read_text())
-    assert list(data) == ["groups"]
+    assert list(data) == ["groups", "deployable_peers", "missing_files", "notes"]
+    assert data["missing_files"] == {"events.jsonl.gz": ["r1-distill-qwen-7b__math500__seed_42"]}
     (g,) = data["groups"]
     assert set(g) == KEYS
     assert (g["model"], g["dataset"], g["n"]) == ("r1-distill-qwen-7b", "math500", 3)
@@ -59,6 +60,101 @@ def test_json_schema_and_values_for_dynasor(tmp_path, capsys):
     assert g["saved"] == pytest.approx(1 - 740 / 1600)
     assert g["harmful_exits"] == 1
     assert "r1-distill-qwen-7b · math500" in stdout
+
+
+def test_a_missing_optional_file_is_named_once_on_stderr_and_in_json(tmp_path, capsys):
+    """Issue 20: a run without deer.jsonl.gz or events.jsonl.gz changes what evaluate can report; it
+    says so, once per file, instead of dropping the DEER / events rows silently."""
+    path = folder(tmp_path, deer=False)
+    out = tmp_path / "out.json"
+    code, _, err = run(capsys, str(path), "--json", str(out), "--no-png", "--grade-cache", str(tmp_path / "g.json"))
+    assert code == 0
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 2, err
+    assert sum("deer.jsonl.gz is missing in 1 of 1 runs (r1-distill-qwen-7b__math500__seed_42)" in n for n in notes) == 1
+    assert sum("events.jsonl.gz is missing" in n for n in notes) == 1
+    assert any("no DEER results" in n and "without trials" in n for n in notes)
+    data = json.loads(out.read_text())
+    assert set(data["missing_files"]) == {"deer.jsonl.gz", "events.jsonl.gz"} and len(data["notes"]) == 2
+    # with every optional file present, nothing is said
+    path = write_run(tmp_path / "full", [traj(0, "5", 640, "5")], probe_rows(0, ["5"] * 9),
+                     events={0: []}, deer={0: [trial(100, "5", 0.99)]})
+    code, _, err = run(capsys, str(path), "--json", str(out), "--no-png", "--grade-cache", str(tmp_path / "g.json"))
+    assert code == 0 and "note:" not in err and json.loads(out.read_text())["missing_files"] == {}
+
+
+def test_missing_notes_group_runs_by_model():
+    from certaindex.cli.governor import missing_notes
+
+    missing = {"deer.jsonl.gz": [f"r1-distill-qwen-32b__math500__seed_{s}" for s in (42, 43, 44)]
+               + ["qwen3-8b__aime24__seed_42"]}
+    (note,) = missing_notes(missing, 36)
+    assert note.startswith("deer.jsonl.gz is missing in 4 of 36 runs (r1-distill-qwen-32b (3 runs); "
+                           "qwen3-8b__aime24__seed_42)")
+
+
+def test_peers_chosen_on_train_are_read_on_dev():
+    """The deployable contest: each peer's knob is the one saving most within a point of full
+    reasoning on TRAIN; its figures are read on the reported problems. None in band on train: the
+    user keeps full reasoning. DEER at the fixed 0.999 is reported beside them."""
+    from certaindex.evaluation.governor import Point, deployable_points
+
+    def pt(family, label, acc, saved):
+        return Point(family, label, acc, 1000 * (1 - saved), saved, 0)
+
+    train = [pt("full", "full reasoning", 0.90, 0.0), pt("dynasor", "dynasor k=4 interval=64", 0.85, 0.5),
+             pt("dynasor", "dynasor k=8 interval=64", 0.895, 0.3), pt("deer", "deer 0.9", 0.80, 0.6),
+             pt("deer", "deer 0.999", 0.85, 0.4)]
+    dev = [pt("full", "full reasoning", 0.80, 0.0), pt("dynasor", "dynasor k=4 interval=64", 0.80, 0.55),
+           pt("dynasor", "dynasor k=8 interval=64", 0.78, 0.35), pt("deer", "deer 0.9", 0.79, 0.6),
+           pt("deer", "deer 0.999", 0.75, 0.45), pt("events", "events k=2", 0.8, 0.2)]
+    peers = {p.family: p for p in deployable_points(dev, train)}
+    assert set(peers) == {"dynasor-train", "deer-train", "deer-fixed"}  # no events on train: left out
+    assert peers["dynasor-train"].label == "dynasor k=8 interval=64" and peers["dynasor-train"].saved == 0.35
+    assert peers["deer-train"].label.startswith("none in band on train") and peers["deer-train"].saved == 0.0
+    assert peers["deer-fixed"].label == "deer 0.999" and peers["deer-fixed"].accuracy == 0.75
+    assert [p.family for p in deployable_points(dev, None)] == ["deer-fixed"]
+
+
+def test_split_dev_shows_the_peers_chosen_on_train(tmp_path, capsys):
+    path = folder(tmp_path)
+    out = tmp_path / "out.json"
+    code, stdout, _ = run(capsys, str(path), "--split", "dev", "--json", str(out), "--no-png",
+                          "--grade-cache", str(tmp_path / "g.json"))
+    assert code == 0 and "dynasor, chosen on train" in stdout and "DEER, fixed threshold" in stdout
+    rows = {r["family"]: r for r in json.loads(out.read_text())["deployable_peers"]}
+    assert {"dynasor-train", "deer-train", "deer-fixed"} <= set(rows)
+    assert rows["deer-fixed"]["label"] == "deer 0.999" and rows["deer-fixed"]["n"] == 2
+    code, stdout, _ = run(capsys, str(path), "--no-png", "--grade-cache", str(tmp_path / "g.json"))
+    assert "dynasor, chosen on train" not in stdout and "shown with --split dev" in " ".join(stdout.split())
+
+
+def test_a_shipped_profile_by_name(tmp_path, capsys):
+    """--policy profile:NAME is the shipped file of that name, applied to every model."""
+    from importlib import resources
+
+    path = folder(tmp_path)
+    named, explicit = tmp_path / "named.json", tmp_path / "explicit.json"
+    shipped = resources.files("certaindex") / "data" / "profiles" / "conservative.json"
+    for policy, target in (("profile:conservative", named), (str(shipped), explicit)):
+        assert run(capsys, str(path), "--policy", policy, "--json", str(target), "--no-png",
+                   "--grade-cache", str(tmp_path / "g.json"))[0] == 0
+    assert json.loads(named.read_text())["groups"] == json.loads(explicit.read_text())["groups"]
+    assert parse_policy("profile:qwen3").profile.name == "qwen3"
+    code, _, err = run(capsys, str(path), "--policy", "profile:nope", "--no-png")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "no shipped profile is called 'nope'" in lines[0]
+    assert all(p.name in lines[0] for p in shipped_profiles())
+
+
+def test_a_wrong_path_is_named_as_missing(tmp_path, capsys):
+    """Issue 20: a mistyped folder is reported as missing, not as 'a trace file'."""
+    wrong = str(tmp_path / "governr")
+    for argv in (["evaluate", wrong, "--policy", "default", "--quiet"], ["evaluate", wrong, "--quiet"],
+                 ["calibrate", wrong, "--quiet"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{wrong}: no such file or folder" in " ".join(err.split()) and "apply to" not in err
 
 
 def test_deer_oracle_and_split(tmp_path, capsys):
@@ -92,7 +188,7 @@ def test_default_policy_uses_the_models_shipped_profile(tmp_path, capsys):
     explicit = tmp_path / "explicit.json"
     assert run(capsys, str(path.parent), "--policy", str(shipped),
                "--json", str(explicit), "--no-png", "--grade-cache", str(tmp_path / "g.json"))[0] == 0
-    assert json.loads(explicit.read_text()) == {"groups": [g]}
+    assert json.loads(explicit.read_text())["groups"] == [g]
     assert "certaindex default" in stdout
 
 
@@ -186,3 +282,21 @@ def test_profile_validation(tmp_path):
     (tmp_path / "p.json").write_text("{oops")
     with pytest.raises(ValueError, match=r"p\.json:1: profile is not valid JSON"):
         load_profile(tmp_path / "p.json")
+
+
+def test_calibrate_with_nothing_certified_exits_3_for_every_input(tmp_path, capsys):
+    """Issue 20: one documented exit status (3, nothing written) when calibrate certifies nothing,
+    whether PATH is a Governor folder, a folder of trace files or a trace file (those two are
+    covered in test_self_calibration and test_evaluate). 60 problems are too few for alpha 0.02."""
+    trajs, rows = [], []
+    for pid in range(60):
+        t = traj(pid, str(pid % 7), 640, str(pid % 7))
+        t["full_text"] = "<think>" + "x" * 300 + f" \\boxed{{{pid % 7}}} " + "y" * 1500 + f"</think> \\boxed{{{pid % 7}}}"
+        trajs.append(t)
+        rows += probe_rows(pid, [str(pid % 7)] * 9)
+    path = write_run(tmp_path / "gov", trajs, rows)
+    prof = tmp_path / "mine.json"
+    code = cli.main(["calibrate", str(path.parent), "--schedule", "bx+g256", "--out", str(prof),
+                     "--grade-cache", str(tmp_path / "g.json"), "--quiet"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 3 and not prof.exists() and "no threshold certified" in out and "no profile written" in out

@@ -32,7 +32,7 @@ def test_profile_from_the_model_name(model, name):
     args = parse()
     config = common.cot_config(args, model_name=model, engine=ScriptedFakeEngine(reasoning=[]))
     profile, why = common.resolve_profile(args, model)
-    assert profile.name == name and profile.kind == "score" and why == f"picked for model {model}"
+    assert profile.name == name and profile.kind == "score" and why.startswith(f"the engine serves '{model}'")
     assert config.certainty == profile.rule and config.probe_interval == profile.probe_interval
     assert config.probe_suffix == profile.probe_suffix
     assert common.describe_rule(args, config, model).startswith(f"early-exit profile {name} (score ")

@@ -28,8 +28,11 @@ def _script_value(name: str) -> str:
 @pytest.mark.model
 def test_the_quick_start_question_runs_live_and_accounts_for_every_token(model_path) -> None:
     question, expected = _script_value("QUESTION"), _script_value("EXPECTED")
+    flags = _script_value("PROBE_FLAGS").split()
+    interval = int(flags[flags.index("--probe-interval") + 1])
     run = subprocess.run(
-        [sys.executable, "-m", "certaindex.cli", "solve", question, "--expected", expected, "--compare", "--json"],
+        [sys.executable, "-m", "certaindex.cli", "solve", question, "--expected", expected, "--compare", *flags,
+         "--json"],
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode in (0, 3), run.stderr[-2000:]  # 3: the model gave no answer
@@ -41,12 +44,34 @@ def test_the_quick_start_question_runs_live_and_accounts_for_every_token(model_p
         assert one["total_tokens"] == (one["reasoning_tokens"] + one["overrun_tokens"] + one["probe_tokens"]
                                        + one["answer_tokens"])  # overrun: a score exit inside a chunk
         assert one["stop_reason"] in ("certain", "finished", "budget")
+    # The demo probes at the grain it announces: a probe at every chunk end the reasoning passed, each
+    # paid for in probe_tokens; full reasoning takes none.
+    assert f"probe interval {interval}" in payload["rule"]
+    positions = [p["at_tokens"] for p in result["probes"]]
+    assert positions == [interval * (i + 1) for i in range(len(positions))]
+    if result["reasoning_tokens"] > interval:
+        assert positions, "the reasoning passed a probe point but was never probed"
+    assert sum(p["tokens"] for p in result["probes"]) == result["probe_tokens"]
+    assert full["probes"] == []
 
 
 def test_the_live_run_is_labelled_a_demo_on_a_tiny_model() -> None:
     text = SCRIPT.read_text()
     live = text[text.index("QUESTION="):]
     assert "mechanism demo" in live and "135M" in live
+
+
+def test_the_live_demo_probes_at_a_grain_that_fits_the_tiny_model_and_says_so() -> None:
+    """The profile an unknown model gets probes every 512 tokens; the tiny model reasons about 100,
+    so the demo must give its own probe interval, pass it to solve, and say so."""
+    from certaindex.evaluation.profiles import profile_for_model
+
+    flags = _script_value("PROBE_FLAGS").split()
+    interval = int(flags[flags.index("--probe-interval") + 1])
+    assert interval * 4 <= 100 < profile_for_model("SmolLM2-135M-Instruct").probe_interval
+    live = SCRIPT.read_text()[SCRIPT.read_text().index("QUESTION="):]
+    assert "$PROBE_FLAGS" in live.split("exec ", 1)[1]
+    assert f"probes every {interval} reasoning tokens" in live
 
 
 @pytest.mark.parametrize("finishes_at", [20, 34])

@@ -26,6 +26,7 @@ from certaindex.traces.governor_engine import (
     GOVERNOR_PROBE_SUFFIX,
     GovernorReplay,
     OffTrajectory,
+    ReplayError,
     UnknownProblem,
 )
 from certaindex.traces.tokenmap import quicktok_available
@@ -100,6 +101,21 @@ def test_a_probe_is_answered_from_the_recorded_probe_at_or_before_its_position(r
 
 
 @needs_vocab
+def test_a_probe_before_the_first_recorded_one_reads_no_answer_not_a_later_probes(replay, trajs):
+    traj = trajs[1]
+    first = min(p.pos for p in traj.probes)
+    for n in (0, first // 2):
+        reasoning = text_at(replay, traj, n) if n else ""
+        reply = replay.answer(prompt_of(traj) + reasoning + DEFAULT_PROBE_SUFFIX, max_tokens=20, stop=PROBE_STOPS)
+        # the template's <think> and newline are the recording's first 2 tokens
+        assert reply.kind == "probe" and reply.position == max(n, 2) and reply.recorded_position is None
+        assert read_probe_answer(DEFAULT_PROBE_SUFFIX, reply.text, reply.finish_reason == "stop") is None
+        assert reply.tokens == 20 and reply.finish_reason == "length"
+    at_first = replay.answer(prompt_of(traj) + text_at(replay, traj, first) + DEFAULT_PROBE_SUFFIX, max_tokens=32)
+    assert at_first.recorded_position == first
+
+
+@needs_vocab
 def test_a_probe_reads_the_grid_even_on_an_event_probes_position(replay, trajs):
     traj, event = next((t, e) for t in trajs for e in t.events if e.pos % 64 > 2)
     grid = max(p.pos for p in traj.probes if p.pos <= event.pos)
@@ -143,6 +159,24 @@ def test_an_unknown_problem_and_a_foreign_reasoning_are_refused(replay, trajs):
         replay.answer(prompt_of(trajs[0]) + "Let me think about something else entirely.", max_tokens=5)
 
 
+def test_an_off_track_prompt_after_an_unrecognised_template_is_refused_not_replayed_from_the_start(replay, trajs):
+    traj = trajs[0]
+    head = traj.problem.strip()
+    # no template ending anywhere after the problem: the empty rest fits every text, yet says nothing
+    with pytest.raises(OffTrajectory, match="no chat template ending was recognised"):
+        replay.answer(head + "\nLet me think about something else entirely.", max_tokens=5)
+    with pytest.raises(OffTrajectory, match="no chat template ending was recognised"):
+        replay.answer(head + "\nSolution:", max_tokens=5)
+    # an instruction between the problem and a known template ending: the reasoning starts at the template
+    instructed = head + "\nAnswer in a box.<\uff5cAssistant\uff5c><think>\n"
+    with pytest.raises(OffTrajectory, match="does not continue"):
+        replay.answer(instructed + "Let me think about something else entirely.", max_tokens=5)
+    fresh = replay.answer(instructed, max_tokens=5)
+    assert fresh.kind == "continuation" and fresh.position <= 2 and traj.full_text.startswith("<think>\n" + fresh.text)
+    on_track = replay.answer(instructed + traj.full_text[8:200], max_tokens=5)
+    assert traj.full_text[200:].startswith(on_track.text)
+
+
 @needs_vocab
 def test_seeds_of_one_problem_go_round_robin_and_a_continuation_keeps_its_own(trajs):
     traj = trajs[3]
@@ -155,6 +189,31 @@ def test_seeds_of_one_problem_go_round_robin_and_a_continuation_keeps_its_own(tr
     assert theirs.trajectory.endswith(f"seed_43/{traj.problem_id}") and ours.trajectory.endswith(f"seed_42/{traj.problem_id}")
     first = GovernorReplay([traj, other], seed_rule="first")
     assert {first.answer(prompt_of(traj), max_tokens=2).trajectory for _ in range(3)} == {fresh[0].trajectory}
+
+
+@needs_vocab
+def test_a_requests_seed_picks_its_recording_and_a_greedy_request_always_the_same(trajs):
+    traj = trajs[3]
+    other = dataclasses.replace(traj, seed=43, full_text="<think>\nA different line of thought. " + traj.full_text[8:])
+    replay = GovernorReplay([traj, other])
+
+    def seed_of(**kw) -> str:
+        return replay.answer(prompt_of(traj), max_tokens=4, **kw).trajectory.split("/")[2]
+
+    assert [seed_of(seed=43) for _ in range(3)] == ["seed_43"] * 3  # the recording made under that seed
+    assert [seed_of(seed=42, temperature=0.6) for _ in range(3)] == ["seed_42"] * 3
+    assert [seed_of(seed=7) for _ in range(2)] == ["seed_43"] * 2  # another seed: 7 % 2, the same every time
+    assert [seed_of(temperature=0.0) for _ in range(3)] == ["seed_42"] * 3  # greedy is deterministic
+    assert {seed_of(temperature=0.6) for _ in range(2)} == {"seed_42", "seed_43"}  # sampled: each a new sample
+
+
+def test_a_sampled_probe_or_trial_is_refused_not_answered_with_the_greedy_recording(replay, trajs):
+    traj = trajs[1]
+    reasoning = traj.full_text[8:600]
+    for suffix in (DEFAULT_PROBE_SUFFIX, DEER_SUFFIX):
+        with pytest.raises(ReplayError, match="recorded greedy"):
+            replay.answer(prompt_of(traj) + reasoning + suffix, max_tokens=8, temperature=0.6)
+        assert replay.answer(prompt_of(traj) + reasoning + suffix, max_tokens=8, temperature=0.0).kind != "continuation"
 
 
 # ------------------------------------------------------------------------------------ clock
@@ -247,6 +306,13 @@ def test_the_openai_client_gets_completions_streaming_and_not(replay_server, tra
         model=model, prompt=prompt_of(traj), max_tokens=12).choices[0].text
     missing = httpx.post(f"{replay_server}/v1/completions", json={"prompt": "Who wrote Hamlet?", "max_tokens": 3})
     assert missing.status_code == 404 and "no recorded problem" in missing.json()["error"]["message"]
+    sampled = httpx.post(f"{replay_server}/v1/completions", json={
+        "prompt": prompt_of(traj) + traj.full_text[8:300] + DEFAULT_PROBE_SUFFIX, "max_tokens": 8, "temperature": 0.7})
+    assert sampled.status_code == 400 and "recorded greedy" in sampled.json()["error"]["message"]
+    for bad in ({"temperature": -1}, {"temperature": "hot"}, {"top_p": 0}, {"top_p": 1.5}):
+        refused = httpx.post(f"{replay_server}/v1/completions",
+                             json={"prompt": prompt_of(traj), "max_tokens": 3, **bad})
+        assert refused.status_code == 400 and next(iter(bad)) in refused.json()["error"]["message"]
 
 
 @needs_vocab
@@ -299,7 +365,7 @@ def test_the_proxy_runs_real_reasoning_programs_on_the_replay_server(replay_serv
     with server_process(args, tmp_path / "proxy.log", f"{url}/health", "certaindex serve"):
         before = httpx.get(f"{replay_server}/replay/stats").json()
         reply = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
-            "model": "m", "messages": [{"role": "user", "content": traj.problem}],
+            "model": traj.model_name, "messages": [{"role": "user", "content": traj.problem}],
             "certaindex": {"k": 3, "probe_interval": 128}}).json()
         after = httpx.get(f"{replay_server}/replay/stats").json()
         info, usage = reply["certaindex"], reply["usage"]
@@ -318,11 +384,11 @@ def test_the_proxy_runs_real_reasoning_programs_on_the_replay_server(replay_serv
         # the shipped profile of the served model (its certainty score reads probes, boxes and DEER trials)
         before = httpx.get(f"{replay_server}/replay/stats").json()
         profile = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
-            "model": "m", "messages": [{"role": "user", "content": trajs[8].problem}]}).json()
+            "model": trajs[8].model_name, "messages": [{"role": "user", "content": trajs[8].problem}]}).json()
         after = httpx.get(f"{replay_server}/replay/stats").json()
         parts = profile["usage"]["certaindex"]
         assert profile["certaindex"]["stop_reason"] in ("certain", "finished")
         assert after["joins"] - before["joins"] == profile["certaindex"]["upstream_requests"]
-        assert profile["usage"]["completion_tokens"] == sum(parts.values())
+        assert profile["usage"]["completion_tokens"] == sum(v for k, v in parts.items() if k.endswith("_tokens"))
         assert parts["reasoning_tokens"] < trajs[8].tokens_used
         assert profile["choices"][0]["message"]["content"]

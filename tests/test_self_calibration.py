@@ -181,6 +181,15 @@ def test_calibrate_folder_errors_are_one_line(tmp_path):
     result = cli("calibrate", str(tmp_path / "mixed" / ".."), "--reference", "gold")
     assert result.returncode == 2
 
+    cut = tmp_path / "cut"  # an interrupted gzip recording: the message names the command-line flag
+    cut.mkdir()
+    whole = write_traces(cut / "a.jsonl.gz", TraceHeader("my-model", "fake", TraceSettings(granularity=G, budget=64,
+                         **SUFFIX_SETTINGS), dataset=SHADOW_DATASET), agreeing(30))
+    whole.write_bytes(whole.read_bytes()[:-40])
+    result = cli("calibrate", str(cut))
+    assert result.returncode == 2 and "--allow-truncated" in result.stderr and "allow_truncated=True" not in result.stderr.replace(
+        "(allow_truncated=True in Python)", "")
+
 
 def test_record_files_with_gold_answers_are_calibrated_against_gold(tmp_path):
     records = [trace(i, ["5"] + ["7"] * 6, "7", budget=64, gold="7") for i in range(30)]
@@ -191,3 +200,53 @@ def test_record_files_with_gold_answers_are_calibrated_against_gold(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "wrong where full reasoning's was right (gold answers)" in result.stdout
     assert load_profile(tmp_path / "p.json").calibration["reference"] == "gold"
+
+
+# -- the certainty score on trace folders (issue 19 item 5) --------------------------------------
+
+
+def long_trace(i: int, g: int = 64, chunks: int = 16, settle: int = 2) -> TraceRecord:
+    """A trace probed every ``g`` tokens: a wrong first guess, then the final answer "7" from
+    probe ``settle`` on, written as \\boxed{7} in the reasoning half-way through."""
+    answers = ["5"] * settle + ["7"] * (chunks - 1 - settle)
+    body = [Chunk(f"step {j} " + ("so \\boxed{7} " if j == chunks // 2 else "") + "x " * 40, g, "length",
+                  probe=ProbeRecord(g * (j + 1), a, 2, "stop", a, False)) for j, a in enumerate(answers)]
+    body.append(Chunk("done \\boxed{7}", g, "stop"))
+    return TraceRecord(id=f"q{i}", sample=0, seed=0, question=f"question {i}", gold="", prompt="p", prompt_tokens=5,
+                       thinking=False, chunks=tuple(body), finish_reason="stop", stop="finished",
+                       final=FinalAnswer("reasoning", "7"), correct=False)
+
+
+def test_traces_become_trajectories_for_the_score():
+    from certaindex.evaluation.self_calibration import as_trajectories, score_schedule
+
+    r = long_trace(0, chunks=6)
+    (t,) = as_trajectories([r], "my-model", "shadow", [4 * 64], "full")
+    assert [p.pos for p in t.probes] == [64, 128, 192]  # below the budget the reasoning went on from
+    assert t.target == "7" and t.tokens_used == r.full_tokens and t.trials is None and "\\boxed{7}" in t.full_text
+    assert as_trajectories([r], "my-model", "shadow", [10_000], "gold")[0].target == ""
+    assert score_schedule("bx+tc+g512+tr", 64, has_trials=False) == "bx+tc+g512"
+    assert score_schedule("bx+g512", 128, has_trials=False) == "bx+g512"
+    assert score_schedule("bx+g192+ev", 128, has_trials=True) == "bx+g128"
+    assert score_schedule("bx+g512", 16, has_trials=False) is None  # the score's grid is 64 tokens
+
+
+def test_calibrate_folder_tries_the_score_and_writes_the_certified_candidate(tmp_path):
+    """With probes every 64 tokens, calibrate also re-certifies the starting profile's score and
+    refits one; each candidate is tested at delta / 3 and the certified one saving most is written."""
+    settings = TraceSettings(granularity=64, budget=4096, **SUFFIX_SETTINGS)
+    (tmp_path / "shadow").mkdir()
+    write_traces(tmp_path / "shadow" / "a.jsonl.gz", TraceHeader("my-model", "fake", settings, dataset=SHADOW_DATASET),
+                 [long_trace(i) for i in range(150)])
+    out = tmp_path / "p.json"
+    result = cli("calibrate", str(tmp_path / "shadow"), "-o", str(out))
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "threshold re-certified on every trace" in text and "score refitted on a third" in text
+    assert "each of the 3 candidates tested at delta 0.0333" in text
+    profile = load_profile(out)
+    assert profile.calibration["candidates_tried"] == 3 and profile.calibration["n"] == 150
+    assert profile.kind in ("score", "dynasor") and profile.probe_interval % 64 == 0
+    if profile.kind == "score":
+        assert profile.rule["threshold"] is not None and "tr" not in profile.rule["schedule"].split("+")
+        assert profile.probe_suffix == settings.probe_suffix and profile.calibration["candidate"] in ("start", "refit")

@@ -45,7 +45,7 @@ def test_openai_client_gets_an_early_exit_answer_from_a_real_engine(proxy):
     # Only what holds for any text the model writes (it moves with the CPU and the cache state).
     assert 0 <= details["reasoning_tokens"] <= 96 + UTF8_SLACK
     assert usage.completion_tokens == (details["reasoning_tokens"] + details["overrun_tokens"]
-                                       + details["probe_tokens"] + details["answer_tokens"])
+                                       + details["probe_tokens"] + details["trial_tokens"] + details["answer_tokens"])
     assert usage.prompt_tokens > 10  # counted by the real engine
     if info["stop_reason"] == "certain":  # k=2: two agreeing probes, before the budget ran out
         assert details["reasoning_tokens"] < 96 and info["probes"] >= 2
@@ -114,7 +114,8 @@ def test_embedded_engine_serves_early_exit_and_plain_chat(embedded_proxy):
     assert info["policy"] == "cot" and info["stop_reason"] in ("certain", "finished", "budget")
     details = reply.usage.model_extra["certaindex"]
     assert reply.usage.prompt_tokens > 10
-    assert reply.usage.completion_tokens == details["reasoning_tokens"] + details["probe_tokens"] + details["answer_tokens"]
+    assert reply.usage.completion_tokens == (details["reasoning_tokens"] + details["probe_tokens"]
+                                              + details["trial_tokens"] + details["answer_tokens"])
     stream = chat.create(model="any", messages=QUESTION, temperature=0, stream=True,
                          stream_options={"include_usage": True})
     chunks = list(stream)
@@ -181,7 +182,7 @@ def test_embedded_proxy_with_a_trial_profile_gets_logprobs(model_path, monkeypat
         assert info["policy"] == "cot" and info["stop_reason"] in ("certain", "finished", "budget")
         assert 0 <= details["reasoning_tokens"] <= 64 + UTF8_SLACK
         assert reply.usage.completion_tokens == (details["reasoning_tokens"] + details["overrun_tokens"]
-                                                 + details["probe_tokens"] + details["answer_tokens"])
+                                                 + details["probe_tokens"] + details["trial_tokens"] + details["answer_tokens"])
         live = LiveScore(settings.cot.certainty, canonical_answer)
         trial = asyncio.run(engine.generate(GenerationRequest(
             prompt=engine.render_chat(QUESTION) + "Tom has 7 apples." + live.trial_suffix,

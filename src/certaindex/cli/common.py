@@ -8,14 +8,18 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import math
+import errno
 import shlex
+import socket
 import sys
 from pathlib import Path
-from typing import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from certaindex.core.datasets import DatasetError
 from certaindex.core.prompting import NoQuestionError
@@ -23,6 +27,9 @@ from certaindex.core.validation import parse_json_object
 from certaindex.engines import EngineError, make_engine
 from certaindex.programs.cot import CoTConfig
 from certaindex.programs.self_consistency import NoAnswerError
+
+if TYPE_CHECKING:
+    from certaindex.serving.loadgen import ProgramRecord, Summary
 
 EXIT_ENGINE, EXIT_USAGE, EXIT_NO_ANSWER = 1, 2, 3
 MAX_BUDGET = 1_000_000
@@ -112,7 +119,8 @@ def resolve_profile(args: argparse.Namespace, model_name: str | None, engine=Non
     A profile picked from the model name whose score reads DEER trials needs token logprobs: on an
     ``engine`` that returns none (``Engine.returns_logprobs``) the conservative profile stands in, and
     the reason says so."""
-    from certaindex.evaluation.profiles import load_profile, profile_for_model, shipped_profiles
+    from certaindex.evaluation.profile_choice import choose_profile
+    from certaindex.evaluation.profiles import load_profile, shipped_profiles
 
     calibration = getattr(args, "calibration", None)
     if calibration:
@@ -135,14 +143,20 @@ def resolve_profile(args: argparse.Namespace, model_name: str | None, engine=Non
         raise UsageError(f"--profile {choice!r} is not a shipped profile ({', '.join(sorted(named))}), a .json file, auto or none")
     if getattr(args, "probe_interval", None) is not None or getattr(args, "k", None) is not None:
         return None, "--probe-interval/--k given"
-    picked = profile_for_model(model_name or "")
-    if (picked.kind == "score" and "tr" in picked.rule["schedule"].split("+") and engine is not None
-            and not getattr(engine, "returns_logprobs", False)):
-        # Trials are read from token logprobs: without them the profile would run on other evidence
-        # than it was certified on. The conservative profile needs none.
-        return profile_for_model(""), (f"model {model_name}: its profile {picked.name} reads DEER trials, whose "
-                                       f"confidence needs token logprobs, which {engine.name} does not return")
-    return picked, f"picked for model {model_name or 'unknown'}"
+    flag_model = getattr(args, "model", None)
+    choice = choose_profile(flag_model=flag_model if flag_model and flag_model == model_name else None,
+                            served_models=[model_name] if model_name else [],
+                            returns_logprobs=engine is None or bool(getattr(engine, "returns_logprobs", False)),
+                            engine_name=getattr(engine, "name", "the engine"))
+    return choice.profile, choice.reason
+
+
+async def served_model_name(engine) -> str:
+    """The model ``engine`` serves, to pick its profile by: a server's (an HTTP engine reads
+    ``GET /v1/models`` as it prepares), else the engine's own name (an embedded GGUF file)."""
+    await engine.prepare()
+    model = getattr(engine, "model", None)
+    return model if isinstance(model, str) and model else engine.name
 
 
 def describe_rule(args: argparse.Namespace, config: CoTConfig, model_name: str | None, engine=None) -> str:
@@ -178,13 +192,9 @@ def cot_config(args: argparse.Namespace, early_exit: bool = True, model_name: st
     )
     profile, why = resolve_profile(args, model_name, engine)
     if profile is not None:
-        changes: dict = {"probe_interval": profile.probe_interval, "probe_suffix": profile.probe_suffix,
-                         "probe_tokens": profile.probe_tokens}
-        if profile.kind == "score":
-            changes["certainty"] = profile.rule
-        elif profile.kind == "dynasor":
-            changes["k"] = int(profile.rule["k"])
-        config = dataclasses.replace(config, **changes)
+        from certaindex.evaluation.profile_choice import apply_profile
+
+        config = apply_profile(config, profile)
         if announce:
             err.print(f"[dim]early-exit profile {profile.label} ({why})[/dim]")
     elif getattr(args, "calibration", None):
@@ -228,6 +238,131 @@ def write_report(path: str, items: Sequence[object], width: int) -> Path:
         for item in items:
             console.print(item, highlight=False)
     return target
+
+
+def parse_floats(option: str, text: str) -> list[float]:
+    """``0.1,0.2`` -> [0.1, 0.2]: comma-separated numbers > 0 (``--rates``)."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers, e.g. 0.1,0.2; got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise ValueError(f"{option} takes numbers > 0, got {text!r}")
+    return values
+
+
+def parse_policies(text: str) -> list[str]:
+    """``--policies``: serving policy names, each known, none twice."""
+    from certaindex.serving.loadtest import policy_spec
+
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError("--policies names no policy")
+    for name in names:
+        policy_spec(name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"--policies names a policy twice: {text!r}")
+    return names
+
+
+def parse_slos(values: Sequence[float] | None) -> list[float]:
+    """The repeated ``--slo`` seconds (default 30), each > 0, duplicates dropped in order."""
+    slos = list(values or [30.0])
+    for s in slos:
+        if not math.isfinite(s) or s <= 0:
+            raise ValueError(f"--slo takes seconds > 0, got {s}")
+    return list(dict.fromkeys(slos))
+
+
+def summary_table(rows: Sequence[tuple[str, Summary, Summary | None]], slos: Sequence[float], title: str) -> Table:
+    """One row per (label, summary, baseline): the figures, and ratios against the baseline
+    (loadtest's and simulate's table)."""
+    table = Table(title=title)
+    for column in ("run", "prog/s", "tok/s", "p50 s", "p90 s", "p99 s", "mean s"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for slo in slos:
+        table.add_column(f"SLO {slo:g}s", justify="right")
+    for column in ("accuracy", "mean tokens", "prog/s ×", "tok/s ×", "latency ×"):
+        table.add_column(column, justify="right")
+    for label, s, base in rows:
+        ratio = s.ratio(base) if base is not None else None
+        table.add_row(
+            label,
+            f"{s.programs_per_s:.4f}",
+            f"{s.tokens_per_s:.1f}",
+            *(f"{s.latency[p]:.1f}" for p in (50, 90, 99)),
+            f"{s.mean_latency:.1f}",
+            *(f"{s.slo[float(slo)]:.0%}" for slo in slos),
+            f"{s.accuracy:.1%}",
+            f"{s.mean_tokens:.1f}",
+            *((f"{ratio['programs_per_s']:.2f}", f"{ratio['tokens_per_s']:.2f}", f"{ratio['mean_latency']:.2f}")
+              if ratio else ("", "", "")),
+        )
+    return table
+
+
+def emit_table(table: Table, notes: Sequence[str], report: str | None) -> None:
+    """Print a results table and its notes on stdout, and write them to ``report`` when given."""
+    console = Console(width=200)
+    console.print(table)
+    for note in notes:
+        console.print(note, highlight=False)
+    if report:
+        console.print(f"report written to {write_report(report, [table, *notes], 200)}")
+
+
+def write_records(path: str, records: Sequence[tuple[dict, ProgramRecord]]) -> None:
+    """``--out``: one JSON line per served program, its record after the given extra fields."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", encoding="utf-8") as fh:
+        for extra, record in records:
+            fh.write(json.dumps({**extra, **record.to_dict()}) + "\n")
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a server's address before the server starts: uvicorn binds only after the app's startup
+    (the embedded model loaded, "Application startup complete" printed) and then exits on a taken port.
+    Each address ``host`` resolves to is bound and released here, as uvicorn would bind it."""
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    unavailable = 0
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closed socket's TIME_WAIT is no conflict
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:  # asyncio skips an address family the machine lacks
+                    unavailable += 1
+                    continue
+                if exc.errno == errno.EADDRINUSE:
+                    raise UsageError(f"port {port} on {host} is in use (another server listens there): "
+                                     "stop it or choose another --port") from None
+                if exc.errno == errno.EACCES:
+                    raise UsageError(f"port {port} on {host} needs privileges to listen on: choose a --port "
+                                     "above 1023") from None
+                raise UsageError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None
+    if unavailable == len(addresses):
+        raise UsageError(f"--host {host}: not an address of this machine")
+
+
+async def run_uvicorn(server, what: str) -> None:
+    """Serve until stopped. uvicorn exits 3 when the app's startup fails (the embedded model cannot
+    load) or it cannot listen, and 3 is this command line's "the model gave no answer": such a start
+    is an engine failure here, one ``error:`` line and exit 1, under uvicorn's own log of the cause."""
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        if exc.code == 3:
+            raise EngineError(f"{what} did not start (the cause is logged above)") from None
+        raise
 
 
 def progress_bar(label: str, quiet: bool = False) -> Progress:

@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
-from certaindex.cli.common import out, progress_bar
+from rich.markup import escape
+
+from certaindex.cli.common import err, out, progress_bar
 from certaindex.evaluation.governor import (
     GroupResult,
+    deployable_points,
     Point,
     PolicySpec,
     evaluate_policy,
@@ -24,9 +28,9 @@ from certaindex.evaluation.governor import (
     with_final_answers,
 )
 from certaindex.evaluation.grading import GradeCache
-from certaindex.traces.governor import SPLITS, Trajectory, read_governor
+from certaindex.traces.governor import SPLITS, Trajectory, missing_optional, read_governor
 
-__all__ = ["evaluate_governor", "grade", "load_trajectories", "sample_path"]
+__all__ = ["evaluate_governor", "grade", "load_trajectories", "missing_notes", "read_trajectories", "sample_path"]
 
 
 def sample_path() -> Path:
@@ -34,8 +38,18 @@ def sample_path() -> Path:
     return Path(str(resources.files("certaindex") / "data" / "governor_sample"))
 
 
-def load_trajectories(path: str | Path, split: str, quiet: bool, final: str = "extracted") -> list[Trajectory]:
-    """The trajectories of ``split``, their final answer taken from ``final`` (see ``--final-answer``)."""
+# What a missing optional file takes out of the results (named on stderr and in --json, never silent).
+MISSING_EFFECT = {
+    "events.jsonl.gz": "no event-probe results for them, and rules reading event probes (ev) see none there",
+    "deer.jsonl.gz": "no DEER results for them, and rules reading DEER trials (tr, as the default score profiles "
+                     "do) run without trials there, so they save less",
+}
+
+
+def read_trajectories(path: str | Path, split: str, quiet: bool,
+                      final: str = "extracted") -> tuple[list[Trajectory], dict[str, list[str]], int]:
+    """The trajectories of ``split`` (final answer from ``final``, see ``--final-answer``), the
+    optional files the runs lack (file name -> run folders) and the number of runs read."""
     with progress_bar("read", quiet) as progress:
         task = progress.add_task(str(path), total=None)
 
@@ -46,6 +60,27 @@ def load_trajectories(path: str | Path, split: str, quiet: bool, final: str = "e
     trajs = with_final_answers([t for r in runs for t in r.trajectories], final)
     if not trajs:
         raise ValueError(f"{path} holds no trajectories of the {split} split")
+    return trajs, missing_optional(runs), len(runs)
+
+
+def missing_notes(missing: dict[str, list[str]], runs: int) -> list[str]:
+    """One line per missing optional file: which runs lack it (by model where a model lacks it in
+    several runs) and what that takes out of the results."""
+    notes = []
+    for name, folders in missing.items():
+        by_model: dict[str, list[str]] = {}
+        for f in folders:
+            by_model.setdefault(f.split("__")[0], []).append(f)
+        where = "; ".join(fs[0] if len(fs) == 1 else f"{m} ({len(fs)} runs)" for m, fs in by_model.items())
+        notes.append(f"{name} is missing in {len(folders)} of {runs} runs ({where}): {MISSING_EFFECT.get(name, 'not used')}")
+    return notes
+
+
+def load_trajectories(path: str | Path, split: str, quiet: bool, final: str = "extracted") -> list[Trajectory]:
+    """:func:`read_trajectories`, naming each missing optional file once on stderr."""
+    trajs, missing, runs = read_trajectories(path, split, quiet, final)
+    for note in missing_notes(missing, runs):
+        err.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     return trajs
 
 
@@ -75,8 +110,23 @@ def grade(trajs: list[Trajectory], cache_path: str | None, quiet: bool, timeout_
     return cache
 
 
-def _json_groups(results: list[GroupResult]) -> dict:
-    return {"groups": [r.to_dict() for r in results]}
+def _json_groups(results: list[GroupResult], missing: dict[str, list[str]], notes: list[str],
+                 tables: list[tuple[str, str, int, list[Point]]]) -> dict:
+    deployable = [{"model": m, "dataset": d, "n": n, **asdict(p)} for m, d, n, points in tables
+                  for p in points if p.family.endswith(("-train", "-fixed"))]
+    return {"groups": [r.to_dict() for r in results], "deployable_peers": deployable,
+            "missing_files": missing, "notes": notes}
+
+
+def _train_points(path: Path, split: str, args: argparse.Namespace) -> tuple[dict[tuple[str, str], list[Point]] | None, str]:
+    """The peers' points on the TRAIN problems of each model x dataset, to choose their knobs the way a
+    user would deploy them; only when the dev split is reported (else None, with why)."""
+    if split != "dev":
+        return None, "peers chosen on train problems are shown with --split dev"
+    trajs, _, _ = read_trajectories(path, "train", args.quiet, args.final_answer)
+    cache = grade(trajs, args.grade_cache, args.quiet, args.grade_timeout,
+                  sample_path() / "grades.json" if path == sample_path() else None)
+    return {g: family_points(ts, cache, with_default=False) for g, ts in groups(trajs).items()}, ""
 
 
 def evaluate_governor(args: argparse.Namespace, path: Path) -> int:
@@ -86,18 +136,24 @@ def evaluate_governor(args: argparse.Namespace, path: Path) -> int:
         raise ValueError(f"--split on a Governor folder takes {', '.join(SPLITS)}, got {split!r}")
     spec: PolicySpec = parse_policy(args.policy) if args.policy else PolicySpec("default")
     started = time.perf_counter()
-    trajs = load_trajectories(path, split, args.quiet, args.final_answer)
-    cache = grade(trajs, args.grade_cache, args.quiet, args.grade_timeout,
-                  sample_path() / "grades.json" if path == sample_path() else None)
+    trajs, missing, runs = read_trajectories(path, split, args.quiet, args.final_answer)
+    notes = missing_notes(missing, runs)
+    for note in notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     by_group = groups(trajs)
     if spec.family == "deer" and all(any(t.trials is None for t in ts) for ts in by_group.values()):
         raise ValueError(f"{path} has no DEER trials (deer.jsonl.gz) for --policy {args.policy}")
+    train, why = _train_points(path, split, args)
+    cache = grade(trajs, args.grade_cache, args.quiet, args.grade_timeout,
+                  sample_path() / "grades.json" if path == sample_path() else None)
     tables: list[tuple[str, str, int, list[Point]]] = []
     with progress_bar("replay", args.quiet) as progress:
         task = progress.add_task("policy families", total=len(by_group))
         for (model, dataset), ts in by_group.items():
             progress.update(task, description=f"replay {model} {dataset}")
-            tables.append((model, dataset, len(ts), family_points(ts, cache, extra=spec)))
+            points = family_points(ts, cache, extra=spec)
+            peers = deployable_points(points, train.get((model, dataset)) if train is not None else None)
+            tables.append((model, dataset, len(ts), points + peers))
             progress.advance(task)
     from certaindex.evaluation.governor_report import plot_groups, render_group
 
@@ -105,7 +161,7 @@ def evaluate_governor(args: argparse.Namespace, path: Path) -> int:
         out.print(render_group(model, dataset, n, points))
     out.print(f"[dim]{len(trajs)} trajectories ({split} split) in {time.perf_counter() - started:.1f} s; "
               f"tokens count reasoning plus every probe / trial output token; saved = 1 - tokens / full reasoning's; "
-              f"harmful = wrong where full reasoning was right[/dim]")
+              f"harmful = wrong where full reasoning was right{'; ' + why if why else ''}[/dim]")
     if not args.no_png:
         png = Path(args.png) if args.png else Path(f"{path.name}-pareto.png")
         out.print(f"Pareto plot written to {plot_groups(tables, png)}")
@@ -113,6 +169,6 @@ def evaluate_governor(args: argparse.Namespace, path: Path) -> int:
         results = evaluate_policy(spec, trajs, cache)
         target = Path(args.json_out)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(_json_groups(results), indent=2) + "\n", encoding="utf-8")
+        target.write_text(json.dumps(_json_groups(results, missing, notes, tables), indent=2) + "\n", encoding="utf-8")
         out.print(f"--policy {spec.label}: {len(results)} groups written to {target}")
     return 0

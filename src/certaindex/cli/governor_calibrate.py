@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from certaindex.cli.common import out
+from certaindex.cli.common import EXIT_NO_ANSWER, out
 from certaindex.cli.governor import grade, load_trajectories
 
 __all__ = ["calibrate_governor"]
@@ -46,15 +46,15 @@ def calibrate_governor(args: argparse.Namespace, path: Path) -> int:
     data = score_profile_json(name, patterns, models, cal, command, f"{path}: {split_note}",
                               extra={"label_choice": "of the labels tried, the one whose certified threshold saves more "
                                      "on the calibration problems"} if len(labels) > 1 else None)
+    if cal.threshold is None:
+        out.print(f"[yellow]no threshold certified at alpha={alpha:g}, delta={args.delta:g} on {cal.n_cal} calibration "
+                  "trajectories[/yellow]: record more trajectories or loosen --alpha; no profile written")
+        return EXIT_NO_ANSWER
     target = Path(args.out)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    if cal.threshold is None:
-        out.print(f"[yellow]no threshold certified at alpha={alpha:g}, delta={args.delta:g} on {cal.n_cal} calibration "
-                  "trajectories: the profile never exits (full reasoning); record more trajectories or loosen --alpha[/yellow]")
-    else:
-        out.print(f"score {schedule} (label {cal.label}): threshold {cal.threshold:.4f} certified on {cal.n_cal} calibration "
-                  f"trajectories ({cal.cal_harmful} harmful exits, {100 * cal.cal_saved:.1f}% saved; fitted on {cal.n_fit}; "
-                  f"walk stopped by {cal.stopped_by})")
+    out.print(f"score {schedule} (label {cal.label}): threshold {cal.threshold:.4f} certified on {cal.n_cal} calibration "
+              f"trajectories ({cal.cal_harmful} harmful exits, {100 * cal.cal_saved:.1f}% saved; fitted on {cal.n_fit}; "
+              f"walk stopped by {cal.stopped_by})")
     out.print(f"profile {name} written to {target}")
     return 0

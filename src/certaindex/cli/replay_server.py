@@ -8,7 +8,7 @@ import logging
 import math
 from pathlib import Path
 
-from certaindex.cli.common import err
+from certaindex.cli.common import check_port, err, run_uvicorn
 
 __all__ = ["add_subcommands", "default_cost_model"]
 
@@ -39,8 +39,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="all", choices=["train", "dev", "all"], help="problems to serve (default all)")
     p.add_argument("--seeds", help="serve only these seeds, comma-separated (default: all)")
     p.add_argument("--seed-rule", default="round-robin", choices=["round-robin", "first", "request"],
-                   help="which seed a fresh request of a problem recorded under several gets: the next in turn "
-                   "(default), the lowest, or the request's seed modulo their number")
+                   help="which seed a fresh request of a problem recorded under several gets: round-robin "
+                   "(default; 'request' is its older name): the request's seed's recording, else the lowest for a "
+                   "greedy request, else the next in turn; first: always the lowest")
     p.add_argument("--served-model-name", help="the model id /v1/models reports (default: the recorded model's name, "
                    "e.g. deepseek-ai/DeepSeek-R1-Distill-Qwen-7B, so a proxy picks its profile)")
     p.add_argument("--chat-template", help="template for /v1/chat/completions (default: guessed from the model name)")
@@ -128,11 +129,12 @@ async def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     app, replay, clock, path = build(args)
+    check_port(args.host, args.port)  # before the banner: uvicorn would print its own, then fail to bind
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     err.print(f"replay-server: {replay.trajectories} trajectories of {replay.model_name} "
               f"({len(replay.problems)} problems), cost model {path.name}, speed {clock.speed:g}x, "
               f"http://{args.host}:{args.port}/v1", highlight=False)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5)
-    await uvicorn.Server(config).serve()
+    await run_uvicorn(uvicorn.Server(config), "replay-server")
     return 0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
-from certaindex.cli.common import quiet_http_logs
+from certaindex.cli.common import UsageError, check_port, err, quiet_http_logs, run_uvicorn
 from certaindex.core.validation import parse_json_object
 from certaindex.programs.cot import CoTConfig
 
@@ -23,7 +25,8 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--upstream", help="the engine URL, e.g. http://localhost:8000/v1, or several replicas "
                        "separated by commas "
                        "(default: the embedded engine in process)")
-    serve.add_argument("--model", help="the upstream model name (default: its first) or an embedded GGUF path")
+    serve.add_argument("--model", help="the upstream model name (default: its first), which then also picks the "
+                       "early-exit profile for every request, or an embedded GGUF path")
     serve.add_argument("--chat-template", help="chat template name (default: read from the engine or guessed)")
     serve.add_argument("--upstream-api-key", default=os.environ.get("CERTAINDEX_UPSTREAM_API_KEY"),
                        help="API key for the upstream (env CERTAINDEX_UPSTREAM_API_KEY)")
@@ -42,7 +45,8 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
                        "of the model's profile)")
     serve.add_argument("--k", type=int, default=None, help="default agreeing probes needed to stop (default 3)")
     serve.add_argument("--profile", default="auto",
-                       help="early-exit profile: auto (picked from --model's name; default), a shipped profile's name, "
+                       help="early-exit profile: auto (picked from the model name: --model, else each request's "
+                       "model, else the upstream's served model; default), a shipped profile's name, "
                        "a profile JSON file, or none (Dynasor's rule with --probe-interval and --k)")
     serve.add_argument("--plain-max-tokens", type=int, default=1024,
                        help="policy off on the embedded engine: most tokens when a request gives no max_tokens "
@@ -66,7 +70,10 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--upstream-timeout", type=float, default=300.0,
                        help="seconds one upstream read may take (default 300)")
     serve.add_argument("--request-timeout", type=float, default=900.0,
-                       help="seconds a whole request may take (default 900)")
+                       help="seconds a whole request may take from its arrival, retries included; then 504 "
+                       "(default 900)")
+    serve.add_argument("--upstream-headers-timeout", type=float, default=60.0,
+                       help="seconds a streamed upstream request's response headers may take; then 504 (default 60)")
     group = serve.add_argument_group("scheduling (docs/scheduler.md)")
     group.add_argument("--scheduler", default="certaindex", choices=["certaindex", "fcfs", "off"],
                        help="order the chat programs' upstream requests: certaindex (settled and urgent programs "
@@ -99,6 +106,7 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     from certaindex.evaluation.evaluate import apply_calibration, load_calibration
+    from certaindex.evaluation.profile_choice import ProfileChoice
     from certaindex.server.settings import ServerSettings
 
     from certaindex.cli.common import profile_reads_trials, resolve_profile
@@ -110,16 +118,23 @@ def settings_from_args(args: argparse.Namespace):
     embedded_logprobs = not args.upstream and profile_reads_trials(args)
     upstream = SimpleNamespace(returns_logprobs=bool(args.upstream) or embedded_logprobs,
                                name=args.upstream or "the embedded engine")
-    profile, why = resolve_profile(args, args.model, upstream)
-    if profile is not None:
-        cot = replace(cot, probe_interval=profile.probe_interval, probe_suffix=profile.probe_suffix,
-                      probe_tokens=profile.probe_tokens,
-                      **({"certainty": profile.rule} if profile.kind == "score" else {"k": int(profile.rule["k"])}))
-        from certaindex.cli.common import err
+    # With an upstream and no --model or rule flags, the proxy chooses per request (its model, else
+    # the upstream's served model); else the profile is chosen here, once.
+    per_model = (bool(args.upstream) and not args.model and (args.profile or "auto") == "auto"
+                 and not args.calibration and args.probe_interval is None and args.k is None)
+    profile, why = (None, "") if per_model else resolve_profile(args, args.model, upstream)
+    from certaindex.cli.common import err
 
+    if per_model:
+        err.print("early-exit profile: chosen per request, from its model, else the upstream's served model "
+                  "(GET /v1/models); each choice is logged once", highlight=False, soft_wrap=True)
+    elif profile is not None:
+        from certaindex.evaluation.profile_choice import apply_profile
+
+        cot = apply_profile(cot, profile)
         logprobs_note = "; the embedded engine keeps token logprobs for its DEER trials" if embedded_logprobs else ""
         err.print(f"early-exit profile {profile.label} ({why}){logprobs_note}; requests may still ask for k / "
-                  "probe_interval", highlight=False)
+                  "probe_interval", highlight=False, soft_wrap=True)
     elif args.calibration:
         cot = apply_calibration(cot, load_calibration(args.calibration), budget=True)
     extra = parse_json_object(args.extra_body, "--extra-body") or {}
@@ -133,9 +148,8 @@ def settings_from_args(args: argparse.Namespace):
             raise ValueError(f"--shadow-max-file-mb must be positive, got {args.shadow_max_file_mb}")
         check_writable_dir(args.shadow)
         policy = "full"
-        from certaindex.cli.common import err
-
-        err.print(f"shadow mode: chat requests get full reasoning; probes every {cot.probe_interval} tokens beside it "
+        every = "each model's profile interval" if per_model else f"{cot.probe_interval} tokens"
+        err.print(f"shadow mode: chat requests get full reasoning; probes every {every} beside it "
                   f"(extra upstream tokens); each program, prompt included, is written to {args.shadow}", highlight=False)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
@@ -145,15 +159,55 @@ def settings_from_args(args: argparse.Namespace):
             upstream_api_key=args.upstream_api_key, api_key=args.api_key or None, policy=policy,
             max_concurrency=args.max_concurrency, max_queue=args.max_queue,
             upstream_timeout_s=args.upstream_timeout, request_timeout_s=args.request_timeout,
+            upstream_headers_timeout_s=args.upstream_headers_timeout,
             log_content=args.log_content, engine_extra_body=extra, scheduler=args.scheduler,
             capacity=args.capacity, aging_s=args.aging, engine_priorities=args.engine_priorities,
             verbose=args.verbose, plain_max_tokens=args.plain_max_tokens, token_ids=args.token_ids,
             embedded_logprobs=embedded_logprobs,
             shadow_dir=getattr(args, "shadow", None) or None,
             shadow_max_file_bytes=max(1, int(getattr(args, "shadow_max_file_mb", 256.0) * 1024 * 1024)),
+            profile_per_model=per_model, check_model=bool(args.upstream),
+            profile=None if per_model else ProfileChoice(profile, why, args.model),
         ),
         cot=cot,
     )
+
+
+async def _upstream_state(root: str, api_key: str | None, timeout_s: float) -> str | None:
+    """None when ``root`` answers ``GET /v1/models`` below 500 (as ``/health`` counts it), else why not."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            status = (await client.get(f"{root}/v1/models", headers=headers)).status_code
+    except httpx.TimeoutException:
+        return f"no answer in {timeout_s:g} s"
+    except httpx.ConnectError:
+        return "cannot connect"
+    except httpx.HTTPError as exc:
+        return str(exc) or type(exc).__name__
+    return None if status < 500 else f"HTTP {status}"
+
+
+async def check_upstreams(upstream: str, api_key: str | None, timeout_s: float = 3.0) -> list[str]:
+    """Ask every upstream once at start, and say on stderr which do not answer: the proxy starts
+    anyway (an engine such as vLLM may still be loading), but a request it cannot send answers 502
+    and ``/health`` 503 until one does. Returns the warnings printed."""
+    from certaindex.engines.http import normalise_base_url
+
+    roots = [normalise_base_url(url) for url in upstream.split(",") if url.strip()]
+    states = await asyncio.gather(*(_upstream_state(root, api_key, timeout_s) for root in roots))
+    down = [f"{root} ({why})" for root, why in zip(roots, states) if why is not None]
+    if not down:
+        return []
+    if len(down) == len(roots):
+        line = (f"no upstream answers: {'; '.join(down)}. Serving anyway: requests get 502 and /health 503 until "
+                "one answers")
+    else:
+        line = f"upstream down: {'; '.join(down)}. Requests go to the {len(roots) - len(down)} that answer"
+    err.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+    return [line]
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -163,7 +217,13 @@ async def _serve(args: argparse.Namespace) -> int:
         from certaindex.server.app import create_app
     except ImportError as exc:  # a broken install: FastAPI, uvicorn and prometheus-client are core dependencies
         raise ValueError(f"`certaindex serve` cannot start, an install is broken: pip install certaindex ({exc})") from None
+    check_port(args.host, args.port)  # before the app starts: uvicorn binds only after its startup
+    if not args.upstream and args.model and not Path(args.model).expanduser().is_file():
+        raise UsageError(f"--model {args.model}: no such file (without --upstream, --model is the GGUF file of the "
+                         "embedded engine)")
     settings = settings_from_args(args)
+    if settings.upstream:
+        await check_upstreams(settings.upstream, settings.upstream_api_key)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_http_logs(args.verbose)
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
@@ -177,5 +237,5 @@ async def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level == "debug", timeout_graceful_shutdown=5)
-    await uvicorn.Server(config).serve()
+    await run_uvicorn(uvicorn.Server(config), "certaindex serve")
     return 0

@@ -9,17 +9,22 @@ failures ``EngineError`` (exit 1), as everywhere in the CLI.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
-from typing import Sequence
 
 from rich.console import Console
-from rich.table import Table
 
 from certaindex.cli import common
-from certaindex.cli.common import progress_bar, write_report
-from certaindex.cli.simulate_governor import add_governor_args
+from certaindex.cli.common import (
+    emit_table,
+    parse_floats,
+    parse_policies,
+    parse_slos,
+    progress_bar,
+    summary_table,
+    write_records,
+)
+from certaindex.cli.simulate_governor import add_governor_args, simulate_governor
 from certaindex.serving.loadgen import ProgramRecord, Summary, poisson_arrivals, summarise, trace_arrivals
 
 __all__ = ["add_subcommands", "loadtest_command", "simulate_command", "summary_table"]
@@ -30,37 +35,6 @@ BASELINE = "full-fcfs"
 
 
 # ------------------------------------------------------------------------------------ arguments
-
-
-def _floats(option: str, text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"{option} takes comma-separated numbers, e.g. 0.1,0.2; got {text!r}") from None
-    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
-        raise ValueError(f"{option} takes numbers > 0, got {text!r}")
-    return values
-
-
-def _policies(text: str) -> list[str]:
-    from certaindex.serving.loadtest import policy_spec
-
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise ValueError("--policies names no policy")
-    for name in names:
-        policy_spec(name)
-    if len(set(names)) != len(names):
-        raise ValueError(f"--policies names a policy twice: {text!r}")
-    return names
-
-
-def _slos(values: Sequence[float] | None) -> list[float]:
-    slos = list(values or [30.0])
-    for s in slos:
-        if not math.isfinite(s) or s <= 0:
-            raise ValueError(f"--slo takes seconds > 0, got {s}")
-    return list(dict.fromkeys(slos))
 
 
 def _add_serving_args(parser: argparse.ArgumentParser) -> None:
@@ -132,49 +106,6 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------ output
 
 
-def summary_table(rows: Sequence[tuple[str, Summary, Summary | None]], slos: Sequence[float], title: str) -> Table:
-    """One row per (label, summary, baseline): the figures, and ratios against the baseline."""
-    table = Table(title=title)
-    for column in ("run", "prog/s", "tok/s", "p50 s", "p90 s", "p99 s", "mean s"):
-        table.add_column(column, justify="left" if column == "run" else "right")
-    for slo in slos:
-        table.add_column(f"SLO {slo:g}s", justify="right")
-    for column in ("accuracy", "mean tokens", "prog/s ×", "tok/s ×", "latency ×"):
-        table.add_column(column, justify="right")
-    for label, s, base in rows:
-        ratio = s.ratio(base) if base is not None else None
-        table.add_row(
-            label,
-            f"{s.programs_per_s:.4f}",
-            f"{s.tokens_per_s:.1f}",
-            *(f"{s.latency[p]:.1f}" for p in (50, 90, 99)),
-            f"{s.mean_latency:.1f}",
-            *(f"{s.slo[float(slo)]:.0%}" for slo in slos),
-            f"{s.accuracy:.1%}",
-            f"{s.mean_tokens:.1f}",
-            *((f"{ratio['programs_per_s']:.2f}", f"{ratio['tokens_per_s']:.2f}", f"{ratio['mean_latency']:.2f}")
-              if ratio else ("", "", "")),
-        )
-    return table
-
-
-def _emit(table: Table, notes: Sequence[str], report: str | None) -> None:
-    console = Console(width=200)
-    console.print(table)
-    for note in notes:
-        console.print(note, highlight=False)
-    if report:
-        console.print(f"report written to {write_report(report, [table, *notes], 200)}")
-
-
-def _write_records(path: str, records: Sequence[tuple[dict, ProgramRecord]]) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", encoding="utf-8") as fh:
-        for extra, record in records:
-            fh.write(json.dumps({**extra, **record.to_dict()}) + "\n")
-
-
 # ------------------------------------------------------------------------------------ loadtest
 
 
@@ -198,8 +129,8 @@ async def loadtest_command(args: argparse.Namespace) -> int:
     from certaindex.core.datasets import load_dataset
     from certaindex.serving.loadtest import run_loadtest
 
-    policies = _policies(args.policies)
-    slos = _slos(args.slo)
+    policies = parse_policies(args.policies)
+    slos = parse_slos(args.slo)
     common.positive("limit", args.limit)
     common.positive("capacity", args.capacity)
     if args.offset < 0:
@@ -242,9 +173,9 @@ async def loadtest_command(args: argparse.Namespace) -> int:
         f"arrival + {slos[0]:g} s; ratios (×) against {BASELINE}" if base else "",
         "policies ran one after another on the same engine and the same arrival times",
     ]
-    _emit(summary_table(rows, slos, title), [n for n in notes if n], args.report)
+    emit_table(summary_table(rows, slos, title), [n for n in notes if n], args.report)
     if args.out:
-        _write_records(args.out, [({"problem_index": int(r.program_id.split(":")[1]), "requests": log.get(r.program_id, [])}, r)
+        write_records(args.out, [({"problem_index": int(r.program_id.split(":")[1]), "requests": log.get(r.program_id, [])}, r)
                                   for records in results.values() for r in records])
     return 0
 
@@ -258,10 +189,10 @@ async def simulate_command(args: argparse.Namespace) -> int:
     from certaindex.traces import read_traces
     from certaindex.traces.governor import is_governor_layout
 
+    if not Path(args.traces).exists():
+        raise ValueError(f"--traces {args.traces} does not exist (no such file or folder)")
     if Path(args.traces).is_dir() and is_governor_layout(args.traces):
-        from certaindex.cli.simulate_governor import simulate_governor
-
-        return await simulate_governor(args, _emit, summary_table)
+        return await simulate_governor(args)
     governor_only = [flag for flag, value in (("--dataset-mix", args.dataset_mix), ("--model", args.model),
                                               ("--find-rate", args.find_rate), ("--json", args.json),
                                               ("--no-deadlines", args.no_deadlines), ("--chunked-prefill", args.chunked_prefill),
@@ -271,11 +202,10 @@ async def simulate_command(args: argparse.Namespace) -> int:
     if args.exit_policy != "default" or args.split != "all":
         governor_only.append("--exit-policy/--split")
     if governor_only:
-        what = "is a trace file" if Path(args.traces).exists() else "does not exist"
-        raise ValueError(f"{', '.join(governor_only)} apply to Governor folders; {args.traces} {what}")
-    policies = _policies(args.policies)
-    slos = _slos(args.slo)
-    rates = _floats("--rates", args.rates)
+        raise ValueError(f"{', '.join(governor_only)} apply to Governor folders; {args.traces} is a trace file")
+    policies = parse_policies(args.policies)
+    slos = parse_slos(args.slo)
+    rates = parse_floats("--rates", args.rates)
     for name in ("programs", "replicas", "capacity", "k"):
         common.positive(name, getattr(args, name))
     cost = CostModel.load(args.cost_model)
@@ -309,7 +239,7 @@ async def simulate_command(args: argparse.Namespace) -> int:
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)
         paths = plot_sweep(results, slos, args.png, title=f"{Path(args.traces).name}, {args.replicas} replica(s)")
         notes.append("plots: " + ", ".join(paths))
-    _emit(summary_table(rows, slos, title), notes, args.report)
+    emit_table(summary_table(rows, slos, title), notes, args.report)
     if args.out:
-        _write_records(args.out, [({"rate": rate}, r) for (_, rate), (_, records) in results.items() for r in records])
+        write_records(args.out, [({"rate": rate}, r) for (_, rate), (_, records) in results.items() for r in records])
     return 0

@@ -20,7 +20,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from certaindex.cli.common import write_report
+from certaindex.cli import common
+from certaindex.cli.common import (
+    emit_table,
+    err,
+    parse_floats,
+    parse_policies,
+    parse_slos,
+    summary_table,
+    write_records,
+    write_report,
+)
 from certaindex.cli.governor import grade, load_trajectories
 from certaindex.evaluation.governor import PolicySpec, parse_policy
 from certaindex.evaluation.serving_plans import PLAN_FAMILIES, ProgramPlan, plan_for
@@ -215,7 +225,8 @@ def _headline(rows: Sequence[Workload], pool: dict[str, tuple[float, float, floa
         acc, tok, probes = pool[w.label]
         r = found.get(w.label)
         s = p90_at.get(w.label)
-        rate = "" if r is None else (f"{r.rate:.3f}" + ("" if r.bounded else "+"))
+        rate = "" if r is None else (f"{r.rate:.3f}" + ("" if r.bounded else "+") if r.rate > 0
+                                     else f"< {r.tried[0][0]:g}")  # even the lowest rate missed the target
         rate_x = f"{r.rate / base_rate:.2f}" if r is not None and base_rate else ""
         p90 = s.latency[90] if s is not None else None
         overrun = f"{r.summary.mean_overrun:.1f}" if r is not None and r.summary is not None else ""
@@ -225,25 +236,8 @@ def _headline(rows: Sequence[Workload], pool: dict[str, tuple[float, float, floa
     return table
 
 
-async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> int:
-    """The Governor branch of ``certaindex simulate`` (``emit`` and ``summary_table`` from cli.serving)."""
-    from certaindex.cli import common
-    from certaindex.cli.serving import _floats, _policies, _slos
-    from certaindex.serving.simulator import plot_sweep
-
-    if args.budget is not None or args.probe_interval is not None:
-        raise ValueError("--budget and --probe-interval apply to trace files; with a Governor folder choose the "
-                         "early-exit rule with --exit-policy (e.g. dynasor:k=8,interval=128)")
-    policies = _policies(args.policies)
-    slos = _slos(args.slo)
-    rates = _floats("--rates", args.rates)
-    for name in ("programs", "replicas", "capacity"):
-        common.positive(name, getattr(args, name))
-    if args.prompt_tokens < 0:
-        raise ValueError(f"--prompt-tokens must be >= 0, got {args.prompt_tokens}")
-    exits = exit_policies(args.exit_policy)
-    cost = CostModel.load(args.cost_model)
-    kv_tokens = _kv(args.kv_capacity, cost)
+def _trajectories(args: argparse.Namespace) -> tuple[list[Trajectory], dict[str, float | None], str]:
+    """The trajectories to serve (one model, the datasets of ``--dataset-mix``), the mix, and the model."""
     trajs = load_trajectories(args.traces, args.split, args.quiet)
     models = sorted({t.model for t in trajs})
     if args.model:
@@ -255,44 +249,28 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
                          "(a cost model is for one model shape)")
     mix = parse_mix(args.dataset_mix, sorted({t.dataset for t in trajs}))
     trajs = [t for t in trajs if t.dataset in mix]
-    cache = grade(trajs, args.grade_cache, args.quiet)
-    rows, plans = workloads_for(trajs, policies, exits, cache, prompt_tokens=args.prompt_tokens,
-                                suffix_tokens=cost.probe_suffix_tokens)
-    weights = _weights(trajs, mix)
-    console = Console(stderr=True, quiet=args.quiet)
+    return trajs, mix, args.model or models[0]
 
-    def done(label: str, rate: float, summary: Summary) -> None:
-        console.print(f"rate {rate:g}/s {label}: mean latency {summary.mean_latency:.1f} s, "
-                      f"within {slos[0]:g} s {summary.slo[slos[0]]:.0%}", highlight=False)
 
-    serving = Serving(capacity=args.capacity, replicas=args.replicas, aging_s=args.aging, kv_tokens=kv_tokens,
-                      deadlines=not args.no_deadlines, chunked_prefill=args.chunked_prefill,
-                      probe_timing=args.probe_timing or "side",
-                      side_probes_scheduled=args.side_probes == "scheduled")
+def _serving(args: argparse.Namespace, kv_tokens: int | None) -> Serving:
     if args.duration is not None and (not math.isfinite(args.duration) or args.duration <= 0):
         raise ValueError(f"--duration must be seconds > 0, got {args.duration}")
-    results = sweep_workloads(rows, cost, rates, serving, programs=args.programs, slos=slos, seed=args.seed,
-                              weights=weights, duration_s=args.duration, on_done=done)
-    table_rows: list[tuple[str, Summary, Summary | None]] = []
-    for rate in rates:
-        base = results.get((BASELINE, rate))
-        for w in rows:
-            table_rows.append((f"{rate:g}/s {w.label}", results[(w.label, rate)][0], base[0] if base else None))
-    datasets = ",".join(f"{d}" + (f"={w:g}" if w is not None else "") for d, w in mix.items())
-    what = f"{len(trajs)} {models[0] if not args.model else args.model} trajectories ({datasets}, split {args.split})"
-    per_rate = f"{args.duration:g} s of arrivals" if args.duration else f"{args.programs} programs"
-    title = (f"simulate: {per_rate} per rate drawn from {what}, {args.replicas} replica(s), "
-             f"capacity {args.capacity}, cost model {Path(args.cost_model).name}")
-    pool = {w.label: _pool(plans["full" if w.policy.startswith("full") else _exit_label(w, exits)], weights)
-            for w in rows}
-    timing = serving.probe_timing
-    notes = [
+    return Serving(capacity=args.capacity, replicas=args.replicas, aging_s=args.aging, kv_tokens=kv_tokens,
+                   deadlines=not args.no_deadlines, chunked_prefill=args.chunked_prefill,
+                   probe_timing=args.probe_timing or "side",
+                   side_probes_scheduled=args.side_probes == "scheduled")
+
+
+def _notes(args: argparse.Namespace, serving: Serving, cost: CostModel, kv_tokens: int | None,
+           exits: Sequence[PolicySpec], slos: Sequence[float]) -> list[str]:
+    """The lines under the sweep table saying how the programs were served."""
+    return [
         ("probe timing: side (one main stream per program, each probe or trial a separate request beside it in "
          "the batch, at most one in flight; on exit the stream is closed and its tokens past the deciding probe, "
          "the overrun, count as cost; side probes "
          + ("take a scheduler slot" if serving.side_probes_scheduled else "go straight to the engine, as live")
          + "); mean tokens and tokens × are the plans' (what evaluate counts), overrun comes on top"
-         if timing == "side" else
+         if serving.probe_timing == "side" else
          "probe timing: chunked (the reasoning pauses for each probe: a chunk up to each probe, then the probe)"),
         f"cost model: step_s = {cost.a:.3g} + {cost.b:.3g}*batch + {cost.c:.3g}*context; prefill {cost.prefill_s:.3g} "
         f"s/token (a probe computes only its {cost.probe_suffix_tokens}-token suffix: the prompt and reasoning are "
@@ -307,30 +285,93 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
         + ("none (--no-deadlines)" if args.no_deadlines else f"arrival + {slos[0]:g} s") + "; "
         f"ratios (×) against {BASELINE} at the same rate",
     ]
+
+
+def _find_rates(args: argparse.Namespace, rows: Sequence[Workload], cost: CostModel, serving: Serving,
+                rates: Sequence[float], slos: Sequence[float], weights: Sequence[float] | None,
+                console: Console) -> tuple[dict[str, RateResult], dict[str, Summary], float | None]:
+    """``--find-rate``: each row's highest rate with 90% within the first SLO (bisected), and every
+    row's summary at full-fcfs's highest rate (for the tightest SLO met there)."""
     found: dict[str, RateResult] = {}
+    for w in rows:
+        found[w.label] = max_rate(w, cost, slos[0], serving, lo=min(rates), hi=max(rates), programs=args.programs,
+                                  seed=args.seed, weights=weights, target=TARGET, ceiling=2 * max(rates),
+                                  duration_s=args.duration)
+        r = found[w.label]
+        shown = f"{r.rate:.3f}/s" if r.rate > 0 else f"none (at {r.tried[0][0]:g}/s only {r.tried[0][1]:.0%})"
+        console.print(f"{w.label}: highest rate with >= 90% within {slos[0]:g} s: {shown}", highlight=False)
+    missed = [label for label, r in found.items() if r.rate == 0]
+    if missed:
+        err.print(f"[yellow]note:[/yellow] {', '.join(missed)}: fewer than 90% of programs end within {slos[0]:g} s "
+                  f"even at {min(rates):g}/s, the lowest --rates: give a larger --slo (a program's own reasoning can "
+                  "take longer than it) or lower rates", highlight=False)
+    ref_rate = found[BASELINE].rate if BASELINE in found and found[BASELINE].rate > 0 else None
     p90_at: dict[str, Summary] = {}
-    ref_rate: float | None = None
-    if args.find_rate:
-        for w in rows:
-            found[w.label] = max_rate(w, cost, slos[0], serving, lo=min(rates), hi=max(rates), programs=args.programs,
-                                      seed=args.seed, weights=weights, target=TARGET, ceiling=2 * max(rates),
-                                      duration_s=args.duration)
-            console.print(f"{w.label}: highest rate with >= 90% within {slos[0]:g} s: {found[w.label].rate:.3f}/s",
-                          highlight=False)
-        ref_rate = found[BASELINE].rate if BASELINE in found and found[BASELINE].rate > 0 else None
     if ref_rate:
         sweep_ref = sweep_workloads(rows, cost, [ref_rate], serving, programs=args.programs, slos=slos,
                                     seed=args.seed, weights=weights, duration_s=args.duration)
         p90_at = {label: s for (label, _), (s, _) in sweep_ref.items()}
-    emit(summary_table(table_rows, slos, title), notes, None)
+    return found, p90_at, ref_rate
+
+
+async def simulate_governor(args: argparse.Namespace) -> int:
+    """The Governor branch of ``certaindex simulate``."""
+    from certaindex.serving.simulator import plot_sweep
+
+    if args.budget is not None or args.probe_interval is not None:
+        raise ValueError("--budget and --probe-interval apply to trace files; with a Governor folder choose the "
+                         "early-exit rule with --exit-policy (e.g. dynasor:k=8,interval=128)")
+    policies = parse_policies(args.policies)
+    slos = parse_slos(args.slo)
+    rates = parse_floats("--rates", args.rates)
+    for name in ("programs", "replicas", "capacity"):
+        common.positive(name, getattr(args, name))
+    if args.prompt_tokens < 0:
+        raise ValueError(f"--prompt-tokens must be >= 0, got {args.prompt_tokens}")
+    exits = exit_policies(args.exit_policy)
+    cost = CostModel.load(args.cost_model)
+    kv_tokens = _kv(args.kv_capacity, cost)
+    trajs, mix, model = _trajectories(args)
+    cache = grade(trajs, args.grade_cache, args.quiet)
+    rows, plans = workloads_for(trajs, policies, exits, cache, prompt_tokens=args.prompt_tokens,
+                                suffix_tokens=cost.probe_suffix_tokens)
+    weights = _weights(trajs, mix)
+    console = Console(stderr=True, quiet=args.quiet)
+
+    def done(label: str, rate: float, summary: Summary) -> None:
+        console.print(f"rate {rate:g}/s {label}: mean latency {summary.mean_latency:.1f} s, "
+                      f"within {slos[0]:g} s {summary.slo[slos[0]]:.0%}", highlight=False)
+
+    serving = _serving(args, kv_tokens)
+    results = sweep_workloads(rows, cost, rates, serving, programs=args.programs, slos=slos, seed=args.seed,
+                              weights=weights, duration_s=args.duration, on_done=done)
+    table_rows: list[tuple[str, Summary, Summary | None]] = []
+    for rate in rates:
+        base = results.get((BASELINE, rate))
+        for w in rows:
+            table_rows.append((f"{rate:g}/s {w.label}", results[(w.label, rate)][0], base[0] if base else None))
+    datasets = ",".join(f"{d}" + (f"={w:g}" if w is not None else "") for d, w in mix.items())
+    what = f"{len(trajs)} {model} trajectories ({datasets}, split {args.split})"
+    per_rate = f"{args.duration:g} s of arrivals" if args.duration else f"{args.programs} programs"
+    title = (f"simulate: {per_rate} per rate drawn from {what}, {args.replicas} replica(s), "
+             f"capacity {args.capacity}, cost model {Path(args.cost_model).name}")
+    pool = {w.label: _pool(plans["full" if w.policy.startswith("full") else _exit_label(w, exits)], weights)
+            for w in rows}
+    notes = _notes(args, serving, cost, kv_tokens, exits, slos)
+    found: dict[str, RateResult] = {}
+    p90_at: dict[str, Summary] = {}
+    ref_rate: float | None = None
+    if args.find_rate:
+        found, p90_at, ref_rate = _find_rates(args, rows, cost, serving, rates, slos, weights, console)
+    emit_table(summary_table(table_rows, slos, title), notes, None)
     extra_tables = []
     if found:
-        headline = _headline(rows, pool, found, p90_at, ref_rate, slos[0],
-                             f"headline: {what}; highest rate with >= 90% of programs within {slos[0]:g} s (bisected), "
-                             f"and the tightest SLO met by 90% (p90 latency) at full-fcfs's highest rate; "
-                             f"overrun: mean tokens per program streamed past the deciding probe, at the highest rate "
-                             f"(probe timing {timing})")
-        extra_tables.append(headline)
+        extra_tables.append(_headline(
+            rows, pool, found, p90_at, ref_rate, slos[0],
+            f"headline: {what}; highest rate with >= 90% of programs within {slos[0]:g} s (bisected), "
+            f"and the tightest SLO met by 90% (p90 latency) at full-fcfs's highest rate; "
+            f"overrun: mean tokens per program streamed past the deciding probe, at the highest rate "
+            f"(probe timing {serving.probe_timing})"))
     if args.png:
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)
         paths = plot_sweep(results, slos, args.png, title=f"{what}, {args.replicas} replica(s)")
@@ -342,9 +383,7 @@ async def simulate_governor(args: argparse.Namespace, emit, summary_table) -> in
     if args.json:
         _write_json(args.json, rows, rates, results, found, p90_at, ref_rate, pool, slos, what, kv_tokens, serving)
     if args.out:
-        from certaindex.cli.serving import _write_records
-
-        _write_records(args.out, [({"rate": rate}, r) for (_, rate), (_, records) in results.items() for r in records])
+        write_records(args.out, [({"rate": rate}, r) for (_, rate), (_, records) in results.items() for r in records])
     return 0
 
 

@@ -32,8 +32,10 @@ async def _solve(args: argparse.Namespace) -> int:
     common.cot_config(args, early_exit=not args.no_early_exit)  # bad flags fail before the engine loads
     engine = common.engine_from_args(args, logprobs=not args.no_early_exit and common.profile_reads_trials(args))
     try:
-        model_name = args.model or engine.name
+        model_name = args.model or await common.served_model_name(engine)
         config = common.cot_config(args, early_exit=not args.no_early_exit, model_name=model_name, engine=engine)
+        if args.compare and config.seed is None:  # one seed for both runs: a sampling server (or a replay
+            config = dataclasses.replace(config, seed=0)  # choosing among recorded seeds) gives both one trajectory
         rule = common.describe_rule(args, config, model_name, engine)
         result = await _solve_with_progress(engine, question, config, quiet=args.quiet or args.json)
         full: CoTResult | None = None
@@ -212,8 +214,9 @@ async def _bench(args: argparse.Namespace) -> int:
     sc = _sc_config(args)
     engine = common.engine_from_args(args, logprobs=args.program in LOGPROB_PROGRAMS or common.profile_reads_trials(args))
     try:
-        cot = common.cot_config(args, model_name=args.model or engine.name, engine=engine)
-        args.rule_line = common.describe_rule(args, cot, args.model or engine.name, engine)
+        model_name = args.model or await common.served_model_name(engine)
+        cot = common.cot_config(args, model_name=model_name, engine=engine)
+        args.rule_line = common.describe_rule(args, cot, model_name, engine)
         modes = programs_for(args.program, cot, sc, _deepconf_config(args, sc) if args.program == "deepconf" else None)
         with progress_bar("bench") as progress:
             task = progress.add_task(args.dataset, total=len(problems) * len(modes))

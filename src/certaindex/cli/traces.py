@@ -175,13 +175,16 @@ def add_subcommands(subparsers: Any) -> None:
     _add_policy_args(evaluate)
     group = evaluate.add_argument_group("Governor folders")
     group.add_argument("--policy", help="policy for --json: default (the profile the proxy applies to each model), full, "
-                       "oracle, dynasor:k=8[,interval=128], events:k=4, deer:0.95, or a profile .json file (default: default)")
+                       "oracle, dynasor:k=8[,interval=128], events:k=4, deer:0.95, profile:NAME (a shipped profile by name: "
+                       "generic, conservative or a family's), or a profile .json file (default: default)")
     group.add_argument("--grade-cache", help="grade cache file (default ~/.cache/certaindex/grades.json)")
     group.add_argument("--grade-timeout", type=float, default=5.0, help="seconds allowed per answer comparison (default 5)")
     group.add_argument("--final-answer", choices=("recorded", "extracted"), default="extracted",
                        help="full reasoning's answer: the recorded final_answer, or re-extracted from full_text with the project's extractor, as a live run would (default extracted)")
     group = evaluate.add_argument_group("output")
-    group.add_argument("--png", help="Pareto plot to write (default: next to the traces, <name>-pareto.png)")
+    group.add_argument("--png", help="Pareto plot to write (default: for a trace file, <name>-pareto.png next to it; "
+                       "for a Governor folder, <folder>-pareto.png in the current folder, as the folder is often "
+                       "shared, read-only data)")
     group.add_argument("--no-png", action="store_true", help="draw no plot")
     group.add_argument("--json", dest="json_out", help="also write every figure as JSON to this file")
     group.add_argument("--calibration-out", help="write the setting fitted on the calibration split (by --method) here")
@@ -294,6 +297,12 @@ def _read(args: argparse.Namespace):
     return traces
 
 
+def _exists(path: str) -> None:
+    """A wrong path is named as such, before any option is checked against what it would be."""
+    if not Path(path).exists():
+        raise ValueError(f"{path}: no such file or folder")
+
+
 async def calibrate_command(args: argparse.Namespace) -> int:
     from certaindex.evaluation.evaluate import (
         calibration_config,
@@ -306,6 +315,7 @@ async def calibrate_command(args: argparse.Namespace) -> int:
 
     from certaindex.traces.governor import is_governor_layout
 
+    _exists(args.traces)
     if is_governor_layout(args.traces):
         from certaindex.cli.governor_calibrate import calibrate_governor
 
@@ -326,16 +336,17 @@ async def calibrate_command(args: argparse.Namespace) -> int:
         outcomes = await replay_outcomes(traces, [full, *probes], lambda done, total: progress.update(task, completed=done))
     idx = list(range(len(traces.records)))
     choice = choose_setting(outcomes, probes, full, idx, args.method, args.alpha, args.delta, args.max_loss)
-    if choice.policy is None or choice.summary is None:
+    if choice.policy is None or choice.summary is None:  # nothing certified: one exit status for every input
         if args.method == "ltt":
             from certaindex.core.calibration import min_examples_for_certificate
 
-            raise ValueError(
-                f"no setting is certified at alpha={args.alpha}, delta={args.delta} on {len(idx)} traces (a setting "
-                f"needs about {min_examples_for_certificate(args.alpha, args.delta)}+ traces even without harmful "
-                "exits); record more traces, loosen --alpha/--delta, or use --method target"
-            )
-        raise ValueError(f"no setting is within --max-loss {args.max_loss} of full reasoning's accuracy")
+            why = (f"no setting is certified at alpha={args.alpha}, delta={args.delta} on {len(idx)} traces (a setting "
+                   f"needs about {min_examples_for_certificate(args.alpha, args.delta)}+ traces even without harmful "
+                   "exits); record more traces, loosen --alpha/--delta, or use --method target")
+        else:
+            why = f"no setting is within --max-loss {args.max_loss} of full reasoning's accuracy"
+        err.print(f"[yellow]{escape(why)}[/yellow]; nothing written", highlight=False)
+        return common.EXIT_NO_ANSWER
     config = calibration_config(choice, traces, args.alpha, args.delta, args.max_loss)
     path = write_calibration(args.out, config)
     s, f = choice.summary, choice.full
@@ -361,6 +372,7 @@ async def evaluate_command(args: argparse.Namespace) -> int:
         return evaluate_governor(args, sample_path())
     if not args.traces:
         raise ValueError("evaluate needs a PATH (a trace file or a Governor folder) or --sample")
+    _exists(args.traces)
     if is_governor_layout(args.traces):
         return evaluate_governor(args, Path(args.traces))
     if args.policy or args.grade_cache:

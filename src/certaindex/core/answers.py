@@ -313,8 +313,8 @@ def _clean(answer: str) -> str:
     """Strip formatting, units and ``x =`` so that only the value is left (before any parsing)."""
     s = _strip_delimiters(answer)
     s = s.replace("\\$", "").replace("$", "")
-    # Digit-group separators: 1{,}000, 1\,000, 1\!000 -> 1,000.
-    s = re.sub(r"(?<=\d)(?:\{,\}|\\,|\\!|\\;|\\ )(?=\d{3}(?!\d))", ",", s)
+    # Digit-group separators: 1{,}000, 1\,000, 1\!000, 10,\!080 (a comma then a negative thin space) -> 1,000.
+    s = re.sub(r"(?<=\d)(?:(?:\{,\}|,)?\\[,!; ]|\{,\})(?=\d{3}(?!\d))", ",", s)
     s = re.sub(r"\\left\b|\\right\b", "", s)
     s = re.sub(r"(?<!\\)\\[,;:! ]", " ", s)  # thin spaces; a double backslash (matrix row break) stays
     s = re.sub(r"(?<![\\A-Za-z])pi(?![A-Za-z])", r"\\pi", s)  # "3 pi" is 3*pi, not 3*p*i

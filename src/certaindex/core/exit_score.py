@@ -19,6 +19,7 @@ serialise to JSON inside a profile; :func:`fit_logistic` fits it with Newton ste
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from dataclasses import dataclass, field
@@ -487,7 +488,7 @@ class LiveScore:
         if grid:
             self._grid_done = at_tokens // self.every
         think = self.text.find(THINK_CLOSE)
-        closed = think >= 0 and int(_tokens_at(np.asarray(self._ends or [0]), [think + len(THINK_CLOSE)])[0]) <= at_tokens
+        closed = think >= 0 and self._token_at(think + len(THINK_CLOSE)) <= at_tokens
         if closed and not self._tc_done and (grid or "tc" in self.parts):
             self._tc_done = True
             return True
@@ -501,7 +502,6 @@ class LiveScore:
         if not self.reads_trials:
             return []
         found: list[tuple[int, int]] = []
-        ends = np.asarray(self._ends or [0], dtype=np.int64)
         for m in TRIAL_RE.finditer(self.text, self._trial_scan):
             if m.end() >= len(self.text) and not final:
                 break
@@ -509,8 +509,15 @@ class LiveScore:
             if self.trials_offered >= self.trial_max:
                 continue
             self.trials_offered += 1
-            found.append((m.start(), int(_tokens_at(ends, [m.start()])[0]) if m.start() else 0))
+            found.append((m.start(), self._token_at(m.start()) if m.start() else 0))
+        else:  # no word left unconfirmed: the next scan starts where a new "Wait" could (not from the last one)
+            self._trial_scan = max(self._trial_scan, len(self.text) - len("Wait"))
         return found
+
+    def _token_at(self, char: int) -> int:
+        """``_tokens_at`` for one offset, by bisection on the list: called on every streamed piece, it
+        must not copy the whole list into an array (quadratic in the reasoning's length)."""
+        return bisect.bisect_left(self._ends or [0], char) + 1
 
     def trial_pending(self) -> bool:
         """A "Wait" ends right at the end of the text, not yet confirmed as a trial point."""

@@ -35,6 +35,7 @@ def make_engine(
     extra_body: dict | None = None,
     timeout_s: float = 300.0,
     verbose: bool = False,
+    headers_timeout_s: float = 60.0,
     token_ids: bool = False,
 ) -> Engine:
     """Build an engine from a command-line style spec.
@@ -42,7 +43,8 @@ def make_engine(
     ``embedded`` (the default model), ``embedded:/path/model.gguf`` or a ``.gguf`` path run llama.cpp
     in process; ``http://host:port`` (with or without ``/v1``) talks to an OpenAI-compatible server,
     ``model`` naming the served model (default: the server's first; ``timeout_s``: how long one
-    read from it may take; ``verbose``: let llama.cpp's own log through; ``token_ids``: the server
+    read from it may take; ``headers_timeout_s``: how long a streamed
+    request's response headers may take; ``verbose``: let llama.cpp's own log through; ``token_ids``: the server
     reports and takes token ids, as vLLM does). Several comma-separated URLs
     (``http://a:8000/v1,http://b:8000/v1``) are replicas of one model behind a ReplicatedEngine.
     """
@@ -58,7 +60,7 @@ def make_engine(
             raise EngineConfigError(f"a replica is named twice in {spec!r}")
         engines = [
             HTTPEngine(url, model=model, chat_template=chat_template, api_key=api_key, extra_body=extra_body,
-                       timeout_s=timeout_s, token_ids=token_ids)
+                       timeout_s=timeout_s, headers_timeout_s=headers_timeout_s, token_ids=token_ids)
             for url in urls
         ]
         if len(engines) == 1:

@@ -9,13 +9,16 @@ sample without the others, and still shares the prefix on engines with prefix ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from typing import Any, AsyncIterator, Sequence
 
 import httpx
 
+from certaindex.engines.deadline import capped, remaining_s
 from certaindex.engines.pool import ShardedClient
+from certaindex.engines.sse import SSEError, SSEReader, parse_logprobs, token_ids
 from certaindex.engines.chat_template import ChatTemplate, ChatTemplateError, guess_template_name
 from certaindex.engines.base import (
     Choice,
@@ -62,6 +65,7 @@ class HTTPEngine(Engine):
         api_key: str | None = None,
         timeout_s: float = 300.0,
         connect_timeout_s: float = 10.0,
+        headers_timeout_s: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
         max_connections: int = 1024,
@@ -73,8 +77,15 @@ class HTTPEngine(Engine):
         token-id prompts, as vLLM does; probes then continue the model's exact tokens.
         ``concurrent_streams``: the server runs requests side by side (vLLM, SGLang, llama.cpp's
         server), so probes can run beside an open reasoning stream; None: yes, unless
-        ``GET /v1/models`` names a server that runs one request at a time (llama-cpp-python's)."""
+        ``GET /v1/models`` names a server that runs one request at a time (llama-cpp-python's).
+        ``timeout_s``: one read of a generation may take this long. ``headers_timeout_s``: a streamed
+        generation's response headers, and a setup request's answer, must come within this (a
+        server that accepted the connection and hangs is given up on then, not after ``timeout_s``).
+        Every attempt is also cut at the request's deadline (:mod:`certaindex.engines.deadline`)."""
         self.base_url = normalise_base_url(base_url)
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.headers_timeout_s = headers_timeout_s
         self.token_ids = token_ids
         self._concurrent = concurrent_streams
         self._one_at_a_time = False
@@ -240,78 +251,75 @@ class HTTPEngine(Engine):
         """Server-sent events from the completions endpoint. Leaving the loop closes the connection,
         which makes vLLM, SGLang and llama.cpp abort the generation upstream.
 
-        Token counts come from per-token logprobs when asked for, else one per event, corrected by
-        the final usage report where the server sends one (``stream_options.include_usage``)."""
+        What the socket delivered is read at once (:mod:`certaindex.engines.sse`): a reader that
+        fell behind catches up in few large pieces, not one Python round per event. Token counts
+        come from ``token_ids``, else per-token logprobs, else one per event, corrected by the final
+        usage report where the server sends one (``stream_options.include_usage``)."""
         if request.n != 1:
             raise ValueError("stream() takes n=1; start one stream per sample")
         await self.connect()
         body = self._body(request, request.seed, stream=True)
         try:
-            async with self._client.stream("POST", "/v1/completions", json=body) as response:
+            async with self._open_stream(body) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise EngineError(
                         f"{self.base_url}/v1/completions answered HTTP {response.status_code}: {_error_text(response)}"
                     )
-                counted = 0
-                prompt_tokens: int | None = None
-                finish: str | None = None
-                prompt_ids: tuple[int, ...] | None = None  # passed on with the next piece
-                lines = response.aiter_lines()
-                async for line in lines:
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[len("data:") :].strip()
-                    if data == "[DONE]":
-                        break
-                    try:
-                        event = json.loads(data)
-                    except json.JSONDecodeError:
-                        raise EngineError(f"malformed stream event from {self.base_url}: {data[:200]!r}") from None
-                    if not isinstance(event, dict):
-                        raise EngineError(f"malformed stream event from {self.base_url}: {data[:200]!r}")
-                    if event.get("error"):
-                        raise EngineError(f"{self.base_url} reported an error mid-stream: {event['error']}")
-                    usage = event.get("usage") or {}
-                    if usage.get("prompt_tokens") is not None:
-                        prompt_tokens = int(usage["prompt_tokens"])
-                    for raw in event.get("choices") or []:
-                        text = raw.get("text") or ""
-                        logprobs = _parse_logprobs(raw.get("logprobs"))
-                        ids = _ids(raw.get("token_ids"))
-                        prompt_ids = _ids(raw.get("prompt_token_ids")) or prompt_ids
-                        tokens = (len(ids) if ids is not None else len(logprobs) if logprobs is not None
-                                  else (1 if text else 0))
-                        counted += tokens
-                        finish = raw.get("finish_reason") or finish
-                        if text or logprobs or ids:
-                            yield StreamDelta(text=text, tokens=tokens, logprobs=logprobs, token_ids=ids,
-                                              prompt_ids=prompt_ids)
-                            prompt_ids = None
-                    if usage.get("completion_tokens") is not None and int(usage["completion_tokens"]) > counted:
-                        extra = int(usage["completion_tokens"]) - counted
-                        counted += extra
-                        yield StreamDelta(text="", tokens=extra)
-                await _read_to_end(lines)
-                if finish is None:
+                reader = SSEReader()
+                chunks = response.aiter_bytes()
+                try:
+                    async for chunk in chunks:  # whatever the socket holds: parsed and handed up at once
+                        for delta in reader.feed(chunk):
+                            yield delta
+                        if reader.done:
+                            break
+                    for delta in reader.close():
+                        yield delta
+                except SSEError as exc:
+                    raise EngineError(f"{self.base_url}: {exc}") from None
+                await _read_to_end(chunks)
+                if reader.finish is None:
                     raise EngineError(f"the stream from {self.base_url} ended before the completion finished")
-                yield StreamDelta(text="", tokens=0, finish_reason=finish, prompt_tokens=prompt_tokens)
+                yield StreamDelta(text="", tokens=0, finish_reason=reader.finish, prompt_tokens=reader.prompt_tokens)
         except httpx.TimeoutException as exc:
             raise EngineError(f"the engine at {self.base_url} timed out while streaming: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
             raise EngineError(f"streaming from {self.base_url} failed: {exc or type(exc).__name__}") from exc
 
+    def _attempt_timeout(self, read_s: float) -> httpx.Timeout:
+        """One attempt's timeouts, cut at the current request's deadline."""
+        read = capped(read_s)
+        return httpx.Timeout(read, connect=min(self.connect_timeout_s, read))
+
+    @contextlib.asynccontextmanager
+    async def _open_stream(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """A streamed completion whose response headers must come within ``headers_timeout_s``."""
+        wait = capped(self.headers_timeout_s)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(wait):
+                    response = await stack.enter_async_context(self._client.stream(
+                        "POST", "/v1/completions", json=body, timeout=self._attempt_timeout(self.timeout_s)))
+            except TimeoutError:
+                raise EngineError(f"the engine at {self.base_url} sent no response headers in {wait:.3g} s "
+                                  "(timed out)") from None
+            yield response
+
     async def _request_json(
         self, method: str, path: str, json: dict[str, Any] | None = None, retries: int | None = None
     ) -> dict[str, Any]:
+        """One JSON request, retried on connection failures and transient statuses while the request's
+        deadline leaves time. A timed-out read is not retried: a hung server would hang again."""
         retries = self.max_retries if retries is None else retries
+        read_s = self.timeout_s if path == "/v1/completions" else self.headers_timeout_s
         for attempt in range(retries + 1):
             try:
-                response = await self._client.request(method, path, json=json)
+                response = await self._client.request(method, path, json=json, timeout=self._attempt_timeout(read_s))
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 error = EngineError(f"cannot reach the engine at {self.base_url}: {exc or type(exc).__name__}")
             except httpx.TimeoutException as exc:
-                error = EngineError(f"the engine at {self.base_url} timed out on {path}: {type(exc).__name__}")
+                raise EngineError(f"the engine at {self.base_url} timed out on {path}: {type(exc).__name__}") from exc
             except httpx.HTTPError as exc:
                 error = EngineError(f"HTTP error talking to {self.base_url}{path}: {exc or type(exc).__name__}")
             else:
@@ -331,7 +339,11 @@ class HTTPEngine(Engine):
                 if response.status_code not in TRANSIENT_STATUS:
                     raise error
             if attempt < retries:
-                await asyncio.sleep(self.backoff_s * (2**attempt) * (1 + 0.1 * random.random()))
+                delay = self.backoff_s * (2**attempt) * (1 + 0.1 * random.random())
+                left = remaining_s()
+                if left is not None and left <= delay:
+                    break  # no time for another attempt before the request's deadline
+                await asyncio.sleep(delay)
         raise error
 
     async def tokenize(self, text: str) -> tuple[int, ...]:
@@ -425,39 +437,5 @@ def parse_completion_choice(payload: dict[str, Any], where: str = "engine") -> t
         raise EngineError(f"malformed completion from {where}: {exc}: {str(payload)[:200]}") from exc
 
 
-def _ids(raw: Any) -> tuple[int, ...] | None:
-    """A list of token ids from a server, or None when it sent none (or something else)."""
-    if isinstance(raw, list) and raw and all(isinstance(i, int) for i in raw):
-        return tuple(raw)
-    return None
-
-
-def _parse_logprobs(raw: Any) -> tuple[TokenLogprobs, ...] | None:
-    """Completions logprobs: the legacy parallel lists tokens / token_logprobs / top_logprobs (vLLM,
-    SGLang), or a ``content`` list of {token, logprob, top_logprobs: [{token, logprob}]} (llama.cpp's
-    server answers /v1/completions in the chat format)."""
-    if not raw:
-        return None
-    if isinstance(raw.get("content"), list):
-        return tuple(
-            TokenLogprobs(
-                token=str(item.get("token", "")),
-                logprob=float(item["logprob"]) if item.get("logprob") is not None else 0.0,
-                top={str(t.get("token", "")): float(t["logprob"]) for t in item.get("top_logprobs") or []
-                     if isinstance(t, dict) and t.get("logprob") is not None},
-            )
-            for item in raw["content"] if isinstance(item, dict)
-        )
-    tokens = raw.get("tokens") or []
-    token_lps = raw.get("token_logprobs") or []
-    tops = raw.get("top_logprobs") or [None] * len(tokens)
-    out = []
-    for token, lp, top in zip(tokens, token_lps, tops):
-        out.append(
-            TokenLogprobs(
-                token=str(token),
-                logprob=float(lp) if lp is not None else 0.0,
-                top={str(k): float(v) for k, v in (top or {}).items()},
-            )
-        )
-    return tuple(out)
+_ids = token_ids
+_parse_logprobs = parse_logprobs

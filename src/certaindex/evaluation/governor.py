@@ -7,14 +7,15 @@ and :func:`family_points` every point of every policy family for the tables and 
 
 Policies (``--policy``): ``default`` (the shipped profile the proxy would apply to each
 trajectory's model), ``full``, ``oracle``, ``dynasor:k=8[,interval=128]``, ``events:k=4``,
-``deer:0.95``, or the path of a profile JSON file.
+``deer:0.95``, ``profile:NAME`` (a shipped profile by name, applied to every model), or the path
+of a profile JSON file.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -29,7 +30,7 @@ from certaindex.evaluation.peers import (
     full_reasoning,
     oracle,
 )
-from certaindex.evaluation.profiles import Profile, load_profile, profile_for_model
+from certaindex.evaluation.profiles import Profile, load_profile, profile_for_model, shipped_profiles
 from certaindex.evaluation.score_policy import THRESHOLDS, sweep_score
 from certaindex.traces.governor import Trajectory
 
@@ -42,7 +43,9 @@ __all__ = [
     "GroupResult",
     "Point",
     "PolicySpec",
+    "DEER_FIXED",
     "best_in_band",
+    "deployable_points",
     "evaluate_policy",
     "family_points",
     "final_answer",
@@ -50,6 +53,7 @@ __all__ = [
     "groups",
     "parse_policy",
     "run_policy",
+    "shipped_profile",
     "with_final_answers",
 ]
 
@@ -62,6 +66,8 @@ DEER_THRESHOLDS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9995)
 # accuracy (every third LTT candidate, conservative first).
 SCORE_SWEEP: tuple[float, ...] = tuple(THRESHOLDS[::3])
 FINAL_SOURCES = ("recorded", "extracted")
+DEER_FIXED = 0.999  # DEER's threshold fixed in advance (no tuning): reported beside the tuned peers
+DEPLOYED = ("dynasor", "events", "deer")  # the peers whose knob a user chooses on train problems
 
 
 # ------------------------------------------------------------------------------ policies
@@ -96,11 +102,15 @@ def _interval(value: int, what: str) -> int:
 
 def parse_policy(text: str) -> PolicySpec:
     """``default``, ``full``, ``oracle``, ``dynasor:k=8[,interval=128]``, ``events:k=4``,
-    ``deer:0.95``, or a profile JSON path; ``ValueError`` with the accepted forms otherwise."""
-    forms = "default, full, oracle, dynasor:k=8[,interval=128], events:k=4, deer:0.95 or a profile .json file"
+    ``deer:0.95``, ``profile:NAME`` (a shipped profile applied to every model) or a profile JSON
+    path; ``ValueError`` with the accepted forms otherwise."""
+    forms = ("default, full, oracle, dynasor:k=8[,interval=128], events:k=4, deer:0.95, profile:NAME "
+             "or a profile .json file")
     text = text.strip()
     if text in ("default", "full", "oracle"):
         return PolicySpec(text)
+    if text.startswith("profile:"):
+        return PolicySpec("profile", profile=shipped_profile(text[len("profile:"):].strip()))
     m = re.fullmatch(r"(dynasor|events):(.*)", text)
     if m:
         params: dict[str, int] = {}
@@ -130,6 +140,17 @@ def parse_policy(text: str) -> PolicySpec:
         _interval(profile.probe_interval, f"profile {text}")
         return PolicySpec("profile", profile=profile)
     raise ValueError(f"--policy {text!r} is not a policy; use {forms}")
+
+
+def shipped_profile(name: str) -> Profile:
+    """The shipped profile called ``name``; ``ValueError`` listing the shipped names otherwise."""
+    shipped = {p.name: p for p in shipped_profiles()}
+    if name not in shipped:
+        raise ValueError(f"--policy profile:{name}: no shipped profile is called {name!r}; "
+                         f"the shipped profiles are {', '.join(sorted(shipped))}")
+    profile = shipped[name]
+    _interval(profile.probe_interval, f"profile {name}")
+    return profile
 
 
 def final_answer(traj: Trajectory, source: str = "extracted") -> str | None:
@@ -286,9 +307,10 @@ def family_points(ts: Sequence[Trajectory], cache: GradeCache,
                   profile_for: Callable[[str], Profile] = profile_for_model,
                   ks: Sequence[int] = DYNASOR_KS, intervals: Sequence[int] = DYNASOR_INTERVALS,
                   event_ks: Sequence[int] = EVENT_KS, thresholds: Sequence[float] = DEER_THRESHOLDS,
-                  extra: PolicySpec | None = None) -> list[Point]:
+                  extra: PolicySpec | None = None, with_default: bool = True) -> list[Point]:
     """Every setting of every family on one group of trajectories (one model x dataset), plus the
-    ``extra`` policy (family "policy") where it applies."""
+    ``extra`` policy (family "policy") where it applies. ``with_default=False`` leaves out the
+    default profile and its score sweep (the peers alone, e.g. to choose their knobs on train)."""
     key = cache.key
     corrects = [(lambda a, tg=t.target: cache.correct(a, tg)) for t in ts]
     fulls = [full_reasoning(t, c) for t, c in zip(ts, corrects)]
@@ -306,6 +328,8 @@ def family_points(ts: Sequence[Trajectory], cache: GradeCache,
         for th in thresholds:
             points.append(_point("deer", f"deer {th:g}", [deer(t, th, c) for t, c in zip(ts, corrects)], fulls))
     points.append(_point("oracle", "oracle bound", [oracle(t, c) for t, c in zip(ts, corrects)], fulls))
+    if not with_default:
+        return points
     profiles = {profile_for(t.model_name).name: profile_for(t.model_name) for t in ts}
     names = sorted(p.label for p in profiles.values())
     if len(profiles) == 1 and next(iter(profiles.values())).kind == "score":
@@ -329,3 +353,26 @@ def best_in_band(points: Iterable[Point], family: str, full_accuracy: float, ban
     """The point of ``family`` saving the most tokens with accuracy >= full - ``band``."""
     ok = [p for p in points if p.family == family and p.accuracy >= full_accuracy - band - 1e-12]
     return max(ok, key=lambda p: p.saved) if ok else None
+
+
+def deployable_points(points: Sequence[Point], train: Sequence[Point] | None, band: float = 0.01) -> list[Point]:
+    """The peers as a user would deploy them, read off ``points`` (the reported problems): each
+    peer's setting chosen on the ``train`` points of the same model x dataset (the one saving most
+    within ``band`` of full reasoning's accuracy there; where none is, the user keeps full
+    reasoning), family ``<peer>-train``; and DEER at the fixed threshold :data:`DEER_FIXED`
+    (family ``deer-fixed``). Peers without points here (no event probes, no trials) are left out."""
+    full = next(p for p in points if p.family == "full")
+    out: list[Point] = []
+    for family in DEPLOYED if train is not None else ():
+        if not any(p.family == family for p in points) or not any(p.family == family for p in train or ()):
+            continue
+        train_full = next(p for p in train or () if p.family == "full")
+        chosen = best_in_band(train or (), family, train_full.accuracy, band)
+        match = [p for p in points if chosen is not None and p.family == family and p.label == chosen.label]
+        if match:
+            out.append(replace(match[0], family=f"{family}-train"))
+        else:
+            out.append(replace(full, family=f"{family}-train", label="none in band on train: full reasoning"))
+    fixed = [p for p in points if p.family == "deer" and p.label == f"deer {DEER_FIXED:g}"]
+    out += [replace(p, family="deer-fixed") for p in fixed]
+    return out

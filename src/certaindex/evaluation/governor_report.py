@@ -13,12 +13,18 @@ from certaindex.evaluation.governor import Point, best_in_band
 
 __all__ = ["FAMILY_ROWS", "group_rows", "plot_groups", "render_group", "text_table"]
 
-# (family, row label); "best" rows show the family's point saving most within the accuracy band.
+# (family, row label); "best" rows show the family's point saving most within the accuracy band, chosen
+# in-sample; "chosen on train" rows show the setting a user would deploy, chosen on the train problems
+# (:func:`certaindex.evaluation.governor.deployable_points`).
 FAMILY_ROWS = (
     ("full", "full reasoning"),
     ("dynasor", "dynasor, best within band"),
     ("events", "events, best within band"),
     ("deer", "DEER, best within band"),
+    ("dynasor-train", "dynasor, chosen on train"),
+    ("events-train", "events, chosen on train"),
+    ("deer-train", "DEER, chosen on train"),
+    ("deer-fixed", "DEER, fixed threshold"),
     ("oracle", "oracle bound"),
     ("default", "certaindex default"),
     ("score", "default's score, best within band"),
@@ -41,7 +47,8 @@ def group_rows(points: Sequence[Point], band: float = 0.01) -> list[tuple[str, P
 
 
 def render_group(model: str, dataset: str, n: int, points: Sequence[Point], band: float = 0.01) -> Table:
-    table = Table(title=f"{model} · {dataset} (n={n}; band: accuracy within {100 * band:g} point of full, chosen in-sample)")
+    table = Table(title=f"{model} · {dataset} (n={n}; band: accuracy within {100 * band:g} point of full; "
+                        "'best within band' chosen in-sample, 'chosen on train' on the train problems)")
     for col in ("policy", "setting", "accuracy", "mean tokens", "saved", "harmful"):
         table.add_column(col, justify="left" if col in ("policy", "setting") else "right")
     for label, p in group_rows(points, band):

@@ -50,6 +50,7 @@ __all__ = [
     "HeldOut",
     "Rotation",
     "calibrate",
+    "certify_model",
     "check_schedule",
     "fit_split",
     "fitted_scores",
@@ -352,6 +353,25 @@ def _certify(tab: _Table, scores: np.ndarray, cal_ids: np.ndarray, groups: np.nd
         index = guard_fail[0] - 1 if guard_fail[0] > 0 else None
         stopped = f"stratum {guard_fail[1]}"
     return index, stopped, runs
+
+
+def certify_model(trajs: Sequence[Trajectory], schedule: str, model: ScoreModel, key: KeyFn,
+                  correct: Callable[[Trajectory, str | None], bool], alpha: float, delta: float,
+                  label: str = "noharm") -> Calibration:
+    """An already fitted score (a shipped profile's) with its threshold re-certified on ``trajs``, all
+    of them calibration (nothing is fitted, so none is spent on fitting): the same Learn-then-Test
+    walk as :func:`calibrate`, without the stratum guard (one user's traffic is one stratum)."""
+    check_schedule(schedule)
+    trajs = list(trajs)
+    tab = _table(trajs, schedule, key, correct)
+    scores = model.score(tab.X) if len(tab.X) else np.zeros(0)
+    ids = np.arange(len(trajs))
+    index, stopped, runs = _certify(tab, scores, ids, None, alpha, delta)
+    threshold = THRESHOLDS[index] if index is not None else None
+    tok, cor = _replay(tab, runs, ids, threshold)
+    full_tok = tab.tokens_used.mean() if len(trajs) else 0.0
+    return Calibration(schedule, model, threshold, alpha, delta, 0, len(trajs), int(((~cor) & tab.final_ok).sum()),
+                       float(1 - tok.mean() / full_tok) if full_tok else 0.0, stopped, {"all": len(trajs)}, label, False)
 
 
 def part_of(t: Trajectory) -> int:

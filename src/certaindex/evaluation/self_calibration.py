@@ -1,5 +1,6 @@
-"""Calibrating Dynasor's rule on a user's own traces (shadow traffic, or ``certaindex record``):
-pure functions, no I/O.
+"""Calibrating Dynasor's rule and the certainty score on a user's own traces (shadow traffic, or
+``certaindex record``): pure functions, no I/O. The score part (:func:`calibrate_score`) turns the
+traces into trajectories (:func:`as_trajectories`) and uses :mod:`certaindex.evaluation.score_policy`.
 
 Each trace holds the probe at every g tokens of a full-reasoning run, so the rule "stop when the
 last k probes, taken every m*g tokens, agree and none hesitates" is replayed exactly by reading
@@ -21,16 +22,22 @@ traces a setting needs before its observed harmful rate would pass.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Hashable, Literal, Optional, Sequence
 
 from certaindex.core.answers import answers_equal
 from certaindex.core.calibration import LTTResult, binomial_cdf, ltt_fixed_sequence
 from certaindex.core.exit_policy import Dynasor, Observation
 from certaindex.traces.format import TraceRecord
+from certaindex.traces.governor import Probe, Trajectory
 
 __all__ = [
     "Candidate",
+    "ScoreCandidate",
+    "as_trajectories",
+    "calibrate_score",
+    "score_schedule",
     "Reference",
     "SelfCalibration",
     "calibrate_dynasor",
@@ -41,6 +48,7 @@ __all__ = [
 
 Reference = Literal["full", "gold"]
 Equal = Callable[[str | None, str | None], bool]
+KeyFn = Callable[[Optional[str]], Optional[Hashable]]
 
 
 def same_answer(a: str | None, b: str | None) -> bool:
@@ -194,3 +202,82 @@ def calibrate_dynasor(
             if target is None or target_n is None or prefix < target_n or (prefix == target_n and c.saved > target.saved):
                 target, target_n = c, prefix
     return SelfCalibration(tuple(candidates), ltt, chosen, reference, target, target_n)
+
+
+# ------------------------------------------------------------------------------ the certainty score
+
+
+def as_trajectories(records: Sequence[TraceRecord], model: str, dataset: str, budgets: Sequence[int],
+                    reference: Reference) -> list[Trajectory]:
+    """Recorded traces as trajectories the score can be fitted on: the reasoning text, a probe at
+    every recorded boundary below the budget the reasoning went on from, and as ``target`` what an
+    exit is judged against (the model's own final answer for ``full``, the gold answer for ``gold``).
+    Traces carry no DEER trials, so ``trials`` is None. ``problem_id`` is a hash of the trace id,
+    which splits fit / calibration problems as for the Governor traces."""
+    out = []
+    for r, budget in zip(records, budgets):
+        end = min(r.reasoning_tokens, budget)
+        probes = [Probe(p.at_tokens, p.answer, not p.hesitant, p.tokens) for p in r.probes() if p.at_tokens < end]
+        target = r.gold if reference == "gold" else (r.final.answer or "")
+        out.append(Trajectory(
+            model=model, model_name=model, dataset=dataset, seed=r.seed or 0,
+            problem_id=zlib.crc32(f"{r.id}/{r.sample}".encode()), split="all", target=target,
+            tokens_used=r.full_tokens, full_text=r.reasoning, final_answer=r.final.answer,
+            final_correct=bool(r.correct), finish_reason=r.finish_reason, probes=probes, problem=r.question))
+    return out
+
+
+@dataclass(frozen=True)
+class ScoreCandidate:
+    """One way to get a certified score: the starting profile's score re-certified, or refitted."""
+
+    name: str  # "start" | "refit"
+    calibration: Any  # score_policy.Calibration
+    note: str = ""
+
+    @property
+    def certified(self) -> bool:
+        return self.calibration is not None and self.calibration.threshold is not None
+
+    @property
+    def saved(self) -> float:
+        return self.calibration.cal_saved if self.calibration is not None else 0.0
+
+
+def score_schedule(start_schedule: str, granularity: int, has_trials: bool) -> str | None:
+    """The starting profile's schedule as the traces can replay it: its probe grid where that is a
+    multiple of the recorded one (else the recorded grid), trials only where the traces have them;
+    None when the recorded grid is not a multiple of 64 tokens (the score's features assume it)."""
+    if granularity % 64:
+        return None
+    parts = []
+    for p in start_schedule.split("+"):
+        if p.startswith("g"):
+            n = int(p[1:])
+            p = f"g{n if n % granularity == 0 else granularity}"
+        if p == "tr" and not has_trials:
+            continue
+        if p == "ev":
+            continue  # event probes are not recorded in traces
+        parts.append(p)
+    if not any(p.startswith("g") for p in parts):
+        parts.append(f"g{granularity}")
+    return "+".join(parts)
+
+
+def calibrate_score(trajs: Sequence[Trajectory], schedule: str, start_model: Any, key: KeyFn,
+                    correct: Callable[[Trajectory, str | None], bool], alpha: float, delta: float,
+                    refit_schedule: str | None = None) -> list[ScoreCandidate]:
+    """Both score candidates on ``trajs``: the starting profile's fitted score with its threshold
+    re-certified on every trace (observing ``schedule``), and a score refitted on a third and
+    certified on the rest (observing ``refit_schedule``, default ``schedule``; left out, with why,
+    when there are too few observations to fit)."""
+    from certaindex.evaluation.score_policy import calibrate, certify_model
+
+    out = [ScoreCandidate("start", certify_model(trajs, schedule, start_model, key, correct, alpha, delta))]
+    try:
+        out.append(ScoreCandidate("refit", calibrate(trajs, refit_schedule or schedule, key, correct, alpha, delta,
+                                                     strata=None)))
+    except ValueError as exc:
+        out.append(ScoreCandidate("refit", None, str(exc)))
+    return out

@@ -269,6 +269,10 @@ class MainStream:
                     async for delta in deltas:
                         self.take(delta)
                         finish = delta.finish_reason or finish
+                        if self.probes is not None and self.probes.decided.done():
+                            # decided: close the upstream stream now, not when the waiting program is
+                            # next scheduled (a reader with a backlog would read on meanwhile)
+                            return "certain" if self.probes.verdict == "settled" else "budget"
             except BudgetExhausted:
                 return "budget"
             except EngineError as exc:

@@ -37,11 +37,15 @@ class ChatOutcome:
     # Shadow mode (server/shadow.py): tokens of the probes taken beside full reasoning, an extra
     # cost reported apart; the answer and ``completion_tokens`` are full reasoning's.
     shadow_probe_tokens: int | None = None
+    # The early-exit profile the program ran and why ({"profile": ..., "profile_reason": ...}),
+    # reported in ``usage.certaindex`` beside the token counts.
+    profile: dict[str, str] | None = None
+    trial_tokens: int = 0  # DEER-style trials (score rules), counted apart from the answer probes
 
     @property
     def completion_tokens(self) -> int:
-        """Every token generated for this request, probes and overrun included: that is what it cost."""
-        return self.reasoning_tokens + self.overrun_tokens + self.probe_tokens + self.answer_tokens
+        """Every token generated for this request, probes, trials and overrun included: what it cost."""
+        return self.reasoning_tokens + self.overrun_tokens + self.probe_tokens + self.trial_tokens + self.answer_tokens
 
     def usage(self) -> dict[str, Any]:
         usage: dict[str, Any] = {
@@ -49,17 +53,22 @@ class ChatOutcome:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "completion_tokens_details": {
-                "reasoning_tokens": self.reasoning_tokens + self.overrun_tokens + self.probe_tokens,
+                "reasoning_tokens": self.completion_tokens - self.answer_tokens,
             },
             "certaindex": {
                 "reasoning_tokens": self.reasoning_tokens,
                 "overrun_tokens": self.overrun_tokens,
                 "probe_tokens": self.probe_tokens,
+                "trial_tokens": self.trial_tokens,
                 "answer_tokens": self.answer_tokens,
             },
         }
         if self.shadow_probe_tokens is not None:
             usage["certaindex"]["shadow_probe_tokens"] = self.shadow_probe_tokens
+        if self.profile is not None:
+            usage["certaindex"].update(self.profile)
+        if self.details.get("fallback"):  # served plainly: the client is told why, never silently
+            usage["certaindex"].update(policy=self.details.get("policy"), fallback=self.details["fallback"])
         return usage
 
 
@@ -80,6 +89,7 @@ def cot_outcome(result: CoTResult, policy: str, upstream: MeteredEngine) -> Chat
         content = result.reasoning.strip()  # plain text with no answer to extract: the text is it
     else:
         content = ""  # cut by the budget and no answer: nothing is presented as one
+    trial_tokens = sum(trial.tokens for trial in result.trials)  # CoTResult counts them in probe_tokens
     return ChatOutcome(
         reasoning=result.reasoning,
         content=content,
@@ -88,7 +98,8 @@ def cot_outcome(result: CoTResult, policy: str, upstream: MeteredEngine) -> Chat
         finish_reason="length" if result.stop_reason in ("budget", "answer_length") else "stop",
         prompt_tokens=result.prompt_tokens,
         reasoning_tokens=result.reasoning_tokens,
-        probe_tokens=result.probe_tokens,
+        probe_tokens=result.probe_tokens - trial_tokens,
+        trial_tokens=trial_tokens,
         answer_tokens=result.answer_tokens,
         overrun_tokens=result.overrun_tokens,
         details={
@@ -97,6 +108,7 @@ def cot_outcome(result: CoTResult, policy: str, upstream: MeteredEngine) -> Chat
             "answer": result.answer,
             "budget": result.budget,
             "probes": len(result.probes),
+            "trials": len(result.trials),
             "probe_failures": result.probe_failures,
             "stream_resumes": result.stream_resumes,
             "upstream_requests": upstream.usage.requests,
@@ -109,7 +121,8 @@ def sc_outcome(result: SCResult, upstream: MeteredEngine) -> ChatOutcome:
     return ChatOutcome(
         reasoning="",
         content=format_answer(result.answer),
-        finish_reason="stop",
+        # Stopped by the sample budget before the vote was certain: the client is told, as for cot.
+        finish_reason="length" if result.stop_reason == "budget" else "stop",
         prompt_tokens=result.prompt_tokens,
         reasoning_tokens=result.total_tokens,
         probe_tokens=0,

@@ -34,7 +34,7 @@ class ProxyMetrics:
                                   ["endpoint", "policy"], registry=r,
                                   buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
         self.tokens = Counter("certaindex_tokens", "Tokens generated for certaindex programs, by kind "
-                              "(prompt, reasoning, overrun, probe, answer)", ["kind"], registry=r)
+                              "(prompt, reasoning, overrun, probe, trial, answer)", ["kind"], registry=r)
         self.stops = Counter("certaindex_stops", "Why programs stopped (certain, finished, budget, ...)",
                              ["reason"], registry=r)
         self.upstream_errors = Counter("certaindex_upstream_errors", "Requests failed by the upstream engine",

@@ -13,19 +13,24 @@ Routes: ``POST /v1/completions`` (streaming and not; ``n`` 1; ``stream_options.i
 completion), ``POST /tokenize``, ``GET /v1/models``, ``GET /health`` and ``GET /replay/stats`` (the
 clock's counters). Every completion also reports ``replay``: its kind, trajectory, position and its
 modelled timing (queueing, prefill, decode seconds, mean batch). A client that closes its stream
-frees its batch slot at the next step.
+frees its batch slot at the next step. ``seed`` and ``temperature`` 0 pick the recording; a sampled
+probe or trial is refused (HTTP 400: they were recorded greedy); docs/replay-server.md, "Sampling".
+
+The routes are two routers (``info``: health, models, stats, tokenize; ``completions``) reading the
+:class:`ReplayState` the app carries.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from certaindex.engines.chat_template import ChatTemplate, guess_template_name
@@ -43,6 +48,21 @@ class ReplayState:
     clock: BatchClock
     model: str  # the served model id
     template: ChatTemplate
+    flush_s: float = 0.0  # a stream sends what it generated at most every this many wall seconds
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One completion request, checked: what the replay is asked and how the reply is sent."""
+
+    prompt: str
+    max_tokens: int
+    stop: tuple[str, ...]
+    logprobs: int | None
+    seed: int | None
+    temperature: float | None
+    stream: bool
+    include_usage: bool
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
@@ -68,6 +88,47 @@ def _int(body: dict, name: str, default: int | None, low: int = 0) -> int | None
     return value
 
 
+def _number(body: dict, name: str, low: float, high: float, low_open: bool = False) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value > high or value < low or (low_open and value == low)):
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        raise ReplayError(f"{name} must be a number {bound} and <= {high:g}, got {value!r}")
+    return float(value)
+
+
+def _prompt(body: dict, chat: bool, template: ChatTemplate) -> str:
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ReplayError("messages must be a non-empty list")
+        return template.render(messages)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise ReplayError("prompt must be a string (token-id prompts are not replayed)")
+    return prompt
+
+
+def _ask(body: dict, chat: bool, template: ChatTemplate) -> _Ask:
+    """The request's fields, checked; raises ReplayError (HTTP 400) for what cannot be replayed."""
+    prompt = _prompt(body, chat, template)
+    if (_int(body, "n", 1, 1) or 1) != 1:
+        raise ReplayError("n must be 1 (send one request per sample)")
+    max_tokens = _int(body, "max_tokens", 16 if not chat else 4096, 1)
+    if chat and body.get("max_completion_tokens") is not None:
+        max_tokens = _int(body, "max_completion_tokens", None, 1)
+    lp = body.get("logprobs")
+    logprobs = 1 if lp is True else (None if lp in (None, False) else _int(body, "logprobs", None, 0))
+    _number(body, "top_p", 0.0, 1.0, low_open=True)  # checked; a continuation is the recorded sample
+    return _Ask(prompt, max_tokens or 16, _stop(body.get("stop")), logprobs, _int(body, "seed", None, -2**63),
+                _number(body, "temperature", 0.0, 2.0), bool(body.get("stream")),
+                bool((body.get("stream_options") or {}).get("include_usage")))
+
+
 def _logprobs(pieces: list[Piece], offset: int) -> dict[str, Any] | None:
     if not pieces or pieces[0].logprob is None:
         return None
@@ -84,149 +145,164 @@ def _replay_info(reply: Reply, seq: Sequence_) -> dict[str, Any]:
             "recorded_position": reply.recorded_position, **seq.stats()}
 
 
+def _usage(reply: Reply, seq: Sequence_) -> dict[str, int]:
+    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": seq.emitted,
+            "total_tokens": reply.prompt_tokens + seq.emitted}
+
+
+def _state(request: Request) -> ReplayState:
+    return request.app.state.replay
+
+
+info = APIRouter()
+
+
+@info.get("/health")
+async def health(state: ReplayState = Depends(_state)) -> dict:
+    return {"status": "ok", "model": state.model, "trajectories": state.replay.trajectories}
+
+
+@info.get("/v1/models")
+async def models(state: ReplayState = Depends(_state)) -> dict:
+    return {"object": "list", "data": [{"id": state.model, "object": "model", "created": 0,
+                                        "owned_by": "certaindex-replay", "root": state.replay.model_name}]}
+
+
+@info.get("/replay/stats")
+async def stats(state: ReplayState = Depends(_state)) -> dict:
+    clock = state.clock
+    return {**clock.stats.to_dict(), "modelled_s": clock.now, "speed": clock.speed,
+            "running": len(clock.active), "waiting": len(clock.waiting)}
+
+
+@info.post("/tokenize")
+async def tokenize(request: Request, state: ReplayState = Depends(_state)) -> Response:
+    body = await request.json()
+    text = body.get("prompt", body.get("content"))
+    if not isinstance(text, str):
+        return _error(400, "tokenize takes a prompt string", param="prompt")
+    coded = encode(text, state.replay.model_name)
+    if coded is None:
+        return _error(501, f"no vocabulary for {state.replay.model_name} (pip install quicktok-v1)")
+    return JSONResponse({"tokens": [int(i) for i in coded[0]], "count": len(coded[0])})
+
+
+completions = APIRouter()
+
+
+@completions.post("/v1/completions")
+async def text_completions(request: Request, state: ReplayState = Depends(_state)) -> Response:
+    return await complete(request, state, chat=False)
+
+
+@completions.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: ReplayState = Depends(_state)) -> Response:
+    return await complete(request, state, chat=True)
+
+
+async def complete(request: Request, state: ReplayState, chat: bool) -> Response:
+    """One completion: the replay's reply, paced by the clock, streamed or whole."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "the request body is not JSON")
+    if not isinstance(body, dict):
+        return _error(400, "the request body must be a JSON object")
+    try:
+        ask = _ask(body, chat, state.template)
+        reply = state.replay.answer(ask.prompt, max_tokens=ask.max_tokens, stop=ask.stop, logprobs=ask.logprobs,
+                                    seed=ask.seed, temperature=ask.temperature)
+    except UnknownProblem as exc:
+        return _error(404, str(exc), "not_found_error", param="prompt")
+    except ReplayError as exc:
+        return _error(400, str(exc))
+    seq = Sequence_(reply.trajectory, reply.pieces, reply.prompt_tokens, reply.cached_tokens,
+                    keeps_prefix=reply.kind == "continuation")
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    state.clock.submit(seq)
+    if ask.stream:
+        return _streamed(state, reply, seq, rid, chat, ask.include_usage)
+    return await _whole(request, state, reply, seq, rid, chat)
+
+
+def _stream_choice(pieces: list[Piece], offset: int, chat: bool) -> dict[str, Any]:
+    text = "".join(p.text for p in pieces)
+    if chat:
+        return {"index": 0, "delta": {"content": text}, "finish_reason": None, "logprobs": None}
+    choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": None, "logprobs": _logprobs(pieces, offset)}
+    ids = [p.token_id for p in pieces]
+    if all(i is not None for i in ids):
+        choice["token_ids"] = ids
+    return choice
+
+
+def _streamed(state: ReplayState, reply: Reply, seq: Sequence_, rid: str, chat: bool,
+              include_usage: bool) -> Response:
+    """Server-sent events as the clock releases the tokens; a closed stream leaves the batch."""
+    served = state.model
+
+    async def events() -> AsyncIterator[bytes]:
+        offset = 0
+        async for pieces in seq.pieces_out(state.flush_s):
+            choice = _stream_choice(pieces, offset, chat)
+            offset += sum(len(p.text) for p in pieces)
+            yield _sse(_chunk(rid, served, choice, chat))
+        if seq.cancelled:
+            return
+        last: dict[str, Any] = ({"index": 0, "delta": {}, "finish_reason": reply.finish_reason}
+                                if chat else {"index": 0, "text": "", "finish_reason": reply.finish_reason})
+        yield _sse({**_chunk(rid, served, last, chat), "replay": _replay_info(reply, seq)})
+        if include_usage:
+            yield _sse({**_chunk(rid, served, None, chat), "usage": _usage(reply, seq)})
+        yield b"data: [DONE]\n\n"
+
+    async def closed(_client_left: bool) -> None:
+        state.clock.cancel(seq)  # no-op once it finished
+
+    return ClosingStreamingResponse(events(), on_close=closed, media_type="text/event-stream")
+
+
+async def _whole(request: Request, state: ReplayState, reply: Reply, seq: Sequence_, rid: str, chat: bool) -> Response:
+    """The whole reply once the clock has generated it; a client that leaves first frees its slot."""
+
+    async def generate() -> None:
+        async for _ in seq.pieces_out():
+            pass
+
+    try:
+        await unless_client_leaves(request.receive, generate())
+    except ClientGone:
+        return Response(status_code=499)
+    finally:
+        state.clock.cancel(seq)
+    pieces = list(reply.pieces[: seq.emitted])
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": reply.text},
+                  "finish_reason": reply.finish_reason, "logprobs": None}
+    else:
+        choice = {"index": 0, "text": reply.text, "finish_reason": reply.finish_reason,
+                  "logprobs": _logprobs(pieces, 0)}
+    return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion",
+                         "created": int(time.time()), "model": state.model, "choices": [choice],
+                         "usage": _usage(reply, seq), "replay": _replay_info(reply, seq)})
+
+
 def create_replay_app(replay: GovernorReplay, clock: BatchClock, *, model: str | None = None,
                       chat_template: str | None = None, flush_s: float = 0.0) -> FastAPI:
     """The replay server's app; the clock starts with the first request. ``flush_s``: a stream sends
     what it generated at most every this many wall seconds (0: every step, when the client keeps up),
     so a fast clock does not flood the client with one event per token."""
-    served = model or replay.model_name
     template = ChatTemplate.named(chat_template or guess_template_name(replay.model_name))
-    state = ReplayState(replay, clock, served, template)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await clock.stop()
 
     app = FastAPI(title="certaindex replay server", lifespan=lifespan)
-    app.state.replay = state
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": served, "trajectories": replay.trajectories}
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": [{"id": served, "object": "model", "created": 0,
-                                            "owned_by": "certaindex-replay", "root": replay.model_name}]}
-
-    @app.get("/replay/stats")
-    async def stats() -> dict:
-        return {**clock.stats.to_dict(), "modelled_s": clock.now, "speed": clock.speed,
-                "running": len(clock.active), "waiting": len(clock.waiting)}
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> Response:
-        body = await request.json()
-        text = body.get("prompt", body.get("content"))
-        if not isinstance(text, str):
-            return _error(400, "tokenize takes a prompt string", param="prompt")
-        coded = encode(text, replay.model_name)
-        if coded is None:
-            return _error(501, f"no vocabulary for {replay.model_name} (pip install quicktok-v1)")
-        return JSONResponse({"tokens": [int(i) for i in coded[0]], "count": len(coded[0])})
-
-    async def complete(request: Request, chat: bool) -> Response:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the request body is not JSON")
-        if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object")
-        try:
-            if chat:
-                messages = body.get("messages")
-                if not isinstance(messages, list) or not messages:
-                    raise ReplayError("messages must be a non-empty list")
-                prompt = template.render(messages)
-            else:
-                prompt = body.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                    prompt = prompt[0]
-                if not isinstance(prompt, str):
-                    raise ReplayError("prompt must be a string (token-id prompts are not replayed)")
-            if (_int(body, "n", 1, 1) or 1) != 1:
-                raise ReplayError("n must be 1 (send one request per sample)")
-            max_tokens = _int(body, "max_tokens", 16 if not chat else 4096, 1)
-            if chat and body.get("max_completion_tokens") is not None:
-                max_tokens = _int(body, "max_completion_tokens", None, 1)
-            lp = body.get("logprobs")
-            logprobs = 1 if lp is True else (None if lp in (None, False) else _int(body, "logprobs", None, 0))
-            reply = replay.answer(prompt, max_tokens=max_tokens or 16, stop=_stop(body.get("stop")),
-                                  logprobs=logprobs, seed=_int(body, "seed", None, -2**63))
-        except UnknownProblem as exc:
-            return _error(404, str(exc), "not_found_error", param="prompt")
-        except ReplayError as exc:
-            return _error(400, str(exc))
-        seq = Sequence_(reply.trajectory, reply.pieces, reply.prompt_tokens, reply.cached_tokens,
-                        keeps_prefix=reply.kind == "continuation")
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        usage = lambda: {"prompt_tokens": reply.prompt_tokens, "completion_tokens": seq.emitted,  # noqa: E731
-                         "total_tokens": reply.prompt_tokens + seq.emitted}
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            clock.submit(seq)
-
-            async def events() -> AsyncIterator[bytes]:
-                offset = 0
-                async for pieces in seq.pieces_out(flush_s):
-                    text = "".join(p.text for p in pieces)
-                    choice: dict[str, Any]
-                    if chat:
-                        choice = {"index": 0, "delta": {"content": text}, "finish_reason": None, "logprobs": None}
-                    else:
-                        choice = {"index": 0, "text": text, "finish_reason": None,
-                                  "logprobs": _logprobs(pieces, offset)}
-                        ids = [p.token_id for p in pieces]
-                        if all(i is not None for i in ids):
-                            choice["token_ids"] = ids
-                    offset += len(text)
-                    yield _sse(_chunk(rid, served, choice, chat))
-                if seq.cancelled:
-                    return
-                last: dict[str, Any] = ({"index": 0, "delta": {}, "finish_reason": reply.finish_reason}
-                                        if chat else {"index": 0, "text": "", "finish_reason": reply.finish_reason})
-                yield _sse({**_chunk(rid, served, last, chat), "replay": _replay_info(reply, seq)})
-                if include_usage:
-                    yield _sse({**_chunk(rid, served, None, chat), "usage": usage()})
-                yield b"data: [DONE]\n\n"
-
-            async def closed(_client_left: bool) -> None:
-                clock.cancel(seq)  # no-op once it finished
-
-            return ClosingStreamingResponse(events(), on_close=closed, media_type="text/event-stream")
-
-        clock.submit(seq)
-
-        async def whole() -> None:
-            async for _ in seq.pieces_out():
-                pass
-
-        try:
-            await unless_client_leaves(request.receive, whole())
-        except ClientGone:
-            clock.cancel(seq)
-            return Response(status_code=499)
-        finally:
-            clock.cancel(seq)
-        pieces = list(reply.pieces[: seq.emitted])
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": reply.text},
-                      "finish_reason": reply.finish_reason, "logprobs": None}
-        else:
-            choice = {"index": 0, "text": reply.text, "finish_reason": reply.finish_reason,
-                      "logprobs": _logprobs(pieces, 0)}
-        return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion",
-                             "created": int(time.time()), "model": served, "choices": [choice], "usage": usage(),
-                             "replay": _replay_info(reply, seq)})
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await complete(request, chat=False)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await complete(request, chat=True)
-
+    app.state.replay = ReplayState(replay, clock, model or replay.model_name, template, flush_s)
+    app.include_router(info)
+    app.include_router(completions)
     return app
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from certaindex.core.prompting import NoQuestionError, validate_question
 from certaindex.programs.cot import CoTConfig
 from certaindex.programs.self_consistency import SCConfig
 from certaindex.server.errors import bad_request
@@ -69,6 +70,8 @@ class ChatPlan:
     passthrough_reason: str | None = None  # why a request is passed through (for logs/headers)
     deadline_s: float | None = None  # seconds after arrival the client wants the answer by
     priority: int = 0  # scheduler priority class, lower runs sooner
+    stop: tuple[str, ...] = ()  # the client's stop sequences (honoured by the embedded plain path)
+    n: int = 1  # choices asked for
 
 
 def parse_options(raw: Any) -> CertaindexOptions:
@@ -107,6 +110,36 @@ def _number_field(body: dict[str, Any], name: str, low: float, high: float) -> f
     return float(value)
 
 
+def _stop_field(raw: Any) -> tuple[str, ...]:
+    """``stop``: a string or a list of strings (OpenAI allows up to 4; engines take more)."""
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(s, str) and s for s in raw):
+        raise bad_request(f"'stop' must be a non-empty string or a list of them, got {raw!r:.100}", param="stop")
+    return tuple(raw)
+
+
+def fallback_note(plan: ChatPlan) -> dict[str, str]:
+    """How a request served plainly says why certaindex did not take it over (empty if it was not a fallback)."""
+    return {"policy": "off", "fallback": plan.passthrough_reason} if plan.passthrough_reason else {}
+
+
+def embedded_plain_problem(body: dict[str, Any], plan: ChatPlan) -> tuple[str, str] | None:
+    """What the embedded engine's plain completion (policy off) cannot honour in this request, as
+    (reason, field); None if it can serve it all (``stop`` included). Refused, never ignored."""
+    if not plan.messages:
+        return plan.passthrough_reason or "the messages hold no text", "messages"
+    used = [name for name in TAKEOVER_BLOCKERS if name != "stop" and body.get(name) not in (None, False, [], {})]
+    used += sorted(name for name in ENGINE_SAMPLING_FIELDS if name in body)
+    if used:
+        return f"it does not take {', '.join(used)}", used[0]
+    if plan.n > 1:
+        return f"it answers one choice per request, not n={plan.n}", "n"
+    return None
+
+
 def text_messages(raw: Any) -> tuple[list[dict[str, str]] | None, str | None]:
     """Validate ``messages``; return them as plain text messages, or (None, reason) when they hold
     something certaindex does not reason over (images, tool calls): such requests pass through."""
@@ -120,7 +153,7 @@ def text_messages(raw: Any) -> tuple[list[dict[str, str]] | None, str | None]:
         if not isinstance(message, dict):
             raise bad_request(f"messages[{i}] must be an object", param="messages")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # (a list or object is not hashable)
             raise bad_request(f"messages[{i}].role must be one of {sorted(ROLES)}, got {role!r}", param="messages")
         content = message.get("content")
         if role == "tool" or message.get("tool_calls") or message.get("function_call"):
@@ -146,6 +179,20 @@ def text_messages(raw: Any) -> tuple[list[dict[str, str]] | None, str | None]:
     return (None, reason) if reason else (out, None)
 
 
+def question_problem(messages: list[dict[str, str]]) -> str | None:
+    """Why the certaindex programs cannot take this conversation's question (its last user message
+    with text), or None. Such a request is served as plain passthrough, never a 5xx: the question is
+    the client's to ask, and the upstream's to answer or refuse."""
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user" and m["content"].strip()), None)
+    if question is None:
+        return "no question found: the conversation has no user message with text"
+    try:
+        validate_question(question)
+    except NoQuestionError as exc:
+        return f"no question found: {exc}"
+    return None
+
+
 def plan_chat(body: dict[str, Any], default_policy: Policy, cot: CoTConfig, sc: SCConfig,
               max_tokens_limit: int) -> ChatPlan:
     """Validate a chat request and decide how to serve it. Raises a 400 ProxyError for bad input."""
@@ -169,6 +216,7 @@ def plan_chat(body: dict[str, Any], default_policy: Policy, cot: CoTConfig, sc: 
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise bad_request(f"'n' must be a positive integer, got {n!r}", param="n")
+    stop = _stop_field(body.get("stop"))
     for limit_name, value in (("budget", options.budget), ("answer_tokens", options.answer_tokens)):
         if value is not None and value > max_tokens_limit:
             raise bad_request(f"certaindex.{limit_name} must be at most {max_tokens_limit}, got {value}",
@@ -178,6 +226,8 @@ def plan_chat(body: dict[str, Any], default_policy: Policy, cot: CoTConfig, sc: 
     blockers = [name for name in TAKEOVER_BLOCKERS if body.get(name) not in (None, False, [], {})]
     if n not in (None, 1):
         blockers.append("n")
+    if policy != "off" and not blockers and not passthrough_reason:
+        passthrough_reason = question_problem(messages or [])
     if policy != "off" and (blockers or passthrough_reason):
         why = passthrough_reason or f"the request uses {', '.join(blockers)}"
         if options.policy is not None:
@@ -239,4 +289,6 @@ def plan_chat(body: dict[str, Any], default_policy: Policy, cot: CoTConfig, sc: 
         passthrough_reason=passthrough_reason,
         deadline_s=options.deadline_s,
         priority=options.priority or 0,
+        stop=stop,
+        n=n or 1,
     )

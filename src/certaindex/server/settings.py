@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from certaindex.evaluation.profile_choice import ProfileChoice
 from certaindex.programs.cot import CoTConfig
 
 DefaultPolicy = Literal["auto", "cot", "sc", "full", "off"]
@@ -30,6 +31,9 @@ class ServerSettings:
     max_concurrency: int = 64  # requests being served at once
     max_queue: int = 256  # requests waiting for a slot; beyond this the proxy answers 429
     upstream_timeout_s: float = 300.0  # one upstream read may take this long
+    # A streamed upstream request's response headers (and a setup request's answer) must come within
+    # this: an upstream that accepted the connection and hangs gives a 504 then.
+    upstream_headers_timeout_s: float = 60.0
     request_timeout_s: float = 900.0  # a whole request may take this long
     max_tokens_limit: int = 131_072  # larger max_tokens / budgets are refused as absurd
     # Policy ``off`` on the embedded engine without max_tokens: at most this many tokens (not to the
@@ -57,6 +61,15 @@ class ServerSettings:
     # capacity already split (server.workers.worker_settings); >1 also adds the serving pid to every
     # response (header x-certaindex-worker) and aggregates /metrics over the processes.
     workers: int = 1
+    # The early-exit profile. ``profile_per_model``: chosen per request from its ``model``, else the
+    # upstream's served model, and applied to ``cot`` (``serve`` with an upstream and no --model,
+    # --profile, --calibration, --k or --probe-interval). Else ``cot`` runs as given, and ``profile``
+    # says which profile it holds and why (reported in /health and usage.certaindex; None: unnamed).
+    profile_per_model: bool = False
+    profile: ProfileChoice | None = None
+    # Refuse (404, as vLLM does) a chat request whose model the upstream does not serve, once its
+    # GET /v1/models list is known; --model's name is accepted too (``serve`` turns this on).
+    check_model: bool = False
 
     @property
     def scheduler_capacity(self) -> int:
@@ -72,7 +85,7 @@ class ServerSettings:
             problems.append(f"max_concurrency must be at least 1, got {self.max_concurrency}")
         if self.max_queue < 0:
             problems.append(f"max_queue must be >= 0, got {self.max_queue}")
-        if self.upstream_timeout_s <= 0 or self.request_timeout_s <= 0:
+        if self.upstream_timeout_s <= 0 or self.request_timeout_s <= 0 or self.upstream_headers_timeout_s <= 0:
             problems.append("timeouts must be positive")
         if self.scheduler not in ("certaindex", "fcfs", "off"):
             problems.append(f"scheduler must be certaindex, fcfs or off, got {self.scheduler!r}")
@@ -88,5 +101,7 @@ class ServerSettings:
             problems.append("embedded_logprobs applies to the embedded engine only, not to an upstream")
         if self.shadow_max_file_bytes < 1:
             problems.append(f"shadow_max_file_bytes must be at least 1, got {self.shadow_max_file_bytes}")
+        if self.profile_per_model and self.upstream is None:
+            problems.append("profile_per_model needs an upstream (the embedded engine serves one model)")
         if problems:
             raise ValueError("; ".join(problems))

@@ -155,9 +155,11 @@ async def run_shadow_program(
     forced = result.probes[-1] if (result.stop_reason == "budget" and result.probes
                                    and result.probes[-1].at_tokens == result.reasoning_tokens) else None
     outcome.probe_tokens = forced.tokens if forced is not None else 0
+    outcome.trial_tokens = 0  # any trial was the shadow's too
     outcome.shadow_probe_tokens = result.probe_tokens - outcome.probe_tokens
     shadow_probes = len(result.probes) - (forced is not None)
     outcome.details["probes"] = int(forced is not None)
+    outcome.details["trials"] = 0
     outcome.details["shadow"] = {"probes": shadow_probes, "probe_tokens": outcome.shadow_probe_tokens,
                                  "answer": "full reasoning's, unaffected by the probes"}
     if outcome.prompt_tokens == 0:

@@ -347,7 +347,7 @@ def _lines(path: Path, label: str, allow_truncated: bool) -> Iterator[tuple[int,
                 what = "truncated" if isinstance(exc, EOFError) else "corrupt"
                 raise TraceFormatError(
                     f"{label}:{lineno + 1}: {what} gzip file after line {lineno} ({exc}); was the recording "
-                    "interrupted? read it with allow_truncated=True to keep the complete records"
+                    "interrupted? read it with --allow-truncated (allow_truncated=True in Python) to keep the complete records"
                 ) from None
             if not line:
                 return

@@ -37,6 +37,7 @@ __all__ = [
     "Trial",
     "find_runs",
     "is_governor_layout",
+    "missing_optional",
     "read_governor",
     "read_run",
     "read_split_manifest",
@@ -433,4 +434,15 @@ def read_governor(path: str | Path, split: str = "all",
         out.append(run)
         if on_run is not None:
             on_run(i, len(runs), run)
+    return out
+
+
+def missing_optional(runs: list[GovernorRun]) -> dict[str, list[str]]:
+    """The optional files each run lacks: file name -> the run folders without it (only files that
+    some run lacks), so a command can say what it could not report instead of dropping it silently."""
+    out: dict[str, list[str]] = {}
+    for run in runs:
+        for name, present in ((EVENTS, run.has_events), (DEER, run.has_deer)):
+            if not present:
+                out.setdefault(name, []).append(run.path.name)
     return out

@@ -8,7 +8,8 @@ A request's raw prompt is recognised and answered from the trajectory it continu
   head wins); otherwise :class:`UnknownProblem` (HTTP 404).
 * **position**: after the problem comes the chat template's tail, then the reasoning written so
   far. The reasoning must be a prefix of the trajectory's ``full_text`` (which starts with
-  ``<think>`` where the template also opens it: the overlap is found); otherwise
+  ``<think>`` where the template also opens it: the overlap is found, within the template's
+  tail; with no template tail recognised, the reasoning must be non-empty); otherwise
   :class:`OffTrajectory` (HTTP 400). A prompt that ends in a known suffix is a probe or a trial
   request at that position (below); any other prompt is a **continuation**: the trajectory's own
   text from there on, token by token in the model's vocabulary (``quicktok-v1``, which reproduces
@@ -17,22 +18,31 @@ A request's raw prompt is recognised and answered from the trajectory it continu
   count). The recorded text's end is the model's end (``stop``), also for a trajectory that the
   collection cut at its budget (``finish_reason`` length): the recording holds nothing after it.
 * **probe** (the prompt ends with a probe suffix, e.g. ``**Final Answer**\\n\\n\\[ \\boxed{``): the
-  grid probe (every 64 tokens) recorded nearest **at or before** the reasoning's token count N
-  (before the first one, the first): the grid the simulator's plans read, wherever the stream's
+  grid probe (every 64 tokens) recorded nearest **at or before** the reasoning's token count N:
+  the grid the simulator's plans read, wherever the stream's
   delivery put N a few tokens past a grid point. Event probes are not used: a live probe landing
   on an event's position by chance would read a probe the plans never see. Its text is the
   answer and the closing ``} \\]``; a probe recorded as hesitating (``is_certain`` False) reads
   ``answer} Wait, ...`` instead, so the live reader sees the same answer *and* the hesitation.
-  It costs the probe's recorded output tokens (at most ``max_tokens``).
+  It costs the probe's recorded output tokens (at most ``max_tokens``). Before the first recorded
+  probe nothing was recorded: the reply closes no box (no answer, as a recorded probe that found
+  none) and costs the Governor probes' 32-token budget (at most ``max_tokens``), never the answer
+  of a later probe.
 * **trial** (the prompt ends with DEER's inducer ``\\n**Final Answer**\\n\\boxed``): the recorded
   trial nearest at or before N, its recorded tokens with their recorded logprobs
   (``deer.jsonl.gz``), from which DEER's rule (``core.exit_score.trial_confidence``) gives back the
   recorded ``confidence`` and min prob.
 * **seeds**: a problem recorded under several seeds is served by the one whose text the reasoning
-  continues; a fresh request (no reasoning yet, so every seed fits) takes the next seed in turn
-  (round-robin per problem; ``seed_rule="first"`` always takes the lowest seed, ``"request"`` takes
-  ``seed % n`` of the request's ``seed``). An ambiguous reasoning prefix keeps the seed last handed
-  out for that problem.
+  continues; a fresh request (no reasoning yet, so every seed fits) with a ``seed`` gets that
+  seed's recording (the one recorded under it, else number ``seed % n``: the same seed, the same
+  trajectory); a greedy one (``temperature`` 0) without a seed gets the lowest (greedy decoding is
+  deterministic); any other takes the next seed in turn (round-robin per problem: each a new
+  sample). ``seed_rule="first"`` always takes the lowest seed; ``"request"`` is the default's
+  older name. An ambiguous reasoning prefix keeps the seed last handed out for that problem.
+* **sampling**: a continuation is the recorded sample (the Governor runs sampled at temperature
+  0.6, top_p 0.95) whatever ``temperature`` and ``top_p`` ask: only the choice of recording above
+  honours them. Probes and trials were recorded greedy: one asking for ``temperature`` > 0 is
+  refused (:class:`ReplayError`), since every sample would come back the same.
 
 Pure logic over in-memory trajectories; no I/O, no clock.
 """
@@ -84,6 +94,7 @@ def template_tails() -> tuple[str, ...]:
         if tail:
             tails.append(tail)
     return tuple(sorted(set(tails), key=len, reverse=True))
+_PROBE_BUDGET = 32  # the Governor probes' output budget (a probe that closed no box spent it all)
 _AFTER_END = 64  # characters a program may add after a cut trajectory's end (</think>, blank lines)
 _HEAD = 8192  # characters of system prompt and template before the problem, at most
 
@@ -270,18 +281,35 @@ class GovernorReplay:
                 self._heads.popitem(last=False)
         return self._heads[head]
 
+    def _template_end(self, tail: str) -> tuple[int, int] | None:
+        """Where the chat template's ending lies in ``tail`` (the prompt after the problem): a known
+        template tail ``tail`` starts with, else the first one (not mere blank lines) within its
+        first 400 characters (an instruction after the problem); None when there is none."""
+        known = next((t for t in self.tails if tail.startswith(t)), None)
+        if known is not None:
+            return 0, len(known)
+        found = [(at, at + len(t)) for t in self.tails if t.strip()
+                 for at in [tail.find(t, 0, _TEMPLATE_TAIL + len(t))] if at >= 0]
+        if not found:
+            return None
+        start = min(at for at, _ in found)
+        return start, max(end for at, end in found if at == start)
+
     def _locate(self, full_text: str, tail: str) -> int | None:
         """Start of the reasoning in ``tail`` (the prompt after the problem): the first offset from
-        which the rest of ``tail`` is a prefix of ``full_text``; None when there is none. After a
-        known template tail the reasoning must start within it (its ``<think>`` may be the text's)."""
-        known = next((t for t in self.tails if tail.startswith(t)), None)
-        last = len(known) if known is not None else min(len(tail), _TEMPLATE_TAIL)
-        for j in range(last + 1):
+        which the rest of ``tail`` is a prefix of ``full_text``; None when there is none. The
+        reasoning must start within the template's ending (its ``<think>`` may be the text's). Where
+        no template ending is recognised it must start within 400 characters and be non-empty: an
+        empty rest fits every text, and would replay an off-track prompt from the start."""
+        span = self._template_end(tail)
+        lo, hi = span if span is not None else (0, min(len(tail) - 1, _TEMPLATE_TAIL))
+        for j in range(lo, hi + 1):
             if full_text.startswith(tail[j:]):
                 return j
         return None
 
-    def _match(self, problem: str, tail: str, seed: int | None) -> tuple[Trajectory, int]:
+    def _match(self, problem: str, tail: str, seed: int | None,
+               greedy: bool = False) -> tuple[Trajectory, int]:
         """The trajectory the reasoning in ``tail`` continues, and the reasoning's end in its text."""
         candidates = self.problems[problem]
         fits: list[tuple[Trajectory, int]] = []
@@ -307,12 +335,15 @@ class GovernorReplay:
                     self._last[problem] = t.seed
                     return t, len(tail) - j
             t = candidates[0]
+            unknown = "" if self._template_end(tail) is not None else (
+                "; no chat template ending was recognised after the problem, so the prompt must carry "
+                "the reasoning's start (e.g. <think>)")
             raise OffTrajectory(f"the prompt's reasoning does not continue any recorded trajectory of "
-                                f"{t.dataset} problem {t.problem_id} ({len(candidates)} seed(s) loaded)")
+                                f"{t.dataset} problem {t.problem_id} ({len(candidates)} seed(s) loaded){unknown}")
         if len(fits) == 1:
             chosen = fits[0]
         elif len(fits) == len(candidates) and all(end == fits[0][1] for _, end in fits) and self._fresh(fits[0]):
-            chosen = fits[self._pick(problem, len(fits), seed)]
+            chosen = fits[self._pick(problem, [t.seed for t, _ in fits], seed, greedy)]
         else:
             last = self._last.get(problem)
             chosen = next((f for f in fits if f[0].seed == last), fits[0])
@@ -323,20 +354,24 @@ class GovernorReplay:
         """No reasoning yet beyond what the template itself writes (``<think>``)."""
         return not fit[0].full_text[: fit[1]].replace("<think>", "").strip()
 
-    def _pick(self, problem: str, n: int, seed: int | None) -> int:
+    def _pick(self, problem: str, seeds: list[int], seed: int | None, greedy: bool) -> int:
+        """Which of a problem's recordings (``seeds``, ascending) a fresh request gets."""
         if self.seed_rule == "first":
             return 0
-        if self.seed_rule == "request" and seed is not None:
-            return seed % n
+        if seed is not None:
+            return seeds.index(seed) if seed in seeds else seed % len(seeds)
+        if greedy:
+            return 0
         turn = self._turn.get(problem, 0)
         self._turn[problem] = turn + 1
-        return turn % n
+        return turn % len(seeds)
 
     # -- answering --------------------------------------------------------------------------
 
     def answer(self, prompt: str, *, max_tokens: int, stop: Sequence[str] = (), logprobs: int | None = None,
-               seed: int | None = None) -> Reply:
-        """The reply to one completion request; raises :class:`ReplayError` subclasses."""
+               seed: int | None = None, temperature: float | None = None) -> Reply:
+        """The reply to one completion request; raises :class:`ReplayError` subclasses.
+        ``temperature`` None: the request did not say (a probe is then read greedy, as recorded)."""
         if max_tokens < 1:
             raise ReplayError(f"max_tokens must be at least 1, got {max_tokens}")
         problem, end = self.recognise(prompt)
@@ -348,8 +383,11 @@ class GovernorReplay:
         else:
             suffix = next((s for s in self.probe_suffixes if tail.endswith(s)), "")
             kind = "probe" if suffix else "continuation"
+        if kind != "continuation" and temperature is not None and temperature > 0:
+            raise ReplayError(f"a {kind} at temperature {temperature:g} cannot be replayed: probes and trials "
+                              "were recorded greedy, so every sample would come back the same; send temperature 0")
         reasoning_tail = tail[: len(tail) - len(suffix)]
-        traj, char = self._match(problem, reasoning_tail, seed)
+        traj, char = self._match(problem, reasoning_tail, seed, greedy=temperature == 0)
         played = self.played(traj)
         position = played.token_at(char)
         # Prompt tokens: the problem's prompt up to where the reasoning starts, then the reasoning's
@@ -400,18 +438,22 @@ class GovernorReplay:
                stop: Sequence[str]) -> tuple[tuple[Piece, ...], str, int | None]:
         if not played.grid:
             raise ReplayError(f"{played.key} has no recorded probes")
-        probe = played.grid[_at_or_before(played.grid_pos, position)]
-        if probe.answer is None:
-            text = " ".join(["\\dots"] * 8)  # no box closed within the probe's tokens
-        elif probe.certain:
-            text = probe.answer + "} \\]"
+        if position < played.grid_pos[0]:  # nothing recorded this early: the next probe's answer is the future
+            answer, certain, out_tokens, recorded = None, True, _PROBE_BUDGET, None
         else:
-            text = probe.answer + "} Wait, let me check."
-        count = min(max_tokens, max(1, probe.out_tokens))
+            probe = played.grid[_at_or_before(played.grid_pos, position)]
+            answer, certain, out_tokens, recorded = probe.answer, probe.certain, probe.out_tokens, probe.pos
+        if answer is None:
+            text = " ".join(["\\dots"] * 8)  # no box closed within the probe's tokens
+        elif certain:
+            text = answer + "} \\]"
+        else:
+            text = answer + "} Wait, let me check."
+        count = min(max_tokens, max(1, out_tokens))
         pieces = _spread(_tokens_of(played, text), count)
-        finish = "length" if probe.answer is None and count == max_tokens else "stop"
+        finish = "length" if answer is None and count == max_tokens else "stop"
         pieces_out, finish = _apply_stop(pieces, stop, finish)
-        return _pad(pieces_out, count), finish, probe.pos
+        return _pad(pieces_out, count), finish, recorded
 
     def _trial(self, played: _Played, position: int, max_tokens: int,
                stop: Sequence[str]) -> tuple[tuple[Piece, ...], str, int | None]:

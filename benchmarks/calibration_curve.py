@@ -1,0 +1,195 @@
+"""Benchmark: the learning curve of `certaindex calibrate DIR` (issue 19 item 5).
+
+Stand-in shadow traffic: N trajectories drawn at random from the TRAIN-split problems of one model
+(R1-Distill-Qwen-7B, Qwen3-8B; every dataset and seed of the Governor development traces), with no
+gold answers used: an exit is harmful when its answer differs from the model's own full-reasoning
+answer, as on shadow traffic. Calibration is what the command does on a folder of traces, on the
+same pure functions: three candidates, each certified by Learn-then-Test at delta / 3 (alpha 0.05,
+delta 0.1, the folder defaults):
+
+* Dynasor's rule over k x probe interval (64..512 tokens), tested conservative first;
+* the starting profile's certainty score, its threshold re-certified on all N traces (start: the
+  shipped ``generic`` profile if there is one, else ``conservative``, the pooled profile fitted on
+  all four families; NOT the model's own family profile, which was fitted on these very problems);
+* the score refitted on a third of the N traces (schedule bx+tc+g512, +tr where the traces have
+  DEER trials) and certified on the rest.
+
+The certified candidate saving most is applied to every DEV trajectory of the model and judged with
+gold answers (as `certaindex evaluate`): tokens saved and harmful exits per dataset, next to the
+shipped family profile (the default) on the same trajectories. Several random draws per N.
+
+    python benchmarks/calibration_curve.py [GOVERNOR_DIR] [--draws 3] [--sizes 50,100,200,400]   # GRADE_CACHE=path
+
+Writes benchmarks/results/calibration-curve/curve.txt and curve.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from certaindex.cli.governor import grade, read_trajectories  # noqa: E402
+from certaindex.core.calibration import ltt_fixed_sequence  # noqa: E402
+from certaindex.core.exit_score import ScoreModel  # noqa: E402
+from certaindex.evaluation.governor import run_profile  # noqa: E402
+from certaindex.evaluation.peers import dynasor, dynasor_all_k  # noqa: E402
+from certaindex.evaluation.profiles import profile_for_model, shipped_profiles  # noqa: E402
+from certaindex.evaluation.score_policy import replay_score  # noqa: E402
+from certaindex.evaluation.self_calibration import calibrate_score, score_schedule  # noqa: E402
+
+MODELS = ("r1-distill-qwen-7b", "qwen3-8b")
+SIZES = (50, 100, 200, 400)
+KS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # calibrate DIR's grid
+INTERVALS = (64, 128, 256, 512)
+ALPHA, DELTA = 0.05, 0.1
+
+
+def dynasor_candidate(trajs, key, same, delta):
+    """calibrate DIR's Dynasor candidate on Governor trajectories: LTT over the grid in its fixed
+    order (latest possible exit first), harmful = an early exit whose answer differs from full's."""
+    grid = sorted(((i, k) for i in INTERVALS for k in KS), key=lambda p: (-(p[0] * p[1]), -p[0], -p[1]))
+    full_mean = sum(t.tokens_used for t in trajs) / len(trajs)
+    runs = {i: [dynasor_all_k(t, KS, key, lambda a: False, i) for t in trajs] for i in INTERVALS}
+    harm, saved = [], []
+    for i, k in grid:
+        outs = [r[KS.index(k)] for r in runs[i]]
+        harm.append(sum(o.exit_pos is not None and not same(t, o.answer) for o, t in zip(outs, trajs)))
+        saved.append(1 - sum(o.tokens for o in outs) / len(outs) / full_mean)
+    ltt = ltt_fixed_sequence(harm, len(trajs), ALPHA, delta)
+    if not ltt.certified:
+        return None
+    j = max(ltt.certified, key=lambda j: saved[j])
+    return {"kind": "dynasor", "interval": grid[j][0], "k": grid[j][1], "cal_saved": saved[j]}
+
+
+def judge(rule, trajs, cache) -> dict[str, dict[str, float]]:
+    """The rule on every trajectory, gold-graded, per dataset: n, saved, harmful exits."""
+    per: dict[str, list] = {}
+    for t in trajs:
+        def correct(a, t=t):
+            return cache.correct(a, t.target)
+
+        if rule is None:
+            o = None
+        elif rule["kind"] == "dynasor":
+            o = dynasor(t, rule["k"], cache.key, correct, rule["interval"])
+        elif rule["kind"] == "profile":
+            o = run_profile(rule["profile"], t, cache.key, correct)
+        else:
+            o = replay_score(rule, t, cache.key, correct)
+        full_ok = cache.correct(t.final_answer, t.target)
+        tokens = o.tokens if o is not None else t.tokens_used
+        ok = o.correct if o is not None else full_ok
+        per.setdefault(t.dataset, []).append((t.tokens_used, tokens, full_ok and not ok))
+    return {d: {"n": len(v), "saved": 1 - sum(x[1] for x in v) / sum(x[0] for x in v), "harmful": sum(x[2] for x in v)}
+            for d, v in sorted(per.items())}
+
+
+def calibrate_like_the_command(sample, start, cache, has_trials):
+    keys = cache.key
+
+    def same(t, a):  # the shadow label: the exit answer equals full reasoning's own answer
+        ka, kf = keys(a), _final_key(cache, t)
+        return a is not None and ka is not None and ka == kf
+
+    delta = DELTA / 3
+    cands = []
+    dyn = dynasor_candidate(sample, keys, same, delta)
+    if dyn is not None:
+        cands.append(dyn)
+    sched = score_schedule(start.rule["schedule"], 64, has_trials)
+    refit = "bx+tc+g512" + ("+tr" if has_trials else "")
+    for c in calibrate_score(sample, sched, ScoreModel.from_dict(start.rule["model"]), keys, same, ALPHA, delta, refit):
+        if c.certified:
+            cal = c.calibration
+            cands.append({"kind": "score", "candidate": c.name, "schedule": cal.schedule, "threshold": cal.threshold,
+                          "model": cal.model.to_dict(), "cal_saved": cal.cal_saved})
+    return max(cands, key=lambda c: c["cal_saved"]) if cands else None
+
+
+def _final_key(cache, t):
+    from certaindex.core.answers import canonical_answer
+
+    if t.final_answer is None:
+        return None
+    if t.final_answer not in cache.keys:
+        cache.keys[t.final_answer] = canonical_answer(t.final_answer)
+    return cache.keys[t.final_answer]
+
+
+def main() -> int:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    draws = int(sys.argv[sys.argv.index("--draws") + 1]) if "--draws" in sys.argv else 3
+    sizes = tuple(int(x) for x in sys.argv[sys.argv.index("--sizes") + 1].split(",")) if "--sizes" in sys.argv else SIZES
+    args = [a for a in args if not a[0].isdigit()]
+    path = Path(args[0]) if args else Path("/work/shared/traces/governor")
+    started = time.perf_counter()
+    train, _, _ = read_trajectories(path, "train", quiet=True)
+    dev, _, _ = read_trajectories(path, "dev", quiet=True)
+    train = [t for t in train if t.model in MODELS]
+    dev = [t for t in dev if t.model in MODELS]
+    cache = grade(train + dev, os.environ.get("GRADE_CACHE"), quiet=True)
+    named = {p.name: p for p in shipped_profiles()}
+    start = named.get("generic") or named["conservative"]
+    result: dict = {"start_profile": start.name, "models": {}}
+    lines = []
+    for model in MODELS:
+        tr = [t for t in train if t.model == model]
+        dv = [t for t in dev if t.model == model]
+        if not tr or not dv:
+            continue
+        has_trials = all(t.trials is not None for t in tr)
+        family = profile_for_model(dv[0].model_name)
+        shipped = judge({"kind": "profile", "profile": family}, dv, cache)
+        rows = {}
+        lines.append(f"\n## {model}: {len(tr)} train trajectories to draw from, {len(dv)} dev trajectories judged; "
+                     f"shipped family profile {family.name}: " + ", ".join(
+                         f"{d} {100 * v['saved']:.1f}% saved / {v['harmful']} harmful" for d, v in shipped.items()))
+        for n in sizes:
+            per_draw = []
+            for d in range(draws):
+                sample = random.Random(1000 * n + d).sample(tr, min(n, len(tr)))
+                rule = calibrate_like_the_command(sample, start, cache, has_trials)
+                judged = judge(rule, dv, cache)
+                label = ("nothing certified" if rule is None else
+                         f"dynasor k={rule['k']} interval={rule['interval']}" if rule["kind"] == "dynasor" else
+                         f"score ({rule['candidate']}) {rule['schedule']} threshold {rule['threshold']:.4f}")
+                per_draw.append({"draw": d, "chosen": label, "dev": judged})
+                lines.append(f"N={n:4d} draw {d}: {label:55s} " + "  ".join(
+                    f"{ds} {100 * v['saved']:5.1f}% harm {v['harmful']:2d}" for ds, v in judged.items()))
+            mean = {ds: {"saved": sum(p["dev"][ds]["saved"] for p in per_draw) / draws,
+                         "harmful": sum(p["dev"][ds]["harmful"] for p in per_draw) / draws} for ds in shipped}
+            lines.append(f"N={n:4d} mean of {draws}: " + "  ".join(
+                f"{ds} {100 * v['saved']:5.1f}% harm {v['harmful']:.1f}" for ds, v in mean.items())
+                + f"   (shipped math500: {100 * shipped['math500']['saved']:.1f}%)")
+            rows[n] = {"draws": per_draw, "mean": mean}
+        result["models"][model] = {"shipped_profile": family.name, "shipped_dev": shipped, "sizes": rows}
+    head = [
+        f"# python benchmarks/calibration_curve.py {path} --draws {draws} --sizes {','.join(map(str, sizes))}",
+        f"# machine: {platform.node()}, {os.cpu_count()} cores ({platform.machine()}), python {platform.python_version()}; "
+        f"shared by other jobs; {time.perf_counter() - started:.0f} s wall-clock",
+        "# stand-in shadow traces: N random TRAIN-split trajectories of the model (no gold used: harmful = differs from full "
+        "reasoning's own answer); three candidates at delta/3 each (alpha 0.05, delta 0.1): Dynasor's grid, the "
+        f"'{start.name}' profile's score re-certified, the score refitted on a third (bx+tc+g512, +tr with trials); "
+        "the certified one saving most on its calibration traces is judged on every DEV trajectory with gold answers",
+        "# saved = 1 - tokens / full reasoning's tokens (probe/trial tokens counted); harm = wrong where full was right",
+    ]
+    text = "\n".join(head + lines) + "\n"
+    print(text)
+    out = ROOT / "benchmarks" / "results" / "calibration-curve"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curve.txt").write_text(text)
+    (out / "curve.json").write_text(json.dumps(result, indent=1, default=lambda o: None) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

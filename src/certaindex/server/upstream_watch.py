@@ -1,0 +1,123 @@
+"""The upstream's state as the proxy last saw it: reachable or not, and the models it serves.
+
+A background task reads ``GET /v1/models`` from every upstream at start, then every few seconds and
+at once after a request to it fails, each read bounded by a short timeout. ``/health``, the model
+check and the profile choice answer from this memory: a hung upstream never makes them wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from certaindex.server.passthrough import Passthrough
+
+
+@dataclass(frozen=True)
+class UpstreamSnapshot:
+    """``reachable`` None: not read yet. ``models``: the ids served, in the upstream's order (the
+    replicas' lists joined); empty when unknown (unreachable, or a list the proxy cannot read)."""
+
+    reachable: bool | None = None
+    models: tuple[str, ...] = ()
+    checked_at: float | None = None  # time.monotonic() of the read
+    error: str | None = None
+
+
+def served_model_ids(payload: Any) -> tuple[str, ...]:
+    """The model ids in an OpenAI ``/v1/models`` answer; () when it is not one."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        return ()
+    return tuple(str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"])
+
+
+def merge(reads: list[tuple[bool, tuple[str, ...], str | None]], now: float) -> UpstreamSnapshot:
+    """One snapshot from each upstream's (reachable, models, error): reachable if any is, models joined."""
+    models: list[str] = []
+    for _, served, _ in reads:
+        models += [m for m in served if m not in models]
+    errors = [e for _, _, e in reads if e]
+    return UpstreamSnapshot(any(r for r, _, _ in reads), tuple(models), now, "; ".join(errors) or None)
+
+
+class UpstreamWatch:
+    """Keeps an :class:`UpstreamSnapshot` current in the background (see the module's docstring)."""
+
+    def __init__(self, passthrough: Passthrough, every_s: float = 10.0, timeout_s: float = 2.0,
+                 min_gap_s: float = 1.0) -> None:
+        self.passthrough = passthrough
+        self.every_s = every_s
+        self.timeout_s = timeout_s
+        self.min_gap_s = min_gap_s  # pokes closer together than this wait for the next read
+        self.snapshot = UpstreamSnapshot()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.Future[UpstreamSnapshot] | None = None
+
+    async def _read(self, root: str) -> tuple[bool, tuple[str, ...], str | None]:
+        headers = self.passthrough.request_headers({})  # the upstream's own API key, if any
+        try:
+            response = await asyncio.wait_for(self.passthrough.pool.pick().get(
+                f"{root}/v1/models", headers=headers, timeout=self.timeout_s), self.timeout_s)
+        except (httpx.HTTPError, asyncio.TimeoutError) as exc:
+            return False, (), f"{root}: {type(exc).__name__}"
+        if response.status_code >= 500:
+            return False, (), f"{root}: HTTP {response.status_code}"
+        if response.status_code != 200:
+            return True, (), f"{root}: GET /v1/models answered HTTP {response.status_code}"
+        try:
+            return True, served_model_ids(response.json()), None
+        except ValueError:
+            return True, (), f"{root}: GET /v1/models is not JSON"
+
+    async def refresh(self) -> UpstreamSnapshot:
+        """Read every upstream now (each within ``timeout_s``) and keep the result; callers that
+        ask while a read is under way share it."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read_all())
+        return await asyncio.shield(self._reading)
+
+    async def _read_all(self) -> UpstreamSnapshot:
+        reads = await asyncio.gather(*(self._read(root) for root in self.passthrough.root_urls))
+        self.snapshot = merge(list(reads), time.monotonic())
+        return self.snapshot
+
+    async def fresh(self) -> UpstreamSnapshot:
+        """The snapshot, read again first unless it is under ``min_gap_s`` old: for a request
+        naming a model the last read did not list (the upstream may have changed its model)."""
+        checked = self.snapshot.checked_at
+        if checked is None or time.monotonic() - checked >= self.min_gap_s:
+            return await self.refresh()
+        return self.snapshot
+
+    def poke(self) -> None:
+        """A request to the upstream failed: read it again soon (its model may have changed)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.every_s)
+            self._wake.clear()
+            with contextlib.suppress(Exception):  # a read that fails is recorded as unreachable
+                await self.refresh()
+            await asyncio.sleep(self.min_gap_s)
+
+    async def start(self) -> None:
+        """The first read (bounded by ``timeout_s``), then the background task."""
+        with contextlib.suppress(Exception):
+            await self.refresh()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def aclose(self) -> None:
+        for task in (self._task, self._reading):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
