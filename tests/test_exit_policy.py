@@ -201,3 +201,24 @@ async def test_a_live_dynasor_run_over_a_recorded_trajectory_exits_where_its_rep
             "certain", offline.exit_pos, offline.answer), pid
         assert result.reasoning_tokens + result.probe_tokens == offline.tokens, pid
     assert any(outcomes) and not all(outcomes)
+
+
+def test_the_calibration_walk_replays_each_threshold_as_the_policy_object(sample):
+    """score_policy's calibration replays a threshold over its observation table, vectorised; at each
+    threshold its tokens and correctness per trajectory equal the ScoreRule replay."""
+    import numpy as np
+
+    from certaindex.core.exit_score import ScoreModel
+    from certaindex.evaluation.profiles import shipped_profiles
+    from certaindex.evaluation.score_policy import _exits, _replay, _table, replay_score
+
+    rule = next(p for p in shipped_profiles() if p.name == "r1-distill-qwen").rule
+    trajs = sample[::2]
+    tab = _table(trajs, rule["schedule"], canonical_answer, lambda t, a: _correct(t)(a))
+    scores = ScoreModel.from_dict(rule["model"]).score(tab.X)
+    ids = np.arange(len(trajs))
+    for th in (0.999, rule["threshold"], 0.9, 0.6):
+        tok, cor = _replay(tab, _exits(tab, scores, ids), ids, th)
+        one = [replay_score(dict(rule, threshold=th), t, canonical_answer, _correct(t)) for t in trajs]
+        assert tok.tolist() == [float(o.tokens) for o in one], th
+        assert cor.tolist() == [o.correct for o in one], th

@@ -20,6 +20,7 @@ stream and says what the observations up to the exit cost.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Optional, Protocol, Sequence
 
@@ -67,9 +68,9 @@ class Dynasor:
     (boxes, trials) are not read. The certaindex is the agreeing run over ``k``, capped at 1."""
 
     def __init__(self, k: int, equal: Equal) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        self.k = k
+        self.k = int(k)
         self.equal = equal
         self._answers: list[str | None] = []  # per probe: its answer, None when it does not count
         self.last = Decision(False)

@@ -10,7 +10,7 @@ give the spread a real deployment would see.
 
 Per-sample early exit (the combined program, Dynasor's self-consistency): every sample is probed on
 its recorded grid and stops once its last ``probe_k`` probes agree and none hesitates
-(:func:`certaindex.core.signals.probes_agree`); its answer is the agreed probe answer and its cost
+(:class:`certaindex.core.exit_policy.Dynasor`, the live program's rule); its answer is the agreed probe answer and its cost
 the tokens up to that probe plus every probe's cost. A sample that never agrees runs to its end, pays
 all its probes and answers with its final answer.
 
@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from certaindex.core.signals import ProbeObservation, probes_agree
+from certaindex.core.exit_policy import Dynasor, Observation
 from certaindex.programs.self_consistency import SCConfig, decide
 from certaindex.traces.rollouts import AnswerBook, Problem, Rollout
 
@@ -78,15 +78,17 @@ def run_sample(rollout: Rollout, book: AnswerBook, probe_k: int | None) -> Sampl
         return SampleRun(final, rollout.tokens_used, 0, False, 0, 0)
     if probe_k < 1:
         raise ValueError(f"probe_k must be at least 1, got {probe_k}")
-    seen: list[ProbeObservation] = []
-    spent = prefill = 0
+    policy = Dynasor(probe_k, _same)
+    spent = prefill = used = 0
     for probe in rollout.probes:
-        seen.append(ProbeObservation(book.rep(probe.answer), probe.hesitant))
+        used += 1
         spent += probe.decode_tokens
         prefill += probe.prefill_tokens
-        if probes_agree(seen, probe_k, _same):
-            return SampleRun(seen[-1].answer, probe.position, spent, True, len(seen), prefill)
-    return SampleRun(final, rollout.tokens_used, spent, False, len(seen), prefill)
+        decision = policy.observe(Observation(probe.position, "grid", book.rep(probe.answer), not probe.hesitant,
+                                              probe.decode_tokens))
+        if decision.exit:
+            return SampleRun(decision.answer, probe.position, spent, True, used, prefill)
+    return SampleRun(final, rollout.tokens_used, spent, False, used, prefill)
 
 
 @dataclass(frozen=True)
