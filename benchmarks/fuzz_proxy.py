@@ -14,7 +14,8 @@ Governor sample (``--speed 50``) and ``certaindex serve`` in front of it. This c
 - other routes and methods: ``/v1/completions``, unknown paths, GET on the chat route.
 
 A response counts as a server error when its status is 5xx, when an event stream carries an
-error event of type ``server_error``, or when the connection breaks. The upstream's own 4xx (the
+error event of type ``server_error``, or when the connection breaks; ``/health``'s 503 is a report
+on the upstream (the proxy's background read of its ``/v1/models`` failed), listed apart. The upstream's own 4xx (the
 replay server knows only its recorded problems) are client errors, as they would be from vLLM.
 Afterwards ``/health`` and a good request must still succeed. The results file lists every
 status count and every server error with the request that caused it.
@@ -183,13 +184,16 @@ def stream_error(text: str) -> dict[str, Any] | None:
 
 async def send(client: httpx.AsyncClient, url: str, request: tuple[str, str, bytes, dict[str, str], str]
                ) -> tuple[str, str | None, str | None]:
-    """(outcome label, server-error description or None, other stream error or None)."""
+    """(outcome label, server-error description or None, another error to list (an upstream's error
+    event in a stream, /health reporting the upstream unreachable) or None)."""
     method, path, body, headers, _kind = request
     try:
         response = await client.request(method, f"{url}{path}", content=body or None, headers=headers)
     except httpx.HTTPError as exc:
         return "connection error", f"{type(exc).__name__}: {exc}", None
     label = str(response.status_code)
+    if path == "/health" and response.status_code == 503:  # a report on the upstream, not a failed answer
+        return "503 /health degraded", None, response.text[:300]
     if response.status_code >= 500:
         return label, response.text[:300], None
     if response.headers.get("content-type", "").startswith("text/event-stream"):
@@ -206,7 +210,7 @@ async def fuzz(url: str, generator: Generator, count: int, max_seconds: float, c
     statuses: collections.Counter[str] = collections.Counter()
     kinds: collections.Counter[str] = collections.Counter()
     failures: list[str] = []
-    stream_errors: list[str] = []  # errors an event stream ended with that blame the upstream (listed, not counted)
+    stream_errors: list[str] = []  # upstream errors in streams, /health degraded: listed, not server errors
     sent = 0
     deadline = time.monotonic() + max_seconds
     started = time.monotonic()
@@ -274,7 +278,8 @@ def main() -> int:
         "responses: " + ", ".join(f"{k}: {v}" for k, v in sorted(result["statuses"].items())),
         f"server errors (5xx, server_error events, broken connections): {len(result['failures'])}",
         *[f"  {line}" for line in result["failures"]],
-        f"streams that ended with an upstream's error event (not server errors; the first 5 listed): "
+        f"streams that ended with an upstream's error event, /health reporting the upstream unreachable "
+        f"(not server errors; the first 5 listed): "
         f"{len(result['stream_errors'])}",
         *[f"  {line}" for line in result["stream_errors"][:5]],
         f"after the run: {health_line} -> {'healthy' if healthy else 'NOT HEALTHY'}",
