@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Optional, Protocol, Sequence
 
 from certaindex.core.exit_score import LiveScore, Obs, TextMarkers
+from certaindex.core.signals import ProbeObservation, probe_certaindex
 
 __all__ = ["Decision", "Deer", "Dynasor", "ExitPolicy", "Observation", "ScoreRule", "key_equal", "replay"]
 
@@ -62,38 +63,32 @@ def key_equal(key: KeyFn) -> Equal:
 
 class Dynasor:
     """Dynasor-CoT's rule: exit once the last ``k`` probes (``grid`` or ``event``) gave answers that
-    agree with the latest and none hesitated; submit the latest. Each earlier probe is compared to the
-    latest as ``equal(latest, earlier)`` (as :func:`certaindex.core.signals.probes_agree`). An answer
-    the equivalence cannot read (empty, or not equal to itself) counts as no answer. Other sources
-    (boxes, trials) are not read. The certaindex is the agreeing run over ``k``, capped at 1."""
+    agree with the latest and none hesitated; submit the latest. The run is
+    :func:`certaindex.core.signals.probe_certaindex`'s (each earlier probe compared to the latest as
+    ``equal(latest, earlier)``); an answer the equivalence cannot read (empty, or not equal to itself)
+    counts as no answer. Other sources (boxes, trials) are not read. The certaindex is the agreeing
+    run over ``k``, capped at 1; the rule exits when it reaches 1."""
 
     def __init__(self, k: int, equal: Equal) -> None:
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         self.k = int(k)
         self.equal = equal
-        self._answers: list[str | None] = []  # per probe: its answer, None when it does not count
+        self.probes: list[ProbeObservation] = []
         self.last = Decision(False)
 
-    def _counts(self, o: Obs) -> bool:
+    def _answer(self, o: Obs) -> str | None:
         a = o.answer
-        return o.certain and a is not None and a.strip() != "" and self.equal(a, a)
+        return a if a is not None and a.strip() != "" and self.equal(a, a) else None
 
     def observe(self, *observations: Obs) -> Decision:
         for o in observations:
             if o.src not in ("grid", "event"):
                 continue
-            latest = o.answer if self._counts(o) else None
-            self._answers.append(latest)
-            run = 0
-            if latest is not None:
-                run = 1
-                for earlier in reversed(self._answers[:-1]):
-                    if run >= self.k or earlier is None or not self.equal(latest, earlier):
-                        break
-                    run += 1
-            go = run >= self.k
-            self.last = Decision(go, latest if go else None, o if go else None, min(run, self.k) / self.k)
+            self.probes.append(ProbeObservation(self._answer(o), not o.certain))
+            cdx = probe_certaindex(self.probes, self.k, self.equal)
+            go = cdx >= 1.0
+            self.last = Decision(go, o.answer if go else None, o if go else None, cdx)
             if go:
                 break
         return self.last
