@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from certaindex.cli.governor import grade, read_trajectories  # noqa: E402
+from certaindex.cli.governor import grade, missing_notes, read_trajectories  # noqa: E402
 from certaindex.evaluation.governor import Point, deployable_points, family_points, groups  # noqa: E402
 
 PEERS = ("dynasor-train", "events-train", "deer-train", "deer-fixed")
@@ -81,7 +81,7 @@ def main() -> int:
         "# default = the shipped profile for the model (fitted on train only); peers: <family>-train = the setting saving most "
         "within 1 point of full reasoning on TRAIN (same model x dataset), deer-fixed = DEER at tau 0.999",
         "# goal (issue 19): MATH500 default within 1 point and saving >= every peer; AMC23/AIME24 default loses <= 1 trajectory",
-        *(f"# note: {n}" for n in _notes(missing, runs)),
+        *(f"# note: {n}" for n in missing_notes(missing, runs)),
         "",
         f"{'model':20s} {'dataset':8s} {'n':>4s} {'full':>6s}  default: acc change, saved, harmful exits, net lost; goal",
         *rows,
@@ -98,12 +98,6 @@ def main() -> int:
     (out / "contest.json").write_text(json.dumps({"command": f"python benchmarks/contest.py {path}", "cells": cells},
                                                  indent=1) + "\n")
     return 0
-
-
-def _notes(missing: dict[str, list[str]], runs: int) -> list[str]:
-    from certaindex.cli.governor import missing_notes
-
-    return missing_notes(missing, runs)
 
 
 if __name__ == "__main__":

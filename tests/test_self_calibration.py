@@ -244,6 +244,9 @@ def test_calibrate_folder_tries_the_score_and_writes_the_certified_candidate(tmp
     assert result.returncode == 0, result.stdout + result.stderr
     assert "threshold re-certified on every trace" in text and "score refitted on a third" in text
     assert "each of the 3 candidates tested at delta 0.0333" in text
+    # the starting profile's score, its threshold re-certified on all 150 traces (none spent fitting)
+    assert re.search(r"score, threshold re-certified on every trace \(bx\+[^)]*g512[^)]*\): threshold [0-9.]+ "
+                     r"certified on 150 traces, 0 harmful", text), text
     profile = load_profile(out)
     assert profile.calibration["candidates_tried"] == 3 and profile.calibration["n"] == 150
     assert profile.kind in ("score", "dynasor") and profile.probe_interval % 64 == 0
