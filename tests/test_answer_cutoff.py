@@ -202,7 +202,7 @@ def test_a_long_recorded_answer_comes_through_the_proxy_whole(tmp_path) -> None:
             server_process(serve_args, tmp_path / "proxy.log", f"{url}/health", "certaindex serve"):
         def ask(**body) -> dict:
             return httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
-                "model": "m", "messages": [{"role": "user", "content": traj.problem}],
+                "model": traj.model_name, "messages": [{"role": "user", "content": traj.problem}],
                 "certaindex": {"policy": "full"}, **body}).json()
 
         whole = ask()
