@@ -93,7 +93,7 @@ def add_cot_args(
     group.add_argument("--k", type=int, default=None, help=f"agreeing probes in a row needed to stop (default {k})")
     group.add_argument("--profile", default=profile,
                        help=f"early-exit profile (default {profile}): auto (picked from the model name), a shipped profile's name "
-                       "(r1-distill-qwen, r1-distill-qwen-32b, qwen3, r1-distill-llama, conservative), a profile "
+                       "(generic, r1-distill-qwen, r1-distill-qwen-32b, qwen3, r1-distill-llama, conservative), a profile "
                        "JSON file, or none (Dynasor's rule with --probe-interval and --k)")
     parser.set_defaults(default_probe_interval=interval, default_k=k)
     group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")
@@ -112,7 +112,7 @@ def resolve_profile(args: argparse.Namespace, model_name: str | None, engine=Non
     A profile picked from the model name whose score reads DEER trials needs token logprobs: on an
     ``engine`` that returns none (``Engine.returns_logprobs``) the conservative profile stands in, and
     the reason says so."""
-    from certaindex.evaluation.profiles import load_profile, profile_for_model, shipped_profiles
+    from certaindex.evaluation.profiles import fallback_profile, load_profile, profile_for_model, shipped_profiles
 
     calibration = getattr(args, "calibration", None)
     if calibration:
@@ -140,7 +140,7 @@ def resolve_profile(args: argparse.Namespace, model_name: str | None, engine=Non
             and not getattr(engine, "returns_logprobs", False)):
         # Trials are read from token logprobs: without them the profile would run on other evidence
         # than it was certified on. The conservative profile needs none.
-        return profile_for_model(""), (f"model {model_name}: its profile {picked.name} reads DEER trials, whose "
+        return fallback_profile(logprobs=False), (f"model {model_name}: its profile {picked.name} reads DEER trials, whose "
                                        f"confidence needs token logprobs, which {engine.name} does not return")
     return picked, f"picked for model {model_name or 'unknown'}"
 
