@@ -44,10 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ALL = ["r1-distill-qwen-7b", "qwen3-8b", "r1-distill-qwen-32b", "r1-distill-llama-8b"]
 # name, model-name patterns, fitted on, schedule, alpha
 FAMILIES = [
-    ("r1-distill-qwen-32b", ["r1-distill-qwen-32b"], ["r1-distill-qwen-32b"], "bx+tc+g256", 0.02),
+    # 32B and Llama default to the generic profile (benchmarks/transfer_profiles.py): their own
+    # profiles are kept, by name only.
+    ("r1-distill-qwen-32b", [], ["r1-distill-qwen-32b"], "bx+tc+g256", 0.02),
     ("r1-distill-qwen", ["r1-distill-qwen"], ["r1-distill-qwen-7b"], "bx+tc+g512+tr", 0.02),
     ("qwen3", ["qwen3"], ["qwen3-8b"], "bx+tc+tr", 0.02),
-    ("r1-distill-llama", ["r1-distill-llama"], ["r1-distill-llama-8b"], "bx+tc+g512", 0.02),
+    ("r1-distill-llama", [], ["r1-distill-llama-8b"], "bx+tc+g512", 0.02),
     ("conservative", [], ALL, "bx+g512", 0.01),
 ]
 DELTA = 0.1
@@ -215,6 +217,9 @@ def main() -> int:
                 "accuracy down by at most 0.5 point and AMC23/AIME24 by at most one trajectory each"),
                 "held_aside": {"label": chosen.label, "alpha": chosen.alpha, "guard": chosen.guard, **chosen.per_dataset}}
         data = score_profile_json(name, patterns, models, cal, command, extra=extra)
+        if not patterns and name != "conservative":
+            data["description"] += (" Not picked by model name since the generic profile (issue 19) is this family's default: "
+                                    f"select it with --profile {name}.")
         profiles[name] = parse_profile(data, name)
         print(f"{name:22s} {schedule:14s} label {cal.label:6s} alpha {cal.alpha:<6g} threshold {cal.threshold} cal harmful {cal.cal_harmful}/{cal.n_cal} "
               f"saved {100 * cal.cal_saved:.1f}% stopped by {cal.stopped_by} ({time.perf_counter() - t0:.1f} s)", flush=True)
@@ -229,9 +234,10 @@ def main() -> int:
             target.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
     def profile_for(model_name: str):
-        from certaindex.evaluation.profiles import profile_for_model
+        from certaindex.evaluation.profiles import GENERIC, profile_for_model, shipped_profiles
 
-        return profile_for_model(model_name, list(profiles.values()))
+        shipped = [p for p in shipped_profiles() if p.name == GENERIC]  # fitted by transfer_profiles.py
+        return profile_for_model(model_name, shipped + list(profiles.values()))
 
     rows = []
     by_group: dict[tuple[str, str], list] = {}

@@ -313,7 +313,9 @@ def test_solve_uses_the_trial_profile_of_an_r1_model_and_says_so(monkeypatch, ca
 
 def test_an_embedded_r1_model_is_created_with_logprobs_for_its_trials(monkeypatch):
     """The embedded engine keeps the logits trials need only when created so: solve asks for them when
-    the profile picked from the model's file name reads trials, and not for the tiny default model."""
+    the profile picked from the model's file name reads trials: the R1 file's family profile, and the
+    generic profile the tiny default model gets (it matches no family; issue 19); not under a profile
+    without trials."""
     from certaindex import cli
 
     asked = []
@@ -325,7 +327,8 @@ def test_an_embedded_r1_model_is_created_with_logprobs_for_its_trials(monkeypatc
     monkeypatch.setattr(cli.common, "make_engine", fake_make_engine)
     cli.main(["solve", "What is 2+2?", "--engine", "embedded:/models/DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf", "--quiet"])
     cli.main(["solve", "What is 2+2?", "--quiet"])
-    assert asked == [True, False]
+    cli.main(["solve", "What is 2+2?", "--profile", "conservative", "--quiet"])
+    assert asked == [True, True, False]
 
 
 @pytest.mark.parametrize("streaming", [False, True])

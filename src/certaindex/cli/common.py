@@ -101,7 +101,7 @@ def add_cot_args(
     group.add_argument("--k", type=int, default=None, help=f"agreeing probes in a row needed to stop (default {k})")
     group.add_argument("--profile", default=profile,
                        help=f"early-exit profile (default {profile}): auto (picked from the model name), a shipped profile's name "
-                       "(r1-distill-qwen, r1-distill-qwen-32b, qwen3, r1-distill-llama, conservative), a profile "
+                       "(generic, r1-distill-qwen, r1-distill-qwen-32b, qwen3, r1-distill-llama, conservative), a profile "
                        "JSON file, or none (Dynasor's rule with --probe-interval and --k)")
     parser.set_defaults(default_probe_interval=interval, default_k=k)
     group.add_argument("--probe-tokens", type=int, default=20, help="tokens a probe may write (default 20)")

@@ -78,8 +78,8 @@ def choose_profile(*, flag_model: str | None = None, request_model: str | None =
     False: a profile that reads DEER trials gives way to the conservative one, and the reason says so."""
     profiles = list(profiles) if profiles is not None else shipped_profiles()
     model, source = _model_and_source(flag_model, request_model, served_models, served_by)
-    fallbacks = {FALLBACK_PROFILE, CONSERVATIVE}
-    picked = next((p for p in profiles if p.name not in fallbacks and model and p.matches(model)), None)
+    # The fallback profile may also name families it was chosen for (generic: R1-32B, R1-Llama).
+    picked = next((p for p in profiles if p.name != CONSERVATIVE and model and p.matches(model)), None)
     if picked is None:
         picked = _fallback(profiles)
         source += f"{', which matches no model family' if model else ''}: the {picked.name} profile"

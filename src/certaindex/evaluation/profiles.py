@@ -9,7 +9,9 @@ A profile is a small JSON file::
      "calibration": {...}}                          # how and on what it was chosen (free-form)
 
 The shipped profiles live in ``certaindex/data/profiles/``; :func:`profile_for_model` picks the first
-whose patterns match the model name, else the one named ``conservative``. Rule kinds are
+whose patterns match the model name, else the fallback (:func:`fallback_profile`): ``generic``, the
+score fitted to transfer across model families (it reads DEER trials, so it needs token logprobs),
+or ``conservative`` for an engine without logprobs. Rule kinds are
 registered in :data:`RULE_KINDS`; a profile with a kind this version does not know is rejected on
 load with a clear message.
 """
@@ -26,8 +28,10 @@ from typing import Any
 
 __all__ = [
     "CONSERVATIVE",
+    "GENERIC",
     "PROFILE_FORMAT",
     "Profile",
+    "fallback_profile",
     "RULE_KINDS",
     "load_profile",
     "parse_profile",
@@ -38,6 +42,7 @@ __all__ = [
 PROFILE_FORMAT = "certaindex-profile"
 PROFILE_VERSION = 1
 CONSERVATIVE = "conservative"
+GENERIC = "generic"  # the default for reasoning models of no known family (issue 19)
 
 
 def _check_dynasor(rule: dict[str, Any]) -> None:
@@ -155,13 +160,21 @@ def shipped_profiles() -> list[Profile]:
     return list(_shipped())
 
 
-def profile_for_model(model_name: str, profiles: list[Profile] | None = None) -> Profile:
-    """The first profile whose patterns match ``model_name``, else the conservative one."""
+def fallback_profile(profiles: list[Profile] | None = None, logprobs: bool = True) -> Profile:
+    """The profile for a model no profile's patterns match: ``generic`` where it is available and
+    the engine returns token logprobs (its score reads DEER trials), else ``conservative``."""
+    profiles = profiles if profiles is not None else shipped_profiles()
+    named = {p.name: p for p in profiles}
+    for name in ((GENERIC, CONSERVATIVE) if logprobs else (CONSERVATIVE,)):
+        if name in named:
+            return named[name]
+    raise ValueError("no profile matches and no conservative profile is available")
+
+
+def profile_for_model(model_name: str, profiles: list[Profile] | None = None, logprobs: bool = True) -> Profile:
+    """The first profile whose patterns match ``model_name``, else :func:`fallback_profile`."""
     profiles = profiles if profiles is not None else shipped_profiles()
     for p in profiles:
         if p.name != CONSERVATIVE and p.matches(model_name):
             return p
-    for p in profiles:
-        if p.name == CONSERVATIVE:
-            return p
-    raise ValueError("no profile matches and no conservative profile is available")
+    return fallback_profile(profiles, logprobs)
