@@ -46,20 +46,20 @@ def profile(name: str, models: list[str], schedule: str = "bx+g512") -> object:
     (None, QWEN3, [R1_QWEN], QWEN3, f"request model '{QWEN3}'"),  # the request's model before the served one
     (None, None, [R1_QWEN, QWEN3], R1_QWEN, f"the engine serves '{R1_QWEN}'"),  # the first served
     (None, "", [R1_QWEN], R1_QWEN, f"the engine serves '{R1_QWEN}'"),  # an empty name names nothing
-    ("", None, [], None, "no model name known: the conservative profile"),
+    ("", None, [], None, "no model name known: the generic profile"),
 ])
 def test_the_model_name_comes_from_the_flag_then_the_request_then_the_engine(flag, request_model, served, model, reason):
     choice = choose_profile(flag_model=flag, request_model=request_model, served_models=served)
     assert choice.model == model and choice.reason == reason
-    expected = {LLAMA: "r1-distill-llama", QWEN3: "qwen3", R1_QWEN: "r1-distill-qwen", None: "conservative"}[model]
+    expected = {LLAMA: "generic", QWEN3: "qwen3", R1_QWEN: "r1-distill-qwen", None: "generic"}[model]  # generic names R1-Llama
     assert choice.name == expected
 
 
 def test_a_name_of_no_family_gets_the_fallback_and_says_so():
     choice = choose_profile(request_model="gpt-4o", served_by="the upstream")
-    assert choice.name == "conservative"  # no "generic" profile ships yet
-    assert choice.reason == "request model 'gpt-4o', which matches no model family: the conservative profile"
-    assert choice.to_dict() == {"profile": "conservative", "profile_reason": choice.reason}
+    assert choice.name == "generic"
+    assert choice.reason == "request model 'gpt-4o', which matches no model family: the generic profile"
+    assert choice.to_dict() == {"profile": "generic", "profile_reason": choice.reason}
 
 
 def test_the_fallback_is_one_constant_and_used_when_that_profile_exists(monkeypatch):
@@ -232,7 +232,7 @@ def test_a_model_the_last_read_did_not_list_is_read_again_before_it_is_refused()
             upstream.model = LLAMA  # the upstream now serves another model
             reply = httpx.post(f"{url}/v1/chat/completions", json={"model": LLAMA, "messages": QUESTION}, timeout=30)
             assert reply.status_code == 200, reply.text
-            assert reply.json()["usage"]["certaindex"]["profile"] == "r1-distill-llama"
+            assert reply.json()["usage"]["certaindex"]["profile"] == "generic"  # generic names R1-Llama
             assert httpx.get(f"{url}/health", timeout=30).json()["upstream_models"] == [LLAMA]
             gone = httpx.post(f"{url}/v1/chat/completions", json={"model": QWEN3, "messages": QUESTION}, timeout=30)
             assert gone.status_code == 404
@@ -291,7 +291,7 @@ def test_solve_on_an_http_engine_without_model_picks_the_served_models_profile(c
     with serve_in_thread(upstream.app()) as upstream_url:
         code = cli.main(["solve", "What is 6 * 7?", "--engine", upstream_url, "--budget", "64", "--json"])
     payload = json.loads(capsys.readouterr().out)
-    assert code == 0 and payload["rule"].startswith("early-exit profile r1-distill-llama")
+    assert code == 0 and payload["rule"].startswith("early-exit profile generic")
     assert f"the engine serves '{LLAMA}'" in payload["rule"] and "http:" not in payload["rule"]
 
 
@@ -300,7 +300,7 @@ def test_solve_on_an_http_engine_without_model_picks_the_served_models_profile(c
     (["--upstream", "http://127.0.0.1:9/v1", "--model", QWEN3], False, f"--model '{QWEN3}'"),
     (["--upstream", "http://127.0.0.1:9/v1", "--k", "4"], False, "--probe-interval/--k given"),
     (["--upstream", "http://127.0.0.1:9/v1", "--profile", "qwen3"], False, "--profile"),
-    ([], False, "no model name known: the conservative profile"),  # the embedded engine: chosen at start
+    ([], False, "no model name known: the generic profile"),  # the embedded engine: chosen at start
 ])
 def test_serve_chooses_per_model_only_with_an_upstream_and_no_rule_flags(flags, per_model, reason):
     from tests.test_profile_choice import serve_args
