@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from certaindex.core.answers import answers_equal  # noqa: E402
 from certaindex.evaluation.governor import grading_inputs, parse_policy, run_policy, with_final_answers  # noqa: E402
-from certaindex.evaluation.grading import GradeCache  # noqa: E402
+from certaindex.evaluation.grading import GradeCache, default_cache_path  # noqa: E402
 from certaindex.traces.governor import Trajectory, read_governor  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "traces" / "governor"
@@ -69,6 +69,7 @@ class Row:
     off_correct: bool
     off_tokens: int
     stop_reason: str
+    profile: str | None = None  # the profile the proxy ran (usage.certaindex.profile)
 
     @property
     def equal(self) -> bool:
@@ -173,11 +174,12 @@ def compare(trajs: list[Trajectory], replies: list[dict[str, Any]], plans: dict[
             live_correct=answers_equal(answer, traj.target), live_tokens=int(usage.get("completion_tokens", 0)),
             overrun=int(parts.get("overrun_tokens", 0)), answer_cut=finish == "length",
             off_exit=plan.exit_pos is not None and not (finished and plan.exit_pos >= live_pos), off_pos=plan.exit_pos, off_answer=plan.answer,
-            off_correct=plan.correct, off_tokens=plan.tokens, stop_reason=str(info.get("stop_reason"))))
+            off_correct=plan.correct, off_tokens=plan.tokens, stop_reason=str(info.get("stop_reason")),
+            profile=info.get("profile")))
     return rows
 
 
-def summary(family: str, concurrency: int, rows: list[Row], upstream: int, profile: str) -> str:
+def summary(family: str, concurrency: int, rows: list[Row], upstream: int, lag_s: float) -> str:
     n = len(rows)
     exits = [r for r in rows if r.live_exit and r.off_exit]
     shifts = [r.live_pos - (r.off_pos or 0) for r in exits]
@@ -188,22 +190,24 @@ def summary(family: str, concurrency: int, rows: list[Row], upstream: int, profi
             f"{(sum(shifts) / len(shifts) if shifts else 0):>7.1f} {max(shifts, key=abs, default=0):>6} "
             f"{upstream:>9} {off_tokens:>9} {upstream / max(off_tokens, 1):>6.3f} "
             f"{(sum(r.overrun for r in live_exits) / len(live_exits) if live_exits else 0):>8.1f} "
-            f"{sum(r.answer_cut for r in rows):>4}  {profile}")
+            f"{sum(r.answer_cut for r in rows):>4} {lag_s:>6.1f}  {_profiles(rows)}")
+
+
+def _profiles(rows: list[Row]) -> str:
+    """The profiles the proxy ran, with how many problems each."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[str(r.profile)] = counts.get(str(r.profile), 0) + 1
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 HEADER = (f"{'family':<22} {'conc':>4} {'n':>4} {'live':>5} {'eval':>5} {'same':>5} {'dpos':>7} {'most':>6} "
-          f"{'upstream':>9} {'plan':>9} {'ratio':>6} {'overrun':>8} {'cut':>4}  profile")
-
-
-def chosen_profile(log: Path) -> str:
-    """The serve log's line saying which profile it picked, and why."""
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if "profile" in ln]
-    return lines[-1][-120:] if lines else "?"
+          f"{'upstream':>9} {'plan':>9} {'ratio':>6} {'overrun':>8} {'cut':>4} {'lag s':>6}  profiles run")
 
 
 def run_family(args: argparse.Namespace, family: str, out: Path) -> list[str]:
     trajs = load(args.traces, family, args.datasets, args.split, args.seeds, args.limit)
-    plans = offline(trajs, out / "grades.json", args.policy)
+    plans = offline(trajs, args.grade_cache, args.policy)
     rport, sport = free_port(), free_port()
     replay = start(["replay-server", str(args.traces), "--model", family, "--split", args.split, "--seeds",
                     ",".join(map(str, args.seeds)), "--dataset", ",".join(args.datasets), "--speed", str(args.speed),
@@ -228,7 +232,7 @@ def run_family(args: argparse.Namespace, family: str, out: Path) -> list[str]:
                     for row, reply in zip(rows, replies):
                         fh.write(json.dumps({**row.__dict__, "equal": row.equal, "error": reply.get("error")}) + "\n")
                 line = summary(family, concurrency, rows, after["tokens"] - before["tokens"],
-                               chosen_profile(out / f"{family}-serve.log"))
+                               after["lag_s"] - before["lag_s"])
                 print(line, flush=True)
                 lines.append(line)
         finally:
@@ -254,6 +258,8 @@ def main() -> None:
     parser.add_argument("--policy", default="default", choices=["default", "full"])
     parser.add_argument("--model-flag", action="store_true", help="give serve --model (without: as the docs show)")
     parser.add_argument("--send-model", action="store_true", help="name the served model in each request")
+    parser.add_argument("--grade-cache", type=Path, default=default_cache_path().with_name("grades-live-vs-offline.json"),
+                        help="grade cache of this benchmark (default beside certaindex's own)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results" / "live-vs-offline")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,7 +269,7 @@ def main() -> None:
             + (" --model" if args.model_flag else " (no --model)") + f"; policy {args.policy}",
             "live/eval: right answers; same: outcomes equal; dpos: live minus offline exit position (mean, most); "
             "upstream: tokens generated at the replay server; plan: evaluate's tokens; overrun: per early exit; "
-            "cut: answers ended on length", "", HEADER]
+            "cut: answers ended on length; lag s: how far the replay server's clock fell behind its pace", "", HEADER]
     print("\n".join(head), flush=True)
     lines = list(head)
     for family in args.families:

@@ -21,7 +21,8 @@ from certaindex.server.passthrough import Passthrough
 @dataclass(frozen=True)
 class UpstreamSnapshot:
     """``reachable`` None: not read yet. ``models``: the ids served, in the upstream's order (the
-    replicas' lists joined); empty when unknown (unreachable, or a list the proxy cannot read)."""
+    replicas' lists joined); empty when unknown (never read, or a list the proxy cannot read). An
+    upstream whose latest read failed keeps the models it was last read with."""
 
     reachable: bool | None = None
     models: tuple[str, ...] = ()
@@ -56,6 +57,7 @@ class UpstreamWatch:
         self.timeout_s = timeout_s
         self.min_gap_s = min_gap_s  # pokes closer together than this wait for the next read
         self.snapshot = UpstreamSnapshot()
+        self._known: dict[str, tuple[str, ...]] = {}  # each upstream's models as last read
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reading: asyncio.Future[UpstreamSnapshot] | None = None
@@ -84,8 +86,16 @@ class UpstreamWatch:
         return await asyncio.shield(self._reading)
 
     async def _read_all(self) -> UpstreamSnapshot:
-        reads = await asyncio.gather(*(self._read(root) for root in self.passthrough.root_urls))
-        self.snapshot = merge(list(reads), time.monotonic())
+        roots = list(self.passthrough.root_urls)
+        reads = await asyncio.gather(*(self._read(root) for root in roots))
+        kept = []
+        for root, (reachable, served, error) in zip(roots, reads):
+            if reachable:
+                self._known[root] = served
+            else:  # a read that failed (a timeout under load) does not forget the model that upstream served
+                served = self._known.get(root, ())
+            kept.append((reachable, served, error))
+        self.snapshot = merge(kept, time.monotonic())
         return self.snapshot
 
     async def fresh(self) -> UpstreamSnapshot:
