@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from certaindex.core.exit_score import FEATURES, RELATIVE_FEATURES
+from certaindex.core.exit_score import FEATURES, RELATIVE_FEATURES, answer_parts
 from certaindex.evaluation.governor import with_final_answers
 from certaindex.evaluation.grading import GradeCache
 from certaindex.evaluation.peers import deer, full_reasoning
@@ -112,7 +112,10 @@ def report(rule: dict[str, Any], trajs: Sequence[Trajectory], cache) -> dict[str
         row = {"n": len(ts), "full_accuracy": sum(f.correct for f in fulls) / len(ts),
                "accuracy": sum(o.correct for o in outs) / len(ts), "saved": 1 - sum(o.tokens for o in outs) / full_tok,
                "harmful": sum(f.correct and not o.correct for f, o in zip(fulls, outs)),
-               "helped": sum(o.correct and not f.correct for f, o in zip(fulls, outs))}
+               "helped": sum(o.correct and not f.correct for f, o in zip(fulls, outs)),
+               # item 6: harmful exits answering a list cut short (fewer parts than full reasoning's answer)
+               "harmful_partial": sum(f.correct and not o.correct and 0 < answer_parts(o.answer) < answer_parts(f.answer)
+                                      for f, o in zip(fulls, outs))}
         if all(t.trials is not None for t in ts):
             dd = [deer(t, 0.999, c) for t, c in zip(ts, cs)]
             row["deer_0.999_accuracy"] = sum(o.correct for o in dd) / len(ts)
@@ -162,6 +165,7 @@ def choose_setting(trajs, cache) -> tuple[tuple[str, str], list[dict]]:
 def line(r: dict) -> str:
     return f"{'+'.join(r['fitted_on'])} -> {r['reported_on']} " + " ".join(
         f"{d} {v['accuracy'] - v['full_accuracy']:+.3f}/{100 * v['saved']:.1f}%/h{v['harmful']}"
+        + (f"(p{v['harmful_partial']})" if v.get("harmful_partial") else "")
         for d, v in sorted(r["per_dataset"].items()))
 
 
@@ -198,7 +202,8 @@ def dev_table(profiles: dict[str, Profile], trajs, cache) -> list[dict]:
 
 
 def cell(v: dict) -> str:
-    return f"{100 * (v['accuracy'] - v['full_accuracy']):+.1f} pt / {100 * v['saved']:.1f}% (h {v['harmful']}, +{v['helped']})"
+    return (f"{100 * (v['accuracy'] - v['full_accuracy']):+.1f} pt / {100 * v['saved']:.1f}% (h {v['harmful']}, +{v['helped']}"
+            + (f"; {v['harmful_partial']} a list cut short" if v.get("harmful_partial") else "") + ")")
 
 
 def deer_cell(v: dict) -> str:
@@ -214,7 +219,8 @@ def markdown(result: dict) -> str:
            f"Chosen on held-out TRAIN problems: schedule `{result['chosen']['schedule']}`, features "
            f"*{result['chosen']['features']}*; R1-32B and R1-Llama default to `{result['default_32b_llama']}`.\n",
            "## Leave one family out (accuracy change against full reasoning / tokens saved, probes and trials "
-           "counted; h harmful exits, + helped)\n",
+           "counted; h harmful exits, of which \"a list cut short\" answer fewer parts than full reasoning's "
+           "answer (item 6); + helped)\n",
            "| fitted + certified on (train) | reported on | split | MATH500 | AMC23 | AIME24 | DEER tau 0.999 on MATH500 |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["lofo_train"] + result["lofo_dev"]:
