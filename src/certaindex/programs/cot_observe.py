@@ -84,8 +84,7 @@ class Judge:
     def record_trial(self, at_tokens: int, completion: Completion, probe_tokens: int) -> bool:
         """Read a trial (answer, confidence from its logprobs), feed it to the score after the boxes
         written before it, and decide (True: settled)."""
-        live = self.live
-        assert live is not None
+        assert self.live is not None  # trials are read under a score rule only
         choice = completion.first
         lps = choice.logprobs or ()
         reading = read_trial([t.token for t in lps], [t.logprob for t in lps])
