@@ -60,6 +60,30 @@ def test_read_trial_reads_the_first_box_and_scores_its_tokens_only():
     assert read_trial(["{", " ", "}\n"], [0, 0, 0]).answer is None  # an empty box is no answer
 
 
+def test_avg2_is_the_geometric_mean_after_the_opening_brace():
+    lps = [math.log(0.5), math.log(0.9), math.log(0.4)]
+    conf, minp = trial_confidence(lps, "avg2")
+    assert conf == pytest.approx(math.sqrt(0.9 * 0.4)) and minp == pytest.approx(0.4)
+    assert conf < trial_confidence(lps, "avg1")[0]  # below the arithmetic mean where the tokens differ
+    with pytest.raises(ValueError, match="avg1, avg2"):
+        trial_confidence(lps, "avg3")
+
+
+def test_require_think_close_scores_up_to_think_close_and_zero_without_it():
+    """The Qwen3-8B records' rule: the tokens after the brace up to and including ``</think>``; a trial
+    that did not write ``</think>`` reads 0 (its answer is still read; min_prob over all its tokens)."""
+    tokens, lps = ["{", "7", "}\n", "</think>", "\n\nThe"], [-0.5, -0.01, -0.2, -0.03, -4.0]
+    closed = read_trial(tokens, lps, "avg2", require_think_close=True)
+    assert closed.answer == "7" and closed.answer_tokens == 4
+    assert closed.confidence == pytest.approx(math.exp((-0.01 - 0.2 - 0.03) / 3))
+    assert closed.min_prob == pytest.approx(math.exp(-0.5))
+    tokens, lps = ["{", "7", "}\n\n", "Wait", ",", " no"], [-0.1, -0.01, -0.02, -0.3, -0.01, -2.5]
+    open_ = read_trial(tokens, lps, "avg2", require_think_close=True)
+    assert open_.answer == "7" and open_.confidence == 0.0 and open_.answer_tokens == 6
+    assert open_.min_prob == pytest.approx(math.exp(-2.5))
+    assert read_trial(tokens, lps).confidence > 0.9  # the default (avg1) stops at the box
+
+
 def test_the_definition_reproduces_the_recorded_deer_confidence():
     """The shipped sample's DEER records: the confidence recomputed from each trial's logprobs equals
     the recorded one, and the reader's min_prob is the same function's."""
@@ -117,6 +141,56 @@ async def test_a_confident_trial_exits_with_its_answer_at_its_position(streaming
     assert result.stop_reason == "certain" and result.answer == "42"
     assert result.reasoning_tokens == first_sure and result.trials[-1].at_tokens == first_sure
     assert streaming or result.overrun_tokens == 8 - first_sure % 8  # the rest of its chunk
+
+
+AVG2_RULE = dict(TRIAL_RULE, trials=dict(TRIAL_RULE["trials"], confidence_rule="avg2", require_think_close=True))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_think_close_rule_trial_runs_to_think_close_and_reads_zero_without_it(streaming):
+    """Under ``require_think_close`` a trial asks to stop at ``</think>`` (not at the box's end); one
+    that writes it is read by avg2 and can exit, one that does not reads 0 and cannot."""
+    def reply(n: int) -> list[tuple[str, float]]:
+        sure = [("{", -0.2), ("42", -0.0005), ("}\n", -0.0005), ("</think>", -0.0005)]
+        unsure = [("{", -0.2), ("41", -0.0005), ("}\n\n", -0.0005), ("Wait", -0.0005)]  # sure, but open
+        return sure if n >= 30 else unsure
+    engine = ScriptedFakeEngine(reasoning=with_waits(200), trial_reply=reply, streaming=streaming, ends_naturally=False)
+    result = await solve_cot(engine, QUESTION, CoTConfig(budget=200, probe_interval=8, certainty=AVG2_RULE))
+    assert all(req.stop == ("</think>",) and req.max_tokens == 20 for req in engine.trials)
+    first_sure = next(i for i, t in enumerate(with_waits(200)) if t == "Wait" and i >= 30)
+    assert result.stop_reason == "certain" and result.answer == "42" and result.reasoning_tokens == first_sure
+    assert all(t.confidence == 0.0 and t.answer == "41" for t in result.trials[:-1]) and len(result.trials) > 1
+    assert result.trials[-1].confidence == pytest.approx(math.exp(-0.0005))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_trial_whose_box_never_closes_has_no_answer(streaming):
+    """R1-7B MATH500 problem 389's recorded trials: ``{\\dfrac{\\sqrt{21}}`` and stop, every token
+    shown, confidence ~1. The records read no answer there, so live must not submit the text cut
+    inside the fraction: no exit, the trials' answers are None."""
+    def reply(n: int) -> list[tuple[str, float]]:
+        return [("{\\", 0.0), ("d", 0.0), ("frac", 0.0), ("{\\", 0.0), ("sqrt", 0.0), ("{", 0.0), ("2", 0.0),
+                ("1", 0.0), ("}}", 0.0)]
+    engine = ScriptedFakeEngine(reasoning=with_waits(60), trial_reply=reply, streaming=streaming)
+    rule = dict(TRIAL_RULE, schedule="tr")  # trials only: a probe's answer would exit on the trial's confidence
+    result = await solve_cot(engine, QUESTION, CoTConfig(budget=200, probe_interval=8, certainty=rule))
+    assert result.trials and all(t.answer is None and t.confidence == 1.0 for t in result.trials)
+    assert result.stop_reason == "finished"
+
+
+def test_shipped_qwen3_profile_reads_trials_by_the_records_rule_and_bad_rules_are_refused():
+    from certaindex.evaluation.profiles import parse_profile
+
+    trials = {p.name: (p.rule.get("trials") or {}) for p in shipped_profiles()}
+    assert trials["qwen3"]["confidence_rule"] == "avg2" and trials["qwen3"]["require_think_close"] is True
+    assert "confidence_rule" not in trials["r1-distill-qwen"]  # avg1, today's behaviour
+    data = next(p for p in shipped_profiles() if p.name == "qwen3")
+    base = {"format": "certaindex-profile", "version": 1, "name": "x", "models": ["x"], "probe_suffix": "s",
+            "probe_interval": 64, "probe_tokens": 32}
+    for bad, msg in (({"confidence_rule": "avg3"}, "confidence_rule"), ({"require_think_close": "yes"}, "require_think_close")):
+        rule = dict(data.rule, trials=dict(data.rule["trials"], **bad))
+        with pytest.raises(ValueError, match=msg):
+            parse_profile(dict(base, rule=rule), "p.json")
 
 
 async def test_no_trials_without_tr_in_the_schedule():

@@ -84,12 +84,17 @@ class Judge:
     def record_trial(self, at_tokens: int, completion: Completion, probe_tokens: int) -> bool:
         """Read a trial (answer, confidence from its logprobs), feed it to the score after the boxes
         written before it, and decide (True: settled)."""
-        assert self.live is not None  # trials are read under a score rule only
+        live = self.live
+        assert live is not None  # trials are read under a score rule only
         choice = completion.first
         lps = choice.logprobs or ()
-        reading = read_trial([t.token for t in lps], [t.logprob for t in lps])
+        reading = read_trial([t.token for t in lps], [t.logprob for t in lps], live.trial_rule,
+                             live.require_think_close)
         answer = reading.answer
-        if answer is None and choice.finish_reason == "stop":  # the engine cut the closing brace with a stop string
+        if answer is None and choice.finish_reason == "stop" and len(lps) < choice.completion_tokens:
+            # the engine cut the closing brace with a stop string and did not show that token (vLLM,
+            # llama.cpp and the replay server show it: a box that never closes there is no answer,
+            # as in the DEER records)
             answer = read_probe_answer("\\boxed{", choice.text.lstrip().removeprefix("{"), True)
         settled = self._observe(Obs(at_tokens, "trial", answer, True, choice.completion_tokens, reading.confidence,
                                     reading.min_prob))

@@ -63,7 +63,9 @@ class SideRequests:
         live = self.live
         assert live is not None
         completion = await self.engine.generate(GenerationRequest(
-            prompt=self.prompt + text + live.trial_suffix, max_tokens=live.trial_tokens, stop=PROBE_STOPS,
+            # a trial read as the records' require_think_close rule runs on until </think>
+            prompt=self.prompt + text + live.trial_suffix, max_tokens=live.trial_tokens,
+            stop=(THINK_CLOSE,) if live.require_think_close else PROBE_STOPS,
             temperature=0.0, seed=self.config.seed, logprobs=1))
         self.probe_tokens += completion.first.completion_tokens
         if completion.first.logprobs is None:
