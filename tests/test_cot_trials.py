@@ -50,11 +50,13 @@ def test_trial_confidence_is_deers_mean_after_the_opening_brace():
     assert trial_confidence([math.log(0.6)]) == pytest.approx((0.6, 0.6))  # one token: itself
 
 
-def test_read_trial_reads_the_first_box_and_scores_its_tokens_only():
-    r = read_trial(["{\\", "frac", "{1}{2", "}}", ", then"], [-0.1, -0.2, -0.3, -0.4, -5.0])
-    assert r.answer == "\\frac{1}{2}" and r.answer_tokens == 4  # the token closing the box ends it
-    assert r.confidence == pytest.approx(sum(math.exp(x) for x in (-0.2, -0.3, -0.4)) / 3)
-    assert r.min_prob == pytest.approx(math.exp(-0.4))
+def test_read_trial_reads_the_first_box_and_scores_every_token_as_the_records_do():
+    """A trial that runs on past its box (``}, \\boxed{0}, ...``: no stop string there) is scored over
+    all its tokens, as the R1-7B records are (``benchmarks/trial_confidence.py``)."""
+    r = read_trial(["{\\", "frac", "{1}{2", "}},", " then"], [-0.1, -0.2, -0.3, -0.4, -5.0])
+    assert r.answer == "\\frac{1}{2}" and r.answer_tokens == 5
+    assert r.confidence == pytest.approx(sum(math.exp(x) for x in (-0.2, -0.3, -0.4, -5.0)) / 4)
+    assert r.min_prob == pytest.approx(math.exp(-5.0))
     unclosed = read_trial(["{1", "+", "2"], [-0.1, -0.1, -2.0])
     assert unclosed.answer is None and unclosed.answer_tokens == 3
     assert read_trial(["{", " ", "}\n"], [0, 0, 0]).answer is None  # an empty box is no answer
@@ -81,7 +83,7 @@ def test_require_think_close_scores_up_to_think_close_and_zero_without_it():
     open_ = read_trial(tokens, lps, "avg2", require_think_close=True)
     assert open_.answer == "7" and open_.confidence == 0.0 and open_.answer_tokens == 6
     assert open_.min_prob == pytest.approx(math.exp(-2.5))
-    assert read_trial(tokens, lps).confidence > 0.9  # the default (avg1) stops at the box
+    assert read_trial(tokens, lps).confidence > 0  # the default (avg1) reads the trial without </think>
 
 
 def test_the_definition_reproduces_the_recorded_deer_confidence():
@@ -100,9 +102,8 @@ def test_the_definition_reproduces_the_recorded_deer_confidence():
             assert conf == pytest.approx(rec["confidence"], abs=1e-12)
             assert by_pos[rec["pos"]].min_prob == pytest.approx(minp, abs=1e-15)
             reading = read_trial([t for t, _ in rec["tokens"]], [lp for _, lp in rec["tokens"]])
-            if rec["finish"] == "stop" and reading.answer_tokens == len(rec["tokens"]):
-                assert reading.confidence == pytest.approx(rec["confidence"], abs=1e-12)
-                assert reading.answer == (rec["answer"] or None)
+            assert reading.confidence == pytest.approx(rec["confidence"], abs=1e-12)
+            assert reading.answer == (rec["answer"] or None)
             n += 1
     assert n > 500
 

@@ -73,7 +73,7 @@ class TrialReading:
     answer: str | None
     confidence: float
     min_prob: float
-    answer_tokens: int  # the tokens up to the one closing the box (all when it never closes)
+    answer_tokens: int  # the tokens the confidence is read over
 
 
 #: Trial confidence rules of the Governor DEER records (their ``policy``): ``avg1`` (R1-Distill-Qwen-7B),
@@ -109,11 +109,11 @@ def read_trial(tokens: Sequence[str], logprobs: Sequence[float], rule: str = "av
     """Read a trial's completion of ``...\\boxed`` from its tokens and their logprobs.
 
     The answer is the content of the box the first token opens (None when that box never closes).
-    Without ``require_think_close`` the confidence is :func:`trial_confidence` over the tokens up to
-    the one that closes that box (DEER's trial stops there), or over all of them when it never
-    closes. With it (the Qwen3 records' rule: the trial runs on until ``</think>``) it is over the
-    tokens up to and including the first one that writes ``</think>``, and 0.0 when none does
-    (``min_prob`` then over all the tokens, as the records' is)."""
+    Without ``require_think_close`` the confidence is :func:`trial_confidence` over all the tokens
+    (the trial's stop strings end it; one that writes ``}, \\boxed{...`` runs on, and the records
+    score those tokens too). With it (the Qwen3 records' rule: the trial runs on until ``</think>``)
+    it is over the tokens up to and including the first one that writes ``</think>``, and 0.0 when
+    none does (``min_prob`` then over all the tokens, as the records' is)."""
     text = "".join(tokens)
     ends = np.cumsum([len(t) for t in tokens]) if tokens else np.zeros(0, dtype=np.int64)
     opening = re.search(r"(?<!\\)\{", text)  # the first brace that is not escaped
@@ -127,10 +127,8 @@ def read_trial(tokens: Sequence[str], logprobs: Sequence[float], rule: str = "av
         n = len(tokens) if think < 0 else int(np.searchsorted(ends, think + len(THINK_CLOSE), side="left")) + 1
         conf, minp = trial_confidence(list(logprobs)[:n], rule)
         return TrialReading(answer, conf if think >= 0 else 0.0, minp, n)
-    n = len(tokens) if close is None else int(np.searchsorted(ends, close, side="right")) + 1
-    n = min(n, len(tokens))
-    conf, minp = trial_confidence(list(logprobs)[:n], rule)
-    return TrialReading(answer, conf, minp, n)
+    conf, minp = trial_confidence(list(logprobs), rule)
+    return TrialReading(answer, conf, minp, len(tokens))
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ __all__ = [
     "Reply",
     "ReplayError",
     "UnknownProblem",
+    "trial_reply",
 ]
 
 #: DEER's trial inducer at "Wait" points (``deer.jsonl.gz``; evaluation.score_policy.TRIAL_SUFFIX).
@@ -467,11 +468,18 @@ class GovernorReplay:
         if not trials:
             raise ReplayError(f"{played.key} has no recorded DEER trials (deer.jsonl.gz)")
         trial = trials[_at_or_before(played.trial_pos, position)]
-        tokens = _trial_logprobs(trial)
-        pieces = [Piece(text, None, lp) for text, lp in tokens][:max_tokens]
-        finish = "length" if len(pieces) == max_tokens and len(tokens) > max_tokens else "stop"
-        out, finish = _apply_stop(pieces, stop, finish)
+        out, finish = trial_reply(trial, max_tokens, stop)
         return out, finish, trial.pos
+
+
+def trial_reply(trial: Trial, max_tokens: int, stop: Sequence[str]) -> tuple[tuple[Piece, ...], str]:
+    """A recorded trial as the replay serves it: its recorded tokens and logprobs, at most
+    ``max_tokens`` of them, cut at the first stop string (``benchmarks/trial_confidence.py`` reads
+    every recorded trial through it as a live program would)."""
+    tokens = _trial_logprobs(trial)
+    pieces = [Piece(text, None, lp) for text, lp in tokens][:max_tokens]
+    finish = "length" if len(pieces) == max_tokens and len(tokens) > max_tokens else "stop"
+    return _apply_stop(pieces, stop, finish)
 
 
 def _tokens_of(played: _Played, text: str) -> list[Piece]:
