@@ -435,3 +435,21 @@ async def test_under_a_score_rule_the_scheduler_hears_the_score_after_each_probe
                for p in probes)
     assert heard == [getattr(e, e.kind).certaindex for e in events if e.kind in ("probe", "trial")]
     assert max(heard) < 0.01  # Dynasor's progress would be 1.0 after two agreeing probes
+
+
+def test_a_profile_fitted_on_one_familys_trials_reads_them_by_that_familys_recorded_rule():
+    """A refit of ``qwen3`` keeps avg2 / require_think_close; R1-7B alone or both families pooled
+    (``generic``) read avg1, the default."""
+    from certaindex.core.exit_score import ScoreModel
+    from certaindex.evaluation.profiles import parse_profile
+    from certaindex.evaluation.score_policy import Calibration, score_profile_json
+
+    cal = Calibration("bx+tr", ScoreModel(["trial_conf"], [0.0], [1.0], [1.0], 0.0), 0.9, 0.02, 0.1, 10, 10, 0,
+                      0.3, "ltt", {"math500": 10})
+    qwen = score_profile_json("q", ["qwen3"], ["qwen3-8b"], cal, "cmd")["rule"]["trials"]
+    assert qwen["confidence_rule"] == "avg2" and qwen["require_think_close"] is True
+    for models in (["r1-distill-qwen-7b"], ["r1-distill-qwen-7b", "qwen3-8b"]):
+        data = score_profile_json("g", ["x"], models, cal, "cmd")
+        assert "confidence_rule" not in data["rule"]["trials"] and "require_think_close" not in data["rule"]["trials"]
+        parse_profile(data)
+    assert parse_profile(score_profile_json("q", ["qwen3"], ["qwen3-8b"], cal, "cmd")).rule["trials"] == qwen
