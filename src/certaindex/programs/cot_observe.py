@@ -21,7 +21,8 @@ from certaindex.engines.base import Choice, Completion
 from certaindex.programs.cot_types import CoTConfig, CoTEvent, Probe, Trial
 
 
-def read_trial_choice(choice: Choice, rule: str = "avg1", require_think_close: bool = False) -> tuple[str | None, TrialReading]:
+def read_trial_choice(choice: Choice, rule: str = "avg1",
+                      require_think_close: bool = False) -> tuple[str | None, TrialReading]:
     """(answer, reading) of a trial completion, as the profile's trials were recorded
     (:func:`~certaindex.core.exit_score.read_trial`). A box that never closes in the tokens shown is
     no answer, as in the DEER records; only where the engine generated a token it did not show (a

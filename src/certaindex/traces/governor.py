@@ -403,7 +403,8 @@ def read_run(folder: str | Path, splits: dict[tuple[str, int], str] | None = Non
             _int(x.get("trial_out_tokens") or 0, "trial_out_tokens"),
             _min_prob(x.get("logprobs")),
             _trial_tokens(x.get("logprobs")),
-            None if x.get("trigger_char_position") is None else _int(x["trigger_char_position"], "trigger_char_position"),
+            None if x.get("trigger_char_position") is None
+            else _int(x["trigger_char_position"], "trigger_char_position"),
         ))
 
     for t in trajs.values():
