@@ -50,14 +50,40 @@ def test_trial_confidence_is_deers_mean_after_the_opening_brace():
     assert trial_confidence([math.log(0.6)]) == pytest.approx((0.6, 0.6))  # one token: itself
 
 
-def test_read_trial_reads_the_first_box_and_scores_its_tokens_only():
-    r = read_trial(["{\\", "frac", "{1}{2", "}}", ", then"], [-0.1, -0.2, -0.3, -0.4, -5.0])
-    assert r.answer == "\\frac{1}{2}" and r.answer_tokens == 4  # the token closing the box ends it
-    assert r.confidence == pytest.approx(sum(math.exp(x) for x in (-0.2, -0.3, -0.4)) / 3)
-    assert r.min_prob == pytest.approx(math.exp(-0.4))
+def test_read_trial_reads_the_first_box_and_scores_every_token_as_the_records_do():
+    """A trial that runs on past its box (``}, \\boxed{0}, ...``: no stop string there) is scored over
+    all its tokens, as the R1-7B records are (``benchmarks/trial_confidence.py``)."""
+    r = read_trial(["{\\", "frac", "{1}{2", "}},", " then"], [-0.1, -0.2, -0.3, -0.4, -5.0])
+    assert r.answer == "\\frac{1}{2}" and r.answer_tokens == 5
+    assert r.confidence == pytest.approx(sum(math.exp(x) for x in (-0.2, -0.3, -0.4, -5.0)) / 4)
+    assert r.min_prob == pytest.approx(math.exp(-5.0))
     unclosed = read_trial(["{1", "+", "2"], [-0.1, -0.1, -2.0])
     assert unclosed.answer is None and unclosed.answer_tokens == 3
     assert read_trial(["{", " ", "}\n"], [0, 0, 0]).answer is None  # an empty box is no answer
+
+
+def test_avg2_is_the_geometric_mean_after_the_opening_brace():
+    lps = [math.log(0.5), math.log(0.9), math.log(0.4)]
+    conf, minp = trial_confidence(lps, "avg2")
+    assert conf == pytest.approx(math.sqrt(0.9 * 0.4)) and minp == pytest.approx(0.4)
+    assert conf < trial_confidence(lps, "avg1")[0]  # below the arithmetic mean where the tokens differ
+    with pytest.raises(ValueError, match="avg1, avg2"):
+        trial_confidence(lps, "avg3")
+
+
+def test_require_think_close_scores_up_to_think_close_and_zero_without_it():
+    """The Qwen3-8B records' rule: the tokens after the brace up to and including ``</think>``; a trial
+    that did not write ``</think>`` reads 0 (its answer is still read; min_prob over all its tokens)."""
+    tokens, lps = ["{", "7", "}\n", "</think>", "\n\nThe"], [-0.5, -0.01, -0.2, -0.03, -4.0]
+    closed = read_trial(tokens, lps, "avg2", require_think_close=True)
+    assert closed.answer == "7" and closed.answer_tokens == 4
+    assert closed.confidence == pytest.approx(math.exp((-0.01 - 0.2 - 0.03) / 3))
+    assert closed.min_prob == pytest.approx(math.exp(-0.5))
+    tokens, lps = ["{", "7", "}\n\n", "Wait", ",", " no"], [-0.1, -0.01, -0.02, -0.3, -0.01, -2.5]
+    open_ = read_trial(tokens, lps, "avg2", require_think_close=True)
+    assert open_.answer == "7" and open_.confidence == 0.0 and open_.answer_tokens == 6
+    assert open_.min_prob == pytest.approx(math.exp(-2.5))
+    assert read_trial(tokens, lps).confidence > 0  # the default (avg1) reads the trial without </think>
 
 
 def test_the_definition_reproduces_the_recorded_deer_confidence():
@@ -76,9 +102,8 @@ def test_the_definition_reproduces_the_recorded_deer_confidence():
             assert conf == pytest.approx(rec["confidence"], abs=1e-12)
             assert by_pos[rec["pos"]].min_prob == pytest.approx(minp, abs=1e-15)
             reading = read_trial([t for t, _ in rec["tokens"]], [lp for _, lp in rec["tokens"]])
-            if rec["finish"] == "stop" and reading.answer_tokens == len(rec["tokens"]):
-                assert reading.confidence == pytest.approx(rec["confidence"], abs=1e-12)
-                assert reading.answer == (rec["answer"] or None)
+            assert reading.confidence == pytest.approx(rec["confidence"], abs=1e-12)
+            assert reading.answer == (rec["answer"] or None)
             n += 1
     assert n > 500
 
@@ -117,6 +142,56 @@ async def test_a_confident_trial_exits_with_its_answer_at_its_position(streaming
     assert result.stop_reason == "certain" and result.answer == "42"
     assert result.reasoning_tokens == first_sure and result.trials[-1].at_tokens == first_sure
     assert streaming or result.overrun_tokens == 8 - first_sure % 8  # the rest of its chunk
+
+
+AVG2_RULE = dict(TRIAL_RULE, trials=dict(TRIAL_RULE["trials"], confidence_rule="avg2", require_think_close=True))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_think_close_rule_trial_runs_to_think_close_and_reads_zero_without_it(streaming):
+    """Under ``require_think_close`` a trial asks to stop at ``</think>`` (not at the box's end); one
+    that writes it is read by avg2 and can exit, one that does not reads 0 and cannot."""
+    def reply(n: int) -> list[tuple[str, float]]:
+        sure = [("{", -0.2), ("42", -0.0005), ("}\n", -0.0005), ("</think>", -0.0005)]
+        unsure = [("{", -0.2), ("41", -0.0005), ("}\n\n", -0.0005), ("Wait", -0.0005)]  # sure, but open
+        return sure if n >= 30 else unsure
+    engine = ScriptedFakeEngine(reasoning=with_waits(200), trial_reply=reply, streaming=streaming, ends_naturally=False)
+    result = await solve_cot(engine, QUESTION, CoTConfig(budget=200, probe_interval=8, certainty=AVG2_RULE))
+    assert all(req.stop == ("</think>",) and req.max_tokens == 20 for req in engine.trials)
+    first_sure = next(i for i, t in enumerate(with_waits(200)) if t == "Wait" and i >= 30)
+    assert result.stop_reason == "certain" and result.answer == "42" and result.reasoning_tokens == first_sure
+    assert all(t.confidence == 0.0 and t.answer == "41" for t in result.trials[:-1]) and len(result.trials) > 1
+    assert result.trials[-1].confidence == pytest.approx(math.exp(-0.0005))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_trial_whose_box_never_closes_has_no_answer(streaming):
+    """R1-7B MATH500 problem 389's recorded trials: ``{\\dfrac{\\sqrt{21}}`` and stop, every token
+    shown, confidence ~1. The records read no answer there, so live must not submit the text cut
+    inside the fraction: no exit, the trials' answers are None."""
+    def reply(n: int) -> list[tuple[str, float]]:
+        return [("{\\", 0.0), ("d", 0.0), ("frac", 0.0), ("{\\", 0.0), ("sqrt", 0.0), ("{", 0.0), ("2", 0.0),
+                ("1", 0.0), ("}}", 0.0)]
+    engine = ScriptedFakeEngine(reasoning=with_waits(60), trial_reply=reply, streaming=streaming)
+    rule = dict(TRIAL_RULE, schedule="tr")  # trials only: a probe's answer would exit on the trial's confidence
+    result = await solve_cot(engine, QUESTION, CoTConfig(budget=200, probe_interval=8, certainty=rule))
+    assert result.trials and all(t.answer is None and t.confidence == 1.0 for t in result.trials)
+    assert result.stop_reason == "finished"
+
+
+def test_shipped_qwen3_profile_reads_trials_by_the_records_rule_and_bad_rules_are_refused():
+    from certaindex.evaluation.profiles import parse_profile
+
+    trials = {p.name: (p.rule.get("trials") or {}) for p in shipped_profiles()}
+    assert trials["qwen3"]["confidence_rule"] == "avg2" and trials["qwen3"]["require_think_close"] is True
+    assert "confidence_rule" not in trials["r1-distill-qwen"]  # avg1, today's behaviour
+    data = next(p for p in shipped_profiles() if p.name == "qwen3")
+    base = {"format": "certaindex-profile", "version": 1, "name": "x", "models": ["x"], "probe_suffix": "s",
+            "probe_interval": 64, "probe_tokens": 32}
+    for bad, msg in (({"confidence_rule": "avg3"}, "confidence_rule"), ({"require_think_close": "yes"}, "require_think_close")):
+        rule = dict(data.rule, trials=dict(data.rule["trials"], **bad))
+        with pytest.raises(ValueError, match=msg):
+            parse_profile(dict(base, rule=rule), "p.json")
 
 
 async def test_no_trials_without_tr_in_the_schedule():
@@ -360,3 +435,21 @@ async def test_under_a_score_rule_the_scheduler_hears_the_score_after_each_probe
                for p in probes)
     assert heard == [getattr(e, e.kind).certaindex for e in events if e.kind in ("probe", "trial")]
     assert max(heard) < 0.01  # Dynasor's progress would be 1.0 after two agreeing probes
+
+
+def test_a_profile_fitted_on_one_familys_trials_reads_them_by_that_familys_recorded_rule():
+    """A refit of ``qwen3`` keeps avg2 / require_think_close; R1-7B alone or both families pooled
+    (``generic``) read avg1, the default."""
+    from certaindex.core.exit_score import ScoreModel
+    from certaindex.evaluation.profiles import parse_profile
+    from certaindex.evaluation.score_policy import Calibration, score_profile_json
+
+    cal = Calibration("bx+tr", ScoreModel(["trial_conf"], [0.0], [1.0], [1.0], 0.0), 0.9, 0.02, 0.1, 10, 10, 0,
+                      0.3, "ltt", {"math500": 10})
+    qwen = score_profile_json("q", ["qwen3"], ["qwen3-8b"], cal, "cmd")["rule"]["trials"]
+    assert qwen["confidence_rule"] == "avg2" and qwen["require_think_close"] is True
+    for models in (["r1-distill-qwen-7b"], ["r1-distill-qwen-7b", "qwen3-8b"]):
+        data = score_profile_json("g", ["x"], models, cal, "cmd")
+        assert "confidence_rule" not in data["rule"]["trials"] and "require_think_close" not in data["rule"]["trials"]
+        parse_profile(data)
+    assert parse_profile(score_profile_json("q", ["qwen3"], ["qwen3-8b"], cal, "cmd")).rule["trials"] == qwen

@@ -153,6 +153,25 @@ def test_a_deer_trial_reads_as_the_recorded_one(replay, trajs):
 
 
 @needs_vocab
+def test_a_trial_at_a_wait_gets_that_waits_recorded_trial(replay, trajs):
+    """A live trial's reasoning ends where its "Wait" starts (``trigger_char_position``). Its recorded
+    ``token_position`` can be one more than the tokens that text holds (the text before " wait"
+    encoded alone ends on a space token): it must still get that trial, not the one before."""
+    served, shifted = 0, 0
+    for traj in trajs:
+        played = replay.played(traj)
+        for trial in traj.trials or ():
+            assert trial.char is not None
+            reasoning = traj.full_text[len("<think>\n"):trial.char]
+            reply = replay.answer(prompt_of(traj) + reasoning + DEER_SUFFIX, max_tokens=20, stop=PROBE_STOPS,
+                                  logprobs=1)
+            assert reply.recorded_position == trial.pos, (traj.problem_id, trial.pos)
+            served += 1
+            shifted += played.token_at(trial.char) < trial.pos
+    assert served > 500 and shifted > 50  # the shift is common, so the test can fail
+
+
+@needs_vocab
 def test_the_answer_after_a_trajectory_cut_at_its_budget_is_what_evaluates_full_reasoning_submits(trajs):
     from certaindex.core.answers import extract_answer
 

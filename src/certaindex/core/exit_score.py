@@ -33,6 +33,7 @@ __all__ = [
     "FEATURES",
     "FINAL_RE",
     "LiveScore",
+    "CONFIDENCE_RULES",
     "NEVER",
     "Obs",
     "RELATIVE_FEATURES",
@@ -72,41 +73,62 @@ class TrialReading:
     answer: str | None
     confidence: float
     min_prob: float
-    answer_tokens: int  # the tokens up to the one closing the box (all when it never closes)
+    answer_tokens: int  # the tokens the confidence is read over
 
 
-def trial_confidence(logprobs: Sequence[float]) -> tuple[float, float]:
+#: Trial confidence rules of the Governor DEER records (their ``policy``): ``avg1`` (R1-Distill-Qwen-7B),
+#: the mean token probability after the opening brace up to the box's closing one; ``avg2`` (Qwen3-8B,
+#: recorded with ``require_think_close``), the geometric mean of the token probabilities after the
+#: opening brace up to and including the token that writes ``</think>``.
+CONFIDENCE_RULES = ("avg1", "avg2")
+
+
+def trial_confidence(logprobs: Sequence[float], rule: str = "avg1") -> tuple[float, float]:
     """(confidence, min_prob) of a trial answer from the logprobs of its tokens.
 
-    The confidence is DEER's ("avg1"): the mean probability of the answer's tokens after the first,
-    which is the box's opening brace; it reproduces every ``confidence`` of the Governor
-    ``deer.jsonl.gz`` records from their ``logprobs``. ``min_prob`` is the smallest probability of
-    any of the tokens (the opening one included). No tokens: (0.0, 0.0)."""
-    probs = [math.exp(float(lp)) for lp in logprobs]
-    if not probs:
+    ``avg1`` (DEER's): the mean probability of the tokens after the first, which is the box's
+    opening brace. ``avg2``: the exponential of their mean logprob (the geometric mean probability).
+    Each reproduces the ``confidence`` of the Governor ``deer.jsonl.gz`` records of its ``policy``
+    from their ``logprobs`` (``benchmarks/trial_confidence.py``). ``min_prob`` is the smallest
+    probability of any of the tokens (the opening one included). No tokens: (0.0, 0.0)."""
+    if rule not in CONFIDENCE_RULES:
+        raise ValueError(f"trial confidence rule must be one of {', '.join(CONFIDENCE_RULES)}, got {rule!r}")
+    lps = [float(lp) for lp in logprobs]
+    if not lps:
         return 0.0, 0.0
-    rest = probs[1:] or probs
-    return sum(rest) / len(rest), min(probs)
+    rest = lps[1:] or lps
+    if rule == "avg2":
+        conf = math.exp(sum(rest) / len(rest))
+    else:
+        conf = sum(math.exp(lp) for lp in rest) / len(rest)
+    return conf, min(math.exp(lp) for lp in lps)
 
 
-def read_trial(tokens: Sequence[str], logprobs: Sequence[float]) -> TrialReading:
+def read_trial(tokens: Sequence[str], logprobs: Sequence[float], rule: str = "avg1",
+               require_think_close: bool = False) -> TrialReading:
     """Read a trial's completion of ``...\\boxed`` from its tokens and their logprobs.
 
-    The answer is the content of the box the first token opens; the confidence is
-    :func:`trial_confidence` over the tokens up to the one that closes that box (DEER's trial stops
-    there), or over all of them when it never closes (no answer then)."""
+    The answer is the content of the box the first token opens (None when that box never closes).
+    Without ``require_think_close`` the confidence is :func:`trial_confidence` over all the tokens
+    (the trial's stop strings end it; one that writes ``}, \\boxed{...`` runs on, and the records
+    score those tokens too). With it (the Qwen3 records' rule: the trial runs on until ``</think>``)
+    it is over the tokens up to and including the first one that writes ``</think>``, and 0.0 when
+    none does (``min_prob`` then over all the tokens, as the records' is)."""
     text = "".join(tokens)
     ends = np.cumsum([len(t) for t in tokens]) if tokens else np.zeros(0, dtype=np.int64)
     opening = re.search(r"(?<!\\)\{", text)  # the first brace that is not escaped
     close = _closing_brace(text, opening.end()) if opening else None
-    n = len(tokens) if close is None else int(np.searchsorted(ends, close, side="right")) + 1
-    n = min(n, len(tokens))
     answer = None
     boxes = _boxes("\\boxed" + text) if close is not None else []
     if boxes and boxes[0][1] is not None and boxes[0][1].strip():
         answer = boxes[0][1]
-    conf, minp = trial_confidence(list(logprobs)[:n])
-    return TrialReading(answer, conf, minp, n)
+    if require_think_close:
+        think = text.find(THINK_CLOSE)
+        n = len(tokens) if think < 0 else int(np.searchsorted(ends, think + len(THINK_CLOSE), side="left")) + 1
+        conf, minp = trial_confidence(list(logprobs)[:n], rule)
+        return TrialReading(answer, conf if think >= 0 else 0.0, minp, n)
+    conf, minp = trial_confidence(list(logprobs), rule)
+    return TrialReading(answer, conf, minp, len(tokens))
 
 
 @dataclass(frozen=True)
@@ -425,7 +447,8 @@ class LiveScore:
     the trial points (before each "Wait") as the text arrives.
 
     ``rule`` is a profile's ``score`` rule: ``schedule`` (``bx``, ``tc``, ``gN``, ``tr``, ``ev``),
-    ``threshold`` (None: never exit), ``model`` and, with ``tr``, ``trials`` (``suffix``, ``max``)."""
+    ``threshold`` (None: never exit), ``model`` and, with ``tr``, ``trials`` (``suffix``, ``max``,
+    ``tokens``, ``confidence_rule``, ``require_think_close``: see :func:`read_trial`)."""
 
     GRID = 64  # the probe grid the schedule's gN and tc are defined on (the Governor traces')
 
@@ -439,6 +462,9 @@ class LiveScore:
         self.trial_suffix: str = trials.get("suffix", "\n**Final Answer**\n\\boxed")
         self.trial_max = int(trials.get("max", 30))
         self.trial_tokens = int(trials.get("tokens", 20))
+        # how the trials the profile was fitted on read their confidence (the records' ``policy``)
+        self.trial_rule: str = str(trials.get("confidence_rule", "avg1"))
+        self.require_think_close = bool(trials.get("require_think_close", False))
         self.key = key
         self.text = ""
         self.tokens = 0

@@ -55,7 +55,7 @@ def _check_score(rule: dict[str, Any]) -> None:
     """A fitted certainty score: ``schedule`` (what is observed), ``model`` (the logistic score's
     parameters), ``threshold`` (exit when the score reaches it; null: never exit, i.e. full
     reasoning, where no threshold could be certified) and the optional trial settings."""
-    from certaindex.core.exit_score import ScoreModel
+    from certaindex.core.exit_score import CONFIDENCE_RULES, ScoreModel
     from certaindex.evaluation.score_policy import check_schedule
 
     schedule = rule.get("schedule")
@@ -70,6 +70,13 @@ def _check_score(rule: dict[str, Any]) -> None:
     trials = rule.get("trials")
     if "tr" in schedule.split("+") and not (isinstance(trials, dict) and isinstance(trials.get("suffix"), str)):
         raise ValueError("a score rule whose schedule has trials (tr) needs \"trials\": {\"suffix\": ...}")
+    if isinstance(trials, dict):
+        if trials.get("confidence_rule", "avg1") not in CONFIDENCE_RULES:
+            raise ValueError(f"a score rule's trials.confidence_rule must be one of {', '.join(CONFIDENCE_RULES)}, "
+                             f"got {trials.get('confidence_rule')!r}")
+        if not isinstance(trials.get("require_think_close", False), bool):
+            raise ValueError("a score rule's trials.require_think_close must be true or false, "
+                             f"got {trials.get('require_think_close')!r}")
 
 
 # kind -> validator of the rule's parameters.

@@ -19,6 +19,7 @@ mixture, which is mostly MATH500, and hard benchmarks behave differently).
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -482,6 +483,14 @@ def select_setting(trajs: Sequence[Trajectory], schedule: str, key: KeyFn,
     return (max(ok, key=lambda h: h.saved(target)) if ok else None), out
 
 
+# How each family's recorded DEER trials read their confidence (the records' ``policy`` and
+# ``require_think_close``; benchmarks/trial_confidence.py): a profile fitted on one family's trials
+# reads live trials the same way. Families not listed: avg1 (DEER's), no think-close rule.
+RECORDED_TRIAL_RULES: dict[str, dict[str, Any]] = {
+    "qwen3-8b": {"confidence_rule": "avg2", "require_think_close": True},
+}
+
+
 def score_profile_json(name: str, patterns: list[str], models: list[str], cal: Calibration, command: str,
                        data: str = "Governor development traces (seeds 42-44), TRAIN-split problems only (split_manifest.json)",
                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -497,6 +506,10 @@ def score_profile_json(name: str, patterns: list[str], models: list[str], cal: C
                                  "core.exit_score.trial_confidence)"}
         if "tr" in parts else None,
     }
+    recorded = {json.dumps(RECORDED_TRIAL_RULES.get(m, {}), sort_keys=True) for m in models}
+    if rule["trials"] is not None and len(recorded) == 1 and recorded != {"{}"}:  # one family's rule, not avg1
+        rule["trials"].update(json.loads(recorded.pop()))
+        rule["trials"]["confidence"] = "as the family's DEER records (core.exit_score.read_trial)"
     return {
         "format": "certaindex-profile", "version": 1, "name": name, "models": patterns,
         "probe_suffix": PROBE_SUFFIX, "probe_interval": grid or 64, "probe_tokens": 32, "rule": rule,

@@ -15,10 +15,24 @@ from typing import Callable
 
 from certaindex.core.answers import answers_equal, is_hesitant
 from certaindex.core.exit_policy import Decision, Dynasor, ExitPolicy, ScoreRule
-from certaindex.core.exit_score import LiveScore, Obs, read_trial
+from certaindex.core.exit_score import LiveScore, Obs, TrialReading, read_trial
 from certaindex.core.prompting import opens_box, read_probe_answer
-from certaindex.engines.base import Completion
+from certaindex.engines.base import Choice, Completion
 from certaindex.programs.cot_types import CoTConfig, CoTEvent, Probe, Trial
+
+
+def read_trial_choice(choice: Choice, rule: str = "avg1",
+                      require_think_close: bool = False) -> tuple[str | None, TrialReading]:
+    """(answer, reading) of a trial completion, as the profile's trials were recorded
+    (:func:`~certaindex.core.exit_score.read_trial`). A box that never closes in the tokens shown is
+    no answer, as in the DEER records; only where the engine generated a token it did not show (a
+    stop string's) is the answer read from the text cut before it."""
+    lps = choice.logprobs or ()
+    reading = read_trial([t.token for t in lps], [t.logprob for t in lps], rule, require_think_close)
+    answer = reading.answer
+    if answer is None and choice.finish_reason == "stop" and len(lps) < choice.completion_tokens:
+        answer = read_probe_answer("\\boxed{", choice.text.lstrip().removeprefix("{"), True)
+    return answer, reading
 
 
 class Judge:
@@ -86,11 +100,7 @@ class Judge:
         written before it, and decide (True: settled)."""
         assert self.live is not None  # trials are read under a score rule only
         choice = completion.first
-        lps = choice.logprobs or ()
-        reading = read_trial([t.token for t in lps], [t.logprob for t in lps])
-        answer = reading.answer
-        if answer is None and choice.finish_reason == "stop":  # the engine cut the closing brace with a stop string
-            answer = read_probe_answer("\\boxed{", choice.text.lstrip().removeprefix("{"), True)
+        answer, reading = read_trial_choice(choice, self.live.trial_rule, self.live.require_think_close)
         settled = self._observe(Obs(at_tokens, "trial", answer, True, choice.completion_tokens, reading.confidence,
                                     reading.min_prob))
         trial = Trial(at_tokens, answer, reading.confidence, reading.min_prob, choice.completion_tokens,
@@ -110,4 +120,4 @@ class Judge:
         return self.exited.at.pos
 
 
-__all__ = ["Judge"]
+__all__ = ["Judge", "read_trial_choice"]

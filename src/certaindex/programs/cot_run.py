@@ -17,6 +17,12 @@ from certaindex.programs.cot_observe import Judge
 from certaindex.programs.cot_types import CoTConfig, CoTEvent, Probe, StopReason
 
 
+def trial_stops(require_think_close: bool) -> tuple[str, ...]:
+    """A trial's stop strings: at the box's end (DEER's), or at ``</think>`` for a profile whose
+    trials were recorded under ``require_think_close`` (they run on until the model closes its thinking)."""
+    return (THINK_CLOSE,) if require_think_close else PROBE_STOPS
+
+
 class SideRequests:
     """The probes and trials sent beside the reasoning; their tokens count as probe tokens."""
 
@@ -63,7 +69,8 @@ class SideRequests:
         live = self.live
         assert live is not None
         completion = await self.engine.generate(GenerationRequest(
-            prompt=self.prompt + text + live.trial_suffix, max_tokens=live.trial_tokens, stop=PROBE_STOPS,
+            prompt=self.prompt + text + live.trial_suffix, max_tokens=live.trial_tokens,
+            stop=trial_stops(live.require_think_close),
             temperature=0.0, seed=self.config.seed, logprobs=1))
         self.probe_tokens += completion.first.completion_tokens
         if completion.first.logprobs is None:
@@ -151,4 +158,4 @@ class CoTRun:
         self.overrun_tokens = streamed_tokens - at
 
 
-__all__ = ["CoTRun", "SideRequests"]
+__all__ = ["CoTRun", "SideRequests", "trial_stops"]

@@ -77,6 +77,7 @@ class Trial:
     out_tokens: int
     min_prob: float = 0.0  # smallest token probability of the trial answer (from its logprobs)
     tokens: tuple[tuple[str, float], ...] = ()  # the trial's tokens and their logprobs, as recorded
+    char: int | None = None  # where its "Wait" starts in ``full_text`` (``trigger_char_position``), if recorded
 
 
 @dataclass(slots=True)
@@ -402,6 +403,8 @@ def read_run(folder: str | Path, splits: dict[tuple[str, int], str] | None = Non
             _int(x.get("trial_out_tokens") or 0, "trial_out_tokens"),
             _min_prob(x.get("logprobs")),
             _trial_tokens(x.get("logprobs")),
+            None if x.get("trigger_char_position") is None
+            else _int(x["trigger_char_position"], "trigger_char_position"),
         ))
 
     for t in trajs.values():

@@ -31,7 +31,8 @@ A request's raw prompt is recognised and answered from the trajectory it continu
   none) and costs the Governor probes' 32-token budget (at most ``max_tokens``), never the answer
   of a later probe.
 * **trial** (the prompt ends with DEER's inducer ``\\n**Final Answer**\\n\\boxed``): the recorded
-  trial nearest at or before N, its recorded tokens with their recorded logprobs
+  trial nearest at or before N (by the character where its "Wait" starts, where the records give
+  it: ``trigger_char_position``), its recorded tokens with their recorded logprobs
   (``deer.jsonl.gz``), from which DEER's rule (``core.exit_score.trial_confidence``) gives back the
   recorded ``confidence`` and min prob.
 * **seeds**: a problem recorded under several seeds is served by the one whose text the reasoning
@@ -74,6 +75,7 @@ __all__ = [
     "Reply",
     "ReplayError",
     "UnknownProblem",
+    "trial_reply",
 ]
 
 #: DEER's trial inducer at "Wait" points (``deer.jsonl.gz``; evaluation.score_policy.TRIAL_SUFFIX).
@@ -161,6 +163,7 @@ class _Played:
     grid: list[Probe] = field(default_factory=list)  # the 64-token grid's probes by position
     grid_pos: list[int] = field(default_factory=list)
     trial_pos: list[int] = field(default_factory=list)
+    trial_char: list[int] | None = None  # where each trial's "Wait" starts in the text, when all are recorded
 
     @property
     def key(self) -> str:
@@ -188,6 +191,9 @@ def _prepare(traj: Trajectory) -> _Played:
     probes = sorted(traj.probes, key=lambda p: p.pos)
     played = _Played(traj, ids, np.asarray(ends, dtype=np.int64), probes, [p.pos for p in probes])
     played.trial_pos = [t.pos for t in traj.trials or []]
+    chars = [t.char for t in traj.trials or []]
+    if chars and all(c is not None for c in chars) and chars == sorted(chars):  # type: ignore[type-var]
+        played.trial_char = chars  # type: ignore[assignment]
     return played
 
 
@@ -406,7 +412,7 @@ class GovernorReplay:
         elif kind == "probe":
             pieces, finish, recorded = self._probe(played, position, max_tokens, stop)
         else:
-            pieces, finish, recorded = self._trial(played, position, max_tokens, stop)
+            pieces, finish, recorded = self._trial(played, position, char, max_tokens, stop)
         if logprobs is None:
             pieces = tuple(Piece(p.text, p.token_id, None, p.token) for p in pieces)
         elif kind != "trial":
@@ -461,17 +467,28 @@ class GovernorReplay:
         pieces_out, finish = _apply_stop(pieces, stop, finish)
         return _pad(pieces_out, count), finish, recorded
 
-    def _trial(self, played: _Played, position: int, max_tokens: int,
+    def _trial(self, played: _Played, position: int, char: int, max_tokens: int,
                stop: Sequence[str]) -> tuple[tuple[Piece, ...], str, int | None]:
         trials = played.traj.trials
         if not trials:
             raise ReplayError(f"{played.key} has no recorded DEER trials (deer.jsonl.gz)")
-        trial = trials[_at_or_before(played.trial_pos, position)]
-        tokens = _trial_logprobs(trial)
-        pieces = [Piece(text, None, lp) for text, lp in tokens][:max_tokens]
-        finish = "length" if len(pieces) == max_tokens and len(tokens) > max_tokens else "stop"
-        out, finish = _apply_stop(pieces, stop, finish)
+        # By the character where the trial's "Wait" starts, where recorded: a recorded token position
+        # counts the text before " wait" encoded alone (its trailing space a token of its own), one
+        # more than the tokens wholly inside it here, which would serve the trial before it.
+        trial = trials[_at_or_before(played.trial_char, char) if played.trial_char is not None
+                       else _at_or_before(played.trial_pos, position)]
+        out, finish = trial_reply(trial, max_tokens, stop)
         return out, finish, trial.pos
+
+
+def trial_reply(trial: Trial, max_tokens: int, stop: Sequence[str]) -> tuple[tuple[Piece, ...], str]:
+    """A recorded trial as the replay serves it: its recorded tokens and logprobs, at most
+    ``max_tokens`` of them, cut at the first stop string (``benchmarks/trial_confidence.py`` reads
+    every recorded trial through it as a live program would)."""
+    tokens = _trial_logprobs(trial)
+    pieces = [Piece(text, None, lp) for text, lp in tokens][:max_tokens]
+    finish = "length" if len(pieces) == max_tokens and len(tokens) > max_tokens else "stop"
+    return _apply_stop(pieces, stop, finish)
 
 
 def _tokens_of(played: _Played, text: str) -> list[Piece]:
