@@ -3,7 +3,7 @@
 The model name is taken, in this order, from ``--model`` (it overrides the rest), the request's
 ``model``, and the model the engine serves (an upstream's ``GET /v1/models``, read by the caller).
 The first shipped profile whose family patterns match that name is chosen; a name that matches no
-family gets :data:`FALLBACK_PROFILE` (``conservative`` while no profile of that name ships). A
+family gets :data:`FALLBACK_PROFILE` (``generic``; ``conservative`` where no such profile ships). A
 profile that reads DEER trials needs token logprobs: on an engine that returns none, the
 ``conservative`` profile (which needs none) stands in. Explicit flags (``--profile``,
 ``--calibration``, ``--k``/``--probe-interval``) are resolved by the caller and override everything.
@@ -15,13 +15,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
-from certaindex.evaluation.profiles import CONSERVATIVE, Profile, shipped_profiles
+from certaindex.evaluation.profiles import CONSERVATIVE, Profile, matching_profile, shipped_profiles
 from certaindex.programs.cot import CoTConfig
 
 __all__ = ["FALLBACK_PROFILE", "ProfileChoice", "apply_profile", "choose_profile", "reads_trials"]
 
-# The profile for reasoning models that match no family. Switch to "generic" once that profile
-# ships; until a profile of this name exists, the conservative one is used.
+# The profile for reasoning models that match no family (where no profile of this name is given,
+# the conservative one is used).
 FALLBACK_PROFILE = "generic"
 
 
@@ -78,8 +78,7 @@ def choose_profile(*, flag_model: str | None = None, request_model: str | None =
     False: a profile that reads DEER trials gives way to the conservative one, and the reason says so."""
     profiles = list(profiles) if profiles is not None else shipped_profiles()
     model, source = _model_and_source(flag_model, request_model, served_models, served_by)
-    # The fallback profile may also name families it was chosen for (generic: R1-32B, R1-Llama).
-    picked = next((p for p in profiles if p.name != CONSERVATIVE and model and p.matches(model)), None)
+    picked = matching_profile(model or "", profiles)
     if picked is None:
         picked = _fallback(profiles)
         source += f"{', which matches no model family' if model else ''}: the {picked.name} profile"

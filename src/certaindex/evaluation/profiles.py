@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = [
     "CONSERVATIVE",
@@ -35,6 +35,7 @@ __all__ = [
     "RULE_KINDS",
     "load_profile",
     "parse_profile",
+    "matching_profile",
     "profile_for_model",
     "shipped_profiles",
 ]
@@ -178,10 +179,16 @@ def fallback_profile(profiles: list[Profile] | None = None, logprobs: bool = Tru
     raise ValueError("no profile matches and no conservative profile is available")
 
 
+def matching_profile(model_name: str, profiles: Sequence[Profile]) -> Profile | None:
+    """The first of ``profiles`` whose patterns match ``model_name`` (the conservative profile matches
+    none; ``generic`` may name families it was chosen for); None for no name or no match. The one
+    matching rule of :func:`profile_for_model` and the proxy's per-request choice."""
+    if not model_name:
+        return None
+    return next((p for p in profiles if p.name != CONSERVATIVE and p.matches(model_name)), None)
+
+
 def profile_for_model(model_name: str, profiles: list[Profile] | None = None, logprobs: bool = True) -> Profile:
     """The first profile whose patterns match ``model_name``, else :func:`fallback_profile`."""
     profiles = profiles if profiles is not None else shipped_profiles()
-    for p in profiles:
-        if p.name != CONSERVATIVE and p.matches(model_name):
-            return p
-    return fallback_profile(profiles, logprobs)
+    return matching_profile(model_name, profiles) or fallback_profile(profiles, logprobs)
