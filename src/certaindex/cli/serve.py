@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from certaindex.cli.common import UsageError, check_port, err, quiet_http_logs, run_uvicorn
+from certaindex.cli.common import UsageError, check_port, quiet_http_logs, run_uvicorn
 from certaindex.core.validation import parse_json_object
 from certaindex.programs.cot import CoTConfig
 
@@ -173,43 +172,6 @@ def settings_from_args(args: argparse.Namespace):
     )
 
 
-async def _upstream_state(root: str, api_key: str | None, timeout_s: float) -> str | None:
-    """None when ``root`` answers ``GET /v1/models`` below 500 (as ``/health`` counts it), else why not."""
-    import httpx
-
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        async with httpx.AsyncClient(timeout=timeout_s) as client:
-            status = (await client.get(f"{root}/v1/models", headers=headers)).status_code
-    except httpx.TimeoutException:
-        return f"no answer in {timeout_s:g} s"
-    except httpx.ConnectError:
-        return "cannot connect"
-    except httpx.HTTPError as exc:
-        return str(exc) or type(exc).__name__
-    return None if status < 500 else f"HTTP {status}"
-
-
-async def check_upstreams(upstream: str, api_key: str | None, timeout_s: float = 3.0) -> list[str]:
-    """Ask every upstream once at start, and say on stderr which do not answer: the proxy starts
-    anyway (an engine such as vLLM may still be loading), but a request it cannot send answers 502
-    and ``/health`` 503 until one does. Returns the warnings printed."""
-    from certaindex.engines.http import normalise_base_url
-
-    roots = [normalise_base_url(url) for url in upstream.split(",") if url.strip()]
-    states = await asyncio.gather(*(_upstream_state(root, api_key, timeout_s) for root in roots))
-    down = [f"{root} ({why})" for root, why in zip(roots, states) if why is not None]
-    if not down:
-        return []
-    if len(down) == len(roots):
-        line = (f"no upstream answers: {'; '.join(down)}. Serving anyway: requests get 502 and /health 503 until "
-                "one answers")
-    else:
-        line = f"upstream down: {'; '.join(down)}. Requests go to the {len(roots) - len(down)} that answer"
-    err.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
-    return [line]
-
-
 async def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -221,9 +183,7 @@ async def _serve(args: argparse.Namespace) -> int:
     if not args.upstream and args.model and not Path(args.model).expanduser().is_file():
         raise UsageError(f"--model {args.model}: no such file (without --upstream, --model is the GGUF file of the "
                          "embedded engine)")
-    settings = settings_from_args(args)
-    if settings.upstream:
-        await check_upstreams(settings.upstream, settings.upstream_api_key)
+    settings = settings_from_args(args)  # an upstream that does not answer is named by the server's first read
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_http_logs(args.verbose)
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:

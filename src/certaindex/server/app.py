@@ -124,6 +124,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         sampler = asyncio.ensure_future(_sample_gauges(metrics)) if metrics.multiprocess else None
         if state.watch is not None:
             await state.watch.start()  # the served models, read once before the first request
+            if state.watch.first_warning is not None:
+                logging.getLogger("certaindex.server").warning(state.watch.first_warning)
         try:
             yield
         finally:

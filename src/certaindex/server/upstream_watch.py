@@ -47,6 +47,28 @@ def merge(reads: list[tuple[bool, tuple[str, ...], str | None]], now: float) -> 
     return UpstreamSnapshot(any(r for r, _, _ in reads), tuple(models), now, "; ".join(errors) or None)
 
 
+def failure_reason(exc: BaseException, timeout_s: float) -> str:
+    """Why a read of an upstream failed, in words a deployer reads at start."""
+    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
+        return f"no answer in {timeout_s:g} s"
+    if isinstance(exc, httpx.ConnectError):
+        return "cannot connect"
+    return str(exc) or type(exc).__name__
+
+
+def start_warning(roots: list[str], reads: list[tuple[bool, tuple[str, ...], str | None]]) -> str | None:
+    """The warning for the first read, naming every upstream that does not answer (the proxy starts
+    anyway: an engine such as vLLM may still be loading); None when all answer."""
+    down = [f"{root} ({error.removeprefix(f'{root}: ')})" for root, (reachable, _, error) in zip(roots, reads)
+            if not reachable and error]
+    if not down:
+        return None
+    if len(down) == len(roots):
+        return (f"no upstream answers: {'; '.join(down)}. Serving anyway: requests get 502 and /health 503 until "
+                "one answers")
+    return f"upstream down: {'; '.join(down)}. Requests go to the {len(roots) - len(down)} that answer"
+
+
 class UpstreamWatch:
     """Keeps an :class:`UpstreamSnapshot` current in the background (see the module's docstring)."""
 
@@ -61,6 +83,7 @@ class UpstreamWatch:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reading: asyncio.Future[UpstreamSnapshot] | None = None
+        self.first_warning: str | None = None  # set by start(): the upstreams its first read found down
 
     async def _read(self, root: str) -> tuple[bool, tuple[str, ...], str | None]:
         headers = self.passthrough.request_headers({})  # the upstream's own API key, if any
@@ -68,7 +91,7 @@ class UpstreamWatch:
             response = await asyncio.wait_for(self.passthrough.pool.pick().get(
                 f"{root}/v1/models", headers=headers, timeout=self.timeout_s), self.timeout_s)
         except (httpx.HTTPError, asyncio.TimeoutError) as exc:
-            return False, (), f"{root}: {type(exc).__name__}"
+            return False, (), f"{root}: {failure_reason(exc, self.timeout_s)}"
         if response.status_code >= 500:
             return False, (), f"{root}: HTTP {response.status_code}"
         if response.status_code != 200:
@@ -88,6 +111,8 @@ class UpstreamWatch:
     async def _read_all(self) -> UpstreamSnapshot:
         roots = list(self.passthrough.root_urls)
         reads = await asyncio.gather(*(self._read(root) for root in roots))
+        if self.snapshot.checked_at is None:
+            self.first_warning = start_warning(roots, reads)
         kept = []
         for root, (reachable, served, error) in zip(roots, reads):
             if reachable:
@@ -120,7 +145,8 @@ class UpstreamWatch:
             await asyncio.sleep(self.min_gap_s)
 
     async def start(self) -> None:
-        """The first read (bounded by ``timeout_s``), then the background task."""
+        """The first read (bounded by ``timeout_s``; :attr:`first_warning` names the upstreams it
+        found down), then the background task."""
         with contextlib.suppress(Exception):
             await self.refresh()
         self._task = asyncio.ensure_future(self._run())
