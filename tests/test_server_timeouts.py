@@ -132,13 +132,42 @@ def test_a_hung_upstream_is_answered_by_the_request_deadline(hung, extra):
     assert hung.connections <= 5
 
 
-def test_a_hung_upstream_gives_a_504_at_the_headers_timeout_well_before_the_request_deadline(hung):
+@pytest.mark.parametrize("extra, waited_on", [
+    # policy auto: the setup read (what the upstream serves) times out, and that is the answer: the
+    # request is not then passed through to wait a second header timeout
+    ({"stream": True}, "timed out on /v1/models"),
+    ({"certaindex": {"policy": "off"}, "stream": True}, "no response headers"),  # straight through
+])
+def test_a_hung_upstream_gives_a_504_at_the_headers_timeout_well_before_the_request_deadline(hung, extra, waited_on):
     settings = ServerSettings(upstream=hung.url, request_timeout_s=600.0, upstream_headers_timeout_s=0.5)
     with serve_in_thread(create_app(settings)) as url, httpx.Client(timeout=GENEROUS_S) as client:
-        response = client.post(f"{url}/v1/chat/completions", json={"messages": QUESTION, "stream": True})
+        response = client.post(f"{url}/v1/chat/completions", json={"messages": QUESTION, **extra})
     assert response.status_code == 504, response.text
     assert response.json()["error"]["code"] == "upstream_timeout"
-    assert "no response headers" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert waited_on in message and ("no response headers" in message) == (waited_on == "no response headers")
+
+
+def test_a_request_naming_its_policy_does_not_wait_for_the_default_policy_read(hung, monkeypatch):
+    from certaindex.server.state import ProxyState
+
+    resolved: list[bool] = []
+    original = ProxyState.default_policy
+
+    async def counted(self):
+        resolved.append(True)
+        return await original(self)
+
+    monkeypatch.setattr(ProxyState, "default_policy", counted)
+    settings = ServerSettings(upstream=hung.url, request_timeout_s=600.0, upstream_headers_timeout_s=0.5)
+    with serve_in_thread(create_app(settings)) as url, httpx.Client(timeout=GENEROUS_S) as client:
+        for policy in ("cot", "off"):
+            response = client.post(f"{url}/v1/chat/completions",
+                                   json={"messages": QUESTION, "certaindex": {"policy": policy}, "stream": True})
+            assert response.status_code in (200, 504), response.text  # 200: a begun stream ends with the error
+        assert not resolved
+        client.post(f"{url}/v1/chat/completions", json={"messages": QUESTION})
+    assert resolved == [True]
 
 
 def test_retries_stop_at_the_request_deadline():

@@ -13,7 +13,7 @@ from certaindex.engines.base import Engine, EngineError
 from certaindex.programs.self_consistency import SCConfig
 from certaindex.scheduler import Scheduler
 from certaindex.server.admission import Admission
-from certaindex.server.errors import bad_request
+from certaindex.server.errors import bad_request, engine_failure
 from certaindex.server.metrics import ProxyMetrics
 from certaindex.server.model_profiles import ModelProfiles
 from certaindex.server.passthrough import Passthrough
@@ -50,8 +50,15 @@ class ProxyState:
                 await self.engine.prepare()
                 probe = self.engine.render_chat([{"role": "user", "content": "?"}])
                 self.reasoning_model = probe.rstrip().endswith(THINK_OPEN)
-            except EngineError:
-                return "off"  # the upstream is down: passing through gives the client its error
+            except EngineError as exc:
+                if "timed out" in str(exc):
+                    # A hung upstream: passing the request through would wait for it a second time
+                    # (a second header timeout); this read's timeout is the answer.
+                    self.metrics.upstream_errors.labels("chat").inc()
+                    if self.watch is not None:
+                        self.watch.poke()
+                    raise engine_failure(str(exc)) from exc
+                return "off"  # the upstream is down or has no model list: passing through gives its answer
         return "cot" if self.reasoning_model else "off"
 
     def engine_for(self, plan: ChatPlan) -> Engine:

@@ -21,7 +21,7 @@ from certaindex.server.errors import ProxyError
 from certaindex.server.forwarding import forward
 from certaindex.server.model_profiles import unknown_model
 from certaindex.server.responses import chunk, completion_object, new_id, sse, usage_chunk
-from certaindex.server.schema import ChatPlan, fallback_note, plan_chat
+from certaindex.server.schema import ChatPlan, fallback_note, parse_options, plan_chat
 from certaindex.server.shadow import shadow_plan
 from certaindex.server.state import ProxyState
 from certaindex.server.streaming import ClientGone, ClosingStreamingResponse, cancel_and_wait, unless_client_leaves
@@ -40,7 +40,9 @@ async def chat_completions(request: Request, body: bytes = Depends(request_body)
     if settings.check_model and isinstance(model, str):
         served = await _check_model(state, model, served)
     profile, cot = state.profiles.choose(model if isinstance(model, str) else None, served)
-    plan = plan_chat(payload, await state.default_policy(), cot, state.sc, settings.max_tokens_limit)
+    # A request naming its policy does not wait for the server's default (its setup read upstream).
+    asked = parse_options(payload.get("certaindex")).policy
+    plan = plan_chat(payload, asked or await state.default_policy(), cot, state.sc, settings.max_tokens_limit)
     if profile is not None and cot.certainty is not None and plan.cot.certainty is None:
         profile = ProfileChoice(None, "the request's k / probe_interval: Dynasor's rule", profile.model)
     if state.shadow is not None and plan.policy in ("cot", "full"):
