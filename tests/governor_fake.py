@@ -90,3 +90,19 @@ class GovernorTrajectoryFake(ScriptedFakeEngine):
 
 
 __all__ = ["GovernorTrajectoryFake", "recorded_trials"]
+
+
+async def live_beside_replay(profile: Any, rule: dict, traj: Trajectory, trials: dict[int, dict],
+                             streaming: bool) -> tuple[Any, Any]:
+    """One recorded trajectory run live under ``rule`` (``profile``'s probes) on the fake above,
+    beside ``certaindex evaluate``'s offline replay of it: (the live CoTResult, the replay's outcome)."""
+    from certaindex.core.answers import canonical_answer
+    from certaindex.evaluation.score_policy import replay_score
+    from certaindex.programs.cot import CoTConfig, solve_cot
+
+    offline = replay_score(rule, traj, canonical_answer, lambda a: False)
+    engine = GovernorTrajectoryFake(traj, trials, profile.probe_suffix, streaming=streaming)
+    config = CoTConfig(budget=traj.tokens_used + 64, probe_interval=profile.probe_interval,
+                       probe_suffix=profile.probe_suffix, probe_tokens=profile.probe_tokens,
+                       certainty=rule, system_prompt=None)
+    return await solve_cot(engine, f"problem {traj.problem_id}", config), offline

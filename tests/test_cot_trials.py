@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from certaindex.core.answers import canonical_answer
 from certaindex.core.exit_score import read_trial, trial_confidence
 from certaindex.engines.base import EngineConfigError, EngineError
 from certaindex.evaluation.profiles import shipped_profiles
@@ -282,9 +281,9 @@ async def test_a_live_run_over_recorded_trajectories_exits_where_offline_replay_
     fake streams the model's own tokens (quicktok), with which the replay places the text's markers;
     the trials taken are the recorded ones (a trial where none was recorded fails the fake)."""
     pytest.importorskip("quicktok")
-    from certaindex.evaluation.score_policy import observations, replay_score
+    from certaindex.evaluation.score_policy import observations
     from certaindex.traces.governor import read_governor
-    from tests.governor_fake import GovernorTrajectoryFake, recorded_trials
+    from tests.governor_fake import live_beside_replay, recorded_trials
 
     profile = next(p for p in shipped_profiles() if p.name == "r1-distill-qwen")
     folder = _sample()
@@ -296,12 +295,7 @@ async def test_a_live_run_over_recorded_trajectories_exits_where_offline_replay_
         rule = dict(profile.rule, threshold=threshold)
         for pid in ids:
             t = trajs[pid]
-            offline = replay_score(rule, t, canonical_answer, lambda a: False)
-            engine = GovernorTrajectoryFake(t, trials[pid], profile.probe_suffix, streaming=streaming)
-            config = CoTConfig(budget=t.tokens_used + 64, probe_interval=profile.probe_interval,
-                               probe_suffix=profile.probe_suffix, probe_tokens=profile.probe_tokens,
-                               certainty=rule, system_prompt=None)
-            result = await solve_cot(engine, f"problem {pid}", config)
+            result, offline = await live_beside_replay(profile, rule, t, trials[pid], streaming)
             taken = [(x.at_tokens, x.answer) for x in result.trials]
             recorded = [(o.pos, o.answer) for o in observations(t, "tr")]
             assert taken == recorded[: len(taken)]  # the trials taken are the recorded ones, in order

@@ -18,7 +18,6 @@ from certaindex.evaluation.profiles import (
     profile_for_model,
     shipped_profiles,
 )
-from certaindex.programs.cot import CoTConfig, solve_cot
 
 NEW = ("ans_age_frac", "box_age_frac", "think_frac", "final_frac", "waits_run_share", "fewer_parts")
 
@@ -101,9 +100,8 @@ async def test_the_generic_profile_live_exits_where_the_replay_does(streaming):
     (text, probes, DEER trials with their logprobs) exits at the same token, with the same answer and
     token count, as ``certaindex evaluate``'s replay; at a lower threshold too."""
     pytest.importorskip("quicktok")
-    from certaindex.evaluation.score_policy import replay_score
     from certaindex.traces.governor import read_governor
-    from tests.governor_fake import GovernorTrajectoryFake, recorded_trials
+    from tests.governor_fake import live_beside_replay, recorded_trials
 
     profile = _generic()
     folder = _sample()
@@ -113,13 +111,7 @@ async def test_the_generic_profile_live_exits_where_the_replay_does(streaming):
     for threshold in (profile.rule["threshold"], 0.9):
         rule = dict(profile.rule, threshold=threshold)
         for pid in IDS[:3] if streaming else IDS:
-            t = trajs[pid]
-            offline = replay_score(rule, t, canonical_answer, lambda a: False)
-            engine = GovernorTrajectoryFake(t, trials[pid], profile.probe_suffix, streaming=streaming)
-            config = CoTConfig(budget=t.tokens_used + 64, probe_interval=profile.probe_interval,
-                               probe_suffix=profile.probe_suffix, probe_tokens=profile.probe_tokens,
-                               certainty=rule, system_prompt=None)
-            result = await solve_cot(engine, f"problem {pid}", config)
+            result, offline = await live_beside_replay(profile, rule, trajs[pid], trials[pid], streaming)
             if offline.exit_pos is None:
                 assert result.stop_reason == "finished" and result.probe_tokens == offline.overhead, pid
                 continue
