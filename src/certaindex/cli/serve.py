@@ -38,7 +38,12 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
                        "otherwise (default); requests choose their own with {\"certaindex\": {\"policy\": ...}}")
     serve.add_argument("--calibration", help="calibration JSON from `certaindex calibrate`: default probe "
                        "interval, k (and budget)")
-    serve.add_argument("--budget", type=int, default=4096, help="default most reasoning tokens (default 4096)")
+    serve.add_argument("--budget", type=int, default=None,
+                       help="default most reasoning tokens (default: 32768 with --upstream, the longest budget "
+                       "the recorded runs were collected with, so a reasoning model finishes its own reasoning; "
+                       "4096, its context, on the embedded engine); a request's certaindex.budget replaces it, its "
+                       "max_tokens bounds it. The engine's context (vLLM --max-model-len) must hold the prompt, the "
+                       "budget and the answer (4096): e.g. --budget 24576 for --max-model-len 32768")
     serve.add_argument("--probe-interval", type=int, default=None,
                        help="default tokens between probes (default 64; giving it or --k uses Dynasor's rule instead "
                        "of the model's profile)")
@@ -106,11 +111,14 @@ def add_serve_subcommand(sub: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace):
     from certaindex.evaluation.evaluate import apply_calibration, load_calibration
     from certaindex.evaluation.profile_choice import ProfileChoice
-    from certaindex.server.settings import ServerSettings
+    from certaindex.server.settings import EMBEDDED_DEFAULT_BUDGET, UPSTREAM_DEFAULT_BUDGET, ServerSettings
 
     from certaindex.cli.common import profile_reads_trials, resolve_profile
 
-    cot = CoTConfig(budget=args.budget, probe_interval=args.probe_interval or 64, k=args.k or 3,
+    budget = args.budget
+    if budget is None:
+        budget = UPSTREAM_DEFAULT_BUDGET if args.upstream else EMBEDDED_DEFAULT_BUDGET
+    cot = CoTConfig(budget=budget, probe_interval=args.probe_interval or 64, k=args.k or 3,
                     probe_trigger=args.probe_trigger, side_probes=not args.no_side_probes)
     # DEER trials need token logprobs. HTTP upstreams return them; the embedded engine the proxy
     # creates keeps the logits they need (memory) only when asked, so ask only when the profile reads trials.

@@ -11,6 +11,13 @@ from certaindex.programs.cot import CoTConfig
 DefaultPolicy = Literal["auto", "cot", "sc", "full", "off"]
 SchedulerPolicy = Literal["certaindex", "fcfs", "off"]
 
+# ``serve``'s reasoning budget when neither ``--budget``, a calibration nor the request sets one.
+# In front of an engine: the longest budget the recorded Governor runs were collected with (AIME;
+# MATH500 and AMC23 used 16,384), so a reasoning model's own run is not cut: 4,096 had cut 8 of the
+# 50 sample R1 problems (benchmarks/results/serve-default-budget/). The embedded engine: its context.
+UPSTREAM_DEFAULT_BUDGET = 32_768
+EMBEDDED_DEFAULT_BUDGET = 4096
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -27,7 +34,7 @@ class ServerSettings:
     chat_template: str | None = None
     api_key: str | None = None  # clients must send ``Authorization: Bearer <api_key>``
     policy: DefaultPolicy = "auto"
-    cot: CoTConfig = field(default_factory=lambda: CoTConfig(budget=4096, probe_interval=64, k=3))
+    cot: CoTConfig = field(default_factory=lambda: CoTConfig(budget=EMBEDDED_DEFAULT_BUDGET, probe_interval=64, k=3))
     max_concurrency: int = 64  # requests being served at once
     max_queue: int = 256  # requests waiting for a slot; beyond this the proxy answers 429
     upstream_timeout_s: float = 300.0  # one upstream read may take this long
