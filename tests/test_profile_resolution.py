@@ -216,7 +216,7 @@ def test_health_answers_from_memory_while_the_upstream_hangs():
             for _ in range(3):
                 health = httpx.get(f"{url}/health", timeout=10)
                 assert health.status_code == 503 and health.json()["status"] == "degraded"
-            assert "ReadTimeout" in health.json()["upstream_error"] or "Timeout" in health.json()["upstream_error"]
+            assert "no answer in" in health.json()["upstream_error"]  # the read timed out
             # the served list is unknown: nothing is refused as unknown, the request fails upstream instead
             assert health.json()["upstream_models"] == []
 
