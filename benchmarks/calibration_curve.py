@@ -43,8 +43,9 @@ from certaindex.core.exit_score import ScoreModel  # noqa: E402
 from certaindex.evaluation.governor import run_profile  # noqa: E402
 from certaindex.evaluation.peers import dynasor, dynasor_all_k  # noqa: E402
 from certaindex.evaluation.profiles import profile_for_model, shipped_profiles  # noqa: E402
-from certaindex.evaluation.score_policy import replay_score  # noqa: E402
-from certaindex.evaluation.self_calibration import calibrate_score, score_schedule  # noqa: E402
+from certaindex.evaluation.score_policy import part_of, replay_score  # noqa: E402
+from certaindex.evaluation.score_refit import PRIOR_STRENGTH  # noqa: E402
+from certaindex.evaluation.self_calibration import calibrate_score, refit_schedules, score_schedule  # noqa: E402
 
 MODELS = ("r1-distill-qwen-7b", "qwen3-8b")
 SIZES = (50, 100, 200, 400)
@@ -94,26 +95,31 @@ def judge(rule, trajs, cache) -> dict[str, dict[str, float]]:
             for d, v in sorted(per.items())}
 
 
-def calibrate_like_the_command(sample, start, cache, has_trials):
+def calibrate_like_the_command(sample, start, cache, has_trials, strength):
     keys = cache.key
 
     def same(t, a):  # the shadow label: the exit answer equals full reasoning's own answer
         ka, kf = keys(a), _final_key(cache, t)
         return a is not None and ka is not None and ka == kf
 
-    delta = DELTA / 3
-    cands = []
+    sched = score_schedule(start.rule["schedule"], 64, has_trials)
+    refits = refit_schedules(sched, has_trials)
+    delta = DELTA / (2 + len(refits))  # Dynasor, the start re-certified, each refit
+    cands, tried = [], []
     dyn = dynasor_candidate(sample, keys, same, delta)
     if dyn is not None:
         cands.append(dyn)
-    sched = score_schedule(start.rule["schedule"], 64, has_trials)
-    refit = "bx+tc+g512" + ("+tr" if has_trials else "")
-    for c in calibrate_score(sample, sched, ScoreModel.from_dict(start.rule["model"]), keys, same, ALPHA, delta, refit):
+    tried.append(f"dynasor {100 * dyn['cal_saved']:.1f}%" if dyn else "dynasor -")
+    for c in calibrate_score(sample, sched, ScoreModel.from_dict(start.rule["model"]), keys, same, ALPHA, delta,
+                             refits, strength):
+        if c.calibration is not None:
+            tried.append(f"{c.name} {c.calibration.schedule} {100 * c.saved:.1f}%" if c.certified else
+                         f"{c.name} {c.calibration.schedule} -")
         if c.certified:
             cal = c.calibration
             cands.append({"kind": "score", "candidate": c.name, "schedule": cal.schedule, "threshold": cal.threshold,
                           "model": cal.model.to_dict(), "cal_saved": cal.cal_saved})
-    return max(cands, key=lambda c: c["cal_saved"]) if cands else None
+    return (max(cands, key=lambda c: c["cal_saved"]) if cands else None), "; ".join(tried)
 
 
 def _final_key(cache, t):
@@ -126,23 +132,36 @@ def _final_key(cache, t):
     return cache.keys[t.final_answer]
 
 
+def option(name: str, default: str | None) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
 def main() -> int:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    draws = int(sys.argv[sys.argv.index("--draws") + 1]) if "--draws" in sys.argv else 3
     global ALPHA
-    ALPHA = float(sys.argv[sys.argv.index("--alpha") + 1]) if "--alpha" in sys.argv else ALPHA
-    sizes = tuple(int(x) for x in sys.argv[sys.argv.index("--sizes") + 1].split(",")) if "--sizes" in sys.argv else SIZES
-    args = [a for a in args if not a[0].isdigit()]
+    draws = int(option("--draws", "3"))
+    ALPHA = float(option("--alpha", str(ALPHA)))
+    sizes = tuple(int(x) for x in option("--sizes", ",".join(map(str, SIZES))).split(","))
+    strength = float(option("--strength", str(PRIOR_STRENGTH)))
+    # --train-check: draw from half the TRAIN problems, judge on the other half (choosing the
+    # prior's strength without looking at dev)
+    train_check = "--train-check" in sys.argv
+    values = {option(o, None) for o in ("--draws", "--alpha", "--sizes", "--strength")}
+    args = [a for a in sys.argv[1:] if not a.startswith("--") and a not in values]
     path = Path(args[0]) if args else Path("/work/shared/traces/governor")
     started = time.perf_counter()
     train, _, _ = read_trajectories(path, "train", quiet=True)
-    dev, _, _ = read_trajectories(path, "dev", quiet=True)
     train = [t for t in train if t.model in MODELS]
-    dev = [t for t in dev if t.model in MODELS]
+    if train_check:
+        dev = [t for t in train if part_of(t) >= 3]
+        train = [t for t in train if part_of(t) < 3]
+    else:
+        dev, _, _ = read_trajectories(path, "dev", quiet=True)
+        dev = [t for t in dev if t.model in MODELS]
     cache = grade(train + dev, os.environ.get("GRADE_CACHE"), quiet=True)
     named = {p.name: p for p in shipped_profiles()}
     start = named.get("generic") or named["conservative"]
-    result: dict = {"start_profile": start.name, "models": {}}
+    judged_on = "held-aside TRAIN problems (--train-check)" if train_check else "DEV"
+    result: dict = {"start_profile": start.name, "strength": strength, "judged_on": judged_on, "models": {}}
     lines = []
     for model in MODELS:
         tr = [t for t in train if t.model == model]
@@ -151,45 +170,51 @@ def main() -> int:
             continue
         has_trials = all(t.trials is not None for t in tr)
         family = profile_for_model(dv[0].model_name)
-        shipped = judge({"kind": "profile", "profile": family}, dv, cache)
+        shipped = judge({"kind": "profile", "profile": family}, dv, cache)  # read now: whatever profile ships
         rows = {}
-        lines.append(f"\n## {model}: {len(tr)} train trajectories to draw from, {len(dv)} dev trajectories judged; "
-                     f"shipped family profile {family.name}: " + ", ".join(
+        lines.append(f"\n## {model}: {len(tr)} train trajectories to draw from, {len(dv)} {judged_on} trajectories "
+                     f"judged; shipped family profile {family.name}: " + ", ".join(
                          f"{d} {100 * v['saved']:.1f}% saved / {v['harmful']} harmful" for d, v in shipped.items()))
         for n in sizes:
             per_draw = []
             for d in range(draws):
                 sample = random.Random(1000 * n + d).sample(tr, min(n, len(tr)))
-                rule = calibrate_like_the_command(sample, start, cache, has_trials)
+                rule, tried = calibrate_like_the_command(sample, start, cache, has_trials, strength)
                 judged = judge(rule, dv, cache)
                 label = ("nothing certified" if rule is None else
                          f"dynasor k={rule['k']} interval={rule['interval']}" if rule["kind"] == "dynasor" else
                          f"score ({rule['candidate']}) {rule['schedule']} threshold {rule['threshold']:.4f}")
-                per_draw.append({"draw": d, "chosen": label, "dev": judged})
+                per_draw.append({"draw": d, "chosen": label, "dev": judged, "candidates_saved_on_calibration": tried})
                 lines.append(f"N={n:4d} draw {d}: {label:55s} " + "  ".join(
-                    f"{ds} {100 * v['saved']:5.1f}% harm {v['harmful']:2d}" for ds, v in judged.items()))
+                    f"{ds} {100 * v['saved']:5.1f}% harm {v['harmful']:2d}" for ds, v in judged.items())
+                    + f"   [certified, saved on calibration: {tried}]")
             mean = {ds: {"saved": sum(p["dev"][ds]["saved"] for p in per_draw) / draws,
                          "harmful": sum(p["dev"][ds]["harmful"] for p in per_draw) / draws} for ds in shipped}
+            reach = mean["math500"]["saved"] / shipped["math500"]["saved"] if shipped["math500"]["saved"] > 0 else float("nan")
             lines.append(f"N={n:4d} mean of {draws}: " + "  ".join(
                 f"{ds} {100 * v['saved']:5.1f}% harm {v['harmful']:.1f}" for ds, v in mean.items())
-                + f"   (shipped math500: {100 * shipped['math500']['saved']:.1f}%)")
-            rows[n] = {"draws": per_draw, "mean": mean}
+                + f"   (shipped math500: {100 * shipped['math500']['saved']:.1f}%; reached {100 * reach:.0f}% of it)")
+            rows[n] = {"draws": per_draw, "mean": mean, "reached_shipped_math500": reach}
         result["models"][model] = {"shipped_profile": family.name, "shipped_dev": shipped, "sizes": rows}
+    flags = (f" --draws {draws} --sizes {','.join(map(str, sizes))} --alpha {ALPHA:g} --strength {strength:g}"
+             + (" --train-check" if train_check else ""))
     head = [
-        f"# python benchmarks/calibration_curve.py {path} --draws {draws} --sizes {','.join(map(str, sizes))} --alpha {ALPHA:g}",
+        f"# python benchmarks/calibration_curve.py {path}{flags}",
         f"# machine: {platform.node()}, {os.cpu_count()} cores ({platform.machine()}), python {platform.python_version()}; "
         f"shared by other jobs; {time.perf_counter() - started:.0f} s wall-clock",
         "# stand-in shadow traces: N random TRAIN-split trajectories of the model (no gold used: harmful = differs from full "
-        f"reasoning's own answer); three candidates at delta/3 each (alpha {ALPHA:g}, delta {DELTA:g}): Dynasor's grid, the "
-        f"'{start.name}' profile's score re-certified, the score refitted on a third (bx+tc+g512, +tr with trials); "
-        "the certified one saving most on its calibration traces is judged on every DEV trajectory with gold answers",
+        f"reasoning's own answer); candidates at delta/(2 + refits) each (alpha {ALPHA:g}, delta {DELTA:g}): Dynasor's grid, "
+        f"the '{start.name}' profile's score re-certified, the score refitted on a third toward '{start.name}' (pull "
+        f"{strength:g}) on its schedule and, with trials, on bx+tc+tr; the certified one saving most on its calibration "
+        f"traces is judged on every {judged_on} trajectory with gold answers",
         "# saved = 1 - tokens / full reasoning's tokens (probe/trial tokens counted); harm = wrong where full was right",
     ]
     text = "\n".join(head + lines) + "\n"
     print(text)
     out = ROOT / "benchmarks" / "results" / "calibration-curve"
     out.mkdir(parents=True, exist_ok=True)
-    stem = "curve" if ALPHA == 0.05 else f"curve-alpha{ALPHA:g}"
+    stem = ("train-check-" if train_check else "") + ("curve" if ALPHA == 0.05 else f"curve-alpha{ALPHA:g}")
+    stem += "" if strength == PRIOR_STRENGTH else f"-strength{strength:g}"
     (out / f"{stem}.txt").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=lambda o: None) + "\n")
     return 0
