@@ -94,3 +94,12 @@ def test_calibrate_score_tries_the_start_and_each_refit_schedule(tmp_path):
     assert [c.name for c in cands] == ["start", "refit", "refit"]
     assert [c.calibration.schedule for c in cands] == ["bx+g256", "bx+g256", "bx+g128"]
     assert cands[0].calibration.n_cal == 150 and cands[1].calibration.n_fit > 0
+
+
+def test_calibrate_dir_starts_from_generic_for_any_model():
+    """Issue 19: the score is learnt from the generic start, for a model of no family and for a
+    model of a known family alike (whose own profile was fitted on other traffic)."""
+    from certaindex.cli.shadow_calibrate import start_profile
+
+    for model in ("my-own-reasoner-3b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "Qwen/Qwen3-8B"):
+        assert start_profile(model).name == "generic"

@@ -95,7 +95,7 @@ def start_profile(model: str):
 
 def _score_candidates(records: list, budgets: list[int], model: str, dataset: str, g: int, reference: str,
                       alpha: float, delta: float) -> tuple[list, Any, str]:
-    """The two score candidates (empty with why where they cannot run), the starting profile, and
+    """The score candidates (empty with why where they cannot run), the starting profile, and
     the schedule they replay."""
     from certaindex.core.answers import canonical_answer
     from certaindex.evaluation.self_calibration import (
@@ -148,7 +148,9 @@ def calibrate_folder(args: argparse.Namespace, path: Path) -> int:
     start = start_profile(model)
     scored = start is not None and g % 64 == 0
     # Dynasor's grid, the start re-certified, and one refit per schedule (traces record no trials)
-    tried = 2 + len(refit_schedules(score_schedule(start.rule["schedule"], g, False) or "", False)) if scored else 1
+    tried = 1
+    if start is not None and scored:
+        tried += 1 + len(refit_schedules(str(score_schedule(start.rule["schedule"], g, False)), False))
     delta = args.delta / tried
     cal = calibrate_dynasor(records, budgets, [(p.probe_interval, p.k) for p in policies], reference, alpha, delta)
     dataset = sets[0].header.dataset or "shadow"
