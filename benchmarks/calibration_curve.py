@@ -104,7 +104,7 @@ def judge(rule, trajs, cache) -> dict[str, dict[str, float]]:
             for d, v in sorted(per.items())}
 
 
-def calibrate_like_the_command(sample, start, cache, has_trials, strength):
+def calibrate_like_the_command(sample, start, cache, has_trials, strength, fit_mod=3):
     keys = cache.key
 
     def same(t, a):  # the shadow label: the exit answer equals full reasoning's own answer
@@ -120,7 +120,7 @@ def calibrate_like_the_command(sample, start, cache, has_trials, strength):
         cands.append(dyn)
     tried.append(f"dynasor {100 * dyn['cal_saved']:.1f}%" if dyn else "dynasor -")
     for c in calibrate_score(sample, sched, ScoreModel.from_dict(start.rule["model"]), keys, same, ALPHA, delta,
-                             refits, strength):
+                             refits, strength, fit_mod):
         if c.calibration is not None:
             tried.append(f"{c.name} {c.calibration.schedule} {100 * c.saved:.1f}%" if c.certified else
                          f"{c.name} {c.calibration.schedule} -")
@@ -164,11 +164,12 @@ def main() -> int:
     ALPHA = float(option("--alpha", str(ALPHA)))
     sizes = tuple(int(x) for x in option("--sizes", ",".join(map(str, SIZES))).split(","))
     strength = float(option("--strength", str(PRIOR_STRENGTH)))
+    fit_mod = int(option("--fit-mod", "3"))  # the refit fits on 1/fit_mod of the traces
     # --train-check: draw from half the TRAIN problems, judge on the other half (choosing the
     # prior's strength without looking at dev)
     train_check = "--train-check" in sys.argv
     lofo = option("--start", "generic") == "lofo"  # start from a profile that never saw the model's family
-    values = {option(o, None) for o in ("--draws", "--alpha", "--sizes", "--strength", "--start")}
+    values = {option(o, None) for o in ("--draws", "--alpha", "--sizes", "--strength", "--start", "--fit-mod")}
     args = [a for a in sys.argv[1:] if not a.startswith("--") and a not in values]
     path = Path(args[0]) if args else Path("/work/shared/traces/governor")
     started = time.perf_counter()
@@ -204,7 +205,7 @@ def main() -> int:
             per_draw = []
             for d in range(draws):
                 sample = random.Random(1000 * n + d).sample(tr, min(n, len(tr)))
-                rule, tried = calibrate_like_the_command(sample, start, cache, has_trials, strength)
+                rule, tried = calibrate_like_the_command(sample, start, cache, has_trials, strength, fit_mod)
                 judged = judge(rule, dv, cache)
                 label = ("nothing certified" if rule is None else
                          f"dynasor k={rule['k']} interval={rule['interval']}" if rule["kind"] == "dynasor" else
@@ -222,7 +223,8 @@ def main() -> int:
             rows[n] = {"draws": per_draw, "mean": mean, "reached_shipped_math500": reach}
         result["models"][model] = {"shipped_profile": family.name, "shipped_dev": shipped, "sizes": rows}
     flags = (f" --draws {draws} --sizes {','.join(map(str, sizes))} --alpha {ALPHA:g} --strength {strength:g}"
-             + (" --train-check" if train_check else "") + (" --start lofo" if lofo else ""))
+             + (" --train-check" if train_check else "") + (" --start lofo" if lofo else "")
+             + (f" --fit-mod {fit_mod}" if fit_mod != 3 else ""))
     head = [
         f"# python benchmarks/calibration_curve.py {path}{flags}",
         f"# machine: {platform.node()}, {os.cpu_count()} cores ({platform.machine()}), python {platform.python_version()}; "
@@ -240,6 +242,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = ("train-check-" if train_check else "") + ("curve" if ALPHA == 0.05 else f"curve-alpha{ALPHA:g}")
     stem += ("" if strength == PRIOR_STRENGTH else f"-strength{strength:g}") + ("-lofo" if lofo else "")
+    stem += "" if fit_mod == 3 else f"-fitmod{fit_mod}"
     (out / f"{stem}.txt").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=lambda o: None) + "\n")
     return 0

@@ -277,12 +277,13 @@ def refit_schedules(schedule: str, has_trials: bool) -> list[str]:
 
 def calibrate_score(trajs: Sequence[Trajectory], schedule: str, start_model: Any, key: KeyFn,
                     correct: Callable[[Trajectory, str | None], bool], alpha: float, delta: float,
-                    refit: Sequence[str] | None = None, strength: float | None = None) -> list[ScoreCandidate]:
+                    refit: Sequence[str] | None = None, strength: float | None = None,
+                    fit_mod: int = 3) -> list[ScoreCandidate]:
     """The score candidates on ``trajs``: the starting profile's fitted score with its threshold
     re-certified on every trace (observing ``schedule``), and for each schedule of ``refit``
     (default: ``schedule`` alone) a score refitted on a third toward the start's weights
     (:func:`certaindex.evaluation.score_refit.calibrate_toward`, pull ``strength``, default its
-    ``PRIOR_STRENGTH``) and certified on the rest; a refit is left out, with why, when the traces
+    ``PRIOR_STRENGTH``; on 1 / ``fit_mod`` of the problems) and certified on the rest; a refit is left out, with why, when the traces
     cannot be split into a fit and a calibration part. Each candidate is certified at ``delta``:
     the caller splits its delta among them."""
     from certaindex.evaluation.score_policy import certify_model
@@ -292,7 +293,7 @@ def calibrate_score(trajs: Sequence[Trajectory], schedule: str, start_model: Any
     for sched in refit or [schedule]:
         try:
             cal = calibrate_toward(trajs, sched, start_model, key, correct, alpha, delta,
-                                   PRIOR_STRENGTH if strength is None else strength)
+                                   PRIOR_STRENGTH if strength is None else strength, fit_mod)
             out.append(ScoreCandidate("refit", cal))
         except ValueError as exc:
             out.append(ScoreCandidate("refit", None, str(exc)))
