@@ -4,24 +4,31 @@ Stand-in shadow traffic: N trajectories drawn at random from the TRAIN-split pro
 (R1-Distill-Qwen-7B, Qwen3-8B; every dataset and seed of the Governor development traces), with no
 gold answers used: an exit is harmful when its answer differs from the model's own full-reasoning
 answer, as on shadow traffic. Calibration is what the command does on a folder of traces, on the
-same pure functions: three candidates, each certified by Learn-then-Test at delta / 3 (alpha 0.05,
-delta 0.1, the folder defaults):
+same pure functions, each candidate certified by Learn-then-Test at delta / (number of candidates)
+(alpha 0.05, delta 0.1, the folder defaults):
 
 * Dynasor's rule over k x probe interval (64..512 tokens), tested conservative first;
 * the starting profile's certainty score, its threshold re-certified on all N traces (start: the
-  shipped ``generic`` profile if there is one, else ``conservative``, the pooled profile fitted on
-  all four families; NOT the model's own family profile, which was fitted on these very problems);
-* the score refitted on a third of the N traces (schedule bx+tc+g512, +tr where the traces have
-  DEER trials) and certified on the rest.
+  shipped ``generic`` profile if there is one, else ``conservative``; NOT the model's own family
+  profile, which was fitted on these very problems. ``generic`` was fitted on the TRAIN problems of
+  both models here, never on DEV; ``--start lofo`` starts instead from the generic recipe fitted on
+  the other model alone, a start that never saw the model's family);
+* the score refitted on a third of the N traces toward the start's weights
+  (``evaluation.score_refit``, pull ``--strength``, default ``PRIOR_STRENGTH``) and certified on the
+  rest, on the start's schedule and, where the traces have DEER trials, on bx+tc+tr too.
 
 The certified candidate saving most is applied to every DEV trajectory of the model and judged with
 gold answers (as `certaindex evaluate`): tokens saved and harmful exits per dataset, next to the
-shipped family profile (the default) on the same trajectories. Several random draws per N.
+shipped family profile (the default) on the same trajectories, read at run time (whatever profile
+ships). Several random draws per N. ``--train-check`` draws from half the TRAIN problems and judges
+on the other half instead of DEV (to choose the pull's strength without looking at DEV).
 
     python benchmarks/calibration_curve.py [GOVERNOR_DIR] [--draws 3] [--sizes 50,100,200,400] [--alpha 0.05]
+        [--strength S] [--start generic|lofo] [--train-check]
     # GRADE_CACHE=path to reuse a grade cache
 
-Writes benchmarks/results/calibration-curve/curve.txt and curve.json (curve-alpha<A>.* for another alpha).
+Writes benchmarks/results/calibration-curve/curve.txt and curve.json (curve-alpha<A>, -strength<S>, -lofo,
+train-check- for the other options).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -43,8 +51,10 @@ from certaindex.core.exit_score import ScoreModel  # noqa: E402
 from certaindex.evaluation.governor import run_profile  # noqa: E402
 from certaindex.evaluation.peers import dynasor, dynasor_all_k  # noqa: E402
 from certaindex.evaluation.profiles import profile_for_model, shipped_profiles  # noqa: E402
-from certaindex.evaluation.score_policy import replay_score  # noqa: E402
-from certaindex.evaluation.self_calibration import calibrate_score, score_schedule  # noqa: E402
+from certaindex.core.exit_score import RELATIVE_FEATURES  # noqa: E402
+from certaindex.evaluation.score_policy import LABELS, calibrate, part_of, replay_score  # noqa: E402
+from certaindex.evaluation.score_refit import PRIOR_STRENGTH  # noqa: E402
+from certaindex.evaluation.self_calibration import calibrate_score, refit_schedules, score_schedule  # noqa: E402
 
 MODELS = ("r1-distill-qwen-7b", "qwen3-8b")
 SIZES = (50, 100, 200, 400)
@@ -94,26 +104,31 @@ def judge(rule, trajs, cache) -> dict[str, dict[str, float]]:
             for d, v in sorted(per.items())}
 
 
-def calibrate_like_the_command(sample, start, cache, has_trials):
+def calibrate_like_the_command(sample, start, cache, has_trials, strength, fit_mod=3):
     keys = cache.key
 
     def same(t, a):  # the shadow label: the exit answer equals full reasoning's own answer
         ka, kf = keys(a), _final_key(cache, t)
         return a is not None and ka is not None and ka == kf
 
-    delta = DELTA / 3
-    cands = []
+    sched = score_schedule(start.rule["schedule"], 64, has_trials)
+    refits = refit_schedules(sched, has_trials)
+    delta = DELTA / (2 + len(refits))  # Dynasor, the start re-certified, each refit
+    cands, tried = [], []
     dyn = dynasor_candidate(sample, keys, same, delta)
     if dyn is not None:
         cands.append(dyn)
-    sched = score_schedule(start.rule["schedule"], 64, has_trials)
-    refit = "bx+tc+g512" + ("+tr" if has_trials else "")
-    for c in calibrate_score(sample, sched, ScoreModel.from_dict(start.rule["model"]), keys, same, ALPHA, delta, refit):
+    tried.append(f"dynasor {100 * dyn['cal_saved']:.1f}%" if dyn else "dynasor -")
+    for c in calibrate_score(sample, sched, ScoreModel.from_dict(start.rule["model"]), keys, same, ALPHA, delta,
+                             refits, strength, fit_mod):
+        if c.calibration is not None:
+            tried.append(f"{c.name} {c.calibration.schedule} {100 * c.saved:.1f}%" if c.certified else
+                         f"{c.name} {c.calibration.schedule} -")
         if c.certified:
             cal = c.calibration
             cands.append({"kind": "score", "candidate": c.name, "schedule": cal.schedule, "threshold": cal.threshold,
                           "model": cal.model.to_dict(), "cal_saved": cal.cal_saved})
-    return max(cands, key=lambda c: c["cal_saved"]) if cands else None
+    return (max(cands, key=lambda c: c["cal_saved"]) if cands else None), "; ".join(tried)
 
 
 def _final_key(cache, t):
@@ -126,23 +141,52 @@ def _final_key(cache, t):
     return cache.keys[t.final_answer]
 
 
+def lofo_start(other: list, cache) -> SimpleNamespace:
+    """A start that never saw the model's family (``--start lofo``): the generic recipe (schedule
+    bx+tc+g512+tr, relative features without fewer_parts, alpha 0.02, of the two labels the one
+    saving more on calibration; benchmarks/transfer_profiles.py) fitted on the OTHER model's TRAIN
+    trajectories alone."""
+    features = [f for f in RELATIVE_FEATURES if f != "fewer_parts"]
+    cands = [calibrate(other, "bx+tc+g512+tr", cache.key, lambda t, a: cache.correct(a, t.target), 0.02, 0.1,
+                       features=features, label=lab, strata="dataset") for lab in LABELS]
+    cal = max(cands, key=lambda c: (c.threshold is not None, c.cal_saved))
+    return SimpleNamespace(name=f"generic fitted on {other[0].model} alone",
+                           rule={"schedule": cal.schedule, "model": cal.model.to_dict()})
+
+
+def option(name: str, default: str | None) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
 def main() -> int:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    draws = int(sys.argv[sys.argv.index("--draws") + 1]) if "--draws" in sys.argv else 3
     global ALPHA
-    ALPHA = float(sys.argv[sys.argv.index("--alpha") + 1]) if "--alpha" in sys.argv else ALPHA
-    sizes = tuple(int(x) for x in sys.argv[sys.argv.index("--sizes") + 1].split(",")) if "--sizes" in sys.argv else SIZES
-    args = [a for a in args if not a[0].isdigit()]
+    draws = int(option("--draws", "3"))
+    ALPHA = float(option("--alpha", str(ALPHA)))
+    sizes = tuple(int(x) for x in option("--sizes", ",".join(map(str, SIZES))).split(","))
+    strength = float(option("--strength", str(PRIOR_STRENGTH)))
+    fit_mod = int(option("--fit-mod", "3"))  # the refit fits on 1/fit_mod of the traces
+    # --train-check: draw from half the TRAIN problems, judge on the other half (choosing the
+    # prior's strength without looking at dev)
+    train_check = "--train-check" in sys.argv
+    lofo = option("--start", "generic") == "lofo"  # start from a profile that never saw the model's family
+    values = {option(o, None) for o in ("--draws", "--alpha", "--sizes", "--strength", "--start", "--fit-mod")}
+    args = [a for a in sys.argv[1:] if not a.startswith("--") and a not in values]
     path = Path(args[0]) if args else Path("/work/shared/traces/governor")
     started = time.perf_counter()
     train, _, _ = read_trajectories(path, "train", quiet=True)
-    dev, _, _ = read_trajectories(path, "dev", quiet=True)
     train = [t for t in train if t.model in MODELS]
-    dev = [t for t in dev if t.model in MODELS]
+    every_train = train
+    if train_check:
+        dev = [t for t in train if part_of(t) >= 3]
+        train = [t for t in train if part_of(t) < 3]
+    else:
+        dev, _, _ = read_trajectories(path, "dev", quiet=True)
+        dev = [t for t in dev if t.model in MODELS]
     cache = grade(train + dev, os.environ.get("GRADE_CACHE"), quiet=True)
     named = {p.name: p for p in shipped_profiles()}
-    start = named.get("generic") or named["conservative"]
-    result: dict = {"start_profile": start.name, "models": {}}
+    shipped_start = named.get("generic") or named["conservative"]
+    judged_on = "held-aside TRAIN problems (--train-check)" if train_check else "DEV"
+    result: dict = {"start_profile": "lofo" if lofo else shipped_start.name, "strength": strength, "judged_on": judged_on, "models": {}}
     lines = []
     for model in MODELS:
         tr = [t for t in train if t.model == model]
@@ -150,46 +194,55 @@ def main() -> int:
         if not tr or not dv:
             continue
         has_trials = all(t.trials is not None for t in tr)
+        start = lofo_start([t for t in every_train if t.model != model], cache) if lofo else shipped_start
         family = profile_for_model(dv[0].model_name)
-        shipped = judge({"kind": "profile", "profile": family}, dv, cache)
+        shipped = judge({"kind": "profile", "profile": family}, dv, cache)  # read now: whatever profile ships
         rows = {}
-        lines.append(f"\n## {model}: {len(tr)} train trajectories to draw from, {len(dv)} dev trajectories judged; "
-                     f"shipped family profile {family.name}: " + ", ".join(
+        lines.append(f"\n## {model}: {len(tr)} train trajectories to draw from, {len(dv)} {judged_on} trajectories "
+                     f"judged; start: {start.name}; shipped family profile {family.name}: " + ", ".join(
                          f"{d} {100 * v['saved']:.1f}% saved / {v['harmful']} harmful" for d, v in shipped.items()))
         for n in sizes:
             per_draw = []
             for d in range(draws):
                 sample = random.Random(1000 * n + d).sample(tr, min(n, len(tr)))
-                rule = calibrate_like_the_command(sample, start, cache, has_trials)
+                rule, tried = calibrate_like_the_command(sample, start, cache, has_trials, strength, fit_mod)
                 judged = judge(rule, dv, cache)
                 label = ("nothing certified" if rule is None else
                          f"dynasor k={rule['k']} interval={rule['interval']}" if rule["kind"] == "dynasor" else
                          f"score ({rule['candidate']}) {rule['schedule']} threshold {rule['threshold']:.4f}")
-                per_draw.append({"draw": d, "chosen": label, "dev": judged})
+                per_draw.append({"draw": d, "chosen": label, "dev": judged, "candidates_saved_on_calibration": tried})
                 lines.append(f"N={n:4d} draw {d}: {label:55s} " + "  ".join(
-                    f"{ds} {100 * v['saved']:5.1f}% harm {v['harmful']:2d}" for ds, v in judged.items()))
+                    f"{ds} {100 * v['saved']:5.1f}% harm {v['harmful']:2d}" for ds, v in judged.items())
+                    + f"   [certified, saved on calibration: {tried}]")
             mean = {ds: {"saved": sum(p["dev"][ds]["saved"] for p in per_draw) / draws,
                          "harmful": sum(p["dev"][ds]["harmful"] for p in per_draw) / draws} for ds in shipped}
+            reach = mean["math500"]["saved"] / shipped["math500"]["saved"] if shipped["math500"]["saved"] > 0 else float("nan")
             lines.append(f"N={n:4d} mean of {draws}: " + "  ".join(
                 f"{ds} {100 * v['saved']:5.1f}% harm {v['harmful']:.1f}" for ds, v in mean.items())
-                + f"   (shipped math500: {100 * shipped['math500']['saved']:.1f}%)")
-            rows[n] = {"draws": per_draw, "mean": mean}
+                + f"   (shipped math500: {100 * shipped['math500']['saved']:.1f}%; reached {100 * reach:.0f}% of it)")
+            rows[n] = {"draws": per_draw, "mean": mean, "reached_shipped_math500": reach}
         result["models"][model] = {"shipped_profile": family.name, "shipped_dev": shipped, "sizes": rows}
+    flags = (f" --draws {draws} --sizes {','.join(map(str, sizes))} --alpha {ALPHA:g} --strength {strength:g}"
+             + (" --train-check" if train_check else "") + (" --start lofo" if lofo else "")
+             + (f" --fit-mod {fit_mod}" if fit_mod != 3 else ""))
     head = [
-        f"# python benchmarks/calibration_curve.py {path} --draws {draws} --sizes {','.join(map(str, sizes))} --alpha {ALPHA:g}",
+        f"# python benchmarks/calibration_curve.py {path}{flags}",
         f"# machine: {platform.node()}, {os.cpu_count()} cores ({platform.machine()}), python {platform.python_version()}; "
         f"shared by other jobs; {time.perf_counter() - started:.0f} s wall-clock",
         "# stand-in shadow traces: N random TRAIN-split trajectories of the model (no gold used: harmful = differs from full "
-        f"reasoning's own answer); three candidates at delta/3 each (alpha {ALPHA:g}, delta {DELTA:g}): Dynasor's grid, the "
-        f"'{start.name}' profile's score re-certified, the score refitted on a third (bx+tc+g512, +tr with trials); "
-        "the certified one saving most on its calibration traces is judged on every DEV trajectory with gold answers",
+        f"reasoning's own answer); candidates at delta/(2 + refits) each (alpha {ALPHA:g}, delta {DELTA:g}): Dynasor's grid, "
+        f"the start's score re-certified, the score refitted on a third toward the start (pull "
+        f"{strength:g}) on its schedule and, with trials, on bx+tc+tr; the certified one saving most on its calibration "
+        f"traces is judged on every {judged_on} trajectory with gold answers",
         "# saved = 1 - tokens / full reasoning's tokens (probe/trial tokens counted); harm = wrong where full was right",
     ]
     text = "\n".join(head + lines) + "\n"
     print(text)
     out = ROOT / "benchmarks" / "results" / "calibration-curve"
     out.mkdir(parents=True, exist_ok=True)
-    stem = "curve" if ALPHA == 0.05 else f"curve-alpha{ALPHA:g}"
+    stem = ("train-check-" if train_check else "") + ("curve" if ALPHA == 0.05 else f"curve-alpha{ALPHA:g}")
+    stem += ("" if strength == PRIOR_STRENGTH else f"-strength{strength:g}") + ("-lofo" if lofo else "")
+    stem += "" if fit_mod == 3 else f"-fitmod{fit_mod}"
     (out / f"{stem}.txt").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=lambda o: None) + "\n")
     return 0

@@ -3,7 +3,8 @@
 chosen keeps the stated guarantee: Dynasor's rule over a grid of k and probe intervals (multiples
 of the recorded one), the starting profile's certainty score (the shipped ``generic`` profile, else
 the model's shipped profile) with its threshold re-certified on the traces, and the score refitted
-on a third of the traces and certified on the rest. The certified one saving most is written as a
+on a third of the traces, its weights pulled toward the start's (a prior, so a hundred traces adjust
+the start rather than relearn it), and certified on the rest. The certified one saving most is written as a
 profile for ``--calibration FILE``. The score candidates need a recorded probe interval that is a
 multiple of 64 tokens; otherwise Dynasor's rule alone is tried (at the full delta). Says how many
 more traces Dynasor's rule needs when nothing can be certified yet (exit status 3, nothing written).
@@ -94,10 +95,12 @@ def start_profile(model: str):
 
 def _score_candidates(records: list, budgets: list[int], model: str, dataset: str, g: int, reference: str,
                       alpha: float, delta: float) -> tuple[list, Any, str]:
-    """The two score candidates (empty with why where they cannot run), the starting profile, and
+    """The score candidates (empty with why where they cannot run), the starting profile, and
     the schedule they replay."""
     from certaindex.core.answers import canonical_answer
-    from certaindex.evaluation.self_calibration import as_trajectories, calibrate_score, same_answer, score_schedule
+    from certaindex.evaluation.self_calibration import (
+        as_trajectories, calibrate_score, refit_schedules, same_answer, score_schedule,
+    )
     from certaindex.core.exit_score import ScoreModel
 
     start = start_profile(model)
@@ -125,12 +128,13 @@ def _score_candidates(records: list, budgets: list[int], model: str, dataset: st
         return equal[(answer, t.target)]
 
     model_ = ScoreModel.from_dict(start.rule["model"])
-    return calibrate_score(trajs, schedule, model_, key, correct, alpha, delta), start, schedule
+    refits = refit_schedules(schedule, has_trials=False)  # traces record no DEER trials
+    return calibrate_score(trajs, schedule, model_, key, correct, alpha, delta, refits), start, schedule
 
 
 def calibrate_folder(args: argparse.Namespace, path: Path) -> int:
     from certaindex.evaluation.evaluate import probe_grid
-    from certaindex.evaluation.self_calibration import calibrate_dynasor
+    from certaindex.evaluation.self_calibration import calibrate_dynasor, refit_schedules, score_schedule
     from certaindex.traces.format import TraceSettings
 
     alpha = FOLDER_ALPHA if args.alpha is None else args.alpha
@@ -141,8 +145,12 @@ def calibrate_folder(args: argparse.Namespace, path: Path) -> int:
     ks = _int_list("--ks", args.ks) or list(FOLDER_KS)
     grid_settings = TraceSettings(granularity=g, budget=max(budgets), probe_suffix=suffix, probe_tokens=probe_tokens)
     policies = probe_grid(grid_settings, _int_list("--intervals", args.intervals), ks)
-    scored = start_profile(model) is not None and g % 64 == 0
-    tried = 3 if scored else 1
+    start = start_profile(model)
+    scored = start is not None and g % 64 == 0
+    # Dynasor's grid, the start re-certified, and one refit per schedule (traces record no trials)
+    tried = 1
+    if start is not None and scored:
+        tried += 1 + len(refit_schedules(str(score_schedule(start.rule["schedule"], g, False)), False))
     delta = args.delta / tried
     cal = calibrate_dynasor(records, budgets, [(p.probe_interval, p.k) for p in policies], reference, alpha, delta)
     dataset = sets[0].header.dataset or "shadow"
@@ -185,7 +193,7 @@ def _print_scores(scores: list, start: Any, schedule: str) -> None:
         return
     for c in scores:
         what = (f"{start.name}'s score, threshold re-certified on every trace" if c.name == "start"
-                else "score refitted on a third of the traces, certified on the rest")
+                else f"score refitted on a third of the traces toward {start.name}'s weights, certified on the rest")
         if c.calibration is None:
             out.print(f"{what}: not tried ({c.note})")
         elif c.certified:
@@ -212,10 +220,12 @@ def _not_certified(cal: Any, alpha: float, guarantee: str, n: int) -> None:
 def _score_profile(c: Any, start: Any, name: str, pattern: str, suffix: str, probe_tokens: int, g: int,
                    common: dict[str, Any]) -> dict[str, Any]:
     from certaindex.evaluation.score_policy import score_profile_json
+    from certaindex.evaluation.score_refit import PRIOR_STRENGTH
 
     cal = c.calibration
     how = (f"{start.name}'s fitted score (not refitted), threshold re-certified on all {cal.n_cal} traces"
-           if c.name == "start" else f"score refitted on {cal.n_fit} traces, threshold certified on the other {cal.n_cal}")
+           if c.name == "start" else f"score refitted on {cal.n_fit} traces starting from {start.name}'s weights (L2 "
+           f"pull toward them, strength {PRIOR_STRENGTH:g}), threshold certified on the other {cal.n_cal}")
     data = score_profile_json(name, [pattern], [common["model"]], cal, common["command"], f"{common['n']} recorded traces in "
                               f"{common['traces']}", extra={**common, "candidate": c.name, "start_profile": start.name,
                                                             "how": how})

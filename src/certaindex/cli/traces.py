@@ -132,7 +132,8 @@ def add_subcommands(subparsers: Any) -> None:
         "a JSON file that solve, bench and the server can read.",
     )
     calibrate.add_argument("traces", help="a trace file written by 'certaindex record', a folder of trace files "
-                           "('serve --shadow DIR' or 'record': a Dynasor profile for that model), or a Governor folder "
+                           "('serve --shadow DIR' or 'record': Dynasor's rule or the certainty score for that model, the "
+                           "score learnt starting from the shipped generic profile), or a Governor folder "
                            "(then a certainty-score profile is fitted on its train-split problems)")
     calibrate.add_argument("--out", "-o", default="calibration.json", help="JSON file to write (default calibration.json)")
     _add_policy_args(calibrate)

@@ -38,6 +38,7 @@ __all__ = [
     "as_trajectories",
     "calibrate_score",
     "score_schedule",
+    "refit_schedules",
     "Reference",
     "SelfCalibration",
     "calibrate_dynasor",
@@ -265,19 +266,35 @@ def score_schedule(start_schedule: str, granularity: int, has_trials: bool) -> s
     return "+".join(parts)
 
 
+def refit_schedules(schedule: str, has_trials: bool) -> list[str]:
+    """The schedules the score is refitted on: the starting profile's replayable ``schedule``, and
+    with DEER trials also ``bx+tc+tr`` (trials, boxes and one probe after ``</think>``, no grid:
+    on R1-7B train problems out of fold it saves about 2.5 points more than the grid at equal
+    accuracy)."""
+    extra = ["bx+tc+tr"] if has_trials and schedule != "bx+tc+tr" else []
+    return [schedule] + extra
+
+
 def calibrate_score(trajs: Sequence[Trajectory], schedule: str, start_model: Any, key: KeyFn,
                     correct: Callable[[Trajectory, str | None], bool], alpha: float, delta: float,
-                    refit_schedule: str | None = None) -> list[ScoreCandidate]:
-    """Both score candidates on ``trajs``: the starting profile's fitted score with its threshold
-    re-certified on every trace (observing ``schedule``), and a score refitted on a third and
-    certified on the rest (observing ``refit_schedule``, default ``schedule``; left out, with why,
-    when there are too few observations to fit)."""
-    from certaindex.evaluation.score_policy import calibrate, certify_model
+                    refit: Sequence[str] | None = None, strength: float | None = None,
+                    fit_mod: int = 3) -> list[ScoreCandidate]:
+    """The score candidates on ``trajs``: the starting profile's fitted score with its threshold
+    re-certified on every trace (observing ``schedule``), and for each schedule of ``refit``
+    (default: ``schedule`` alone) a score refitted on a third toward the start's weights
+    (:func:`certaindex.evaluation.score_refit.calibrate_toward`, pull ``strength``, default its
+    ``PRIOR_STRENGTH``; on 1 / ``fit_mod`` of the problems) and certified on the rest; a refit is left out, with why, when the traces
+    cannot be split into a fit and a calibration part. Each candidate is certified at ``delta``:
+    the caller splits its delta among them."""
+    from certaindex.evaluation.score_policy import certify_model
+    from certaindex.evaluation.score_refit import PRIOR_STRENGTH, calibrate_toward
 
     out = [ScoreCandidate("start", certify_model(trajs, schedule, start_model, key, correct, alpha, delta))]
-    try:
-        out.append(ScoreCandidate("refit", calibrate(trajs, refit_schedule or schedule, key, correct, alpha, delta,
-                                                     strata=None)))
-    except ValueError as exc:
-        out.append(ScoreCandidate("refit", None, str(exc)))
+    for sched in refit or [schedule]:
+        try:
+            cal = calibrate_toward(trajs, sched, start_model, key, correct, alpha, delta,
+                                   PRIOR_STRENGTH if strength is None else strength, fit_mod)
+            out.append(ScoreCandidate("refit", cal))
+        except ValueError as exc:
+            out.append(ScoreCandidate("refit", None, str(exc)))
     return out
