@@ -160,6 +160,65 @@ def markdown(rows: list[dict], peers_ltt: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+REACH_TAU, REACH_MARGIN = 0.999, 0.02  # fixed before any run: DEER at its paper's threshold, plus 2 points
+
+
+def deer_saved(trajs, cache, tau: float = REACH_TAU) -> float:
+    """DEER at ``tau``'s share of reasoning tokens saved on ``trajs`` (trial tokens counted)."""
+    from certaindex.evaluation.peers import deer
+
+    tok = sum(deer(t, tau, lambda a, t=t: cache.correct(a, t.target)).tokens for t in trajs)
+    return 1 - tok / sum(t.tokens_used for t in trajs)
+
+
+def reach_deer(fam, cal, cache):
+    """The family's certified setting lowered to DEER 0.999's CAL MATH500 savings plus REACH_MARGIN
+    (score_policy.reach_savings), and what the same rule does on held-aside TRAIN problems: each of
+    CAL's four sixths in turn is replayed at the threshold the rule picks on the other three."""
+    import numpy as np
+
+    from certaindex.evaluation import score_policy as sp
+
+    def correct(t, a):
+        return cache.correct(a, t.target)
+
+    math = [t for t in fam if t.dataset == "math500" and fit_split(t) == "cal"]
+    target = deer_saved(math, cache) + REACH_MARGIN
+    out = sp.reach_savings(fam, cal, cache.key, correct, target)
+    tab = sp._table(fam, cal.schedule, cache.key, correct)
+    scores = cal.model.score(tab.X)
+    six = np.array([sp.part_of(t) for t in fam])
+    ds = np.array([t.dataset for t in fam])
+    tok = np.zeros(len(fam))
+    cor = np.zeros(len(fam), dtype=bool)
+    turns = []
+    for held in sp.HELD_TURNS:
+        choose = np.nonzero(np.isin(six, [s for s in sp.HELD_TURNS if s != held]) & (ds == "math500"))[0]
+        aim = deer_saved([fam[i] for i in choose], cache) + REACH_MARGIN
+        th = min(sp.threshold_reaching(tab, scores, choose, aim) or cal.threshold, cal.threshold)
+        test = np.nonzero(six == held)[0]
+        tok[test], cor[test] = sp._replay(tab, sp._exits(tab, scores, test), test, th)
+        turns.append(th)
+    held_aside = {}
+    ids_all = np.nonzero(np.isin(six, sp.HELD_TURNS))[0]
+    for d in sorted(set(ds[ids_all].tolist())):
+        ids = ids_all[ds[ids_all] == d]
+        full = tab.final_ok[ids]
+        held_aside[d] = {"n": int(len(ids)), "accuracy_change": round(float(cor[ids].mean() - full.mean()), 4),
+                         "saved": round(float(1 - tok[ids].sum() / tab.tokens_used[ids].sum()), 4),
+                         "harmful": int(((~cor[ids]) & full).sum()), "helped": int((cor[ids] & ~full).sum()),
+                         "deer_saved": round(deer_saved([fam[i] for i in ids], cache), 4)}
+    info = {"rule": (f"the certified threshold, lowered where needed until the CAL MATH500 exits save DEER {REACH_TAU}'s "
+                     f"savings there plus {REACH_MARGIN:g} (score_policy.reach_savings); alpha is then the smallest LTT "
+                     "certifies it at"), "target_saved": round(target, 4), "certified_threshold": cal.threshold,
+            "certified_alpha": cal.alpha, "threshold": out.threshold, "alpha": out.alpha,
+            "held_aside": {"thresholds": turns, "per_dataset": held_aside}}
+    print(f"   reach DEER {REACH_TAU}: target {100 * target:.1f}% -> threshold {out.threshold} (alpha {out.alpha:g}); held-aside "
+          + " ".join(f"{d} {100 * v['accuracy_change']:+.2f}pp {100 * v['saved']:.1f}% h{v['harmful']} (DEER {100 * v['deer_saved']:.1f}%)"
+                     for d, v in held_aside.items()), flush=True)
+    return out, info
+
+
 def main() -> int:
     args = sys.argv[1:]
     cache_path = None
@@ -169,6 +228,15 @@ def main() -> int:
         del args[i:i + 2]
     write = "--write" in args
     select = "--select" in args  # choose label, alpha and guard on held-aside train (tried; not what ships)
+    reach = "--reach-deer" in args  # lower a trial family's certified threshold to DEER 0.999's savings + a margin
+    only = None
+    if "--only" in args:
+        i = args.index("--only")
+        only = set(args[i + 1].split(","))
+        del args[i:i + 2]
+        unknown = only - {f[0] for f in FAMILIES}
+        if unknown:
+            raise SystemExit(f"--only: no family {', '.join(sorted(unknown))} (known: {', '.join(f[0] for f in FAMILIES)})")
     args = [a for a in args if not a.startswith("--")]
     path = Path(args[0]) if args else ROOT.parent / "shared" / "traces" / "governor"
     if not path.is_dir():
@@ -183,11 +251,16 @@ def main() -> int:
     def correct(t, a):
         return cache.correct(a, t.target)
 
-    profiles = {}
+    from certaindex.evaluation.profiles import shipped_profiles
+
+    # families not refitted (--only) keep their shipped profile in the dev report
+    profiles = {p.name: p for p in shipped_profiles() if p.kind == "score" and (only is None or p.name not in only)}
     peers_ltt: dict[str, dict] = {}
-    command = "python benchmarks/score_profiles.py --write" + (" --select" if select else "")
+    command = "python benchmarks/score_profiles.py --write" + (" --select" if select else "") + (" --reach-deer" if reach else "")
     selections: dict[str, dict] = {}
     for name, patterns, models, schedule, alpha in FAMILIES:
+        if only is not None and name not in only:
+            continue
         t0 = time.perf_counter()
         fam = [t for t in train if t.model in models]
         if name == "conservative" or not select:
@@ -195,6 +268,8 @@ def main() -> int:
             cands = [calibrate(fam, schedule, cache.key, correct, alpha, DELTA, label=lab, strata=strata) for lab in LABELS]
             cal = max(cands, key=lambda c: (c.threshold is not None, c.cal_saved))
             extra = {"label_choice": "of the labels noharm and ok, the one whose certified threshold saves more on the calibration problems"}
+            if reach and "tr" in schedule.split("+"):
+                cal, extra["reach_deer"] = reach_deer(fam, cal, cache)
             if name != "conservative":  # what held-aside train problems say of this setting (for the train -> dev comparison)
                 _, (h,) = select_setting(fam, schedule, cache.key, correct, alphas=(alpha,), labels=(cal.label,), guards=(True,), delta=DELTA)
                 selections[name] = {"shipped": vars(h)}
@@ -220,6 +295,12 @@ def main() -> int:
         if not patterns and name != "conservative":
             data["description"] += (" Not picked by model name since the generic profile (issue 19) is this family's default: "
                                     f"select it with --profile {name}.")
+        reached = extra.get("reach_deer")
+        if reached and reached["threshold"] != reached["certified_threshold"]:
+            data["description"] += (f" The threshold is the certified one lowered until the calibration problems' MATH500 exits "
+                                    f"save DEER {REACH_TAU}'s savings there plus {100 * REACH_MARGIN:g} points (on the R1 "
+                                    "traces the score and DEER lie on about one frontier; a small alpha left it saving less "
+                                    "than DEER at about the same accuracy).")
         profiles[name] = parse_profile(data, name)
         print(f"{name:22s} {schedule:14s} label {cal.label:6s} alpha {cal.alpha:<6g} threshold {cal.threshold} cal harmful {cal.cal_harmful}/{cal.n_cal} "
               f"saved {100 * cal.cal_saved:.1f}% stopped by {cal.stopped_by} ({time.perf_counter() - t0:.1f} s)", flush=True)
@@ -283,7 +364,7 @@ def main() -> int:
               "seconds": round(time.perf_counter() - started, 1), "groups": rows,
               "profiles": {n: p.calibration for n, p in profiles.items()}, "peers_ltt_certified": peers_ltt,
               "held_aside_selection": selections}
-    stem = "score-profiles-dev" + ("-select" if select else "")
+    stem = "score-profiles-dev" + ("-select" if select else "") + ("-reach-deer" if reach else "")
     (ROOT / "benchmarks" / "results" / "score-profiles" / f"{stem}.md").write_text(markdown(rows, peers_ltt), encoding="utf-8")
     out = ROOT / "benchmarks" / "results" / "score-profiles" / f"{stem}.json"
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

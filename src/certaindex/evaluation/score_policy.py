@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -59,6 +59,8 @@ __all__ = [
     "markers",
     "observations",
     "part_of",
+    "reach_savings",
+    "threshold_reaching",
     "replay_score",
     "score_grading_inputs",
     "score_profile_json",
@@ -373,6 +375,64 @@ def certify_model(trajs: Sequence[Trajectory], schedule: str, model: ScoreModel,
     full_tok = tab.tokens_used.mean() if len(trajs) else 0.0
     return Calibration(schedule, model, threshold, alpha, delta, 0, len(trajs), int(((~cor) & tab.final_ok).sum()),
                        float(1 - tok.mean() / full_tok) if full_tok else 0.0, stopped, {"all": len(trajs)}, label, False)
+
+
+def threshold_reaching(tab: _Table, scores: np.ndarray, ids: np.ndarray, target_saved: float) -> float | None:
+    """The most conservative of :data:`THRESHOLDS` whose exits on ``ids`` save at least
+    ``target_saved`` of their reasoning tokens (probe and trial tokens counted); None: none does."""
+    runs = _exits(tab, scores, ids)
+    full = float(tab.tokens_used[ids].sum())
+    for th in THRESHOLDS:
+        tok, _ = _replay(tab, runs, ids, th)
+        if full and 1 - float(tok.sum()) / full >= target_saved - 1e-12:
+            return th
+    return None
+
+
+def certified_alpha(tab: _Table, scores: np.ndarray, ids: np.ndarray, threshold: float, delta: float,
+                    alphas: Sequence[float]) -> float | None:
+    """The smallest of ``alphas`` at which the Learn-then-Test walk over :data:`THRESHOLDS` on ``ids``
+    (no stratum guard) certifies ``threshold``: the certificate a lowered threshold still carries."""
+    runs = _exits(tab, scores, ids)
+    j = THRESHOLDS.index(threshold)
+    full_ok = tab.final_ok[ids]
+    counts = [int(((~_replay(tab, runs, ids, lam)[1]) & full_ok).sum()) for lam in THRESHOLDS[:j + 1]]
+    for a in sorted(alphas):
+        index = ltt_fixed_sequence(counts, len(ids), a, delta).index
+        if index is not None and index >= j:
+            return a
+    return None
+
+
+def reach_savings(trajs: Sequence[Trajectory], cal: Calibration, key: KeyFn,
+                  correct: Callable[[Trajectory, str | None], bool], target_saved: float, dataset: str = "math500",
+                  alphas: Sequence[float] = tuple(np.round(np.arange(0.01, 0.1001, 0.005), 3))) -> Calibration:
+    """``cal`` with its threshold lowered, where needed, until the exits on the CAL problems of
+    ``dataset`` save ``target_saved`` (a simpler deployed rule's savings there, e.g. DEER at 0.999,
+    plus a margin); the alpha is then the smallest at which LTT on CAL still certifies it.
+
+    Why: on the recorded R1 runs the score and DEER lie on about one accuracy/savings frontier, and a
+    certificate at a small alpha leaves the score at a more conservative point of it than DEER at
+    0.999: it then saves less at about the same accuracy. ``cal`` unchanged when it already saves as
+    much, or when nothing on CAL does."""
+    trajs = list(trajs)
+    tab = _table(trajs, cal.schedule, key, correct)
+    scores = cal.model.score(tab.X) if len(tab.X) else np.zeros(0)
+    part = np.array([fit_split(t) for t in trajs])
+    cal_ids = np.nonzero(part == "cal")[0]
+    ids = cal_ids[np.array([trajs[i].dataset == dataset for i in cal_ids], dtype=bool)]
+    if not len(ids):
+        raise ValueError(f"no {dataset} trajectories among the calibration problems")
+    th = threshold_reaching(tab, scores, ids, target_saved)
+    if th is None or (cal.threshold is not None and th >= cal.threshold):
+        return cal
+    alpha = certified_alpha(tab, scores, cal_ids, th, cal.delta, alphas)
+    tok, cor = _replay(tab, _exits(tab, scores, cal_ids), cal_ids, th)
+    full_ok = tab.final_ok[cal_ids]
+    return replace(cal, threshold=th, alpha=alpha if alpha is not None else float("nan"),
+                   cal_harmful=int(((~cor) & full_ok).sum()),
+                   cal_saved=float(1 - tok.mean() / tab.tokens_used[cal_ids].mean()),
+                   stopped_by=f"reach {target_saved:.4f} saved on CAL {dataset}", guard=False)
 
 
 def part_of(t: Trajectory) -> int:
