@@ -188,6 +188,11 @@ def main() -> int:
     command = "python benchmarks/score_profiles.py --write" + (" --select" if select else "")
     selections: dict[str, dict] = {}
     for name, patterns, models, schedule, alpha in FAMILIES:
+        if name == "conservative":  # fitted and written by benchmarks/no_trial_profile.py (issue 19): read, not refitted
+            from certaindex.evaluation.profiles import CONSERVATIVE, shipped_profiles
+
+            profiles[name] = next(p for p in shipped_profiles() if p.name == CONSERVATIVE)
+            continue
         t0 = time.perf_counter()
         fam = [t for t in train if t.model in models]
         if name == "conservative" or not select:
