@@ -90,25 +90,6 @@ def test_an_engine_without_logprobs_gets_the_conservative_profile_for_a_trial_pr
     assert choose_profile(request_model="x", profiles=profiles).name == "generic"
 
 
-def test_a_family_no_trial_stand_in_replaces_conservative_for_its_models_only():
-    """Issue 19: a ``conservative-<family>`` profile stands in (no logprobs, no recorded trials) for
-    the models its patterns match; the model name never picks it where trials can be taken."""
-    from certaindex.evaluation.profile_choice import without_trials
-    from certaindex.evaluation.profiles import matching_profile, no_trial_stand_in
-
-    generic = profile("generic", ["fam"], "bx+tc+tr")
-    own, pooled = profile("conservative-fam", ["fam"]), profile("conservative", [])
-    profiles = [generic, own, pooled]
-    assert no_trial_stand_in(own) and no_trial_stand_in(pooled) and not no_trial_stand_in(generic)
-    assert matching_profile("fam-1", [own, generic]) is generic
-    assert choose_profile(request_model="fam-1", profiles=profiles).name == "generic"
-    assert choose_profile(request_model="fam-1", returns_logprobs=False, profiles=profiles).name == "conservative-fam"
-    assert choose_profile(request_model="other", returns_logprobs=False, profiles=profiles).name == "conservative"
-    assert without_trials(generic, profiles, "fam-2") is own and without_trials(generic, profiles, "") is pooled
-    # a stand-in that itself reads trials is never taken
-    assert without_trials(generic, [generic, profile("conservative-fam", ["fam"], "bx+tr"), pooled], "fam-1") is pooled
-
-
 def test_the_shipped_r1_distill_qwen_profile_reads_trials_and_applies_to_a_config():
     choice = choose_profile(request_model=R1_QWEN)
     assert choice.name == "r1-distill-qwen" and reads_trials(choice.profile)

@@ -225,11 +225,11 @@ def run_policy(spec: PolicySpec, traj: Trajectory, cache: GradeCache,
 
 def default_profile(traj: Trajectory, profile_for: Callable[[str], Profile] = profile_for_model) -> Profile:
     """The profile ``--policy default`` runs on ``traj``: its model's (``profile_for``), or where that
-    reads DEER trials and the trajectory has none recorded, the no-trial stand-in for its model
+    reads DEER trials and the trajectory has none recorded, the no-trial stand-in
     (:func:`~certaindex.evaluation.profile_choice.without_trials`: the proxy's rule for an engine
     without logprobs), so the replay never runs a trial-reading score blind to its trials."""
     profile = profile_for(traj.model_name)
-    return profile if traj.trials is not None else without_trials(profile, model_name=traj.model_name)
+    return profile if traj.trials is not None else without_trials(profile)
 
 
 def default_label(ts: Sequence[Trajectory], profile_for: Callable[[str], Profile] = profile_for_model) -> str:

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
-from certaindex.evaluation.profiles import CONSERVATIVE, Profile, matching_profile, no_trial_stand_in, shipped_profiles
+from certaindex.evaluation.profiles import CONSERVATIVE, Profile, matching_profile, shipped_profiles
 from certaindex.programs.cot import CoTConfig
 
 __all__ = ["FALLBACK_PROFILE", "ProfileChoice", "apply_profile", "choose_profile", "reads_trials", "without_trials"]
@@ -47,18 +47,14 @@ def reads_trials(profile: Profile | None) -> bool:
     return profile is not None and profile.kind == "score" and "tr" in str(profile.rule.get("schedule", "")).split("+")
 
 
-def without_trials(profile: Profile, profiles: Sequence[Profile] | None = None, model_name: str = "") -> Profile:
+def without_trials(profile: Profile, profiles: Sequence[Profile] | None = None) -> Profile:
     """The profile to run where no DEER trials can be taken (an engine without token logprobs live,
     a trajectory without recorded trials in replay): ``profile`` itself unless it reads trials, else
-    the no-trial stand-in for ``model_name`` among ``profiles`` (default: the shipped ones): the first
-    ``conservative-<family>`` profile whose patterns match the name, else ``conservative``. The one
-    rule of the proxy, ``solve`` and ``evaluate --policy default``."""
+    the ``conservative`` profile of ``profiles`` (default: the shipped ones), which reads none. The
+    one rule of the proxy, ``solve`` and ``evaluate --policy default``."""
     if not reads_trials(profile):
         return profile
-    profiles = list(profiles) if profiles is not None else shipped_profiles()
-    own = [p for p in profiles if no_trial_stand_in(p) and p.name != CONSERVATIVE and not reads_trials(p)
-           and model_name and p.matches(model_name)]
-    stand_in = own[0] if own else _named(profiles, CONSERVATIVE)
+    stand_in = _named(list(profiles) if profiles is not None else shipped_profiles(), CONSERVATIVE)
     if stand_in is None:
         raise ValueError(f"{profile.name} reads DEER trials and no {CONSERVATIVE!r} profile is available")
     return stand_in
@@ -102,7 +98,7 @@ def choose_profile(*, flag_model: str | None = None, request_model: str | None =
     if reads_trials(picked) and not returns_logprobs:
         source += (f"; its profile {picked.name} reads DEER trials, whose confidence needs token logprobs, "
                    f"which {engine_name} does not return")
-        picked = without_trials(picked, profiles, model or "")
+        picked = without_trials(picked, profiles)
     return ProfileChoice(picked, source, model)
 
 

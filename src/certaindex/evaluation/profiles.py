@@ -32,7 +32,6 @@ __all__ = [
     "PROFILE_FORMAT",
     "Profile",
     "fallback_profile",
-    "no_trial_stand_in",
     "RULE_KINDS",
     "load_profile",
     "parse_profile",
@@ -45,9 +44,6 @@ PROFILE_FORMAT = "certaindex-profile"
 PROFILE_VERSION = 1
 CONSERVATIVE = "conservative"
 GENERIC = "generic"  # the default for reasoning models of no known family (issue 19)
-# ``conservative`` and ``conservative-<family>``: profiles reading no DEER trials, never picked by
-# model name; they stand in where trials cannot be taken (evaluation.profile_choice.without_trials),
-# a ``conservative-<family>`` one for the models its patterns match.
 
 
 def _check_dynasor(rule: dict[str, Any]) -> None:
@@ -164,17 +160,11 @@ def _shipped() -> tuple[Profile, ...]:
     folder = resources.files("certaindex") / "data" / "profiles"
     profiles = [parse_profile(json.loads(f.read_text(encoding="utf-8")), f"certaindex/data/profiles/{f.name}")
                 for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".json")]
-    return tuple(sorted(profiles, key=no_trial_stand_in))
-
-
-def no_trial_stand_in(profile: Profile) -> bool:
-    """Whether ``profile`` is a no-trial stand-in (``conservative`` or ``conservative-<family>``),
-    which the model name never picks."""
-    return profile.name == CONSERVATIVE or profile.name.startswith(CONSERVATIVE + "-")
+    return tuple(sorted(profiles, key=lambda p: p.name == CONSERVATIVE))
 
 
 def shipped_profiles() -> list[Profile]:
-    """The profiles inside the package, in matching order (the no-trial stand-ins last)."""
+    """The profiles inside the package, in matching order (the conservative fallback last)."""
     return list(_shipped())
 
 
@@ -190,13 +180,12 @@ def fallback_profile(profiles: list[Profile] | None = None, logprobs: bool = Tru
 
 
 def matching_profile(model_name: str, profiles: Sequence[Profile]) -> Profile | None:
-    """The first of ``profiles`` whose patterns match ``model_name`` (the no-trial stand-ins,
-    :func:`no_trial_stand_in`, match none; ``generic`` may name families it was chosen for); None for
-    no name or no match. The one matching rule of :func:`profile_for_model` and the proxy's
-    per-request choice."""
+    """The first of ``profiles`` whose patterns match ``model_name`` (the conservative profile matches
+    none; ``generic`` may name families it was chosen for); None for no name or no match. The one
+    matching rule of :func:`profile_for_model` and the proxy's per-request choice."""
     if not model_name:
         return None
-    return next((p for p in profiles if not no_trial_stand_in(p) and p.matches(model_name)), None)
+    return next((p for p in profiles if p.name != CONSERVATIVE and p.matches(model_name)), None)
 
 
 def profile_for_model(model_name: str, profiles: list[Profile] | None = None, logprobs: bool = True) -> Profile:
