@@ -70,7 +70,7 @@ def main() -> int:
             f"{100 * (p.accuracy - full.accuracy):+.1f}pp {100 * p.saved:5.1f}%" for f, p in peers.items())
         rows.append(f"{model:20s} {dataset:8s} {len(ts):4d} {full.accuracy:6.3f}  default {100 * (default.accuracy - full.accuracy):+5.1f}pp "
                     f"{100 * default.saved:5.1f}% harm {default.harmful_exits:3d} lost {cells[-1]['default_lost_trajectories']:3d}  "
-                    f"{'MET ' if ok else 'MISS'} {why}\n      {peer_text}")
+                    f"{'MET ' if ok else 'MISS'} {why}\n      {default.label}\n      {peer_text}")
     elapsed = time.perf_counter() - started
     head = [
         f"# python benchmarks/contest.py {path}",
@@ -78,7 +78,8 @@ def main() -> int:
         f"shared by other jobs; {elapsed:.0f} s wall-clock with a warm grade cache",
         f"# data: Governor development traces, seeds 42-44 pooled; {len(train)} TRAIN trajectories choose the peers' knobs, "
         f"{len(dev)} DEV trajectories report; tokens = reasoning + every probe / trial output token",
-        "# default = the shipped profile for the model (fitted on train only); peers: <family>-train = the setting saving most "
+        "# default = the shipped profile for the model (fitted on train only; where it reads DEER trials and none are "
+        "recorded, the no-trial conservative profile, as live without logprobs), named under each row; peers: <family>-train = the setting saving most "
         "within 1 point of full reasoning on TRAIN (same model x dataset), deer-fixed = DEER at tau 0.999",
         "# goal (issue 19): MATH500 default within 1 point and saving >= every peer; AMC23/AIME24 default loses <= 1 trajectory",
         *(f"# note: {n}" for n in missing_notes(missing, runs)),

@@ -48,7 +48,7 @@ def test_json_schema_and_values_for_dynasor(tmp_path, capsys):
                           "--grade-cache", str(tmp_path / "g.json"))
     assert code == 0, stdout
     data = json.loads(out.read_text())
-    assert list(data) == ["groups", "deployable_peers", "missing_files", "notes"]
+    assert list(data) == ["groups", "deployable_peers", "default_profiles", "missing_files", "notes"]
     assert data["missing_files"] == {"events.jsonl.gz": ["r1-distill-qwen-7b__math500__seed_42"]}
     (g,) = data["groups"]
     assert set(g) == KEYS
@@ -190,6 +190,56 @@ def test_default_policy_uses_the_models_shipped_profile(tmp_path, capsys):
                "--json", str(explicit), "--no-png", "--grade-cache", str(tmp_path / "g.json"))[0] == 0
     assert json.loads(explicit.read_text())["groups"] == [g]
     assert "certaindex default" in stdout
+
+
+def test_the_default_runs_the_no_trial_profile_where_no_trials_are_recorded(tmp_path, capsys):
+    """Issue 19: a default profile reading DEER trials on trajectories without recorded trials runs the
+    conservative profile there (the proxy's rule for an engine without logprobs), and says so; with
+    trials recorded it runs as shipped."""
+    from certaindex.evaluation.profile_choice import reads_trials
+
+    assert reads_trials(profile_for_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"))
+    g = str(tmp_path / "g.json")
+    results = {}
+    for deer in (False, True):
+        path = folder(tmp_path / str(deer), deer=deer)
+        for policy in ("default", "profile:conservative"):
+            target = tmp_path / f"{deer}-{policy.replace(':', '-')}.json"
+            code, stdout, _ = run(capsys, str(path), "--policy", policy, "--json", str(target), "--no-png", "--grade-cache", g)
+            assert code == 0
+            results[deer, policy] = json.loads(target.read_text())
+    (named,) = results[False, "default"]["default_profiles"]
+    assert named["profile"].startswith("conservative (score ") and named["profile"].endswith(
+        "[no trials recorded; r1-distill-qwen reads them]")
+    assert results[False, "default"]["groups"] == results[False, "profile:conservative"]["groups"]
+    (named,) = results[True, "default"]["default_profiles"]
+    assert named["profile"].startswith("r1-distill-qwen (score ") and "no trials" not in named["profile"]
+
+
+def test_default_profile_stands_in_only_for_trial_profiles_without_trials(tmp_path):
+    from dataclasses import replace
+
+    from certaindex.evaluation.governor import default_label, default_profile
+    from certaindex.traces.governor import read_governor
+
+    def prof(name, schedule):
+        rule = {"kind": "score", "schedule": schedule, "threshold": 0.9, "trials": {"suffix": "T"},
+                "model": {"features": ["box_agree"], "mean": [0.0], "scale": [1.0], "coef": [1.0], "intercept": 0.0}}
+        return parse_profile({"format": "certaindex-profile", "version": 1, "name": name, "models": [name],
+                              "probe_suffix": "S", "probe_interval": 64, "rule": rule})
+
+    (recorded,) = read_governor(folder(tmp_path), "all")
+    t = recorded.trajectories[0]
+    with_trials, without = replace(t, trials=[]), replace(t, trials=None)
+    for schedule, stands_in in (("bx+tc+tr", True), ("bx+tc+g512", False)):
+        own = prof("fam", schedule)
+        assert default_profile(with_trials, lambda _m: own) is own
+        picked = default_profile(without, lambda _m: own)
+        assert (picked.name == "conservative") is stands_in and (picked is own) is not stands_in
+    own = prof("fam", "bx+tr")
+    label = default_label([with_trials, without], lambda _m: own)
+    assert label.startswith("default: conservative (score ") and "[no trials recorded; fam reads them]" in label
+    assert "; fam (score bx+tr" in label
 
 
 def test_a_profile_file_as_policy(tmp_path, capsys):

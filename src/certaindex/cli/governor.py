@@ -41,8 +41,9 @@ def sample_path() -> Path:
 # What a missing optional file takes out of the results (named on stderr and in --json, never silent).
 MISSING_EFFECT = {
     "events.jsonl.gz": "no event-probe results for them, and rules reading event probes (ev) see none there",
-    "deer.jsonl.gz": "no DEER results for them, and rules reading DEER trials (tr, as the default score profiles "
-                     "do) run without trials there, so they save less",
+    "deer.jsonl.gz": "no DEER results for them; where their model's default profile reads DEER trials (tr), "
+                     "--policy default runs the no-trial conservative profile there instead, as the proxy does for an "
+                     "engine without logprobs, and other rules reading trials run without trials there",
 }
 
 
@@ -114,8 +115,10 @@ def _json_groups(results: list[GroupResult], missing: dict[str, list[str]], note
                  tables: list[tuple[str, str, int, list[Point]]]) -> dict:
     deployable = [{"model": m, "dataset": d, "n": n, **asdict(p)} for m, d, n, points in tables
                   for p in points if p.family.endswith(("-train", "-fixed"))]
+    defaults = [{"model": m, "dataset": d, "profile": p.label.removeprefix("default: ")} for m, d, _, points in tables
+                for p in points if p.family == "default"]
     return {"groups": [r.to_dict() for r in results], "deployable_peers": deployable,
-            "missing_files": missing, "notes": notes}
+            "default_profiles": defaults, "missing_files": missing, "notes": notes}
 
 
 def _train_points(path: Path, split: str, args: argparse.Namespace) -> tuple[dict[tuple[str, str], list[Point]] | None, str]:

@@ -6,7 +6,9 @@ trajectory, :func:`evaluate_policy` gives the per model x dataset figures of the
 and :func:`family_points` every point of every policy family for the tables and the Pareto plot.
 
 Policies (``--policy``): ``default`` (the shipped profile the proxy would apply to each
-trajectory's model), ``full``, ``oracle``, ``dynasor:k=8[,interval=128]``, ``events:k=4``,
+trajectory's model; where that profile reads DEER trials and the trajectory has none recorded, the
+no-trial ``conservative`` profile, as the proxy runs for an engine without logprobs:
+:func:`default_profile`), ``full``, ``oracle``, ``dynasor:k=8[,interval=128]``, ``events:k=4``,
 ``deer:0.95``, ``profile:NAME`` (a shipped profile by name, applied to every model), or the path
 of a profile JSON file.
 """
@@ -30,6 +32,7 @@ from certaindex.evaluation.peers import (
     full_reasoning,
     oracle,
 )
+from certaindex.evaluation.profile_choice import without_trials
 from certaindex.evaluation.profiles import Profile, load_profile, profile_for_model, shipped_profiles
 from certaindex.evaluation.score_policy import THRESHOLDS, sweep_score
 from certaindex.traces.governor import Trajectory
@@ -45,6 +48,8 @@ __all__ = [
     "PolicySpec",
     "DEER_FIXED",
     "best_in_band",
+    "default_label",
+    "default_profile",
     "deployable_points",
     "evaluate_policy",
     "family_points",
@@ -213,9 +218,28 @@ def run_policy(spec: PolicySpec, traj: Trajectory, cache: GradeCache,
         return event_probes(traj, spec.k or 1, key, correct)
     if spec.family == "deer":
         return deer(traj, spec.threshold if spec.threshold is not None else 1.0, correct)
-    profile = spec.profile if spec.family == "profile" else profile_for(traj.model_name)
+    profile = spec.profile if spec.family == "profile" else default_profile(traj, profile_for)
     assert profile is not None
     return run_profile(profile, traj, key, correct)
+
+
+def default_profile(traj: Trajectory, profile_for: Callable[[str], Profile] = profile_for_model) -> Profile:
+    """The profile ``--policy default`` runs on ``traj``: its model's (``profile_for``), or where that
+    reads DEER trials and the trajectory has none recorded, the no-trial stand-in
+    (:func:`~certaindex.evaluation.profile_choice.without_trials`: the proxy's rule for an engine
+    without logprobs), so the replay never runs a trial-reading score blind to its trials."""
+    profile = profile_for(traj.model_name)
+    return profile if traj.trials is not None else without_trials(profile)
+
+
+def default_label(ts: Sequence[Trajectory], profile_for: Callable[[str], Profile] = profile_for_model) -> str:
+    """``default: <profile label>; ...`` for the profiles :func:`default_profile` runs on ``ts``,
+    naming a stand-in and why (``conservative (...) [no trials recorded; generic reads them]``)."""
+    names = set()
+    for t in ts:
+        own, run = profile_for(t.model_name), default_profile(t, profile_for)
+        names.add(run.label if run.name == own.name else f"{run.label} [no trials recorded; {own.name} reads them]")
+    return "default: " + "; ".join(sorted(names))
 
 
 def run_profile(profile: Profile, traj: Trajectory, key: Callable, correct: Callable) -> Outcome:
@@ -330,18 +354,18 @@ def family_points(ts: Sequence[Trajectory], cache: GradeCache,
     points.append(_point("oracle", "oracle bound", [oracle(t, c) for t, c in zip(ts, corrects)], fulls))
     if not with_default:
         return points
-    profiles = {profile_for(t.model_name).name: profile_for(t.model_name) for t in ts}
-    names = sorted(p.label for p in profiles.values())
+    profiles = {p.name: p for p in (default_profile(t, profile_for) for t in ts)}
+    label = default_label(ts, profile_for)
     if len(profiles) == 1 and next(iter(profiles.values())).kind == "score":
         # one feature pass per trajectory gives the default (its own threshold, last) and its frontier
         rule = next(iter(profiles.values())).rule
         per_traj = [sweep_score(rule, t, key, c, [*SCORE_SWEEP, rule.get("threshold")]) for t, c in zip(ts, corrects)]
-        points.append(_point("default", "default: " + "; ".join(names), [o[-1] for o in per_traj], fulls))
+        points.append(_point("default", label, [o[-1] for o in per_traj], fulls))
         for j, th in enumerate(SCORE_SWEEP):
             points.append(_point("score", f"score threshold {th:.4f}", [o[j] for o in per_traj], fulls))
     else:
-        outs = [run_profile(profile_for(t.model_name), t, key, c) for t, c in zip(ts, corrects)]
-        points.append(_point("default", "default: " + "; ".join(names), outs, fulls))
+        outs = [run_profile(default_profile(t, profile_for), t, key, c) for t, c in zip(ts, corrects)]
+        points.append(_point("default", label, outs, fulls))
     if extra is not None and extra.family not in ("default", "full") and not (
             extra.family == "deer" and any(t.trials is None for t in ts)):
         outs = [run_policy(extra, t, cache, profile_for) for t in ts]

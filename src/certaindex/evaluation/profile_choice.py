@@ -18,7 +18,7 @@ from typing import Sequence
 from certaindex.evaluation.profiles import CONSERVATIVE, Profile, matching_profile, shipped_profiles
 from certaindex.programs.cot import CoTConfig
 
-__all__ = ["FALLBACK_PROFILE", "ProfileChoice", "apply_profile", "choose_profile", "reads_trials"]
+__all__ = ["FALLBACK_PROFILE", "ProfileChoice", "apply_profile", "choose_profile", "reads_trials", "without_trials"]
 
 # The profile for reasoning models that match no family (where no profile of this name is given,
 # the conservative one is used).
@@ -45,6 +45,19 @@ class ProfileChoice:
 def reads_trials(profile: Profile | None) -> bool:
     """Whether ``profile`` scores DEER trials (which are read from token logprobs)."""
     return profile is not None and profile.kind == "score" and "tr" in str(profile.rule.get("schedule", "")).split("+")
+
+
+def without_trials(profile: Profile, profiles: Sequence[Profile] | None = None) -> Profile:
+    """The profile to run where no DEER trials can be taken (an engine without token logprobs live,
+    a trajectory without recorded trials in replay): ``profile`` itself unless it reads trials, else
+    the ``conservative`` profile of ``profiles`` (default: the shipped ones), which reads none. The
+    one rule of the proxy, ``solve`` and ``evaluate --policy default``."""
+    if not reads_trials(profile):
+        return profile
+    stand_in = _named(list(profiles) if profiles is not None else shipped_profiles(), CONSERVATIVE)
+    if stand_in is None:
+        raise ValueError(f"{profile.name} reads DEER trials and no {CONSERVATIVE!r} profile is available")
+    return stand_in
 
 
 def _named(profiles: Sequence[Profile], name: str) -> Profile | None:
@@ -83,12 +96,9 @@ def choose_profile(*, flag_model: str | None = None, request_model: str | None =
         picked = _fallback(profiles)
         source += f"{', which matches no model family' if model else ''}: the {picked.name} profile"
     if reads_trials(picked) and not returns_logprobs:
-        conservative = _named(profiles, CONSERVATIVE)
-        if conservative is None:
-            raise ValueError(f"{picked.name} reads DEER trials and no {CONSERVATIVE!r} profile is available")
         source += (f"; its profile {picked.name} reads DEER trials, whose confidence needs token logprobs, "
                    f"which {engine_name} does not return")
-        picked = conservative
+        picked = without_trials(picked, profiles)
     return ProfileChoice(picked, source, model)
 
 

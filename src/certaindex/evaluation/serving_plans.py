@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from certaindex.core.exit_policy import Dynasor, ScoreRule, key_equal, replay
-from certaindex.evaluation.governor import GRID, PolicySpec, run_policy
+from certaindex.evaluation.governor import GRID, PolicySpec, default_profile, run_policy
 from certaindex.evaluation.grading import GradeCache
 from certaindex.evaluation.peers import Outcome, grid, observations as probe_observations
 from certaindex.evaluation.profiles import Profile, profile_for_model
@@ -91,7 +91,7 @@ def probe_schedule(spec: PolicySpec, traj: Trajectory,
     if spec.family == "oracle":
         return grid(traj, GRID), None
     if spec.family in ("default", "profile"):
-        profile = spec.profile if spec.family == "profile" else profile_for(traj.model_name)
+        profile = spec.profile if spec.family == "profile" else default_profile(traj, profile_for)
         assert profile is not None
         if profile.kind != "dynasor":
             raise ValueError(f"profile {profile.name}: rule kind {profile.kind!r} has no probe grid "
@@ -142,7 +142,7 @@ def _profile(spec: PolicySpec, traj: Trajectory, profile_for: Callable[[str], Pr
     if spec.family == "profile":
         return spec.profile
     if spec.family == "default":
-        return profile_for(traj.model_name)
+        return default_profile(traj, profile_for)
     return None
 
 
