@@ -290,10 +290,12 @@ def markdown(result: dict) -> str:
                    f"{100 * c['worst_math500_saved']:.1f}% | {c['lost']} | {'; '.join(line(r) for r in c['rows'])} |")
     out += ["\n## Shipped defaults on DEV (profile picked by model name)\n",
             "| model | profile | MATH500 | AMC23 | AIME24 | DEER tau 0.999 on MATH500 |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in result["defaults_dev"]:
+    for r in result["defaults_dev"] + result["generic_in_family_dev"]:
         p = r["per_dataset"]
         out.append(f"| {r['model']} | {r['profile']} | " + " | ".join(cell(p[d]) for d in ("math500", "amc23", "aime24"))
                    + f" | {deer_cell(p['math500'])} |")
+    out.append("\n(The last two rows: `generic` on the families it was fitted on, their DEV problems: a reference, "
+               "not a default.)")
     return "\n".join(out) + "\n"
 
 
@@ -339,12 +341,17 @@ def main() -> int:
             profiles[name] = parse_profile(dict(json.loads((ROOT / "src/certaindex/data/profiles" / f"{name}.json").read_text()), models=[]), name)
     profiles = dict(sorted(profiles.items(), key=lambda kv: (kv[0] == "conservative", kv[0])))
     defaults_dev = dev_table(profiles, trajs, cache)
+    # For reference: generic itself on the trial families' DEV problems (their train problems fitted on).
+    # R1-7B is the nearest stand-in these traces hold for R1-32B / R1-Llama live, with trials.
+    in_family = [{"model": m, "profile": "generic", "per_dataset": report(profiles["generic"].rule,
+                  [t for t in trajs if t.model == m and t.split == "dev"], cache)} for m in WITH_TRIALS]
     result = {"command": COMMAND, "data": f"{path} (Governor development traces, seeds 42-44)",
               "machine": f"{platform.machine()} {platform.system()}, 2 cores shared", "seconds": 0.0,
               "chosen": {"schedule": schedule, "features": fname, "alpha": alpha, "pool": pool, "models": models,
                          "feature_list": list(features)},
               "trial_reading": GENERIC_TRIALS, "candidates": candidates,
               "lofo_train": lofo_train, "lofo_dev": lofo_dev, "defaults_dev": defaults_dev,
+              "generic_in_family_dev": in_family,
               "generic": profiles["generic"].calibration, "generic_threshold": cal.threshold}
     result["seconds"] = round(time.perf_counter() - started, 1)
     OUT.mkdir(parents=True, exist_ok=True)
