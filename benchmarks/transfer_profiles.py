@@ -1,22 +1,23 @@
 """A profile that transfers across model families: leave-one-family-out evidence and the shipped defaults.
 
 The ``generic`` profile (issue 19) is the certainty score over features relative to the run's own
-scale (``core.exit_score.RELATIVE_FEATURES``: no absolute token counts), fitted and certified on
-TRAIN-split problems of the families that have DEER trials (R1-Distill-Qwen-7B, Qwen3-8B) with the
-stratum guard per model x dataset.
+scale (``core.exit_score.RELATIVE_FEATURES``: no absolute token counts) with DEER trials, fitted and
+certified on TRAIN-split problems with the stratum guard per model x dataset. Its trials are taken and
+read the same way on every model: stopped at the box's end, confidence by DEER's avg1
+(:data:`GENERIC_TRIALS`). Every family's recorded trials are read that way for fitting and reporting
+(``evaluation.trial_reading``): Qwen3-8B's records (avg2 over a trial run on to ``</think>``) would
+otherwise promise a reading the live generic profile does not make.
 
 Evidence, leave one family out (fitting and certifying on TRAIN problems only):
 
-* fit + certify on R1-7B, report on Qwen3; fit + certify on Qwen3, report on R1-7B;
-* fit + certify on both, report on R1-Distill-Qwen-32B and R1-Distill-Llama-8B with the features
-  they have (their traces hold no DEER trials, so the replay sees probes and text only).
+* the held-out trial family (Qwen3-8B, then R1-Distill-Qwen-7B) left out of the fit;
+* the whole fit reported on R1-Distill-Qwen-32B and R1-Distill-Llama-8B with the features they have
+  (their traces hold no DEER trials, so the replay sees probes and boxes only).
 
-Each row is reported on the held-out family's TRAIN problems (what the setting and the 32B / Llama
-defaults are CHOSEN on: none of those problems is fitted on or certified on) and on its DEV problems
-(what is reported, never chosen on). The candidates (schedule x feature set) are fixed below before
-any run; the one chosen is the one whose worst held-out MATH500 saving on train is highest among
-those within 1 point of full reasoning on held-out train MATH500 in both directions and losing at
-most one AMC23 / AIME24 trajectory each.
+Each row is reported on the held-out family's TRAIN problems (what the setting is CHOSEN on: none of
+those problems is fitted on or certified on) and on its DEV problems (what is reported, never chosen
+on). The candidates (schedule x feature set x alpha x what is fitted on) are fixed below before the
+run; the rule that picks one is :func:`choose_setting`'s.
 
     python benchmarks/transfer_profiles.py [GOVERNOR_DIR] [--grade-cache FILE] [--write]
 
@@ -31,6 +32,8 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 from typing import Any, Sequence
 
 from certaindex.core.exit_score import FEATURES, RELATIVE_FEATURES, answer_parts
@@ -38,7 +41,9 @@ from certaindex.evaluation.governor import with_final_answers
 from certaindex.evaluation.grading import GradeCache
 from certaindex.evaluation.peers import deer, full_reasoning
 from certaindex.evaluation.profiles import Profile, parse_profile, profile_for_model, shipped_profiles
+from certaindex.evaluation import score_policy
 from certaindex.evaluation.score_policy import LABELS, Calibration, calibrate, observations, score_profile_json
+from certaindex.evaluation.trial_reading import trials_as_read
 from certaindex.traces.governor import Trajectory, read_governor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,18 +52,32 @@ R1, QWEN3, R32, LLAMA = "r1-distill-qwen-7b", "qwen3-8b", "r1-distill-qwen-32b",
 ALL = [R1, QWEN3, R32, LLAMA]
 WITH_TRIALS = [R1, QWEN3]
 ALPHA, DELTA = 0.02, 0.1
-# Candidates, fixed before any run: schedule x feature set.
-SCHEDULES = ("bx+tc+g512+tr", "bx+tc+g256+tr", "bx+tc+tr")
+# How the generic profile takes and reads its trials live, on any model: stopped at the box's end, the
+# confidence by DEER's avg1 (no family's think-close rule). Every family's recorded trials are read
+# this way (evaluation.trial_reading) for fitting and reporting: Qwen3-8B's records (avg2 over a trial
+# run on to </think>) would otherwise promise a reading the live generic profile does not make.
+GENERIC_TRIALS: dict[str, Any] = {"at": "Wait", "confidence_rule": "avg1", "require_think_close": False}
+# Candidates, fixed before any run: schedule x feature set x alpha.
+SCHEDULES = ("bx+tc+g512+tr", "bx+tc+g256+tr", "bx+tc+tr", "bx+tr")
+ALPHAS = (0.02, 0.01)
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "relative": RELATIVE_FEATURES,
     "relative, no fewer_parts": tuple(f for f in RELATIVE_FEATURES if f != "fewer_parts"),
     "all (absolute positions too)": FEATURES,
 }
 # Leave one family out: fitted on -> reported on.
-LOFO = [([R1], [QWEN3]), ([QWEN3], [R1]), (WITH_TRIALS, [R32, LLAMA])]
-# What the 32B and Llama defaults are chosen between, by their held-out evidence (see choose_default).
-POOLED = ALL  # "transfer": the relative score fitted on all four families (trials where recorded)
-GENERIC_PATTERNS: list[str] = []  # set by choose_default: the families that default to generic
+# What the score is fitted on (a candidate dimension): the two families with recorded trials, or all
+# four (R1-32B and R1-Llama add their probes and boxes; trials where recorded). Left out in turn:
+# the held-out trial family, from a fit on the rest of the pool.
+POOLS: dict[str, list[str]] = {"trial families": WITH_TRIALS, "all four": ALL}
+
+
+def lofo_pairs(pool: str, held: Sequence[str] = (QWEN3, R1)) -> list[tuple[list[str], list[str]]]:
+    """Fitted on -> reported on: each trial family of ``held`` left out of ``pool``; then the whole pool
+    reported on R1-32B and R1-Llama (with the trial families only, neither is fitted on)."""
+    fam = POOLS[pool]
+    pairs = [([m for m in fam if m != h], [h]) for h in held]
+    return pairs + [(list(fam), [R32, LLAMA])]
 COMMAND = "python benchmarks/transfer_profiles.py --write"
 
 
@@ -79,8 +98,27 @@ def graded(trajs: Sequence[Trajectory], cache_path: str | None) -> GradeCache:
     return cache
 
 
-def fit(trajs: Sequence[Trajectory], models: Sequence[str], schedule: str, features: Sequence[str], cache) -> Calibration:
-    """The score fitted and certified on the TRAIN problems of ``models``; of the two labels the one
+_TABLES: dict[tuple, Any] = {}
+
+
+def _memo_table(trajs, schedule, key, correct):
+    """``score_policy._table`` built once per (trajectories, schedule): the candidates refit the same
+    trajectories (two labels, two alphas, three feature sets), and building the feature rows is most
+    of a fit's time. The trajectories are the same objects throughout a run."""
+    k = (tuple(id(t) for t in trajs), schedule)
+    if k not in _TABLES:
+        _TABLES[k] = _BUILD_TABLE(trajs, schedule, key, correct)
+    return _TABLES[k]
+
+
+_BUILD_TABLE = score_policy._table
+score_policy._table = _memo_table  # calibrate() looks it up at call time
+
+
+def fit(trajs: Sequence[Trajectory], models: Sequence[str], schedule: str, features: Sequence[str], cache,
+        alpha: float = ALPHA) -> Calibration:
+    """The score fitted and certified on the TRAIN problems of ``models`` (trials read as the generic
+    profile reads them: ``trajs`` come through :data:`GENERIC_TRIALS`); of the two labels the one
     whose certified threshold saves more on the calibration problems (as score_profiles.py does)."""
     fam = [t for t in trajs if t.split == "train" and t.model in models]
     strata = "model+dataset" if len(models) > 1 else "dataset"
@@ -88,13 +126,31 @@ def fit(trajs: Sequence[Trajectory], models: Sequence[str], schedule: str, featu
     def correct(t, a):
         return cache.correct(a, t.target)
 
-    cands = [calibrate(fam, schedule, cache.key, correct, ALPHA, DELTA, features=list(features), label=lab, strata=strata)
+    cands = [calibrate(fam, schedule, cache.key, correct, alpha, DELTA, features=list(features), label=lab, strata=strata)
              for lab in LABELS]
     return max(cands, key=lambda c: (c.threshold is not None, c.cal_saved))
 
 
 def rule_of(cal: Calibration) -> dict[str, Any]:
-    return {"kind": "score", "schedule": cal.schedule, "threshold": cal.threshold, "model": cal.model.to_dict()}
+    """The rule as the generic profile ships it: its trials read by :data:`GENERIC_TRIALS`."""
+    return {"kind": "score", "schedule": cal.schedule, "threshold": cal.threshold, "model": cal.model.to_dict(),
+            "trials": dict(GENERIC_TRIALS) if "tr" in cal.schedule.split("+") else None}
+
+
+def quick_report(cal: Calibration, trajs: Sequence[Trajectory], cache) -> dict[str, dict[str, float]]:
+    """:func:`report`'s figures (no DEER column, no list-cut-short count) from the memoised feature
+    table: what the candidates are compared by. ``trajs`` read through :data:`GENERIC_TRIALS`."""
+    tab = _memo_table(list(trajs), cal.schedule, cache.key, lambda t, a: cache.correct(a, t.target))
+    scores = cal.model.score(tab.X) if len(tab.X) else np.zeros(0)
+    out: dict[str, dict[str, float]] = {}
+    for d in sorted({t.dataset for t in trajs}):
+        ids = np.array([i for i, t in enumerate(trajs) if t.dataset == d])
+        tok, cor = score_policy._replay(tab, score_policy._exits(tab, scores, ids), ids, cal.threshold)
+        full = tab.final_ok[ids]
+        out[d] = {"n": len(ids), "full_accuracy": float(full.mean()), "accuracy": float(cor.mean()),
+                  "saved": float(1 - tok.sum() / tab.tokens_used[ids].sum()),
+                  "harmful": int((full & ~cor).sum()), "helped": int((cor & ~full).sum())}
+    return out
 
 
 def report(rule: dict[str, Any], trajs: Sequence[Trajectory], cache) -> dict[str, dict[str, float]]:
@@ -131,35 +187,47 @@ def admissible(per: dict[str, dict[str, float]]) -> bool:
     return ok and all(v["harmful"] - v["helped"] <= 1 for d, v in per.items() if d != "math500")
 
 
-def lofo(trajs, cache, schedule: str, features: Sequence[str], split: str, pairs=LOFO) -> list[dict]:
-    """Each leave-one-family-out pair of ``pairs`` for one candidate, reported on ``split`` problems."""
+def lofo(read, raw, cache, schedule: str, features: Sequence[str], alpha: float, split: str,
+         pairs: Sequence[tuple[list[str], list[str]]], quick: bool = False) -> list[dict]:
+    """Each leave-one-family-out pair of ``pairs`` for one candidate, reported on ``split`` problems:
+    fitted on ``read`` (trials read as the generic profile reads them), reported by :func:`report`
+    on the recorded ``raw`` trajectories (the replay reads their trials as the rule does; DEER keeps
+    each family's own reading), or with ``quick`` by :func:`quick_report` (the candidates)."""
     rows = []
     for fitted, held in pairs:
-        cal = fit(trajs, fitted, schedule, features, cache)
+        cal = fit(read, fitted, schedule, features, cache, alpha)
         for m in held:
-            per = report(rule_of(cal), [t for t in trajs if t.model == m and t.split == split], cache)
+            per = (quick_report(cal, [t for t in read if t.model == m and t.split == split], cache) if quick
+                   else report(rule_of(cal), [t for t in raw if t.model == m and t.split == split], cache))
             rows.append({"fitted_on": fitted, "reported_on": m, "split": split, "threshold": cal.threshold,
-                         "label": cal.label, "stopped_by": cal.stopped_by, "per_dataset": per})
+                         "label": cal.label, "alpha": alpha, "stopped_by": cal.stopped_by, "per_dataset": per})
     return rows
 
 
-def choose_setting(trajs, cache) -> tuple[tuple[str, str], list[dict]]:
+def choose_setting(read, raw, cache) -> tuple[tuple[str, str, float, str], list[dict]]:
     """The candidate whose worst held-out TRAIN MATH500 saving (R1-7B <-> Qwen3) is highest among the
-    admissible ones (all admissible none: the least harmful)."""
+    eligible admissible ones; admissible none: the eligible one losing the fewest trajectories net
+    (harmful - helped, both directions, every dataset), ties by the worst saving. Eligible: features
+    relative to the run's scale (the absolute set is tried for comparison only)."""
     table = []
     for schedule in SCHEDULES:
         for name, feats in FEATURE_SETS.items():
-            t0 = time.perf_counter()
-            rows = lofo(trajs, cache, schedule, feats, "train", LOFO[:2])
-            ok = all(admissible(r["per_dataset"]) for r in rows)
-            worst = min(r["per_dataset"]["math500"]["saved"] for r in rows)
-            table.append({"schedule": schedule, "features": name, "admissible": ok, "worst_math500_saved": worst, "rows": rows})
-            print(f"  candidate {schedule:15s} {name:30s} " + " | ".join(line(r) for r in rows)
-                  + f" {'admissible' if ok else ''} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    ok = [c for c in table if c["admissible"] and c["features"] != "all (absolute positions too)"]
+            for alpha in ALPHAS:
+                for pool in POOLS:
+                    t0 = time.perf_counter()
+                    rows = lofo(read, raw, cache, schedule, feats, alpha, "train", lofo_pairs(pool)[:2], quick=True)
+                    ok = all(admissible(r["per_dataset"]) for r in rows)
+                    worst = min(r["per_dataset"]["math500"]["saved"] for r in rows)
+                    lost = sum(v["harmful"] - v["helped"] for r in rows for v in r["per_dataset"].values())
+                    table.append({"schedule": schedule, "features": name, "alpha": alpha, "pool": pool, "admissible": ok,
+                                  "worst_math500_saved": worst, "lost": lost, "rows": rows})
+                    print(f"  candidate {schedule:15s} {name:30s} alpha {alpha:g} {pool:14s} " + " | ".join(line(r) for r in rows)
+                          + f" {'admissible' if ok else ''} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    eligible = [c for c in table if c["features"] != "all (absolute positions too)"]
+    ok = [c for c in eligible if c["admissible"]]
     best = max(ok, key=lambda c: c["worst_math500_saved"]) if ok else min(
-        table, key=lambda c: sum(v["harmful"] - v["helped"] for r in c["rows"] for v in r["per_dataset"].values()))
-    return (best["schedule"], best["features"]), table
+        eligible, key=lambda c: (c["lost"], -c["worst_math500_saved"]))
+    return (best["schedule"], best["features"], best["alpha"], best["pool"]), table
 
 
 def line(r: dict) -> str:
@@ -167,23 +235,6 @@ def line(r: dict) -> str:
         f"{d} {v['accuracy'] - v['full_accuracy']:+.3f}/{100 * v['saved']:.1f}%/h{v['harmful']}"
         + (f"(p{v['harmful_partial']})" if v.get("harmful_partial") else "")
         for d, v in sorted(r["per_dataset"].items()))
-
-
-def choose_default(trajs, cache, schedule: str, features: Sequence[str], generic_rows: list[dict]) -> tuple[str, list[dict]]:
-    """What R1-32B and R1-Llama default to, chosen by leave-one-family-out evidence on TRAIN problems
-    only: ``generic`` (fitted on the two families with trials) or ``transfer`` (the same score fitted
-    on all four families pooled, each with the evidence it has). The transfer's evidence is the same
-    pair of held-out trial families, each left out of a fit on the other three; the one whose worst
-    held-out MATH500 saving is higher among the admissible ones wins (ties: generic)."""
-    pairs = [([R1, R32, LLAMA], [QWEN3]), ([QWEN3, R32, LLAMA], [R1])]
-    rows = lofo(trajs, cache, schedule, features, "train", pairs)
-    for r in rows:
-        print("  transfer " + line(r), flush=True)
-
-    def worst(rs):
-        return min(r["per_dataset"]["math500"]["saved"] for r in rs) if all(admissible(r["per_dataset"]) for r in rs) else -1.0
-
-    return ("transfer" if worst(rows) > worst(generic_rows) else "generic"), rows
 
 
 def dev_table(profiles: dict[str, Profile], trajs, cache) -> list[dict]:
@@ -217,7 +268,10 @@ def markdown(result: dict) -> str:
     out = [f"# Transfer across model families (issue 19)\n\n`{result['command']}`; data {result['data']}; "
            f"machine {result['machine']}; {result['seconds']} s.\n",
            f"Chosen on held-out TRAIN problems: schedule `{result['chosen']['schedule']}`, features "
-           f"*{result['chosen']['features']}*; R1-32B and R1-Llama default to `{result['default_32b_llama']}`.\n",
+           f"*{result['chosen']['features']}*, alpha {result['chosen']['alpha']:g}, fitted on {result['chosen']['pool']} "
+           f"({', '.join(result['chosen']['models'])}); trials read at the box's end by avg1 on every family "
+           "(Qwen3-8B's recorded run-on avg2 trials re-read so, as the live profile reads them). R1-32B and R1-Llama "
+           "default to `generic`.\n",
            "## Leave one family out (accuracy change against full reasoning / tokens saved, probes and trials "
            "counted; h harmful exits, of which \"a list cut short\" answer fewer parts than full reasoning's "
            "answer (item 6); + helped)\n",
@@ -229,18 +283,19 @@ def markdown(result: dict) -> str:
                    + " | ".join(cell(p[d]) if d in p else "—" for d in ("math500", "amc23", "aime24"))
                    + f" | {deer_cell(p['math500'])} |")
     out += ["\n## Candidates (held-out TRAIN problems only: R1-7B <-> Qwen3)\n",
-            "| schedule | features | admissible | worst MATH500 saved | rows |", "| --- | --- | --- | --- | --- |"]
+            "| schedule | features | alpha | fitted on | admissible | worst MATH500 saved | lost net | rows |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in result["candidates"]:
-        out.append(f"| `{c['schedule']}` | {c['features']} | {'yes' if c['admissible'] else 'no'} | "
-                   f"{100 * c['worst_math500_saved']:.1f}% | {'; '.join(line(r) for r in c['rows'])} |")
-    out += ["\n## 32B / Llama default: transfer (fitted on three families) on the held-out one, TRAIN problems\n"]
-    out += [f"- {line(r)}" for r in result["transfer_rows"]]
+        out.append(f"| `{c['schedule']}` | {c['features']} | {c['alpha']:g} | {c['pool']} | {'yes' if c['admissible'] else 'no'} | "
+                   f"{100 * c['worst_math500_saved']:.1f}% | {c['lost']} | {'; '.join(line(r) for r in c['rows'])} |")
     out += ["\n## Shipped defaults on DEV (profile picked by model name)\n",
             "| model | profile | MATH500 | AMC23 | AIME24 | DEER tau 0.999 on MATH500 |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in result["defaults_dev"]:
+    for r in result["defaults_dev"] + result["generic_in_family_dev"]:
         p = r["per_dataset"]
         out.append(f"| {r['model']} | {r['profile']} | " + " | ".join(cell(p[d]) for d in ("math500", "amc23", "aime24"))
                    + f" | {deer_cell(p['math500'])} |")
+    out.append("\n(The last two rows: `generic` on the families it was fitted on, their DEV problems: a reference, "
+               "not a default.)")
     return "\n".join(out) + "\n"
 
 
@@ -258,40 +313,45 @@ def main() -> int:
     trajs = with_final_answers([t for r in read_governor(path, "all") for t in r.trajectories])
     cache = graded(trajs, cache_path)
     print(f"read and graded {len(trajs)} trajectories ({time.perf_counter() - started:.0f} s)", flush=True)
-    (schedule, fname), candidates = choose_setting(trajs, cache)
-    features = FEATURE_SETS[fname]
-    generic_rows = next(c["rows"] for c in candidates if (c["schedule"], c["features"]) == (schedule, fname))
-    default, transfer_rows = choose_default(trajs, cache, schedule, features, generic_rows)
-    lofo_train = generic_rows + lofo(trajs, cache, schedule, features, "train", LOFO[2:])
-    lofo_dev = lofo(trajs, cache, schedule, features, "dev")
+    read = [trials_as_read(t, GENERIC_TRIALS) for t in trajs]
+    (schedule, fname, alpha, pool), candidates = choose_setting(read, trajs, cache)
+    features, models = FEATURE_SETS[fname], POOLS[pool]
+    lofo_train = lofo(read, trajs, cache, schedule, features, alpha, "train", lofo_pairs(pool))
+    lofo_dev = lofo(read, trajs, cache, schedule, features, alpha, "dev", lofo_pairs(pool))
     for r in lofo_train + lofo_dev:
         print(f"  lofo {r['split']:5s} {line(r)}", flush=True)
-    cal = fit(trajs, WITH_TRIALS, schedule, features, cache)
-    patterns = ["r1-distill-qwen-32b", "r1-distill-llama"] if default == "generic" else []
-    extra = {"features_choice": f"{fname}: chosen with the schedule on held-out TRAIN problems "
+    cal = fit(read, models, schedule, features, cache, alpha)
+    patterns = ["r1-distill-qwen-32b", "r1-distill-llama"]
+    extra = {"features_choice": f"{fname}, alpha {alpha:g}, fitted on {pool}: chosen with the schedule on held-out TRAIN problems "
                                 "(benchmarks/transfer_profiles.py; results/transfer/)",
              "label_choice": "of the labels noharm and ok, the one whose certified threshold saves more on the calibration problems"}
-    data = score_profile_json("generic", patterns, WITH_TRIALS, cal, COMMAND, extra=extra)
+    data = score_profile_json("generic", patterns, models, cal, COMMAND, extra=extra)
+    data["rule"]["trials"].update(GENERIC_TRIALS, at="Wait", confidence=(
+        "DEER's avg1 (mean token probability after the box's opening brace), the trial stopped at the box's end, "
+        "on every model (core.exit_score.read_trial); the recorded trials of both families read so for fitting "
+        "(evaluation.trial_reading)"))
     data["description"] = (f"Generic certainty score ({schedule}) for reasoning models of no calibrated family: features "
                            "relative to the run's own scale (no absolute token counts), fitted and certified on "
-                           f"{' and '.join(WITH_TRIALS)} (train problems), harmful exits <= {cal.alpha:g} with probability "
+                           f"{', '.join(models)} (train problems; trials where recorded), harmful exits <= {cal.alpha:g} with probability "
                            f">= {1 - cal.delta:g} per model x dataset; reads DEER trials (needs token logprobs).")
     profiles = {p.name: p for p in shipped_profiles()}
     profiles["generic"] = parse_profile(data, "generic")
-    if default == "transfer":
-        tcal = fit(trajs, ALL, schedule, features, cache)
-        tdata = score_profile_json("transfer", ["r1-distill-qwen-32b", "r1-distill-llama"], ALL, tcal, COMMAND, extra=extra)
-        profiles["transfer"] = parse_profile(tdata, "transfer")
     for name in ("r1-distill-qwen-32b", "r1-distill-llama"):  # superseded as defaults: kept by name only
         if name in profiles:
             profiles[name] = parse_profile(dict(json.loads((ROOT / "src/certaindex/data/profiles" / f"{name}.json").read_text()), models=[]), name)
     profiles = dict(sorted(profiles.items(), key=lambda kv: (kv[0] == "conservative", kv[0])))
     defaults_dev = dev_table(profiles, trajs, cache)
+    # For reference: generic itself on the trial families' DEV problems (their train problems fitted on).
+    # R1-7B is the nearest stand-in these traces hold for R1-32B / R1-Llama live, with trials.
+    in_family = [{"model": m, "profile": "generic", "per_dataset": report(profiles["generic"].rule,
+                  [t for t in trajs if t.model == m and t.split == "dev"], cache)} for m in WITH_TRIALS]
     result = {"command": COMMAND, "data": f"{path} (Governor development traces, seeds 42-44)",
               "machine": f"{platform.machine()} {platform.system()}, 2 cores shared", "seconds": 0.0,
-              "chosen": {"schedule": schedule, "features": fname, "feature_list": list(features)},
-              "default_32b_llama": default, "candidates": candidates, "transfer_rows": transfer_rows,
+              "chosen": {"schedule": schedule, "features": fname, "alpha": alpha, "pool": pool, "models": models,
+                         "feature_list": list(features)},
+              "trial_reading": GENERIC_TRIALS, "candidates": candidates,
               "lofo_train": lofo_train, "lofo_dev": lofo_dev, "defaults_dev": defaults_dev,
+              "generic_in_family_dev": in_family,
               "generic": profiles["generic"].calibration, "generic_threshold": cal.threshold}
     result["seconds"] = round(time.perf_counter() - started, 1)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -300,8 +360,6 @@ def main() -> int:
     if write:
         folder = ROOT / "src" / "certaindex" / "data" / "profiles"
         (folder / "generic.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        if default == "transfer":
-            (folder / "transfer.json").write_text(json.dumps(tdata, indent=1) + "\n", encoding="utf-8")
     print(f"written {OUT} in {result['seconds']} s")
     return 0
 

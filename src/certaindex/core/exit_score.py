@@ -50,6 +50,7 @@ __all__ = [
     "text_markers",
     "trial_confidence",
     "read_trial",
+    "tokens_to_stop",
 ]
 
 KeyFn = Callable[[Optional[str]], Optional[Hashable]]
@@ -129,6 +130,23 @@ def read_trial(tokens: Sequence[str], logprobs: Sequence[float], rule: str = "av
         return TrialReading(answer, conf if think >= 0 else 0.0, minp, n)
     conf, minp = trial_confidence(list(logprobs), rule)
     return TrialReading(answer, conf, minp, len(tokens))
+
+
+def tokens_to_stop(tokens: Sequence[str], stops: Sequence[str]) -> int:
+    """How many of ``tokens`` an engine stopping at ``stops`` generates: up to and including the
+    token that completes the first stop string; all of them when none does.
+
+    Why: a trial recorded under a longer rule (Qwen3-8B's run on until ``</think>``) holds, as its
+    prefix, the tokens a trial stopping at the box's end would have produced; reading that prefix
+    is reading the trial as a live profile with DEER's stops reads it."""
+    longest = max((len(s) for s in stops), default=0)
+    text = ""
+    for i, tok in enumerate(tokens):
+        start = max(0, len(text) - longest + 1)
+        text += tok
+        if any(s and s in text[start:] for s in stops):
+            return i + 1
+    return len(tokens)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from certaindex.core.exit_score import (
     text_markers,
 )
 from certaindex.evaluation.peers import CorrectFn, KeyFn, Outcome, replayed_outcome
+from certaindex.evaluation.trial_reading import trials_as_read
 from certaindex.traces.governor import Trajectory
 from certaindex.traces.tokenmap import char_ends
 
@@ -140,7 +141,9 @@ def observations(traj: Trajectory, schedule: str, marks: TextMarkers | None = No
 
 def replay_score(rule: dict[str, Any], traj: Trajectory, key: KeyFn, correct: CorrectFn) -> Outcome:
     """A ``score`` rule on one trajectory (``rule`` as in a profile: schedule, threshold, model),
-    decided by the :class:`~certaindex.core.exit_policy.ScoreRule` the live program calls."""
+    decided by the :class:`~certaindex.core.exit_policy.ScoreRule` the live program calls. Trials are
+    read as the rule reads them live (:func:`~certaindex.evaluation.trial_reading.trials_as_read`)."""
+    traj = trials_as_read(traj, rule.get("trials"))
     obs = observations(traj, rule["schedule"])
     marks = markers(traj) if obs else None  # no observation: nothing is scored, no text tokenised
     return replayed_outcome(traj, replay(ScoreRule.recorded(rule, key, marks), obs), correct)
@@ -151,6 +154,7 @@ def sweep_score(rule: dict[str, Any], traj: Trajectory, key: KeyFn, correct: Cor
     """A ``score`` rule's model on one trajectory at each of ``thresholds`` (None: never exit), the
     observations and scores computed once: the score's own accuracy / tokens frontier. Equal to
     :func:`replay_score` at each threshold (``tests/test_exit_policy.py`` checks it)."""
+    traj = trials_as_read(traj, rule.get("trials"))
     obs = observations(traj, rule["schedule"])
     spent = np.cumsum([o.out_tokens for o in obs]) if obs else np.zeros(0)
     total = int(spent[-1]) if len(spent) else 0

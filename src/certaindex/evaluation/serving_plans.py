@@ -154,10 +154,12 @@ def score_plan_requests(profile: Profile, traj: Trajectory, outcome: Outcome, ke
     carries the score after it (clipped to [0, 1]) as the certaindex the scheduler hears."""
     from certaindex.core.exit_score import ScoreModel
     from certaindex.evaluation.score_policy import markers, observations, stream_features
+    from certaindex.evaluation.trial_reading import trials_as_read
 
     if prompt_tokens < 0 or suffix_tokens < 0:
         raise ValueError("prompt_tokens and suffix_tokens must be >= 0")
     rule = profile.rule
+    traj = trials_as_read(traj, rule.get("trials"))  # as replay_score reads them
     obs = observations(traj, rule["schedule"])
     marks = markers(traj) if obs else None
     scores = ScoreModel.from_dict(rule["model"]).score(stream_features(obs, marks, key)) if marks else []
