@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -235,9 +234,9 @@ def lofo(read, raw, cache, schedule: str, features: Sequence[str], alpha: float,
     rows = []
     for fitted, held in pairs:
         cal = fit(read, fitted, schedule, features, cache, alpha)
-        anchored = anchor(cal, read, raw, fitted, cache)[1] if reach else None
-        if anchored:
-            cal = replace(cal, threshold=anchored["threshold"], alpha=anchored["alpha"])
+        anchored = None
+        if reach:
+            cal, anchored = anchor(cal, read, raw, fitted, cache)
         for m in held:
             per = (quick_report(cal, [t for t in read if t.model == m and t.split == split], cache) if quick
                    else report(rule_of(cal), [t for t in raw if t.model == m and t.split == split], cache))
