@@ -18,6 +18,8 @@ class ScriptedFakeEngine(Engine):
     ``probe_reply(n)`` gives the probe completion (as tokens) after ``n`` reasoning tokens.
     ``final_reply`` is what a reasoning model writes after ``</think>``.
     ``ends_naturally``: the model stops by itself at the end of the script (else it runs on, "length").
+    ``context_tokens``: the engine's own limit (a full context): the reasoning ends on "length" at this
+    many tokens and a continuation from there gets no token ("length" again).
     ``trial_reply(n)`` gives a DEER-style trial's completion (prompt ending in ``trial_suffix``) as
     (token, logprob) pairs after ``n`` reasoning tokens (a "Wait" starts script token ``n``).
     Logprobs are returned when asked for (0.0 per token where the script gives none), unless
@@ -28,6 +30,7 @@ class ScriptedFakeEngine(Engine):
     probe_reply: Callable[[int], Sequence[str]] = lambda n: ["42", "}", " \\]"]
     final_reply: Sequence[str] = ("The answer is ", "\\boxed{42}", ".")
     ends_naturally: bool = True
+    context_tokens: int | None = None
     thinking: bool = False
     fail_after_calls: int | None = None
     streaming: bool = False  # stream token by token and serve probes meanwhile (like an HTTP server)
@@ -157,9 +160,10 @@ class ScriptedFakeEngine(Engine):
             raise EngineError(f"unexpected prompt tail {rest[-40:]!r}")
         else:
             available = (len(self.reasoning) - consumed) if self.ends_naturally else 10**6
-            count = min(request.max_tokens, available)
+            room = max(0, self.context_tokens - consumed) if self.context_tokens is not None else 10**9
+            count = min(request.max_tokens, available, room)
             out = [self._token(consumed + i) for i in range(count)]
-            finish = "length" if available > request.max_tokens else "stop"
+            finish = "length" if available > count else "stop"
         if lps is None:
             lps = [(t, 0.0) for t in out]
         pieces: list[str] = []

@@ -38,6 +38,9 @@ class FakeUpstream:
     request_delay_s: float = 0.0  # before the first token of every request (queueing, prefill)
     disagreeing_probes: bool = False  # each probe answers a different number: probes never agree
     finish_after: int | None = None  # reasoning tokens after which the fake writes its answer and stops
+    # the engine's own limit (a full context): the reasoning ends on "length" at this many tokens, and a
+    # continuation from there gets no token ("length" again), as a server whose context is full
+    context_tokens: int | None = None
     final_text: str = " So the answer is \\boxed{7}."
     # what the model writes after a prompt that closed its thinking ("</think>\n\n"), one token each
     answer_reply: tuple[str, ...] = ("The answer ", "is ", "\\boxed{42}", ".")
@@ -91,6 +94,8 @@ class FakeUpstream:
         if self.finish_after is not None and done + max_tokens > self.finish_after:
             n = max(0, self.finish_after - done)
             return [self._reasoning_token(done + i) for i in range(n)] + [self.final_text], "stop"
+        if self.context_tokens is not None and done + max_tokens > self.context_tokens:
+            return [self._reasoning_token(done + i) for i in range(max(0, self.context_tokens - done))], "length"
         return [self._reasoning_token(done + i) for i in range(max_tokens)], "length"
 
     def _logprobs(self, body: dict[str, Any], tokens: list[str]) -> dict[str, Any] | None:
@@ -180,6 +185,8 @@ class FakeUpstream:
                     if i == 0:
                         event["choices"][0]["prompt_token_ids"] = prompt_ids
                 yield f"data: {json.dumps(event)}\n\n".encode()
+            if not tokens:  # nothing generated: the finish reason alone, as vLLM sends it
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': '', 'finish_reason': finish}]})}\n\n".encode()
             usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(tokens)}
             yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode()
             yield b"data: [DONE]\n\n"

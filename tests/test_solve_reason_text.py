@@ -26,3 +26,8 @@ def test_finished_and_budget_read_the_same_under_either_rule() -> None:
 def test_a_cut_answer_is_named_as_cut() -> None:
     text = _reason_text(_result("answer_length"))
     assert "cut" in text and "budget" not in text and "2 tokens" in text
+
+
+def test_an_engine_cut_is_named_as_the_engines_not_the_budgets_or_finished() -> None:
+    text = _reason_text(_result("engine_length"))
+    assert "engine cut" in text and "128" in text and "finished" not in text and "ran out" not in text

@@ -97,6 +97,9 @@ def _reason_text(result: CoTResult, scored: bool = False) -> str:
         return f"stopped early: the last probes agreed after {result.reasoning_tokens} reasoning tokens"
     if result.stop_reason == "finished":
         return f"the model finished its reasoning after {result.reasoning_tokens} tokens"
+    if result.stop_reason == "engine_length":
+        return (f"the engine cut the reasoning after {result.reasoning_tokens} tokens, before the budget of "
+                f"{result.budget} (its context is full); the answer is the one written so far")
     if result.stop_reason == "answer_length":
         return (f"the reasoning ended after {result.reasoning_tokens} tokens, and the answer after it was cut at "
                 f"its limit of {result.answer_tokens} tokens")
@@ -146,7 +149,8 @@ def _why_no_saving(result: CoTResult, full: CoTResult) -> str:
         return (f"the model finished by itself after {result.reasoning_tokens} reasoning tokens, before the "
                 "first probe point: there was nothing left for early exit to cut")
     if result.stop_reason != "certain":
-        ended = "ran out of budget" if result.stop_reason == "budget" else "finished by itself"
+        ended = {"budget": "ran out of budget", "engine_length": "was cut by the engine"}.get(
+            result.stop_reason, "finished by itself")
         return (f"{paid}, but they never agreed before the model {ended} after {result.reasoning_tokens} "
                 "reasoning tokens, so they were paid on top of the same reasoning")
     cut = full.reasoning_tokens - result.reasoning_tokens

@@ -111,7 +111,9 @@ class HTTPEngine(Engine):
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
         )
-        self._setup_lock = asyncio.Lock()
+        # The setup read in flight (model, template), shared by the requests that come meanwhile;
+        # dropped once it fails, so the next request reads again.
+        self._setup_task: asyncio.Task[None] | None = None
         self._ready = False
         self._owns_client = True
         self._parent: HTTPEngine | None = None
@@ -152,26 +154,44 @@ class HTTPEngine(Engine):
             self.model, self._template, self._ready = self._parent.model, self._parent._template, True
             self._one_at_a_time = self._parent._one_at_a_time
             return self
-        async with self._setup_lock:
-            if self._ready:
-                return self
-            if self.model is None or self._concurrent is None:
-                try:
-                    models = await self._request_json("GET", "/v1/models")
-                except EngineError:
-                    if self.model is None:
-                        raise
-                    models = {}  # the model is named: only the concurrency guess is lost
-                data = models.get("data") or []
-                if not data and self.model is None:
-                    raise EngineError(f"{self.base_url} serves no models (GET /v1/models is empty)")
-                if data:
-                    self.model = self.model or str(data[0]["id"])
-                    self._one_at_a_time = data[0].get("owned_by") in ONE_AT_A_TIME_OWNERS
-            if self._template is None:
-                self._template = await self._resolve_template()
-            self._ready = True
+        while not self._ready:
+            task = self._setup_task
+            if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+                # No read in flight (or the last one failed): this request reads, within its deadline.
+                task = self._setup_task = asyncio.ensure_future(self._setup())
+                task.add_done_callback(_setup_done)
+            await self._await_setup(task)
         return self
+
+    async def _await_setup(self, task: "asyncio.Task[None]") -> None:
+        """Wait for the shared setup read, at most until this request's own deadline; leaving
+        early (a deadline, a cancelled request) leaves the read running for the others."""
+        left = remaining_s()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), None if left is None else max(0.001, left))
+        except TimeoutError:
+            raise EngineError(f"the engine at {self.base_url} timed out on /v1/models: the setup read (shared with "
+                              "the requests before this one) gave no answer before this request's deadline") from None
+
+    async def _setup(self) -> None:
+        """One setup read: the model name (and whether the server runs requests side by side), then
+        the chat template."""
+        if self.model is None or self._concurrent is None:
+            try:
+                models = await self._request_json("GET", "/v1/models")
+            except EngineError:
+                if self.model is None:
+                    raise
+                models = {}  # the model is named: only the concurrency guess is lost
+            data = models.get("data") or []
+            if not data and self.model is None:
+                raise EngineError(f"{self.base_url} serves no models (GET /v1/models is empty)")
+            if data:
+                self.model = self.model or str(data[0]["id"])
+                self._one_at_a_time = data[0].get("owned_by") in ONE_AT_A_TIME_OWNERS
+        if self._template is None:
+            self._template = await self._resolve_template()
+        self._ready = True
 
     async def _resolve_template(self) -> ChatTemplate:
         spec = self._template_spec
@@ -379,7 +399,16 @@ class HTTPEngine(Engine):
 
     async def aclose(self) -> None:
         if self._owns_client:
+            if self._setup_task is not None and not self._setup_task.done():
+                self._setup_task.cancel()  # a setup read still in flight (a hung upstream) goes too
             await self._pool.aclose()
+
+
+def _setup_done(task: "asyncio.Task[None]") -> None:
+    """Mark a setup read's failure as seen: the requests that waited for it were told, and one that
+    no request waits for any more (each left at its deadline) must not warn at exit."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _read_to_end(lines: AsyncIterator[str]) -> None:

@@ -3,7 +3,10 @@
 An early exit answers with the settled answer, boxed (or, with ``CoTConfig.answer="model"``, the
 model closes its thinking and writes its own answer). A model that closed its reasoning itself
 writes its answer after ``</think>``, as it would without certaindex. A budget spent mid-thought
-forces an answer with one last probe, and says so (``stop_reason="budget"``).
+forces an answer with one last probe, and says so (``stop_reason="budget"``). Reasoning the engine
+cut before the budget (``engine_length``: its context is full) asks the engine for nothing more: the
+answer is the one the reasoning wrote, else the last probe's (as ``evaluate`` reads a recorded run
+the collection cut), and the run stays reported as cut.
 
 The model's own answer has room for ``CoTConfig.answer_room`` tokens: what the client's
 ``max_tokens`` leaves after the reasoning, at most ``answer_tokens``. An answer cut there is never
@@ -50,6 +53,13 @@ async def forced_answer(run: CoTRun) -> str | None:
     return last.answer if last is not None else extract_answer(run.reasoning)
 
 
+def engine_cut_answer(run: CoTRun) -> str | None:
+    """The engine cut the reasoning and has no room for more: the answer the reasoning wrote, else
+    the last probe's (None: neither holds one)."""
+    last = run.judge.probes[-1] if run.judge.probes else None
+    return extract_answer(run.reasoning) or (last.answer if last is not None else None)
+
+
 async def answer(run: CoTRun, engine: Engine) -> tuple[str | None, str]:
     """(answer, answer_text) for how the run stopped."""
     if run.stop_reason == "certain":
@@ -61,8 +71,11 @@ async def answer(run: CoTRun, engine: Engine) -> tuple[str | None, str]:
         return await model_answer(run, engine, extract_answer(run.reasoning))
     if run.stop_reason == "finished":
         return extract_answer(run.reasoning), run.reasoning.strip()
+    if run.stop_reason == "engine_length":
+        cut = engine_cut_answer(run)
+        return cut, format_answer(cut)
     forced = await forced_answer(run)
     return forced, format_answer(forced)
 
 
-__all__ = ["answer", "forced_answer", "model_answer"]
+__all__ = ["answer", "engine_cut_answer", "forced_answer", "model_answer"]

@@ -110,7 +110,9 @@ async def _after_scored_chunk(run: CoTRun, points: ScorePoints, finish_reason: s
         at = run.judge.exit_position()
         run.exit_at(run.reasoning_tokens if at is None else at, run.reasoning, run.reasoning_tokens)
         return "certain"
-    return "finished" if finished else None
+    if not finished:
+        return None
+    return "engine_length" if finish_reason == "length" else "finished"
 
 
 async def _after_chunk(run: CoTRun, chunk_start: int, text: str) -> StopReason | None:
@@ -126,7 +128,8 @@ async def _after_chunk(run: CoTRun, chunk_start: int, text: str) -> StopReason |
 
 async def reason_in_chunks(run: CoTRun, engine: Engine) -> None:
     """Reason chunk by chunk up to the budget, the model's end, or an exit; sets ``run.stop_reason``
-    (``budget`` when the budget or a scheduler's allowance ran out)."""
+    (``budget`` when the budget or a scheduler's allowance ran out, ``engine_length`` when a chunk
+    asked for more gets no token on ``length``: the engine's own limit)."""
     points = ScorePoints(run) if run.live is not None else None
     while run.reasoning_tokens < run.config.budget:
         try:
@@ -142,8 +145,10 @@ async def reason_in_chunks(run: CoTRun, engine: Engine) -> None:
         try:
             if points is not None:
                 stop = await _after_scored_chunk(run, points, finish_reason, tokens)
-            elif finish_reason != "length" or tokens == 0:
+            elif finish_reason != "length":
                 stop = "finished"
+            elif tokens == 0:  # cut on length before the budget, and nothing more: the engine's own limit
+                stop = "engine_length"
             else:
                 stop = await _after_chunk(run, chunk_start, text)
         except BudgetExhausted:

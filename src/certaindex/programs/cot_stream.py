@@ -84,7 +84,7 @@ async def reason_in_stream(run: CoTRun, engine: Engine) -> None:
     run.overrun_tokens, run.resumes = outcome.overrun_tokens, outcome.resumes
     run.prompt_tokens = outcome.prompt_tokens
     run.stop_reason = outcome.stop
-    if run.stop_reason == "finished" and live is not None and run.early_exit:
+    if run.stop_reason in ("finished", "engine_length") and live is not None and run.early_exit:
         # the boxes the model wrote after the last decision point (its final answer, usually)
         if run.judge.boxes_settle():
             run.stop_reason = "certain"

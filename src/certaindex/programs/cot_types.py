@@ -14,8 +14,10 @@ from certaindex.core.validation import require
 
 # certain: an early exit; finished: the model ended its reasoning; budget: the reasoning budget ran
 # out (the answer was forced by one last probe); answer_length: the reasoning ended (either way) and
-# the answer the model wrote after it was cut at its token limit.
-StopReason = Literal["certain", "finished", "budget", "answer_length"]
+# the answer the model wrote after it was cut at its token limit; engine_length: the engine cut the
+# reasoning before the budget and gave no more (its context, vLLM's max-model-len, a recording's cut):
+# the answer is read from what was written (the reasoning's, else the last probe's), none is asked for.
+StopReason = Literal["certain", "finished", "budget", "answer_length", "engine_length"]
 AnswerMode = Literal["boxed", "model"]
 # The answer's room after </think> when the client sets no max_tokens: above every one of the 5,236
 # answers the Governor traces recorded (longest 3,935 tokens, 99th percentile 1,381; see

@@ -34,7 +34,7 @@ from certaindex.engines.base import BudgetExhausted, Engine, EngineError, Genera
 
 T = TypeVar("T")
 Verdict = Literal["continue", "settled", "stop-probing", "budget"]
-Stop = Literal["certain", "finished", "budget"]
+Stop = Literal["certain", "finished", "budget", "engine_length"]
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,8 @@ class MainStream:
         self.resumes += 1
 
     async def read(self) -> Stop:
-        """Stream up to the budget or the model's end (``budget`` also when an allowance ran out)."""
+        """Stream up to the budget or the model's end (``budget`` also when an allowance ran out;
+        ``engine_length`` when the engine cut it before the budget and gives no more)."""
         while self.tokens < self.budget:
             start_tokens = self.tokens
             finish: str | None = None
@@ -281,8 +282,12 @@ class MainStream:
             if finish is None:  # an engine whose stream ended without saying why: treat as broken
                 self._resume(EngineError(f"the stream from {self.engine.name} ended without a finish reason"))
                 continue
-            if finish != "length" or self.tokens == start_tokens:
+            if finish != "length":
                 return "finished"
+            if self.tokens == start_tokens:
+                # cut on length before the budget and its continuation gave nothing: the engine's own
+                # limit (its context, a recording's cut), not the model's end and not the budget
+                return "engine_length"
         return "budget"
 
     def outcome(self, stop: Stop) -> MainStreamOutcome:
@@ -320,7 +325,8 @@ async def reason_in_one_stream(
     ``base`` carries the sampling (temperature, top_p, stop, seed); the seed of a resumed stream is
     ``seed + tokens so far``, as the chunked path seeds each chunk. A stream that breaks is resumed
     from the prefix ``max_resumes`` times, then its error is raised; a stream cut on ``length``
-    before the budget (a scheduler's allowance) is simply continued. Cancelling closes the stream.
+    before the budget (a scheduler's allowance) is simply continued; where the continuation gives no
+    token, the engine's own limit cut it (stop ``engine_length``). Cancelling closes the stream.
 
     ``trial_points(final)``, called after ``on_delta`` has seen each piece, gives the trial points
     confirmed since (character offset, token position); they are offered as ``trial`` points, in

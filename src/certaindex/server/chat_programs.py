@@ -93,9 +93,9 @@ def cot_outcome(result: CoTResult, policy: str, upstream: MeteredEngine) -> Chat
     return ChatOutcome(
         reasoning=result.reasoning,
         content=content,
-        # Cut by the budget (the answer was forced by a probe) or the answer cut at its limit: the
-        # client is told so.
-        finish_reason="length" if result.stop_reason in ("budget", "answer_length") else "stop",
+        # Cut by the budget (the answer was forced by a probe), by the engine's own limit, or the
+        # answer cut at its limit: the client is told so.
+        finish_reason="length" if result.stop_reason in ("budget", "engine_length", "answer_length") else "stop",
         prompt_tokens=result.prompt_tokens,
         reasoning_tokens=result.reasoning_tokens,
         probe_tokens=result.probe_tokens - trial_tokens,

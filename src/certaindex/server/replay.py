@@ -146,8 +146,11 @@ def _replay_info(reply: Reply, seq: Sequence_) -> dict[str, Any]:
 
 
 def _usage(reply: Reply, seq: Sequence_) -> dict[str, int]:
-    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": seq.emitted,
-            "total_tokens": reply.prompt_tokens + seq.emitted}
+    # Nothing generated on "length": the end of a text the collection cut (the engine's limit), where
+    # an engine samples no token; the clock's one step for an empty reply is its modelled cost only.
+    generated = 0 if not reply.pieces and reply.finish_reason == "length" else seq.emitted
+    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": generated,
+            "total_tokens": reply.prompt_tokens + generated}
 
 
 def _state(request: Request) -> ReplayState:

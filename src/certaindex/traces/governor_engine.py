@@ -15,10 +15,11 @@ A request's raw prompt is recognised and answered from the trajectory it continu
   text from there on, token by token in the model's vocabulary (``quicktok-v1``, which reproduces
   ``tokens_used``; without it, characters spread evenly over ``tokens_used``), honouring
   ``max_tokens`` and stop strings as vLLM does (the text stops before the stop string; its tokens
-  count). The recorded text's end is the model's end (``stop``), also for a trajectory that the
-  collection cut at its budget (``finish_reason`` length): the recording holds nothing after it, so
-  the answer asked for after such a text is the one ``evaluate``'s full reasoning submits (extracted
-  from the text; else the last probe's).
+  count). The recorded text's end is the model's end (``stop``); for a trajectory that the
+  collection cut at its budget (``finish_reason`` length) it is the engine's limit, as a server's
+  context cuts a stream: ``length``, and a continuation from there gets no token. The recording
+  holds nothing after it, so the answer asked for after such a text is the one ``evaluate``'s full
+  reasoning submits (extracted from the text; else the last probe's).
 * **probe** (the prompt ends with a probe suffix, e.g. ``**Final Answer**\\n\\n\\[ \\boxed{``): the
   grid probe (every 64 tokens) recorded nearest **at or before** the reasoning's token count N:
   the grid the simulator's plans read, wherever the stream's
@@ -430,7 +431,10 @@ class GovernorReplay:
         while len(pieces) < max_tokens and i < n:
             pieces.append(played.piece(i))
             i += 1
-        return _apply_stop(pieces, stop, "length" if len(pieces) == max_tokens else "stop")
+        # the end of a text the collection cut at its budget is the engine's limit, as a server's
+        # context would cut it: "length", and a request to go on from there gets no token
+        cut = i >= n and played.traj.finish_reason == "length"
+        return _apply_stop(pieces, stop, "length" if len(pieces) == max_tokens or cut else "stop")
 
     def _after_end(self, played: _Played, max_tokens: int,
                    stop: Sequence[str]) -> tuple[tuple[Piece, ...], str, int | None]:

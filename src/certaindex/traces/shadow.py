@@ -63,6 +63,9 @@ def shadow_trace(
     g = config.probe_interval
     if result.reasoning_tokens > config.budget:  # llama.cpp may finish a UTF-8 character past max_tokens
         raise SkippedTrace("over-budget", f"{result.reasoning_tokens} reasoning tokens, over the budget of {config.budget}")
+    if result.stop_reason == "engine_length":
+        raise SkippedTrace("engine-length", f"the engine cut the reasoning at {result.reasoning_tokens} tokens, before "
+                           f"the budget of {config.budget}: the format holds runs that finished or reached the budget")
     if result.stop_reason not in ("finished", "budget", "answer_length"):
         raise SkippedTrace("early-exit", f"the run stopped by {result.stop_reason!r}, not by full reasoning")
     reasoning, total = result.reasoning, result.reasoning_tokens
