@@ -140,3 +140,26 @@ def test_shadow_reports_a_context_full_refusal_as_length(tmp_path, stream: bool)
         close(contexts)
     assert reply["finish"] == "length"
     assert reply["details"]["stop_reason"] == "engine_length"
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_probe_the_full_context_refuses_does_not_fail_the_run(streaming: bool) -> None:
+    """The chunk filled its tokens right at the context's end, so the probe there is sent and refused
+    (the embedded engine: "prompt of N tokens does not fit"): even under ``probe_failures="raise"``
+    the run ends as the engine's limit, with early exit given up."""
+    engine = refusing(reasoning=[], ends_naturally=False, context_tokens=40, streaming=streaming,
+                      probe_reply=lambda n: [str(n), "}"])
+    engine.context_refusal = CONTEXT_FULL_MESSAGES[-2]
+    original = engine._reply
+
+    def refuse_probes_at_the_end(request):
+        if engine._is_probe(request) and engine._consumed(request.prompt[: -len(engine.probe_suffix)])[1] >= 40:
+            raise EngineError(f"fake: {CONTEXT_FULL_MESSAGES[-2]}")
+        return original(request)
+
+    engine._reply = refuse_probes_at_the_end  # type: ignore[method-assign]
+    result = await solve_cot(engine, QUESTION, CoTConfig(budget=500, probe_interval=10, k=9),
+                             probe_failures="raise")
+    assert result.stop_reason == "engine_length"
+    assert result.reasoning_tokens == 40
+    assert result.probe_failures == (0 if streaming else 1)  # the one stream's last point is its end: no probe there
