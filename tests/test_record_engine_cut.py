@@ -65,3 +65,17 @@ async def test_an_answer_the_full_context_refuses_is_recorded_cut(tmp_path) -> N
     header = TraceHeader(model="fake", engine="fake:scripted", settings=settings(), created="2025-01-01T00:00:00+00:00")
     write_traces(tmp_path / "t.jsonl.gz", header, [record])
     assert read_traces(tmp_path / "t.jsonl.gz").records == [record]
+
+
+async def test_a_probe_the_full_context_refuses_is_the_same_clear_error() -> None:
+    engine = ScriptedFakeEngine(reasoning=[], ends_naturally=False, context_tokens=10)
+    original = engine._reply
+
+    def refuse_probes_at_the_end(request):
+        if engine._is_probe(request) and engine._consumed(request.prompt[: -len(engine.probe_suffix)])[1] >= 10:
+            raise EngineError(f"fake: {CONTEXT_FULL_MESSAGES[-2]}")
+        return original(request)
+
+    engine._reply = refuse_probes_at_the_end  # type: ignore[method-assign]
+    with pytest.raises(EngineError, match="at 10 tokens, before the budget of 40 .its probe was refused"):
+        await record_one(engine, PROBLEM, settings())

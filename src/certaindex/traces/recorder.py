@@ -61,7 +61,7 @@ async def record_one(engine: Engine, problem: Problem, settings: TraceSettings, 
     ``probe_interval = g`` (plus logprobs), so replaying with any multiple of g reproduces it.
 
     A run the engine cuts before the budget (a chunk ended on ``length`` short of its g tokens, or a
-    continuation the engine refuses because its context is full) is refused with an
+    continuation or probe the engine refuses because its context is full) is refused with an
     :class:`EngineError` saying so, not recorded: a trace holds a run that finished or reached the
     recording's budget, and replay, ``evaluate`` and ``calibrate`` read it as the model's full
     reasoning at that budget (a cut run recorded as ``finished`` would stand for an answer the model
@@ -109,7 +109,12 @@ async def record_one(engine: Engine, problem: Problem, settings: TraceSettings, 
         tokens += choice.completion_tokens
         entropy, confidence, lowest = logprob_stats(choice.logprobs, settings.confidence_window)
         finished = choice.finish_reason != "length" or choice.completion_tokens == 0
-        probe = None if finished else await _probe(engine, prompt + reasoning, tokens, settings, seed, box)
+        try:
+            probe = None if finished else await _probe(engine, prompt + reasoning, tokens, settings, seed, box)
+        except EngineError as exc:
+            if not exc.context_full:
+                raise
+            raise engine_cut(engine, problem, tokens, settings.budget, f"its probe was refused: {exc}") from exc
         chunks.append(Chunk(choice.text, choice.completion_tokens, choice.finish_reason, entropy, confidence, lowest, probe))
         if finished:
             stop = "finished"
