@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from certaindex.engines.base import EngineError
+from certaindex.engines.base import EngineError, GenerationRequest
+from certaindex.engines.http import HTTPEngine
 from certaindex.engines.context_full import is_context_full
 from certaindex.programs.cot import CoTConfig, solve_cot
 from tests.fakes import ScriptedFakeEngine
-from tests.misbehaving_upstream import FakeUpstream
+from tests.misbehaving_upstream import FakeUpstream, serve_in_thread
 from tests.test_engine_length import QUESTION, answer_requests, script
 from tests.test_server import start_stack
 from tests.test_shadow import chat, close
@@ -163,3 +164,24 @@ async def test_a_probe_the_full_context_refuses_does_not_fail_the_run(streaming:
     assert result.stop_reason == "engine_length"
     assert result.reasoning_tokens == 40
     assert result.probe_failures == (0 if streaming else 1)  # the one stream's last point is its end: no probe there
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_http_engine_carries_the_refusals_status_and_body(stream: bool) -> None:
+    upstream = FakeUpstream(context_tokens=3, context_refusal=LLAMA_CPP_BODY)
+    with serve_in_thread(upstream.app()) as url:
+        engine = HTTPEngine(url, max_retries=0)
+        try:
+            request = GenerationRequest(prompt="Q: step step step ", max_tokens=5)
+            with pytest.raises(EngineError) as caught:
+                if stream:
+                    async for _ in engine.stream(request):
+                        pass
+                else:
+                    await engine.generate(request)
+        finally:
+            await engine.aclose()
+    error = caught.value
+    assert error.status == 400 and error.context_full
+    assert "exceed_context_size_error" in (error.body or "")
+    assert "exceeds the available context size" in str(error)
