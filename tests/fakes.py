@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Sequence
 
@@ -19,7 +20,10 @@ class ScriptedFakeEngine(Engine):
     ``final_reply`` is what a reasoning model writes after ``</think>``.
     ``ends_naturally``: the model stops by itself at the end of the script (else it runs on, "length").
     ``context_tokens``: the engine's own limit (a full context): the reasoning ends on "length" at this
-    many tokens and a continuation from there gets no token ("length" again).
+    many tokens and a continuation from there gets no token ("length" again) or, with
+    ``context_refusal`` (an engine's error text), is refused with that text and HTTP 400 (as llama.cpp's
+    server, vLLM and SGLang refuse a prompt their context cannot hold); so is an answer after
+    ``</think>`` asked for from there.
     ``trial_reply(n)`` gives a DEER-style trial's completion (prompt ending in ``trial_suffix``) as
     (token, logprob) pairs after ``n`` reasoning tokens (a "Wait" starts script token ``n``).
     Logprobs are returned when asked for (0.0 per token where the script gives none), unless
@@ -31,6 +35,7 @@ class ScriptedFakeEngine(Engine):
     final_reply: Sequence[str] = ("The answer is ", "\\boxed{42}", ".")
     ends_naturally: bool = True
     context_tokens: int | None = None
+    context_refusal: str | None = None
     thinking: bool = False
     fail_after_calls: int | None = None
     streaming: bool = False  # stream token by token and serve probes meanwhile (like an HTTP server)
@@ -140,6 +145,10 @@ class ScriptedFakeEngine(Engine):
         ends, and every generated token with its logprob."""
         rest, consumed = self._consumed(request.prompt)
         lps: list[tuple[str, float]] | None = None
+        full = self.context_tokens is not None and consumed >= self.context_tokens
+        if full and self.context_refusal is not None and rest in ("", THINK_CLOSE + "\n\n"):
+            raise EngineError(f"fake answered HTTP 400: {self.context_refusal}", status=400,
+                              body=json.dumps({"error": {"code": 400, "message": self.context_refusal}}))
         if rest.endswith(self.trial_suffix):
             if self.fail_trials:
                 raise EngineError("scripted trial failure")

@@ -41,6 +41,9 @@ class FakeUpstream:
     # the engine's own limit (a full context): the reasoning ends on "length" at this many tokens, and a
     # continuation from there gets no token ("length" again), as a server whose context is full
     context_tokens: int | None = None
+    # with context_tokens: a continuation (reasoning or answer) from the full context is refused with
+    # HTTP 400 and this body, as llama.cpp's server refuses it, instead of giving no token
+    context_refusal: dict[str, Any] | None = None
     final_text: str = " So the answer is \\boxed{7}."
     # what the model writes after a prompt that closed its thinking ("</think>\n\n"), one token each
     answer_reply: tuple[str, ...] = ("The answer ", "is ", "\\boxed{42}", ".")
@@ -125,6 +128,9 @@ class FakeUpstream:
             await asyncio.sleep(3600)
         if fault == "malformed" and not body.get("stream"):
             return Response(b"{not json", media_type="application/json")
+        full = self.context_tokens is not None and self.reasoning_so_far(prompt) >= self.context_tokens
+        if full and self.context_refusal is not None and kind in ("chunk", "answer"):
+            return JSONResponse(self.context_refusal, status_code=400)
         tokens, finish = self.continuation(prompt, int(body["max_tokens"]))
         if not body.get("stream"):
             if self.request_delay_s:

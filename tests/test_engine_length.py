@@ -40,13 +40,13 @@ async def test_cot_cut_by_the_engine_is_engine_length_with_the_last_probes_answe
     result = await solve_cot(engine, QUESTION, CoTConfig(budget=500, probe_interval=10, k=3))
     assert result.stop_reason == "engine_length"
     assert result.reasoning_tokens == 45
-    # no box in the reasoning: the last probe's answer (the one stream's last point is at 40; the
-    # chunked path probes after its last chunk too, which the engine cut at 45)
-    assert result.probes and result.probes[-1].at_tokens == (40 if streaming else 45)
+    # no box in the reasoning: the last probe's answer, at the last point before the cut (the
+    # chunked path does not probe the end of the chunk the engine cut short at 45 either)
+    assert result.probes and result.probes[-1].at_tokens == 40
     assert result.answer == result.probes[-1].answer
     assert f"boxed{{{result.answer}}}" in result.answer_text
     assert result.answer_tokens == 0
-    assert len(result.probes) == (4 if streaming else 5)  # no probe forced after the cut
+    assert len(result.probes) == 4  # no probe after the cut, forced or not
 
 
 @pytest.mark.parametrize("streaming", [False, True])

@@ -12,9 +12,25 @@ import abc
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
+from certaindex.engines.context_full import is_context_full
+
 
 class EngineError(RuntimeError):
-    """The engine could not produce a completion (unreachable, failing, misconfigured)."""
+    """The engine could not produce a completion (unreachable, failing, misconfigured).
+
+    ``status`` and ``body``: the HTTP status and response text of a server that refused the
+    request (None otherwise), so a caller can tell a full context from other failures."""
+
+    def __init__(self, message: str = "", *, status: int | None = None, body: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+    @property
+    def context_full(self) -> bool:
+        """The engine refused because its context cannot hold the request (see
+        :mod:`certaindex.engines.context_full`)."""
+        return is_context_full(f"{self} {self.body or ''}", self.status)
 
 
 class EngineConfigError(EngineError, ValueError):

@@ -284,7 +284,8 @@ class HTTPEngine(Engine):
                 if response.status_code >= 400:
                     await response.aread()
                     raise EngineError(
-                        f"{self.base_url}/v1/completions answered HTTP {response.status_code}: {_error_text(response)}"
+                        f"{self.base_url}/v1/completions answered HTTP {response.status_code}: {_error_text(response)}",
+                        status=response.status_code, body=_body_text(response),
                     )
                 reader = SSEReader()
                 chunks = response.aiter_bytes()
@@ -354,7 +355,8 @@ class HTTPEngine(Engine):
                         raise EngineError(f"{self.base_url}{path} answered with a non-object: {data!r:.200}")
                     return data
                 error = EngineError(
-                    f"{self.base_url}{path} answered HTTP {response.status_code}: {_error_text(response)}"
+                    f"{self.base_url}{path} answered HTTP {response.status_code}: {_error_text(response)}",
+                    status=response.status_code, body=_body_text(response),
                 )
                 if response.status_code not in TRANSIENT_STATUS:
                     raise error
@@ -439,6 +441,15 @@ def _error_text(response: httpx.Response) -> str:
     except ValueError:
         pass
     return response.text[:300] or response.reason_phrase
+
+
+def _body_text(response: httpx.Response) -> str:
+    """The refusal's body as the server sent it (its first 2,000 characters), for callers that read
+    more than the message (an error's ``type``, such as llama.cpp's ``exceed_context_size_error``)."""
+    try:
+        return response.text[:2000]
+    except (UnicodeDecodeError, httpx.ResponseNotRead):
+        return ""
 
 
 def parse_completion_choice(payload: dict[str, Any], where: str = "engine") -> tuple[Choice, int]:

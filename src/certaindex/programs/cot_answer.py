@@ -10,14 +10,16 @@ the collection cut), and the run stays reported as cut.
 
 The model's own answer has room for ``CoTConfig.answer_room`` tokens: what the client's
 ``max_tokens`` leaves after the reasoning, at most ``answer_tokens``. An answer cut there is never
-passed off as complete: the run's ``stop_reason`` becomes ``answer_length``.
+passed off as complete: the run's ``stop_reason`` becomes ``answer_length``; so it does when the
+engine refuses the answer because its context is full (vLLM refuses a request whose prompt plus
+``max_tokens`` exceed its context): the answer is then the one the reasoning wrote, as with no room.
 """
 
 from __future__ import annotations
 
 from certaindex.core.answers import extract_answer
 from certaindex.core.prompting import THINK_CLOSE, format_answer
-from certaindex.engines.base import BudgetExhausted, Engine, GenerationRequest
+from certaindex.engines.base import BudgetExhausted, Engine, EngineError, GenerationRequest
 from certaindex.programs.cot_run import CoTRun
 
 
@@ -29,13 +31,19 @@ async def model_answer(run: CoTRun, engine: Engine, fallback: str | None) -> tup
     if room == 0:  # the client's max_tokens was spent on the reasoning: no room for an answer
         run.stop_reason = "answer_length"
         return fallback, ""
-    completion = await engine.generate(GenerationRequest(
-        prompt=run.prompt + run.reasoning + THINK_CLOSE + "\n\n",
-        max_tokens=room,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        seed=config.seed,
-    ))
+    try:
+        completion = await engine.generate(GenerationRequest(
+            prompt=run.prompt + run.reasoning + THINK_CLOSE + "\n\n",
+            max_tokens=room,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=config.seed,
+        ))
+    except EngineError as exc:
+        if isinstance(exc, BudgetExhausted) or not exc.context_full:
+            raise
+        run.stop_reason = "answer_length"  # the engine's context has no room for the answer: cut at 0
+        return fallback, ""
     run.answer_tokens += completion.first.completion_tokens
     if completion.first.finish_reason == "length":
         run.stop_reason = "answer_length"

@@ -101,10 +101,15 @@ class ScorePoints:
         return True if run.judge.settled_after(record, pos) else None
 
 
-async def _after_scored_chunk(run: CoTRun, points: ScorePoints, finish_reason: str, tokens: int) -> StopReason | None:
-    """Under a score rule: judge the points this chunk reached; the stop, or None to go on."""
+async def _after_scored_chunk(run: CoTRun, points: ScorePoints, finish_reason: str, tokens: int,
+                              cut_short: bool = False) -> StopReason | None:
+    """Under a score rule: judge the points this chunk reached; the stop, or None to go on.
+    ``cut_short``: the engine ended the chunk on ``length`` before the tokens asked for, so its end
+    is no decision point (a full context would refuse the probe; the next chunk says whether the
+    engine has more)."""
     finished = finish_reason != "length" or tokens == 0
-    end = None if finished or run.reasoning_tokens >= run.config.budget else (run.reasoning_tokens, len(run.reasoning))
+    at_end = finished or cut_short or run.reasoning_tokens >= run.config.budget
+    end = None if at_end else (run.reasoning_tokens, len(run.reasoning))
     settled = run.early_exit and await points.settle(end, finished)
     if settled:
         at = run.judge.exit_position()
@@ -129,14 +134,22 @@ async def _after_chunk(run: CoTRun, chunk_start: int, text: str) -> StopReason |
 async def reason_in_chunks(run: CoTRun, engine: Engine) -> None:
     """Reason chunk by chunk up to the budget, the model's end, or an exit; sets ``run.stop_reason``
     (``budget`` when the budget or a scheduler's allowance ran out, ``engine_length`` when a chunk
-    asked for more gets no token on ``length``: the engine's own limit)."""
+    asked for more gets no token on ``length``, or the engine refuses it because its context is
+    full: the engine's own limit). A chunk the engine ended on ``length`` short of what was asked is
+    not probed at its end: the next chunk is asked for first."""
     points = ScorePoints(run) if run.live is not None else None
     while run.reasoning_tokens < run.config.budget:
+        request = run.reasoning_request(run.reasoning_tokens)
         try:
-            text, tokens, finish_reason, chunk_prompt_tokens = await read_chunk(
-                run, engine, run.reasoning_request(run.reasoning_tokens))
+            text, tokens, finish_reason, chunk_prompt_tokens = await read_chunk(run, engine, request)
         except BudgetExhausted:
             return  # a scheduler has no tokens left for this program: its budget ran out
+        except EngineError as exc:
+            if not (run.reasoning_tokens and exc.context_full):
+                raise  # refused before any reasoning: the prompt itself does not fit
+            # the engine's context is full: as a continuation that gives no token
+            text, tokens, finish_reason, chunk_prompt_tokens = "", 0, "length", 0
+        cut_short = finish_reason == "length" and 0 < tokens < request.max_tokens
         run.prompt_tokens = run.prompt_tokens or chunk_prompt_tokens
         chunk_start = len(run.reasoning)
         run.reasoning += text
@@ -144,11 +157,13 @@ async def reason_in_chunks(run: CoTRun, engine: Engine) -> None:
         run.event("chunk", run.reasoning_tokens, text)
         try:
             if points is not None:
-                stop = await _after_scored_chunk(run, points, finish_reason, tokens)
+                stop = await _after_scored_chunk(run, points, finish_reason, tokens, cut_short)
             elif finish_reason != "length":
                 stop = "finished"
             elif tokens == 0:  # cut on length before the budget, and nothing more: the engine's own limit
                 stop = "engine_length"
+            elif cut_short:  # the engine's limit (or a scheduler's allowance) cut it: no probe there
+                stop = None
             else:
                 stop = await _after_chunk(run, chunk_start, text)
         except BudgetExhausted:

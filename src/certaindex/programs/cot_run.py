@@ -113,8 +113,10 @@ class CoTRun:
         self.emit(CoTEvent(kind, reasoning_tokens, self.side.probe_tokens, text=text))
 
     def probe_failed(self, exc: EngineError) -> None:
-        """A failed probe or trial: raise, or give up early exit and reason to the end."""
-        if self.probe_failures == "raise":
+        """A failed probe or trial: raise, or give up early exit and reason to the end. One the engine
+        refused because its context is full never raises: no later probe fits either, and the
+        reasoning ends where the engine's limit cuts it (``engine_length``)."""
+        if self.probe_failures == "raise" and not exc.context_full:
             raise exc
         self.failed_probes += 1
         self.early_exit = False

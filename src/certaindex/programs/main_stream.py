@@ -261,7 +261,8 @@ class MainStream:
 
     async def read(self) -> Stop:
         """Stream up to the budget or the model's end (``budget`` also when an allowance ran out;
-        ``engine_length`` when the engine cut it before the budget and gives no more)."""
+        ``engine_length`` when the engine cut it before the budget and gives no more, or refuses
+        to go on because its context is full)."""
         while self.tokens < self.budget:
             start_tokens = self.tokens
             finish: str | None = None
@@ -277,6 +278,11 @@ class MainStream:
             except BudgetExhausted:
                 return "budget"
             except EngineError as exc:
+                if self.tokens and exc.context_full:
+                    # the engine refused to go on because its context is full (llama.cpp's server,
+                    # SGLang, vLLM): its own limit, as a continuation that gives no token. Refused
+                    # before any reasoning, the prompt itself does not fit: that error stands.
+                    return "engine_length"
                 self._resume(exc)
                 continue
             if finish is None:  # an engine whose stream ended without saying why: treat as broken
@@ -326,7 +332,8 @@ async def reason_in_one_stream(
     ``seed + tokens so far``, as the chunked path seeds each chunk. A stream that breaks is resumed
     from the prefix ``max_resumes`` times, then its error is raised; a stream cut on ``length``
     before the budget (a scheduler's allowance) is simply continued; where the continuation gives no
-    token, the engine's own limit cut it (stop ``engine_length``). Cancelling closes the stream.
+    token, or the engine refuses it because its context is full, the engine's own limit cut it (stop
+    ``engine_length``). Cancelling closes the stream.
 
     ``trial_points(final)``, called after ``on_delta`` has seen each piece, gives the trial points
     confirmed since (character offset, token position); they are offered as ``trial`` points, in

@@ -59,6 +59,15 @@ async def record_one(engine: Engine, problem: Problem, settings: TraceSettings, 
 
     The requests are exactly those :func:`certaindex.programs.cot.solve_cot` sends with
     ``probe_interval = g`` (plus logprobs), so replaying with any multiple of g reproduces it.
+
+    A run the engine cuts before the budget (a chunk ended on ``length`` short of its g tokens, or a
+    continuation or probe the engine refuses because its context is full) is refused with an
+    :class:`EngineError` saying so, not recorded: a trace holds a run that finished or reached the
+    recording's budget, and replay, ``evaluate`` and ``calibrate`` read it as the model's full
+    reasoning at that budget (a cut run recorded as ``finished`` would stand for an answer the model
+    never finished; one recorded as ``budget`` for a budget it never had). The fix is a budget the
+    engine's context holds, or a longer context. An answer after ``</think>`` the full context refuses
+    is recorded truthfully: ``final.finish_reason`` ``length``, 0 tokens, the reasoning's answer.
     """
     seed = settings.sample_seed(sample)
     config = settings.cot_config(seed=seed)
@@ -73,26 +82,39 @@ async def record_one(engine: Engine, problem: Problem, settings: TraceSettings, 
     stop = "budget"
     while tokens < settings.budget:
         want = min(g, settings.budget - tokens)
-        completion = await engine.generate(
-            GenerationRequest(
-                prompt=prompt + reasoning,
-                max_tokens=want,
-                stop=(THINK_CLOSE,) if thinking else (),
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                seed=None if seed is None else seed + tokens,
-                logprobs=settings.logprobs,
+        try:
+            completion = await engine.generate(
+                GenerationRequest(
+                    prompt=prompt + reasoning,
+                    max_tokens=want,
+                    stop=(THINK_CLOSE,) if thinking else (),
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    seed=None if seed is None else seed + tokens,
+                    logprobs=settings.logprobs,
+                )
             )
-        )
+        except EngineError as exc:
+            if tokens and exc.context_full:
+                raise engine_cut(engine, problem, tokens, settings.budget, str(exc)) from exc
+            raise
         choice = completion.first
         if choice.completion_tokens > want:
             raise EngineError(f"{engine.name} returned {choice.completion_tokens} tokens for max_tokens={want}")
+        if choice.finish_reason == "length" and choice.completion_tokens < want:
+            raise engine_cut(engine, problem, tokens + choice.completion_tokens, settings.budget,
+                             f"a chunk asked for {want} tokens ended on length after {choice.completion_tokens}")
         prompt_tokens = prompt_tokens or completion.prompt_tokens
         reasoning += choice.text
         tokens += choice.completion_tokens
         entropy, confidence, lowest = logprob_stats(choice.logprobs, settings.confidence_window)
         finished = choice.finish_reason != "length" or choice.completion_tokens == 0
-        probe = None if finished else await _probe(engine, prompt + reasoning, tokens, settings, seed, box)
+        try:
+            probe = None if finished else await _probe(engine, prompt + reasoning, tokens, settings, seed, box)
+        except EngineError as exc:
+            if not exc.context_full:
+                raise
+            raise engine_cut(engine, problem, tokens, settings.budget, f"its probe was refused: {exc}") from exc
         chunks.append(Chunk(choice.text, choice.completion_tokens, choice.finish_reason, entropy, confidence, lowest, probe))
         if finished:
             stop = "finished"
@@ -102,19 +124,7 @@ async def record_one(engine: Engine, problem: Problem, settings: TraceSettings, 
         assert last is not None
         final = FinalAnswer("budget-probe", last.answer, last.text, last.tokens, last.finish_reason)
     elif thinking:
-        completion = await engine.generate(
-            GenerationRequest(
-                prompt=prompt + reasoning + THINK_CLOSE + "\n\n",
-                max_tokens=settings.answer_tokens,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                seed=seed,
-            )
-        )
-        choice = completion.first
-        text = choice.text.strip()
-        final = FinalAnswer("after-think", extract_answer(text) or extract_answer(reasoning), choice.text,
-                            choice.completion_tokens, choice.finish_reason)
+        final = await _after_think(engine, prompt + reasoning, reasoning, settings, seed)
     else:
         final = FinalAnswer("reasoning", extract_answer(reasoning))
     return TraceRecord(
@@ -131,6 +141,40 @@ async def record_one(engine: Engine, problem: Problem, settings: TraceSettings, 
         stop=stop,
         final=final,
         correct=answers_equal(final.answer, problem.answer),
+    )
+
+
+async def _after_think(engine: Engine, prefix: str, reasoning: str, settings: TraceSettings,
+                       seed: int | None) -> FinalAnswer:
+    """The answer a reasoning model writes after ``</think>``; one the full context refuses is an
+    answer cut at 0 tokens (``finish_reason`` ``length``) that the reasoning's answer stands for."""
+    try:
+        completion = await engine.generate(
+            GenerationRequest(
+                prompt=prefix + THINK_CLOSE + "\n\n",
+                max_tokens=settings.answer_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                seed=seed,
+            )
+        )
+    except EngineError as exc:
+        if not exc.context_full:
+            raise
+        return FinalAnswer("after-think", extract_answer(reasoning), "", 0, "length")
+    choice = completion.first
+    text = choice.text.strip()
+    return FinalAnswer("after-think", extract_answer(text) or extract_answer(reasoning), choice.text,
+                       choice.completion_tokens, choice.finish_reason)
+
+
+def engine_cut(engine: Engine, problem: Problem, tokens: int, budget: int, why: str) -> EngineError:
+    """The error for a reasoning the engine cut before the recording's budget (see :func:`record_one`)."""
+    return EngineError(
+        f"{engine.name} cut the reasoning of problem {problem.id!r} at {tokens} tokens, before the budget of "
+        f"{budget} ({why}): its context is full. A trace records a run that finished or reached the budget, "
+        "so this one is not recorded; record with a budget the engine's context holds (its context minus the "
+        "prompt and the answer after </think>), or give the engine a longer context"
     )
 
 
