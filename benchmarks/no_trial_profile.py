@@ -58,6 +58,7 @@ from certaindex.evaluation.score_policy import (
 )
 from certaindex.evaluation.profiles import parse_profile
 from certaindex.traces.governor import Trajectory, read_governor
+from _cli_args import pop_value
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "no-trial-profile"
@@ -229,11 +230,7 @@ def choose(rows: list[dict]) -> dict | None:
 
 def main() -> int:
     args = sys.argv[1:]
-    cache_path = None
-    if "--grade-cache" in args:
-        i = args.index("--grade-cache")
-        cache_path = args[i + 1]
-        del args[i:i + 2]
+    cache_path = pop_value(args, "--grade-cache")
     write = "--write" in args
     args = [a for a in args if not a.startswith("--")]
     path = Path(args[0]) if args else Path("/work/shared/traces/governor")

@@ -24,6 +24,7 @@ from certaindex.cli.governor import grade, read_trajectories  # noqa: E402
 from certaindex.core.exit_score import FEATURES, ScoreModel  # noqa: E402
 from certaindex.evaluation import score_policy as sp  # noqa: E402
 from certaindex.evaluation.profiles import shipped_profiles  # noqa: E402
+from _cli_args import pop_value  # noqa: E402
 
 FAMILIES = (("r1-distill-qwen-7b", "r1-distill-qwen"), ("qwen3-8b", "qwen3"))
 
@@ -52,11 +53,7 @@ def exit_counts(trajs, rule: dict, cache) -> dict[str, int]:
 
 def main() -> int:
     args = sys.argv[1:]
-    cache_path = None
-    if "--grade-cache" in args:
-        i = args.index("--grade-cache")
-        cache_path = args[i + 1]
-        del args[i:i + 2]
+    cache_path = pop_value(args, "--grade-cache")
     path = Path(args[0]) if args else ROOT.parent / "shared" / "traces" / "governor"
     profiles = {p.name: p for p in shipped_profiles()}
     lines = [f"# python benchmarks/partial_answers.py {path}",

@@ -39,6 +39,7 @@ from certaindex.evaluation.peers import full_reasoning
 from certaindex.evaluation.profiles import parse_profile
 from certaindex.evaluation.score_policy import LABELS, calibrate, fit_split, score_profile_json, select_setting
 from certaindex.traces.governor import read_governor
+from _cli_args import pop_value
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = ["r1-distill-qwen-7b", "qwen3-8b", "r1-distill-qwen-32b", "r1-distill-llama-8b"]
@@ -221,19 +222,13 @@ def reach_deer(fam, cal, cache):
 
 def main() -> int:
     args = sys.argv[1:]
-    cache_path = None
-    if "--grade-cache" in args:
-        i = args.index("--grade-cache")
-        cache_path = args[i + 1]
-        del args[i:i + 2]
+    cache_path = pop_value(args, "--grade-cache")
     write = "--write" in args
     select = "--select" in args  # choose label, alpha and guard on held-aside train (tried; not what ships)
     reach = "--reach-deer" in args  # lower a trial family's certified threshold to DEER 0.999's savings + a margin
-    only = None
-    if "--only" in args:
-        i = args.index("--only")
-        only = set(args[i + 1].split(","))
-        del args[i:i + 2]
+    only_value = pop_value(args, "--only")
+    only = set(only_value.split(",")) if only_value is not None else None
+    if only is not None:
         unknown = only - {f[0] for f in FAMILIES}
         if unknown:
             raise SystemExit(f"--only: no family {', '.join(sorted(unknown))} (known: {', '.join(f[0] for f in FAMILIES)})")

@@ -52,6 +52,7 @@ from certaindex.evaluation import score_policy
 from certaindex.evaluation.score_policy import LABELS, Calibration, calibrate, fit_split, observations, score_profile_json
 from certaindex.evaluation.trial_reading import trials_as_read
 from certaindex.traces.governor import Trajectory, read_governor
+from _cli_args import pop_value
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "transfer"
@@ -395,11 +396,7 @@ def reach_markdown(result: dict) -> str:
 
 def main() -> int:
     args = sys.argv[1:]
-    cache_path = None
-    if "--grade-cache" in args:
-        i = args.index("--grade-cache")
-        cache_path = args[i + 1]
-        del args[i:i + 2]
+    cache_path = pop_value(args, "--grade-cache")
     write = "--write" in args
     reach = "--reach-deer" in args  # the study of the DEER anchor on train (never writes the profile)
     if write and reach:

@@ -32,6 +32,7 @@ from certaindex.evaluation.peers import deer, full_reasoning  # noqa: E402
 from certaindex.evaluation.score_policy import fit_split  # noqa: E402
 from certaindex.evaluation.trial_reading import trials_as_read  # noqa: E402
 from certaindex.traces.governor import read_governor  # noqa: E402
+from _cli_args import pop_value  # noqa: E402
 
 THRESHOLDS = (0.99999, 0.9999, 0.9995, 0.999, 0.995, 0.99)
 
@@ -48,11 +49,7 @@ def deer_row(trajs, threshold: float, cache) -> tuple[float, float, int]:
 
 def main() -> int:
     args = sys.argv[1:]
-    cache_path = None
-    if "--grade-cache" in args:
-        i = args.index("--grade-cache")
-        cache_path = args[i + 1]
-        del args[i:i + 2]
+    cache_path = pop_value(args, "--grade-cache")
     path = Path(args[0]) if args else tp.ROOT.parent / "shared" / "traces" / "governor"
     trajs = with_final_answers([t for r in read_governor(path, "all") for t in r.trajectories if r.model in tp.WITH_TRIALS])
     cache = tp.graded(trajs, cache_path)
