@@ -170,6 +170,13 @@ def guard_table(trajs, cache) -> list[str]:
                          f"gained {gained:2d}; accuracy {100 * acc0 / len(ts):5.1f} -> {100 * acc / len(ts):5.1f} "
                          f"({100 * (acc - acc0) / len(ts):+.2f} pt); saved {100 * (1 - tok0 / full_tok):5.1f}% -> "
                          f"{100 * (1 - tok / full_tok):5.1f}% ({100 * (tok0 - tok) / full_tok:+.2f} pt)")
+            by_problem: dict[int, int] = {}
+            for t, r in zip(ts, res):
+                if r[g][0] != r["none"][0]:
+                    by_problem[t.problem_id] = by_problem.get(t.problem_id, 0) + r[g][0] - r["none"][0]
+            if by_problem:
+                lines[-1] += "; savings lost by problem: " + ", ".join(
+                    f"{pid} {100 * v / full_tok:.2f}" for pid, v in sorted(by_problem.items()))
             m = per_model.setdefault(model, {}).setdefault(g, [0, 0, 0, 0, 0, 0, 0, 0])
             for i, v in enumerate((removed, added, lost, gained, acc - acc0, tok - tok0, full_tok, len(ts))):
                 m[i] += v
