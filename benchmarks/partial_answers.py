@@ -6,7 +6,7 @@ right), and how many exit at an observation whose answer has fewer parts than an
 the run (feature ``fewer_parts``, ``core.exit_score.answer_parts``), the signal a veto would read.
 
 Part 2 (``--guards``; TRAIN only unless ``--split`` says otherwise). The problem text shows what the
-answers cannot: :func:`certaindex.core.list_questions.asks_for_several` (fixed before any outcome
+answers cannot: ``benchmarks/list_questions.py``'s ``asks_for_several`` (fixed before any outcome
 was looked at). For all four families under the profile ``evaluate --policy default`` replays
 (R1-32B / R1-Llama: ``conservative``, their traces hold no trials), per dataset: exits on list-asking
 problems, harmful ones, and harmful ones at a one-part answer where the gold answer has several
@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from certaindex.cli.governor import grade, read_trajectories  # noqa: E402
 from certaindex.core.exit_score import FEATURES, ScoreModel, answer_parts, stream_features  # noqa: E402
-from certaindex.core.list_questions import asks_for_several  # noqa: E402
 from certaindex.evaluation import score_policy as sp  # noqa: E402
 from certaindex.evaluation.governor import default_profile  # noqa: E402
 from certaindex.evaluation.profiles import shipped_profiles  # noqa: E402
 from certaindex.evaluation.trial_reading import trials_as_read  # noqa: E402
 from _cli_args import pop_value  # noqa: E402
+from list_questions import asks_for_several  # noqa: E402
 
 FAMILIES = (("r1-distill-qwen-7b", "r1-distill-qwen"), ("qwen3-8b", "qwen3"))
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
-from certaindex.core.list_questions import asks_for_several
+_SPEC = importlib.util.spec_from_file_location(
+    "list_questions", Path(__file__).resolve().parents[1] / "benchmarks" / "list_questions.py")
+_MODULE = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_MODULE)
+asks_for_several = _MODULE.asks_for_several
 
 
 @pytest.mark.parametrize("problem", [

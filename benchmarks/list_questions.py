@@ -3,6 +3,10 @@
 Why: a probe read while the model has found one of two roots answers the list cut short (``2``
 where the answer is ``2, -3``), and nothing in the answers seen so far shows it: the fuller answer
 has not appeared yet. The question does show it ("Enter all the solutions, separated by commas").
+
+The detector of the partial-answers study (``benchmarks/partial_answers.py --guards``, issue 19
+item 6), fixed before any outcome was looked at. No guard on it passed on train, so it is not part
+of the package's exit decision; it lives here, beside the study, for the next attempt.
 """
 
 from __future__ import annotations
