@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from certaindex.cli.governor import grade, read_trajectories  # noqa: E402
 from certaindex.core.exit_score import FEATURES, ScoreModel, answer_parts, stream_features  # noqa: E402
 from certaindex.evaluation import score_policy as sp  # noqa: E402
-from certaindex.evaluation.governor import default_profile  # noqa: E402
+from certaindex.evaluation.governor import default_profile, run_profile  # noqa: E402
 from certaindex.evaluation.profiles import shipped_profiles  # noqa: E402
 from certaindex.evaluation.trial_reading import trials_as_read  # noqa: E402
 from _cli_args import pop_value  # noqa: E402
@@ -145,6 +145,11 @@ def guard_table(trajs, cache) -> list[str]:
         full_tok = sum(t.tokens_used for t in ts)
         full_ok = [cache.correct(t.final_answer, t.target) for t in ts]
         res = [guard_outcomes(t, default_profile(t).rule, cache) for t in ts]
+        for t, r in zip(ts, res):  # no guard: exactly what `evaluate --policy default` replays
+            o = run_profile(default_profile(t), t, cache.key, lambda a, tg=t.target: cache.correct(a, tg))
+            if (o.tokens, o.correct) != r["none"]:
+                raise AssertionError(f"{model} {dataset} {t.problem_id} seed {t.seed}: the replay here differs "
+                                     f"from evaluate's ({r['none']} against {(o.tokens, o.correct)})")
         asks = [asks_for_several(t.problem) for t in ts]
         ex = [r["_exit_answer"] is not None for r in res]
         harm = [f and not r["none"][1] for f, r in zip(full_ok, res)]
@@ -203,7 +208,8 @@ def main() -> int:
         trajs, _, _ = read_trajectories(path, split, quiet=True)
         cache = grade(trajs, cache_path, quiet=True)
         lines = [f"# python benchmarks/partial_answers.py {path} --guards --split {split}",
-                 "# profiles as `evaluate --policy default` replays them; guards: "
+                 "# profiles as `evaluate --policy default` replays them (checked: with no guard, equal to its"
+                 " run_profile on every trajectory); guards: "
                  + "; ".join(f"{g}: one-part answer on a list-asking problem exits only if {d}" for g, d in GUARDS.items()),
                  *guard_table(trajs, cache)]
         out = ROOT / "benchmarks" / "results" / "partial-answers" / f"partial-answers-guards-{split}.txt"
