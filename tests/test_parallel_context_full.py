@@ -1,0 +1,115 @@
+"""Self-consistency, DeepConf and reward-guided search when the engine's context is full: a sample
+the engine cuts (``length`` before ``max_tokens``) or refuses for a full context ends cut with what
+it wrote, the program answers from the other samples and says how many were cut; refused before
+anything was written, the prompt itself does not fit and the error stands; other errors still fail."""
+
+from __future__ import annotations
+
+import pytest
+
+from certaindex.engines.base import EngineError
+from certaindex.programs.self_consistency import NoAnswerError, SCConfig, first_finish, self_consistency
+from certaindex.server.chat_programs import sc_outcome
+from certaindex.server.metering import MeteredEngine
+from tests.fakes import ContextFullFakeEngine, SamplingFakeEngine
+from tests.misbehaving_upstream import FakeUpstream
+from tests.test_server import QUESTION as CHAT, start_stack
+
+QUESTION = "What is six times seven?"
+SC = SCConfig(n=12, first_round=4, round_size=4, rule="fixed", max_tokens=64)
+
+
+def round_from(seed: int):
+    """Refuse every request whose first sample's seed is ``seed`` or later (a round of SC)."""
+    return lambda request: request.seed is not None and request.seed >= seed
+
+
+async def test_sc_answers_from_the_rounds_before_a_refused_one_and_asks_no_more() -> None:
+    inner = SamplingFakeEngine({"42": 1.0})
+    engine = ContextFullFakeEngine(inner, refuse=round_from(4))
+    result = await self_consistency(engine, QUESTION, SC)
+    assert result.stop_reason == "engine_length"
+    assert (result.samples_used, result.samples_cut) == (8, 4)
+    assert [s.cut for s in result.samples] == [False] * 4 + [True] * 4
+    assert all(s.text == "" and s.answer is None and s.tokens == 0 for s in result.samples[4:])
+    assert result.answer == "42" and (result.vote.count, result.vote.n_samples) == (4, 8)
+    assert result.total_tokens == 4 * inner.tokens_per_sample
+    assert len(engine.refused) == 1 and len(inner.calls) == 1  # the refused round is not asked again
+
+
+async def test_sc_sample_cut_by_the_engine_keeps_its_text_and_the_vote_goes_on() -> None:
+    inner = SamplingFakeEngine({"42": 1.0})
+    engine = ContextFullFakeEngine(inner, cut_seeds=[1, 5], cut_at=3)
+    result = await self_consistency(engine, QUESTION, SC)
+    assert result.stop_reason == "budget" and result.samples_used == 12  # cut samples do not end sampling
+    assert [i for i, s in enumerate(result.samples) if s.cut] == [1, 5]
+    cut = result.samples[1]
+    assert (cut.text, cut.answer, cut.tokens, cut.finish_reason) == ("x x x ", None, 3, "length")
+    assert result.answer == "42" and result.vote.count == 10
+    assert result.total_tokens == 10 * inner.tokens_per_sample + 2 * 3
+
+
+async def test_sc_sample_at_its_own_max_tokens_is_not_cut() -> None:
+    engine = ContextFullFakeEngine(SamplingFakeEngine({"42": 1.0}), cut_seeds=[0], cut_at=4)
+    result = await self_consistency(engine, QUESTION, SCConfig(n=4, first_round=4, rule="fixed", max_tokens=4))
+    assert result.samples[0].finish_reason == "length" and result.samples_cut == 0  # the budget, not the engine
+
+
+async def test_sc_with_every_sample_cut_or_refused_is_a_clear_no_answer() -> None:
+    engine = ContextFullFakeEngine(SamplingFakeEngine({"42": 1.0}), refuse=round_from(4), cut_seeds=range(4))
+    with pytest.raises(NoAnswerError, match=r"none of the 8 samples gave an answer \(8 cut by the engine\)") as caught:
+        await self_consistency(engine, QUESTION, SC)
+    assert (caught.value.samples_used, caught.value.cut, caught.value.total_tokens) == (8, 8, 4 * 2)
+
+
+async def test_sc_refused_before_any_sample_is_still_an_error() -> None:
+    engine = ContextFullFakeEngine(SamplingFakeEngine({"42": 1.0}), refuse=round_from(0))
+    with pytest.raises(EngineError) as caught:
+        await self_consistency(engine, QUESTION, SC)
+    assert caught.value.context_full and caught.value.status == 400
+
+
+async def test_sc_other_refusals_still_fail() -> None:
+    engine = ContextFullFakeEngine(SamplingFakeEngine({"42": 1.0}), refuse=round_from(4), message="model 'x' not found")
+    with pytest.raises(EngineError, match="not found") as caught:
+        await self_consistency(engine, QUESTION, SC)
+    assert not caught.value.context_full
+
+
+async def test_sc_outcome_reports_the_cut_samples_and_finishes_on_length() -> None:
+    engine = MeteredEngine(ContextFullFakeEngine(SamplingFakeEngine({"42": 1.0}), refuse=round_from(4), cut_seeds=[2]))
+    result = await self_consistency(engine, QUESTION, SC)
+    outcome = sc_outcome(result, engine)
+    assert outcome.finish_reason == "length" and "\\boxed{42}" in outcome.content
+    assert outcome.details["stop_reason"] == "engine_length"
+    assert (outcome.details["samples"], outcome.details["samples_cut"]) == (8, 5)
+
+
+async def test_first_finish_passes_over_refused_samples() -> None:
+    inner = SamplingFakeEngine({"1": 1.0}, tokens_per_sample=20, token_delay_s=0.001)
+    engine = ContextFullFakeEngine(inner, refuse=lambda request: request.seed in (0, 1))
+    result = await first_finish(engine, QUESTION, n=4, config=SCConfig(seed=0))
+    assert result.answer == "1" and result.refused == 2
+
+
+async def test_first_finish_with_every_sample_refused_raises_the_refusal() -> None:
+    engine = ContextFullFakeEngine(SamplingFakeEngine({"1": 1.0}), refuse=lambda request: True)
+    with pytest.raises(EngineError) as caught:
+        await first_finish(engine, QUESTION, n=3, config=SCConfig(seed=0))
+    assert caught.value.context_full and len(engine.refused) == 3
+
+
+def test_the_proxy_reports_sc_samples_the_engine_cut() -> None:
+    """Every sample cut by the upstream's full context (``length`` at 3 tokens of the 8 asked): a
+    clear no-answer reply on ``length`` that counts them, not a failure."""
+    stack, contexts = start_stack(FakeUpstream(context_tokens=3))
+    try:
+        reply = stack.client().chat.completions.create(
+            model="m", messages=CHAT, max_tokens=8, extra_body={"certaindex": {"policy": "sc", "samples": 4}})
+    finally:
+        for context in contexts:
+            context.__exit__(None, None, None)
+    info = reply.model_extra["certaindex"]
+    assert reply.choices[0].finish_reason == "length" and reply.choices[0].message.content == ""
+    assert (info["stop_reason"], info["samples"], info["samples_cut"]) == ("no-answer", 4, 4)
+    assert reply.usage.completion_tokens == 4 * 3
