@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from certaindex.engines.base import EngineError
+from certaindex.programs.deepconf import DeepConfConfig, deepconf
 from certaindex.programs.self_consistency import NoAnswerError, SCConfig, first_finish, self_consistency
 from certaindex.server.chat_programs import sc_outcome
 from certaindex.server.metering import MeteredEngine
@@ -97,6 +98,65 @@ async def test_first_finish_with_every_sample_refused_raises_the_refusal() -> No
     with pytest.raises(EngineError) as caught:
         await first_finish(engine, QUESTION, n=3, config=SCConfig(seed=0))
     assert caught.value.context_full and len(engine.refused) == 3
+
+
+SPLIT = {"42": 2.0, "13": 1.0}
+DC = DeepConfConfig(n=8, warmup=4, window=4, threshold=1.0, concurrency=4, max_tokens=64)
+
+
+async def test_deepconf_answers_from_the_traces_beside_a_refused_one_and_starts_no_more() -> None:
+    inner = SamplingFakeEngine(SPLIT)  # seeds 0-3 answer 13, 42, 13, 42
+    engine = ContextFullFakeEngine(inner, refuse=lambda request: request.seed == 1)
+    result = await deepconf(engine, QUESTION, DC)
+    assert result.answer == "13" and result.vote.count == 2 and result.stop_reason == "engine_length"
+    assert (result.samples_used, result.samples_cut) == (4, 1)  # the warm-up only
+    refused = result.traces[1]
+    assert refused.cut and not refused.votes and (refused.text, refused.tokens) == ("", 0)
+    assert result.bar is not None and result.bar > float("-inf")  # set by the three that ran
+    assert result.vote.n_samples == 3 and result.total_tokens == 3 * inner.tokens_per_sample
+    assert len(inner.calls) == 3 and len(engine.refused) == 1
+
+
+async def test_deepconf_refused_in_a_later_batch_keeps_the_warm_up_vote() -> None:
+    inner = SamplingFakeEngine(SPLIT)  # seeds 0-4 answer 13, 42, 13, 42, 42
+    engine = ContextFullFakeEngine(inner, refuse=lambda request: request.seed >= 5)
+    config = DeepConfConfig(n=11, warmup=3, window=4, threshold=1.0, concurrency=2, online=False)
+    result = await deepconf(engine, QUESTION, config)
+    assert result.answer == "42" and result.vote.count == 3 and result.stop_reason == "engine_length"
+    assert (result.samples_used, result.samples_cut) == (7, 2)  # no batch after the refused one
+    assert len(engine.refused) == 2 and len(inner.calls) == 5
+
+
+async def test_deepconf_trace_cut_by_the_engine_keeps_its_text_and_votes_with_it() -> None:
+    inner = SamplingFakeEngine({"42": 1.0})
+    engine = ContextFullFakeEngine(inner, cut_seeds=[2], cut_at=5)
+    result = await deepconf(engine, QUESTION, DeepConfConfig(n=4, warmup=4, window=4, threshold=1.0, max_tokens=64))
+    assert result.stop_reason == "budget" and result.samples_cut == 1
+    cut = result.traces[2]
+    assert cut.cut and cut.votes and (cut.text, cut.tokens, cut.answer) == ("x x x x x ", 5, None)
+    assert result.answer == "42" and result.vote.n_samples == 4  # it voted, for no answer
+    assert result.total_tokens == 3 * inner.tokens_per_sample + 5
+
+
+async def test_deepconf_with_every_trace_cut_is_a_clear_no_answer() -> None:
+    engine = ContextFullFakeEngine(SamplingFakeEngine({"42": 1.0}), cut_seeds=range(8), cut_at=5)
+    with pytest.raises(NoAnswerError, match=r"none of the 8 traces gave an answer \(8 cut by the engine\)") as caught:
+        await deepconf(engine, QUESTION, DC)
+    assert (caught.value.cut, caught.value.total_tokens) == (8, 8 * 5)
+
+
+async def test_deepconf_with_every_warm_up_trace_refused_is_still_an_error() -> None:
+    engine = ContextFullFakeEngine(SamplingFakeEngine({"42": 1.0}), refuse=lambda request: True)
+    with pytest.raises(EngineError) as caught:
+        await deepconf(engine, QUESTION, DC)
+    assert caught.value.context_full and len(engine.refused) == DC.warmup
+
+
+async def test_deepconf_other_refusals_still_fail() -> None:
+    engine = ContextFullFakeEngine(SamplingFakeEngine({"42": 1.0}), refuse=lambda request: request.seed == 1,
+                                   message="model 'x' not found")
+    with pytest.raises(EngineError, match="not found"):
+        await deepconf(engine, QUESTION, DC)
 
 
 def test_the_proxy_reports_sc_samples_the_engine_cut() -> None:
