@@ -5,14 +5,17 @@ anything was written, the prompt itself does not fit and the error stands; other
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from certaindex.engines.base import EngineError
 from certaindex.programs.deepconf import DeepConfConfig, deepconf
+from certaindex.programs.search import Node, SearchConfig, best_of_n, rebase_search
 from certaindex.programs.self_consistency import NoAnswerError, SCConfig, first_finish, self_consistency
 from certaindex.server.chat_programs import sc_outcome
 from certaindex.server.metering import MeteredEngine
-from tests.fakes import ContextFullFakeEngine, SamplingFakeEngine
+from tests.fakes import LLAMA_CPP_CONTEXT_FULL, ContextFullFakeEngine, SamplingFakeEngine, StepFakeEngine
 from tests.misbehaving_upstream import FakeUpstream
 from tests.test_server import QUESTION as CHAT, start_stack
 
@@ -157,6 +160,77 @@ async def test_deepconf_other_refusals_still_fail() -> None:
                                    message="model 'x' not found")
     with pytest.raises(EngineError, match="not found"):
         await deepconf(engine, QUESTION, DC)
+
+
+async def test_best_of_n_answers_from_the_candidates_beside_one_the_engine_cut() -> None:
+    inner = SamplingFakeEngine({"42": 1.0})
+    engine = ContextFullFakeEngine(inner, cut_seeds=[2], cut_at=3)
+    result = await best_of_n(engine, QUESTION, SearchConfig(width=4, max_tokens=64))
+    assert result.answer == "42" and result.samples_cut == 1
+    assert [n.cut for n in result.finished] == [False, False, True, False]
+    assert result.finished[2].text == "x x x " and result.total_tokens == 3 * inner.tokens_per_sample + 3
+
+
+async def test_best_of_n_with_every_candidate_cut_is_a_clear_no_answer() -> None:
+    engine = ContextFullFakeEngine(SamplingFakeEngine({"42": 1.0}), cut_seeds=range(4), cut_at=3)
+    with pytest.raises(NoAnswerError, match=r"none of the 4 candidates gave an answer \(4 cut by the engine\)") as caught:
+        await best_of_n(engine, QUESTION, SearchConfig(width=4, max_tokens=64))
+    assert (caught.value.cut, caught.value.total_tokens) == (4, 4 * 3)
+
+
+async def test_best_of_n_refused_is_still_an_error() -> None:
+    engine = ContextFullFakeEngine(SamplingFakeEngine({"42": 1.0}), refuse=lambda request: True)
+    with pytest.raises(EngineError) as caught:
+        await best_of_n(engine, QUESTION, SearchConfig(width=4))
+    assert caught.value.context_full
+
+
+async def even(question: str, node: Node) -> list[float]:
+    return [0.5] * len(node.steps)
+
+
+WORDS = ("seven", "nine")  # answers with no digit, so a cut step's text is no answer
+REBASE = SearchConfig(width=4, max_depth=6, threshold=1.0, reject_margin=1.0)
+
+
+async def test_rebase_ends_a_candidate_whose_step_is_refused_and_finishes_the_others() -> None:
+    inner = StepFakeEngine(answers=WORDS, steps_to_answer=2)  # the first steps: paths seven, nine, seven, nine
+    engine = ContextFullFakeEngine(inner, refuse=lambda request: "path nine" in request.prompt)
+    result = await rebase_search(engine, QUESTION, even, REBASE)
+    assert result.answer == "seven" and result.samples_cut == 2
+    cut = [n for n in result.finished if n.cut]
+    assert [n.text for n in cut] == ["path nine begins\n\n"] * 2 and all(n.done and n.tokens == 4 for n in cut)
+    whole = "path seven begins\n\npath seven begins continues\n\nso \\boxed{seven}"
+    assert [n.text for n in result.finished if not n.cut] == [whole] * 2
+    assert len(engine.refused) == 2  # each refused once, never asked again
+    assert result.total_tokens == (4 + 2 + 2) * inner.tokens_per_step
+
+
+async def test_rebase_step_cut_by_the_engine_ends_its_candidate_with_what_it_wrote() -> None:
+    inner = StepFakeEngine(answers=WORDS, steps_to_answer=2)
+    engine = ContextFullFakeEngine(inner, cut_seeds=[5], cut_at=2)  # depth 2's second request: path nine's step
+    result = await rebase_search(engine, QUESTION, even, REBASE)
+    cut = [n for n in result.finished if n.cut]
+    assert [(n.text, n.tokens) for n in cut] == [("path nine begins\n\npath nine ", 4 + 2)]
+    assert result.answer in WORDS and result.samples_cut == 1 and len(result.finished) == 4
+    assert not any(r.prompt.endswith("path nine ") for r in inner.calls)  # nothing asked after the cut
+
+
+async def test_rebase_with_every_candidate_refused_is_a_clear_no_answer() -> None:
+    engine = ContextFullFakeEngine(StepFakeEngine(answers=WORDS), refuse=lambda request: "path" in request.prompt)
+    with pytest.raises(NoAnswerError, match=r"none of the 4 finished candidates gave an answer \(4 cut by the engine\)"):
+        await rebase_search(engine, QUESTION, even, REBASE)
+
+
+@pytest.mark.parametrize("message", [LLAMA_CPP_CONTEXT_FULL, "model 'x' not found"])
+async def test_rebase_refused_at_the_root_or_for_another_reason_is_still_an_error(message: str) -> None:
+    root = ContextFullFakeEngine(StepFakeEngine(), refuse=lambda request: "path" not in request.prompt, message=message)
+    with pytest.raises(EngineError, match=re.escape(message)):
+        await rebase_search(root, QUESTION, even, REBASE)
+    later = ContextFullFakeEngine(StepFakeEngine(), refuse=lambda request: "path 9" in request.prompt,
+                                  message="model 'x' not found")
+    with pytest.raises(EngineError, match="not found"):
+        await rebase_search(later, QUESTION, even, REBASE)
 
 
 def test_the_proxy_reports_sc_samples_the_engine_cut() -> None:
