@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import openai
 import pytest
 
 from certaindex.engines.base import EngineError
@@ -247,3 +248,17 @@ def test_the_proxy_reports_sc_samples_the_engine_cut() -> None:
     assert reply.choices[0].finish_reason == "length" and reply.choices[0].message.content == ""
     assert (info["stop_reason"], info["samples"], info["samples_cut"]) == ("no-answer", 4, 4)
     assert reply.usage.completion_tokens == 4 * 3
+
+
+def test_the_proxy_passes_on_an_sc_request_the_full_context_refuses_at_once() -> None:
+    """Refused on the first round (the prompt with ``max_tokens`` does not fit): the client gets the
+    upstream's 400 and reason, as for cot."""
+    refusal = {"error": {"code": 400, "message": LLAMA_CPP_CONTEXT_FULL, "type": "exceed_context_size_error"}}
+    stack, contexts = start_stack(FakeUpstream(context_tokens=0, context_refusal=refusal))
+    try:
+        with pytest.raises(openai.BadRequestError, match="exceeds the available context size"):
+            stack.client().chat.completions.create(
+                model="m", messages=CHAT, max_tokens=8, extra_body={"certaindex": {"policy": "sc", "samples": 4}})
+    finally:
+        for context in contexts:
+            context.__exit__(None, None, None)

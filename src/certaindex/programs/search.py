@@ -277,7 +277,6 @@ async def rebase_search(
     )
 
 
-
 async def _expand(
     engine: Engine, question: str, prompt: str, node: Node, count: int, config: SearchConfig,
     seed: int | None, scorer: Scorer,

@@ -13,9 +13,9 @@ Nothing is in flight when a round ends, so stopping wastes no tokens and every t
 
 A sample the engine cuts short (``length`` before ``max_tokens``: its context filled) keeps what it
 wrote and votes with it. A round the engine refuses because its context is full ends its samples
-cut with no text and ends the sampling (``stop_reason: engine_length``; the same request would be
-refused again): the vote is taken on the samples drawn. Refused before any sample, the prompt
-itself does not fit: that error stands.
+cut with no text (they count in the vote as samples without an answer) and ends the sampling
+(``stop_reason: engine_length``; the same request would be refused again). Refused before any
+sample, the prompt itself does not fit: that error stands.
 """
 
 from __future__ import annotations
