@@ -304,3 +304,65 @@ class StepFakeEngine(Engine):
                 text = f"so \\boxed{{{done_steps[0].split()[1]}}}"
             choices.append(Choice(text=text, finish_reason="stop", completion_tokens=self.tokens_per_step))
         return Completion(choices=tuple(choices), prompt_tokens=3)
+
+
+LLAMA_CPP_CONTEXT_FULL = "request (4476 tokens) exceeds the available context size (4096 tokens), try increasing it"
+
+
+class ContextFullFakeEngine(Engine):
+    """Wraps a fake as a server whose context is full, for the parallel programs' tests.
+
+    A request ``refuse(request)`` selects is refused as llama.cpp's server refuses it (HTTP 400,
+    ``exceed_context_size_error``), streamed or not; a sample whose seed is in ``cut_seeds`` ends on
+    ``length`` after ``cut_at`` tokens (the context filled while it was generated), losing the rest.
+    """
+
+    def __init__(self, inner: Engine, refuse: Callable[[GenerationRequest], bool] = lambda request: False,
+                 cut_seeds: Sequence[int] = (), cut_at: int = 2, message: str = LLAMA_CPP_CONTEXT_FULL) -> None:
+        self.inner = inner
+        self.refuse = refuse
+        self.message = message  # another refusal's text (e.g. "model 'x' not found"): not a full context
+        self.cut_seeds = set(cut_seeds)
+        self.cut_at = cut_at
+        self.refused: list[GenerationRequest] = []
+        self.name = f"fake:context-full({inner.name})"
+
+    @property
+    def returns_logprobs(self) -> bool:  # type: ignore[override]
+        return self.inner.returns_logprobs
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        return self.inner.render_chat(messages)
+
+    def _check(self, request: GenerationRequest) -> None:
+        if self.refuse(request):
+            self.refused.append(request)
+            kind = "exceed_context_size_error" if self.message == LLAMA_CPP_CONTEXT_FULL else "invalid_request_error"
+            body = {"error": {"code": 400, "message": self.message, "type": kind}}
+            raise EngineError(f"fake answered HTTP 400: {self.message}", status=400, body=json.dumps(body))
+
+    def _cut(self, choice: Choice) -> Choice:
+        pieces = choice.text.split(" ")[: self.cut_at]
+        logprobs = choice.logprobs[: self.cut_at] if choice.logprobs is not None else None
+        return Choice(" ".join(pieces) + " ", "length", len(pieces), logprobs)
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        self._check(request)
+        completion = await self.inner.generate(request)
+        seeds = [None if request.seed is None else request.seed + i for i in range(request.n)]
+        choices = tuple(self._cut(c) if s in self.cut_seeds else c for c, s in zip(completion.choices, seeds))
+        return Completion(choices=choices, prompt_tokens=completion.prompt_tokens)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        self._check(request)
+        count = 0
+        inner = self.inner.stream(request)
+        try:
+            async for delta in inner:
+                count += delta.tokens
+                if request.seed in self.cut_seeds and count >= self.cut_at:
+                    yield StreamDelta(delta.text, delta.tokens, delta.logprobs, finish_reason="length")
+                    return
+                yield delta
+        finally:
+            await inner.aclose()  # type: ignore[attr-defined]

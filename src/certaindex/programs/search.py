@@ -12,10 +12,16 @@ ship with certaindex for when no PRM is at hand:
 Certaindex for search is the mean aggregated reward of the candidates (the paper's choice for
 REBASE and MCTS); search stops once it reaches ``threshold``. Partial candidates whose reward is
 ``reject_margin`` behind the best are rejected early, so their continuations are never generated.
+
+A candidate the engine cuts short (``length`` before what was asked: its context filled), or whose
+next step it refuses because its context is full, ends there, cut, with what it wrote (answered if
+that holds an answer); the search goes on with the others and never asks for that step again.
+Refused before any step was written, the prompt itself does not fit: that error stands.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Sequence
@@ -27,7 +33,7 @@ from certaindex.core.answers import answers_equal, extract_answer
 from certaindex.engines.base import Choice, Engine, EngineError, GenerationRequest
 from certaindex.core.prompting import DEFAULT_SYSTEM_PROMPT
 from certaindex.programs.base import open_prompt
-from certaindex.programs.self_consistency import NoAnswerError
+from certaindex.programs.self_consistency import NoAnswerError, cut_note
 from certaindex.core.signals import aggregate_rewards, cluster_answers, reward_certaindex
 from certaindex.core.validation import require
 
@@ -43,6 +49,9 @@ class Node:
     step_confidences: list[float] = field(default_factory=list)
     done: bool = False
     tokens: int = 0
+    # Ended by the engine: its last step was cut on ``length`` short of what was asked, or its next
+    # step was refused because the engine's context is full.
+    cut: bool = False
 
     @property
     def text(self) -> str:
@@ -147,6 +156,11 @@ class SearchResult:
     certaindex: float
     rejected: int = 0
 
+    @property
+    def samples_cut(self) -> int:
+        """Finished candidates the engine cut short or refused for a full context (:class:`Node`)."""
+        return sum(n.cut for n in self.finished)
+
 
 def rebase_allocation(rewards: Sequence[float], budget: int, temperature: float) -> list[int]:
     """REBASE: split ``budget`` expansions over nodes by softmax(reward / temperature), rounding so
@@ -187,8 +201,9 @@ async def best_of_n(
     nodes = []
     for choice in completion.choices:
         confidence = step_confidence(choice)
+        cut = choice.finish_reason == "length" and choice.completion_tokens < config.max_tokens
         nodes.append(
-            Node([choice.text], [], [confidence] if confidence is not None else [], True, choice.completion_tokens)
+            Node([choice.text], [], [confidence] if confidence is not None else [], True, choice.completion_tokens, cut)
         )
     answers = [extract_answer(n.text) for n in nodes]
     if scorer is None:
@@ -200,7 +215,8 @@ async def best_of_n(
     total = sum(n.tokens for n in nodes)
     scored = [(n.reward(config.aggregate), n, a) for n, a in zip(nodes, answers) if a is not None]
     if not scored:
-        raise NoAnswerError(f"none of the {len(nodes)} candidates gave an answer", total, len(nodes))
+        cut = sum(n.cut for n in nodes)
+        raise NoAnswerError(f"none of the {len(nodes)} candidates gave an answer{cut_note(cut)}", total, len(nodes), cut)
     best_reward, best, answer = max(scored, key=lambda t: t[0])
     certaindex = reward_certaindex([s for s, _, _ in scored])
     return SearchResult(question, answer, best, nodes, total, "budget", certaindex)
@@ -232,34 +248,10 @@ async def rebase_search(
         for node, count in zip(frontier, allocation):
             if count == 0:
                 continue
-            completion = await engine.generate(
-                GenerationRequest(
-                    prompt=prompt + node.text,
-                    max_tokens=config.step_tokens,
-                    stop=(STEP_SEPARATOR,),
-                    temperature=config.temperature,
-                    top_p=config.top_p,
-                    seed=step_seed,
-                    n=count,
-                    logprobs=config.logprobs,
-                )
-            )
+            expanded = await _expand(engine, question, prompt + node.text, node, count, config, step_seed, scorer)
             step_seed = None if step_seed is None else step_seed + count
-            for choice in completion.choices:
-                total += choice.completion_tokens
-                confidence = step_confidence(choice)
-                # Servers drop the stop string, so "stop" means the separator or the model's end:
-                # a step with a boxed answer, or an empty step, finishes the candidate.
-                ended = (choice.finish_reason == "stop" and "\\boxed{" in choice.text) or not choice.text.strip()
-                child = Node(
-                    steps=node.steps + [choice.text + ("" if ended else STEP_SEPARATOR)],
-                    rewards=list(node.rewards),
-                    step_confidences=node.step_confidences + ([confidence] if confidence is not None else []),
-                    done=ended,
-                    tokens=node.tokens + choice.completion_tokens,
-                )
-                child.rewards = await scorer(question, child)
-                children.append(child)
+            total += sum(child.tokens - node.tokens for child in expanded)
+            children.extend(expanded)
         finished.extend(c for c in children if c.done)
         frontier = [c for c in children if not c.done]
         if frontier and config.reject_margin < 1:
@@ -275,9 +267,53 @@ async def rebase_search(
                 break
     answered = [n for n in finished if extract_answer(n.text) is not None]
     if not answered:
-        raise NoAnswerError(f"none of the {len(finished)} finished candidates gave an answer", total, len(finished))
+        cut = sum(n.cut for n in finished)
+        raise NoAnswerError(
+            f"none of the {len(finished)} finished candidates gave an answer{cut_note(cut)}", total, len(finished), cut
+        )
     best = max(answered, key=lambda n: n.reward(config.aggregate))
     return SearchResult(
         question, extract_answer(best.text) or "", best, finished, total, stop_reason, certaindex, rejected
     )
 
+
+async def _expand(
+    engine: Engine, question: str, prompt: str, node: Node, count: int, config: SearchConfig,
+    seed: int | None, scorer: Scorer,
+) -> list[Node]:
+    """``count`` children of ``node``, one step each, scored. A step the engine cuts short ends its
+    child cut; a request it refuses because its context is full ends ``node`` itself, cut (no child)."""
+    request = GenerationRequest(
+        prompt=prompt,
+        max_tokens=config.step_tokens,
+        stop=(STEP_SEPARATOR,),
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=seed,
+        n=count,
+        logprobs=config.logprobs,
+    )
+    try:
+        completion = await engine.generate(request)
+    except EngineError as exc:
+        if not (node.steps and exc.context_full):
+            raise  # refused before any step: the prompt itself does not fit (or another failure)
+        return [dataclasses.replace(node, done=True, cut=True)]
+    children = []
+    for choice in completion.choices:
+        confidence = step_confidence(choice)
+        cut = choice.finish_reason == "length" and choice.completion_tokens < config.step_tokens
+        # Servers drop the stop string, so "stop" means the separator or the model's end: a step
+        # with a boxed answer, or an empty step, finishes the candidate; so does the engine's cut.
+        ended = (choice.finish_reason == "stop" and "\\boxed{" in choice.text) or not choice.text.strip() or cut
+        child = Node(
+            steps=node.steps + [choice.text + ("" if ended else STEP_SEPARATOR)],
+            rewards=list(node.rewards),
+            step_confidences=node.step_confidences + ([confidence] if confidence is not None else []),
+            done=ended,
+            tokens=node.tokens + choice.completion_tokens,
+            cut=cut,
+        )
+        child.rewards = await scorer(question, child)
+        children.append(child)
+    return children

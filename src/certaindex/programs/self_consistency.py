@@ -10,6 +10,12 @@ decides whether the vote is already decided:
   (see :mod:`certaindex.core.stopping`).
 
 Nothing is in flight when a round ends, so stopping wastes no tokens and every token is counted.
+
+A sample the engine cuts short (``length`` before ``max_tokens``: its context filled) keeps what it
+wrote and votes with it. A round the engine refuses because its context is full ends its samples
+cut with no text (they count in the vote as samples without an answer) and ends the sampling
+(``stop_reason: engine_length``; the same request would be refused again). Refused before any
+sample, the prompt itself does not fit: that error stands.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 from certaindex.core.answers import answers_equal, extract_answer
-from certaindex.engines.base import Engine, GenerationRequest, StreamDelta
+from certaindex.engines.base import Engine, EngineError, GenerationRequest, StreamDelta
 from certaindex.core.prompting import DEFAULT_SYSTEM_PROMPT
 from certaindex.programs.base import open_prompt
 from certaindex.core.signals import Equal, Vote, majority_vote
@@ -27,15 +33,18 @@ from certaindex.core.stopping import anytime_valid_leader, entropy_rule
 from certaindex.core.validation import require
 
 StopRule = Literal["fixed", "entropy", "anytime"]
+SCStop = Literal["certain", "significant", "budget", "engine_length"]
 
 
 class NoAnswerError(RuntimeError):
-    """Every sample ended without an answer: there is nothing to vote on. Carries what was spent."""
+    """Every sample ended without an answer: there is nothing to vote on. Carries what was spent
+    and how many of the samples the engine cut (or refused for a full context)."""
 
-    def __init__(self, message: str, total_tokens: int = 0, samples_used: int = 0) -> None:
+    def __init__(self, message: str, total_tokens: int = 0, samples_used: int = 0, cut: int = 0) -> None:
         super().__init__(message)
         self.total_tokens = total_tokens
         self.samples_used = samples_used
+        self.cut = cut
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,14 @@ class Sample:
     answer: str | None
     tokens: int
     finish_reason: str
+    # Cut short: ended on ``length`` before ``max_tokens`` (the engine's context filled, or a
+    # scheduler's allowance capped it), or refused because the engine's context is full (no text).
+    cut: bool = False
+
+
+def cut_note(cut: int) -> str:
+    """`` (N cut by the engine)`` for an error message, or nothing when none was cut."""
+    return f" ({cut} cut by the engine)" if cut else ""
 
 
 @dataclass
@@ -84,13 +101,18 @@ class SCResult:
     answer: str
     vote: Vote
     samples: list[Sample]
-    stop_reason: Literal["certain", "significant", "budget"]
+    stop_reason: SCStop
     prompt_tokens: int
     certaindex_history: list[float] = field(default_factory=list)
 
     @property
     def samples_used(self) -> int:
         return len(self.samples)
+
+    @property
+    def samples_cut(self) -> int:
+        """Samples the engine cut short or refused for a full context (see :class:`Sample`)."""
+        return sum(s.cut for s in self.samples)
 
     @property
     def total_tokens(self) -> int:
@@ -125,47 +147,66 @@ async def self_consistency(
     samples: list[Sample] = []
     prompt_tokens = 0
     history: list[float] = []
-    stop_reason = "budget"
+    stop_reason: SCStop = "budget"
     vote = majority_vote([], answers_equal)
     while len(samples) < config.n:
         size = config.first_round if not samples else config.round_size
         size = min(size, config.n - len(samples))
         seed = None if config.seed is None else config.seed + len(samples)
-        completion = await engine.generate(
-            GenerationRequest(
-                prompt=prompt,
-                max_tokens=config.max_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                seed=seed,
-                n=size,
-            )
-        )
-        prompt_tokens = prompt_tokens or completion.prompt_tokens
-        for choice in completion.choices:
-            samples.append(Sample(choice.text, extract_answer(choice.text), choice.completion_tokens, choice.finish_reason))
+        drawn, round_prompt_tokens, refused = await _draw_round(engine, prompt, config, seed, size, first=not samples)
+        prompt_tokens = prompt_tokens or round_prompt_tokens
+        samples.extend(drawn)
         vote, reason = decide([s.answer for s in samples], config)
         history.append(vote.certaindex)
         if on_round:
             on_round(vote)
-        if reason is not None:
-            stop_reason = reason
+        if reason is not None or refused:
+            stop_reason = reason or "engine_length"  # type: ignore[assignment]
             break
     if vote.answer is None:
+        cut = sum(s.cut for s in samples)
         raise NoAnswerError(
-            f"none of the {len(samples)} samples gave an answer",
+            f"none of the {len(samples)} samples gave an answer{cut_note(cut)}",
             total_tokens=sum(s.tokens for s in samples),
             samples_used=len(samples),
+            cut=cut,
         )
     return SCResult(
         question=question,
         answer=vote.answer,
         vote=vote,
         samples=samples,
-        stop_reason=stop_reason,  # type: ignore[arg-type]
+        stop_reason=stop_reason,
         prompt_tokens=prompt_tokens,
         certaindex_history=history,
     )
+
+
+async def _draw_round(
+    engine: Engine, prompt: str, config: SCConfig, seed: int | None, size: int, first: bool
+) -> tuple[list[Sample], int, bool]:
+    """One round of ``size`` samples: the samples, the prompt's tokens, and whether the engine
+    refused the round because its context is full (its samples then end cut, with no text)."""
+    request = GenerationRequest(
+        prompt=prompt,
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=seed,
+        n=size,
+    )
+    try:
+        completion = await engine.generate(request)
+    except EngineError as exc:
+        if first or not exc.context_full:
+            raise  # refused before any sample: the prompt itself does not fit (or another failure)
+        return [Sample("", None, 0, "length", cut=True) for _ in range(size)], 0, True
+    samples = [
+        Sample(c.text, extract_answer(c.text), c.completion_tokens, c.finish_reason,
+               cut=c.finish_reason == "length" and c.completion_tokens < config.max_tokens)
+        for c in completion.choices
+    ]
+    return samples, completion.prompt_tokens, False
 
 
 @dataclass
@@ -175,11 +216,13 @@ class FirstFinishResult:
     text: str
     total_tokens: int  # the winner's tokens plus what the cancelled samples had generated
     samples_started: int
+    refused: int = 0  # samples the engine refused because its context is full (they cannot win)
 
 
 async def first_finish(engine: Engine, question: str, n: int = 4, config: SCConfig = SCConfig()) -> FirstFinishResult:
     """Start ``n`` samples, return the first to finish and cancel the rest at once (a cheap baseline:
-    shorter traces tend to be the right ones)."""
+    shorter traces tend to be the right ones). A sample the engine refuses for a full context does
+    not win; when it refuses every one, that refusal stands."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     question, prompt = await open_prompt(engine, question, config.system_prompt)
@@ -205,8 +248,7 @@ async def first_finish(engine: Engine, question: str, n: int = 4, config: SCConf
 
     tasks = [asyncio.create_task(run(i)) for i in range(n)]
     try:
-        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        winner = next(iter(done)).result()
+        winner, refused = await _first_unrefused(tasks)
     finally:
         for task in tasks:
             task.cancel()
@@ -217,7 +259,25 @@ async def first_finish(engine: Engine, question: str, n: int = 4, config: SCConf
         text=texts[winner],
         total_tokens=sum(counts),
         samples_started=n,
+        refused=refused,
     )
+
+
+async def _first_unrefused(tasks: list[asyncio.Task[int]]) -> tuple[int, int]:
+    """The result of the first task to end that the engine did not refuse for a full context, and
+    how many were so refused; other failures raise as they come, and the first refusal when every
+    task was refused."""
+    pending: set[asyncio.Task[int]] = set(tasks)
+    refusals: list[EngineError] = []
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            error = task.exception()
+            if isinstance(error, EngineError) and error.context_full:
+                refusals.append(error)
+                continue
+            return task.result(), len(refusals)
+    raise refusals[0]
 
 
 __all__ = [

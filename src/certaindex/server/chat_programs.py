@@ -121,8 +121,9 @@ def sc_outcome(result: SCResult, upstream: MeteredEngine) -> ChatOutcome:
     return ChatOutcome(
         reasoning="",
         content=format_answer(result.answer),
-        # Stopped by the sample budget before the vote was certain: the client is told, as for cot.
-        finish_reason="length" if result.stop_reason == "budget" else "stop",
+        # Stopped by the sample budget, or by the engine refusing a round for a full context, before
+        # the vote was certain: the client is told, as for cot.
+        finish_reason="length" if result.stop_reason in ("budget", "engine_length") else "stop",
         prompt_tokens=result.prompt_tokens,
         reasoning_tokens=result.total_tokens,
         probe_tokens=0,
@@ -132,6 +133,7 @@ def sc_outcome(result: SCResult, upstream: MeteredEngine) -> ChatOutcome:
             "stop_reason": result.stop_reason,
             "answer": result.answer,
             "samples": result.samples_used,
+            "samples_cut": result.samples_cut,
             "certaindex": result.vote.certaindex,
             "upstream_requests": upstream.usage.requests,
             "upstream_prompt_tokens": upstream.usage.prompt_tokens,
@@ -168,7 +170,7 @@ async def run_chat_program(
                 reasoning="", content="", finish_reason="length", prompt_tokens=0,
                 reasoning_tokens=exc.total_tokens, probe_tokens=0, answer_tokens=0,
                 details={"policy": "sc", "stop_reason": "no-answer", "samples": exc.samples_used,
-                         "upstream_requests": upstream.usage.requests},
+                         "samples_cut": exc.cut, "upstream_requests": upstream.usage.requests},
             )
         return sc_outcome(result, upstream)
     result = await solve_cot(
