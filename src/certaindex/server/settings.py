@@ -13,8 +13,8 @@ SchedulerPolicy = Literal["certaindex", "fcfs", "off"]
 
 # ``serve``'s reasoning budget when neither ``--budget``, a calibration nor the request sets one.
 # In front of an engine: the longest budget the recorded Governor runs were collected with (AIME;
-# MATH500 and AMC23 used 16,384), so a reasoning model's own run is not cut: 4,096 had cut 8 of the
-# 50 sample R1 problems (benchmarks/results/serve-default-budget/). The embedded engine: its context.
+# MATH500 and AMC23 used 16,384), so a reasoning model's own run is not cut: 4,096 cuts 7 of the
+# 50 sample R1 problems (8 with the previous R1-7B profile; benchmarks/results/serve-default-budget/). The embedded engine: its context.
 UPSTREAM_DEFAULT_BUDGET = 32_768
 EMBEDDED_DEFAULT_BUDGET = 4096
 
