@@ -74,7 +74,7 @@ def supported_parameters(replay: GovernorReplay) -> tuple[str, ...]:
     answers no trial, so it lists no ``logprobs``, as an engine without them would. A proxy then runs
     the profile for an engine without logprobs, which is what ``evaluate`` replays on such a trajectory."""
     trials = all(t.trials is not None for group in replay.problems.values() for t in group)
-    return ("max_tokens", "temperature", "top_p", "stop", "seed", "stream") + (("logprobs",) if trials else ())
+    return ("max_tokens", "temperature", "top_p", "stop", "seed") + (("logprobs",) if trials else ())
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
