@@ -185,9 +185,8 @@ def reach_deer(fam, cal, cache):
 
     math = [t for t in fam if t.dataset == "math500" and fit_split(t) == "cal"]
     target = deer_saved(math, cache) + REACH_MARGIN
-    out = sp.reach_savings(fam, cal, cache.key, correct, target)
-    tab = sp._table(fam, cal.schedule, cache.key, correct)
-    scores = cal.model.score(tab.X)
+    reached = sp.reach_savings(fam, cal, cache.key, correct, target)
+    out, tab, scores = reached.calibration, reached.table, reached.scores
     six = np.array([sp.part_of(t) for t in fam])
     ds = np.array([t.dataset for t in fam])
     tok = np.zeros(len(fam))

@@ -160,7 +160,7 @@ def anchor(cal: Calibration, read, raw, models: Sequence[str], cache) -> tuple[C
     fam = [t for t in read if t.split == "train" and t.model in src]
     math = [t for t in raw if t.split == "train" and t.model in src and t.dataset == "math500" and fit_split(t) == "cal"]
     target = deer_saved(math, cache) + REACH_MARGIN
-    out = score_policy.reach_savings(fam, cal, cache.key, lambda t, a: cache.correct(a, t.target), target)
+    out = score_policy.reach_savings(fam, cal, cache.key, lambda t, a: cache.correct(a, t.target), target).calibration
     info = {"rule": (f"the certified threshold, lowered where needed until the CAL MATH500 exits of the trial families "
                      f"fitted on (pooled) save DEER {REACH_TAU}'s savings there (as deployed) plus {REACH_MARGIN:g} "
                      "(score_policy.reach_savings); alpha is then the smallest LTT certifies it at on their CAL problems"),

@@ -196,6 +196,26 @@ def _last_nonempty(pieces: list[str]) -> int:
     return max(i for i, p in enumerate(pieces) if p)
 
 
+def cut_fake_engine(context_tokens: int, streaming: bool = False, **kwargs) -> ScriptedFakeEngine:
+    """A scripted model that reasons on without end and whose probes never agree (each answers the
+    position it was sent at), so only its engine's cut at ``context_tokens`` ends the run."""
+    return ScriptedFakeEngine(reasoning=[], ends_naturally=False, context_tokens=context_tokens,
+                              streaming=streaming, probe_reply=lambda n: [str(n), "}"], **kwargs)
+
+
+def refuse_fake_probes_from(engine: ScriptedFakeEngine, tokens: int, message: str) -> None:
+    """Make the scripted ``engine`` refuse every probe sent after ``tokens`` or more reasoning tokens
+    with ``message`` (a probe the full context refuses, as the embedded engine does)."""
+    original = engine._reply
+
+    def refuse_probes_at_the_end(request: GenerationRequest):
+        if engine._is_probe(request) and engine._consumed(request.prompt[: -len(engine.probe_suffix)])[1] >= tokens:
+            raise EngineError(f"fake: {message}")
+        return original(request)
+
+    engine._reply = refuse_probes_at_the_end  # type: ignore[method-assign]
+
+
 @dataclass
 class SamplingFakeEngine(Engine):
     """Samples answers from a fixed categorical distribution, seeded per sample, for parallel programs.

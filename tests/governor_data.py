@@ -69,6 +69,19 @@ def write_run(root: Path, trajs: list[dict[str, Any]], rows: list[list[str]], *,
     return folder
 
 
+def write_boxed_run(root: Path, n: int) -> Path:
+    """A run of ``n`` problems whose first box (early in the reasoning) already holds the final, right
+    answer, and whose every probe gives it: a table where exiting at the first box saves without harm."""
+    trajs, rows = [], []
+    for pid in range(n):
+        answer = str(pid % 7)
+        t = traj(pid, answer, 640, answer)
+        t["full_text"] = "<think>" + "x" * 300 + f" \\boxed{{{answer}}} " + "y" * 1500 + f"</think> \\boxed{{{answer}}}"
+        trajs.append(t)
+        rows += probe_rows(pid, [answer] * 9)
+    return write_run(root, trajs, rows)
+
+
 def event(pos: int, answer: str, certain: bool = True, out_tokens: int = 5) -> dict[str, Any]:
     return {"token_position": pos, "probe_answer": answer, "is_certain": certain, "probe_out_tokens": out_tokens,
             "trigger_types": ["reflection_transition"]}

@@ -11,11 +11,9 @@ from certaindex.engines.base import EngineError, GenerationRequest
 from certaindex.engines.http import HTTPEngine
 from certaindex.engines.context_full import is_context_full
 from certaindex.programs.cot import CoTConfig, solve_cot
-from tests.fakes import ScriptedFakeEngine
+from tests.fakes import ScriptedFakeEngine, cut_fake_engine, refuse_fake_probes_from
 from tests.misbehaving_upstream import FakeUpstream, serve_in_thread
-from tests.test_engine_length import QUESTION, answer_requests, script
-from tests.test_server import start_stack
-from tests.test_shadow import chat, close
+from tests.test_engine_length import BOXED_THEN_ON, QUESTION, answer_requests, chat_cut, script, solve_cut
 
 # The engines' own words (from their sources and the replies users quote).
 CONTEXT_FULL_MESSAGES = [
@@ -76,11 +74,8 @@ def refusing(**kwargs) -> ScriptedFakeEngine:
 
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_cot_refused_by_a_full_context_is_engine_length(streaming: bool) -> None:
-    engine = refusing(reasoning=[], ends_naturally=False, context_tokens=45, streaming=streaming,
-                      probe_reply=lambda n: [str(n), "}"])
-    result = await solve_cot(engine, QUESTION, CoTConfig(budget=500, probe_interval=10, k=3))
-    assert result.stop_reason == "engine_length"
-    assert result.reasoning_tokens == 45
+    engine = cut_fake_engine(45, streaming, context_refusal=CONTEXT_FULL_MESSAGES[0])
+    result = await solve_cut(engine, CoTConfig(budget=500, probe_interval=10, k=3))
     assert [p.at_tokens for p in result.probes] == [10, 20, 30, 40]  # none after the cut
     assert result.answer == "40"
     assert result.probe_failures == 0
@@ -88,11 +83,9 @@ async def test_cot_refused_by_a_full_context_is_engine_length(streaming: bool) -
 
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_full_reasoning_refused_by_a_full_context_answers_from_its_reasoning(streaming: bool) -> None:
-    reasoning = script(20) + ["so \\boxed{7} ", "then "] + script(200)[22:]
-    engine = refusing(reasoning=reasoning, thinking=True, context_tokens=30, streaming=streaming)
-    result = await solve_cot(engine, QUESTION, CoTConfig(budget=1000, probe_interval=10, early_exit=False))
-    assert result.stop_reason == "engine_length"
-    assert (result.reasoning_tokens, result.answer) == (30, "7")
+    engine = refusing(reasoning=BOXED_THEN_ON, thinking=True, context_tokens=30, streaming=streaming)
+    result = await solve_cut(engine, CoTConfig(budget=1000, probe_interval=10, early_exit=False))
+    assert result.answer == "7"
     assert answer_requests(engine) == []
 
 
@@ -119,28 +112,14 @@ async def test_an_answer_the_full_context_refuses_is_answer_length_with_the_reas
 @pytest.mark.parametrize("policy", ["cot", "full"])
 def test_the_proxy_reports_a_context_full_refusal_as_length(stream: bool, policy: str) -> None:
     upstream = FakeUpstream(context_tokens=22, disagreeing_probes=True, context_refusal=LLAMA_CPP_BODY)
-    stack, contexts = start_stack(upstream, policy=policy)
-    try:
-        reply = chat(stack.url, stream=stream)
-    finally:
-        close(contexts)
-    assert reply["finish"] == "length"
-    assert reply["details"]["stop_reason"] == "engine_length"
+    reply, _, _ = chat_cut(upstream, stream, policy=policy)
     assert reply["details"]["stream_resumes"] == 0  # the refusal is no broken stream to resume
-    assert reply["usage"]["certaindex"]["reasoning_tokens"] == 22
-    assert not [r for r in stack.upstream.requests if r["kind"] == "answer"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_shadow_reports_a_context_full_refusal_as_length(tmp_path, stream: bool) -> None:
     upstream = FakeUpstream(context_tokens=22, disagreeing_probes=True, context_refusal=LLAMA_CPP_BODY)
-    stack, contexts = start_stack(upstream, policy="full", shadow_dir=str(tmp_path))
-    try:
-        reply = chat(stack.url, stream=stream)
-    finally:
-        close(contexts)
-    assert reply["finish"] == "length"
-    assert reply["details"]["stop_reason"] == "engine_length"
+    chat_cut(upstream, stream, policy="full", shadow_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -148,21 +127,9 @@ async def test_a_probe_the_full_context_refuses_does_not_fail_the_run(streaming:
     """The chunk filled its tokens right at the context's end, so the probe there is sent and refused
     (the embedded engine: "prompt of N tokens does not fit"): even under ``probe_failures="raise"``
     the run ends as the engine's limit, with early exit given up."""
-    engine = refusing(reasoning=[], ends_naturally=False, context_tokens=40, streaming=streaming,
-                      probe_reply=lambda n: [str(n), "}"])
-    engine.context_refusal = CONTEXT_FULL_MESSAGES[-2]
-    original = engine._reply
-
-    def refuse_probes_at_the_end(request):
-        if engine._is_probe(request) and engine._consumed(request.prompt[: -len(engine.probe_suffix)])[1] >= 40:
-            raise EngineError(f"fake: {CONTEXT_FULL_MESSAGES[-2]}")
-        return original(request)
-
-    engine._reply = refuse_probes_at_the_end  # type: ignore[method-assign]
-    result = await solve_cot(engine, QUESTION, CoTConfig(budget=500, probe_interval=10, k=9),
-                             probe_failures="raise")
-    assert result.stop_reason == "engine_length"
-    assert result.reasoning_tokens == 40
+    engine = cut_fake_engine(40, streaming, context_refusal=CONTEXT_FULL_MESSAGES[-2])
+    refuse_fake_probes_from(engine, 40, CONTEXT_FULL_MESSAGES[-2])
+    result = await solve_cut(engine, CoTConfig(budget=500, probe_interval=10, k=9), probe_failures="raise")
     assert result.probe_failures == (0 if streaming else 1)  # the one stream's last point is its end: no probe there
 
 

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from certaindex.core.prompting import THINK_CLOSE
-from certaindex.programs.cot import CoTConfig, solve_cot
-from tests.fakes import ScriptedFakeEngine
+from certaindex.programs.cot import CoTConfig, CoTResult, solve_cot
+from tests.fakes import ScriptedFakeEngine, cut_fake_engine
 from tests.misbehaving_upstream import FakeUpstream
-from tests.test_server import start_stack
+from tests.test_server import Stack, start_stack
 from tests.test_shadow import chat, close
 
 QUESTION = "What is six times seven?"
@@ -32,14 +32,38 @@ def answer_requests(engine: ScriptedFakeEngine) -> list:
     return [c for c in engine.calls if c.prompt.endswith(THINK_CLOSE + "\n\n")]
 
 
+# Reasoning that boxes 7 at token 20 and runs on (past any engine's cut at 30).
+BOXED_THEN_ON = script(20) + ["so \\boxed{7} ", "then "] + script(200)[22:]
+
+
+async def solve_cut(engine: ScriptedFakeEngine, config: CoTConfig, **kwargs) -> CoTResult:
+    """Solve QUESTION on a scripted engine cut at its ``context_tokens``: the run ends there, as cut."""
+    result = await solve_cot(engine, QUESTION, config, **kwargs)
+    assert result.stop_reason == "engine_length"
+    assert result.reasoning_tokens == engine.context_tokens
+    return result
+
+
+def chat_cut(upstream: FakeUpstream, stream: bool, **settings) -> tuple[dict, Stack, str]:
+    """One chat through the proxy to an upstream that cuts at 22 tokens: the reply, the stack and
+    the proxy's metrics; the run is reported cut there and no answer is asked of the upstream."""
+    stack, contexts = start_stack(upstream, **settings)
+    try:
+        reply = chat(stack.url, stream=stream)
+        metrics = httpx.get(f"{stack.url}/metrics").text
+    finally:
+        close(contexts)
+    assert reply["finish"] == "length"
+    assert reply["details"]["stop_reason"] == "engine_length"
+    assert reply["usage"]["certaindex"]["reasoning_tokens"] == 22
+    assert not [r for r in stack.upstream.requests if r["kind"] == "answer"]
+    return reply, stack, metrics
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_cot_cut_by_the_engine_is_engine_length_with_the_last_probes_answer(streaming: bool) -> None:
     # The probes never agree (each says its position), the engine stops giving tokens at 45.
-    engine = ScriptedFakeEngine(reasoning=[], ends_naturally=False, context_tokens=45, streaming=streaming,
-                                probe_reply=lambda n: [str(n), "}"])
-    result = await solve_cot(engine, QUESTION, CoTConfig(budget=500, probe_interval=10, k=3))
-    assert result.stop_reason == "engine_length"
-    assert result.reasoning_tokens == 45
+    result = await solve_cut(cut_fake_engine(45, streaming), CoTConfig(budget=500, probe_interval=10, k=3))
     # no box in the reasoning: the last probe's answer, at the last point before the cut (the
     # chunked path does not probe the end of the chunk the engine cut short at 45 either)
     assert result.probes and result.probes[-1].at_tokens == 40
@@ -51,11 +75,8 @@ async def test_cot_cut_by_the_engine_is_engine_length_with_the_last_probes_answe
 
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_full_reasoning_cut_by_the_engine_answers_from_its_reasoning_and_asks_nothing_more(streaming: bool) -> None:
-    reasoning = script(20) + ["so \\boxed{7} ", "then "] + script(200)[22:]
-    engine = ScriptedFakeEngine(reasoning=reasoning, thinking=True, context_tokens=30, streaming=streaming)
-    result = await solve_cot(engine, QUESTION, CoTConfig(budget=1000, probe_interval=10, early_exit=False))
-    assert result.stop_reason == "engine_length"
-    assert result.reasoning_tokens == 30
+    engine = ScriptedFakeEngine(reasoning=BOXED_THEN_ON, thinking=True, context_tokens=30, streaming=streaming)
+    result = await solve_cut(engine, CoTConfig(budget=1000, probe_interval=10, early_exit=False))
     assert result.answer == "7"
     assert answer_requests(engine) == []  # the context is full: no answer after </think> is asked for
     assert not result.probes  # nor a forced probe
@@ -73,28 +94,13 @@ async def test_a_cut_the_engine_continues_is_not_its_limit() -> None:
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("policy", ["cot", "full"])
 def test_the_proxy_reports_an_engine_cut_as_length(stream: bool, policy: str) -> None:
-    stack, contexts = start_stack(FakeUpstream(context_tokens=22, disagreeing_probes=True), policy=policy)
-    try:
-        reply = chat(stack.url, stream=stream)
-    finally:
-        close(contexts)
-    assert reply["finish"] == "length"
-    assert reply["details"]["stop_reason"] == "engine_length"
-    assert reply["usage"]["certaindex"]["reasoning_tokens"] == 22
-    assert not [r for r in stack.upstream.requests if r["kind"] == "answer"]
+    chat_cut(FakeUpstream(context_tokens=22, disagreeing_probes=True), stream, policy=policy)
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_shadow_reports_an_engine_cut_as_length_and_writes_no_trace(tmp_path, stream: bool) -> None:
-    stack, contexts = start_stack(FakeUpstream(context_tokens=22, disagreeing_probes=True), policy="full",
-                                  shadow_dir=str(tmp_path))
-    try:
-        reply = chat(stack.url, stream=stream)
-        metrics = httpx.get(f"{stack.url}/metrics").text
-    finally:
-        close(contexts)
-    assert reply["finish"] == "length"
-    assert reply["details"]["stop_reason"] == "engine_length"
+    _, _, metrics = chat_cut(FakeUpstream(context_tokens=22, disagreeing_probes=True), stream, policy="full",
+                             shadow_dir=str(tmp_path))
     assert 'outcome="written"' not in metrics
 
 

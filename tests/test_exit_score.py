@@ -27,7 +27,7 @@ from certaindex.core.exit_score import (
 from certaindex.evaluation.profiles import parse_profile, shipped_profiles
 from certaindex.evaluation.score_policy import calibrate, check_schedule, observations
 from certaindex.traces.governor import read_governor
-from tests.governor_data import probe_rows, traj, trial, write_run
+from tests.governor_data import probe_rows, traj, trial, write_boxed_run, write_run
 
 
 def col(X: np.ndarray, name: str) -> np.ndarray:
@@ -320,13 +320,7 @@ def test_calibrate_certifies_on_train_problems_only_and_refuses_too_little(tmp_p
     from certaindex.evaluation.grading import GradeCache
     from certaindex.evaluation.governor import grading_inputs
 
-    trajs, rows = [], []
-    for pid in range(240):
-        t = traj(pid, str(pid % 7), 640, str(pid % 7))
-        t["full_text"] = "<think>" + "x" * 300 + f" \\boxed{{{pid % 7}}} " + "y" * 1500 + f"</think> \\boxed{{{pid % 7}}}"
-        trajs.append(t)
-        rows += probe_rows(pid, [str(pid % 7)] * 9)
-    path = write_run(tmp_path / "gov", trajs, rows)
+    path = write_boxed_run(tmp_path / "gov", 240)
     (run,) = read_governor(path.parent)
     cache = GradeCache.load(tmp_path / "g.json")
     cache.grade(*grading_inputs(run.trajectories))

@@ -10,7 +10,7 @@ import pytest
 from certaindex import cli
 from certaindex.evaluation.governor import PolicySpec, parse_policy
 from certaindex.evaluation.profiles import load_profile, parse_profile, profile_for_model, shipped_profiles
-from tests.governor_data import probe_rows, traj, trial, write_run
+from tests.governor_data import probe_rows, traj, trial, write_boxed_run, write_run
 
 KEYS = {"model", "dataset", "n", "full_accuracy", "full_tokens", "accuracy", "tokens", "saved", "harmful_exits"}
 
@@ -339,13 +339,7 @@ def test_calibrate_with_nothing_certified_exits_3_for_every_input(tmp_path, caps
     """Issue 20: one documented exit status (3, nothing written) when calibrate certifies nothing,
     whether PATH is a Governor folder, a folder of trace files or a trace file (those two are
     covered in test_self_calibration and test_evaluate). 60 problems are too few for alpha 0.02."""
-    trajs, rows = [], []
-    for pid in range(60):
-        t = traj(pid, str(pid % 7), 640, str(pid % 7))
-        t["full_text"] = "<think>" + "x" * 300 + f" \\boxed{{{pid % 7}}} " + "y" * 1500 + f"</think> \\boxed{{{pid % 7}}}"
-        trajs.append(t)
-        rows += probe_rows(pid, [str(pid % 7)] * 9)
-    path = write_run(tmp_path / "gov", trajs, rows)
+    path = write_boxed_run(tmp_path / "gov", 60)
     prof = tmp_path / "mine.json"
     code = cli.main(["calibrate", str(path.parent), "--schedule", "bx+g256", "--out", str(prof),
                      "--grade-cache", str(tmp_path / "g.json"), "--quiet"])

@@ -9,7 +9,7 @@ import pytest
 from certaindex.core.datasets import Problem
 from certaindex.engines.base import EngineError
 from certaindex.traces import TraceHeader, read_traces, record_one, record_traces, write_traces
-from tests.fakes import ScriptedFakeEngine
+from tests.fakes import ScriptedFakeEngine, refuse_fake_probes_from
 from tests.test_context_full import CONTEXT_FULL_MESSAGES
 from tests.test_traces import QUESTION, script, settings
 
@@ -69,13 +69,6 @@ async def test_an_answer_the_full_context_refuses_is_recorded_cut(tmp_path) -> N
 
 async def test_a_probe_the_full_context_refuses_is_the_same_clear_error() -> None:
     engine = ScriptedFakeEngine(reasoning=[], ends_naturally=False, context_tokens=10)
-    original = engine._reply
-
-    def refuse_probes_at_the_end(request):
-        if engine._is_probe(request) and engine._consumed(request.prompt[: -len(engine.probe_suffix)])[1] >= 10:
-            raise EngineError(f"fake: {CONTEXT_FULL_MESSAGES[-2]}")
-        return original(request)
-
-    engine._reply = refuse_probes_at_the_end  # type: ignore[method-assign]
+    refuse_fake_probes_from(engine, 10, CONTEXT_FULL_MESSAGES[-2])
     with pytest.raises(EngineError, match="at 10 tokens, before the budget of 40 .its probe was refused"):
         await record_one(engine, PROBLEM, settings())

@@ -12,7 +12,7 @@ from certaindex.core.score_prior import fit_logistic_toward
 from certaindex.evaluation.score_refit import calibrate_toward, refit_features
 from certaindex.evaluation.self_calibration import calibrate_score, refit_schedules
 from certaindex.traces.governor import read_governor
-from tests.governor_data import probe_rows, traj, write_run
+from tests.governor_data import write_boxed_run
 
 PRIOR = ScoreModel(["run_frac", "frac_agree"], [0.5, 0.5], [0.25, 0.25], [1.0, 0.5], 0.2)
 
@@ -58,13 +58,7 @@ def boxed_trajectories(tmp_path, n: int = 240):
     from certaindex.evaluation.grading import GradeCache
     from certaindex.evaluation.governor import grading_inputs
 
-    trajs, rows = [], []
-    for pid in range(n):
-        t = traj(pid, str(pid % 7), 640, str(pid % 7))
-        t["full_text"] = "<think>" + "x" * 300 + f" \\boxed{{{pid % 7}}} " + "y" * 1500 + f"</think> \\boxed{{{pid % 7}}}"
-        trajs.append(t)
-        rows += probe_rows(pid, [str(pid % 7)] * 9)
-    path = write_run(tmp_path / "gov", trajs, rows)
+    path = write_boxed_run(tmp_path / "gov", n)
     (run,) = read_governor(path.parent)
     cache = GradeCache.load(tmp_path / "g.json")
     cache.grade(*grading_inputs(run.trajectories))

@@ -1,13 +1,15 @@
 """score_policy.threshold_reaching / certified_alpha: lowering a certified threshold until the exits
 save what a simpler deployed rule saves, and the certificate the lowered threshold still carries.
-Hand-made observation tables (no traces)."""
+Hand-made observation tables (no traces); reach_savings on a hand-made run."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from certaindex.evaluation.score_policy import THRESHOLDS, _Table, certified_alpha, threshold_reaching
+from certaindex.evaluation.score_policy import THRESHOLDS, _Table, calibrate, certified_alpha, reach_savings, threshold_reaching
+from certaindex.traces.governor import read_governor
+from tests.governor_data import write_boxed_run
 
 
 def table(rows: list[list[tuple[int, float, bool]]], final_ok: list[bool], tokens: list[int]) -> tuple[_Table, np.ndarray]:
@@ -54,3 +56,22 @@ def test_an_unknown_threshold_is_refused():
     tab, scores = table([[(100, 0.5, True)]], [True], [1000])
     with pytest.raises(ValueError):
         certified_alpha(tab, scores, np.arange(1), 0.123456, 0.1, (0.05,))
+
+
+def test_reach_savings_hands_back_the_table_and_scores_it_judged_on(tmp_path):
+    """A caller replaying more on the same trajectories (score_profiles --reach-deer's held-aside
+    turns) reuses them: one row a recorded observation, in the trajectories' order, scored by ``cal``."""
+    from certaindex.evaluation.grading import GradeCache
+    from certaindex.evaluation.governor import grading_inputs
+
+    (run,) = read_governor(write_boxed_run(tmp_path / "gov", 240).parent)
+    cache = GradeCache.load(tmp_path / "g.json")
+    cache.grade(*grading_inputs(run.trajectories))
+    correct = lambda t, a: cache.correct(a, t.target)  # noqa: E731
+    cal = calibrate(run.trajectories, "bx+g256", cache.key, correct, alpha=0.05, delta=0.1)
+    for target in (0.0, 0.99):  # already saved by cal's threshold; saved by none: cal comes back unchanged
+        reached = reach_savings(run.trajectories, cal, cache.key, correct, target)
+        assert reached.calibration is cal
+        assert reached.table.tokens_used.tolist() == [t.tokens_used for t in run.trajectories]
+        assert len(reached.table.X) == len(reached.scores) == 4 * 240  # four observations a trajectory here (boxes, the grid at 256 and 512)
+        assert np.allclose(reached.scores, cal.model.score(reached.table.X))

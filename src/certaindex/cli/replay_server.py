@@ -128,12 +128,16 @@ def build(args: argparse.Namespace):
 async def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from certaindex.server.replay import supported_parameters
+
     app, replay, clock, path = build(args)
     check_port(args.host, args.port)  # before the banner: uvicorn would print its own, then fail to bind
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trials = "" if "logprobs" in supported_parameters(replay) else (
+        "; no recorded DEER trials, so /v1/models lists no logprobs (a proxy runs its no-trial profile)")
     err.print(f"replay-server: {replay.trajectories} trajectories of {replay.model_name} "
               f"({len(replay.problems)} problems), cost model {path.name}, speed {clock.speed:g}x, "
-              f"http://{args.host}:{args.port}/v1", highlight=False)
+              f"http://{args.host}:{args.port}/v1{trials}", highlight=False)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5)
     await run_uvicorn(uvicorn.Server(config), "replay-server")

@@ -61,6 +61,7 @@ __all__ = [
     "observations",
     "part_of",
     "reach_savings",
+    "Reached",
     "threshold_reaching",
     "replay_score",
     "score_grading_inputs",
@@ -408,9 +409,20 @@ def certified_alpha(tab: _Table, scores: np.ndarray, ids: np.ndarray, threshold:
     return None
 
 
+@dataclass(frozen=True)
+class Reached:
+    """What :func:`reach_savings` decided and what it decided on: the observation table of its
+    trajectories (in their order) and ``cal``'s scores of its rows, so a caller replaying more on the
+    same trajectories (held-aside turns) does not build them again."""
+
+    calibration: Calibration
+    table: _Table
+    scores: np.ndarray
+
+
 def reach_savings(trajs: Sequence[Trajectory], cal: Calibration, key: KeyFn,
                   correct: Callable[[Trajectory, str | None], bool], target_saved: float, dataset: str = "math500",
-                  alphas: Sequence[float] = tuple(np.round(np.arange(0.01, 0.1001, 0.005), 3))) -> Calibration:
+                  alphas: Sequence[float] = tuple(np.round(np.arange(0.01, 0.1001, 0.005), 3))) -> Reached:
     """``cal`` with its threshold lowered, where needed, until the exits on the CAL problems of
     ``dataset`` save ``target_saved`` (a simpler deployed rule's savings there, e.g. DEER at 0.999,
     plus a margin); the alpha is then the smallest at which LTT on CAL still certifies it.
@@ -418,7 +430,7 @@ def reach_savings(trajs: Sequence[Trajectory], cal: Calibration, key: KeyFn,
     Why: on the recorded R1 runs the score and DEER lie on about one accuracy/savings frontier, and a
     certificate at a small alpha leaves the score at a more conservative point of it than DEER at
     0.999: it then saves less at about the same accuracy. ``cal`` unchanged when it already saves as
-    much, or when nothing on CAL does."""
+    much, or when nothing on CAL does; returned with the table and scores it was judged on."""
     trajs = list(trajs)
     tab = _table(trajs, cal.schedule, key, correct)
     scores = cal.model.score(tab.X) if len(tab.X) else np.zeros(0)
@@ -429,14 +441,14 @@ def reach_savings(trajs: Sequence[Trajectory], cal: Calibration, key: KeyFn,
         raise ValueError(f"no {dataset} trajectories among the calibration problems")
     th = threshold_reaching(tab, scores, ids, target_saved)
     if th is None or (cal.threshold is not None and th >= cal.threshold):
-        return cal
+        return Reached(cal, tab, scores)
     alpha = certified_alpha(tab, scores, cal_ids, th, cal.delta, alphas)
     tok, cor = _replay(tab, _exits(tab, scores, cal_ids), cal_ids, th)
     full_ok = tab.final_ok[cal_ids]
-    return replace(cal, threshold=th, alpha=alpha if alpha is not None else float("nan"),
-                   cal_harmful=int(((~cor) & full_ok).sum()),
-                   cal_saved=float(1 - tok.mean() / tab.tokens_used[cal_ids].mean()),
-                   stopped_by=f"reach {target_saved:.4f} saved on CAL {dataset}", guard=False)
+    return Reached(replace(cal, threshold=th, alpha=alpha if alpha is not None else float("nan"),
+                           cal_harmful=int(((~cor) & full_ok).sum()),
+                           cal_saved=float(1 - tok.mean() / tab.tokens_used[cal_ids].mean()),
+                           stopped_by=f"reach {target_saved:.4f} saved on CAL {dataset}", guard=False), tab, scores)
 
 
 def part_of(t: Trajectory) -> int:

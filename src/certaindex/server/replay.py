@@ -10,7 +10,9 @@ their recordings); when tokens come out comes from :class:`~certaindex.serving.b
 Routes: ``POST /v1/completions`` (streaming and not; ``n`` 1; ``stream_options.include_usage``;
 ``logprobs``; every streamed choice carries its ``token_ids``, as vLLM's ``return_token_ids``),
 ``POST /v1/chat/completions`` (rendered with the model's chat template, answered like a
-completion), ``POST /tokenize``, ``GET /v1/models``, ``GET /health`` and ``GET /replay/stats`` (the
+completion), ``POST /tokenize``, ``GET /v1/models`` (with the request fields it honours as
+``supported_parameters``, as OpenRouter's model list has them: ``logprobs`` only where every
+trajectory has recorded DEER trials), ``GET /health`` and ``GET /replay/stats`` (the
 clock's counters). Every completion also reports ``replay``: its kind, trajectory, position and its
 modelled timing (queueing, prefill, decode seconds, mean batch). A client that closes its stream
 frees its batch slot at the next step. ``seed`` and ``temperature`` 0 pick the recording; a sampled
@@ -39,7 +41,7 @@ from certaindex.server.streaming import ClientGone, ClosingStreamingResponse, un
 from certaindex.traces.governor_engine import GovernorReplay, Piece, Reply, ReplayError, UnknownProblem
 from certaindex.traces.tokenmap import encode
 
-__all__ = ["ReplayState", "create_replay_app"]
+__all__ = ["ReplayState", "create_replay_app", "supported_parameters"]
 
 
 @dataclass
@@ -49,6 +51,7 @@ class ReplayState:
     model: str  # the served model id
     template: ChatTemplate
     flush_s: float = 0.0  # a stream sends what it generated at most every this many wall seconds
+    parameters: tuple[str, ...] = ()  # the request fields it honours (GET /v1/models' supported_parameters)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,15 @@ class _Ask:
     temperature: float | None
     stream: bool
     include_usage: bool
+
+
+def supported_parameters(replay: GovernorReplay) -> tuple[str, ...]:
+    """The request fields the replay honours, as ``GET /v1/models`` lists them per model. Its only
+    recorded logprobs are its DEER trials': where a trajectory has none (no ``deer.jsonl.gz``) it
+    answers no trial, so it lists no ``logprobs``, as an engine without them would. A proxy then runs
+    the profile for an engine without logprobs, which is what ``evaluate`` replays on such a trajectory."""
+    trials = all(t.trials is not None for group in replay.problems.values() for t in group)
+    return ("max_tokens", "temperature", "top_p", "stop", "seed") + (("logprobs",) if trials else ())
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
@@ -168,7 +180,8 @@ async def health(state: ReplayState = Depends(_state)) -> dict:
 @info.get("/v1/models")
 async def models(state: ReplayState = Depends(_state)) -> dict:
     return {"object": "list", "data": [{"id": state.model, "object": "model", "created": 0,
-                                        "owned_by": "certaindex-replay", "root": state.replay.model_name}]}
+                                        "owned_by": "certaindex-replay", "root": state.replay.model_name,
+                                        "supported_parameters": list(state.parameters)}]}
 
 
 @info.get("/replay/stats")
@@ -303,7 +316,8 @@ def create_replay_app(replay: GovernorReplay, clock: BatchClock, *, model: str |
         await clock.stop()
 
     app = FastAPI(title="certaindex replay server", lifespan=lifespan)
-    app.state.replay = ReplayState(replay, clock, model or replay.model_name, template, flush_s)
+    app.state.replay = ReplayState(replay, clock, model or replay.model_name, template, flush_s,
+                                   supported_parameters(replay))
     app.include_router(info)
     app.include_router(completions)
     return app

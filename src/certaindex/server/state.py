@@ -41,6 +41,10 @@ class ProxyState:
         """The models the upstream serves, as last read; () when unknown or embedded."""
         return self.watch.snapshot.models if self.watch is not None else ()
 
+    def models_without_logprobs(self) -> tuple[str, ...]:
+        """The served models the upstream lists without token logprobs, as last read."""
+        return self.watch.snapshot.without_logprobs if self.watch is not None else ()
+
     async def default_policy(self) -> Policy:
         """The server's policy, with ``auto`` resolved: early exit for reasoning models only."""
         if self.settings.policy != "auto":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -22,12 +22,14 @@ from certaindex.server.passthrough import Passthrough
 class UpstreamSnapshot:
     """``reachable`` None: not read yet. ``models``: the ids served, in the upstream's order (the
     replicas' lists joined); empty when unknown (never read, or a list the proxy cannot read). An
-    upstream whose latest read failed keeps the models it was last read with."""
+    upstream whose latest read failed keeps the models it was last read with. ``without_logprobs``:
+    the served models listed without token logprobs (:func:`models_without_logprobs`)."""
 
     reachable: bool | None = None
     models: tuple[str, ...] = ()
     checked_at: float | None = None  # time.monotonic() of the read
     error: str | None = None
+    without_logprobs: tuple[str, ...] = ()
 
 
 def served_model_ids(payload: Any) -> tuple[str, ...]:
@@ -36,6 +38,18 @@ def served_model_ids(payload: Any) -> tuple[str, ...]:
     if not isinstance(data, list):
         return ()
     return tuple(str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"])
+
+
+def models_without_logprobs(payload: Any) -> tuple[str, ...]:
+    """The model ids in a ``/v1/models`` answer whose entry lists the request fields it honours
+    (``supported_parameters``, as OpenRouter's model list and the replay server give them) without
+    ``logprobs``: served without token logprobs. An entry that lists none says nothing (vLLM, SGLang
+    and llama.cpp's server list none, and return logprobs)."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        return ()
+    return tuple(str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]
+                 and isinstance(m.get("supported_parameters"), list) and "logprobs" not in m["supported_parameters"])
 
 
 def merge(reads: list[tuple[bool, tuple[str, ...], str | None]], now: float) -> UpstreamSnapshot:
@@ -80,6 +94,7 @@ class UpstreamWatch:
         self.min_gap_s = min_gap_s  # pokes closer together than this wait for the next read
         self.snapshot = UpstreamSnapshot()
         self._known: dict[str, tuple[str, ...]] = {}  # each upstream's models as last read
+        self._no_logprobs: dict[str, tuple[str, ...]] = {}  # ... and those it lists without logprobs
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reading: asyncio.Future[UpstreamSnapshot] | None = None
@@ -97,7 +112,9 @@ class UpstreamWatch:
         if response.status_code != 200:
             return True, (), f"{root}: GET /v1/models answered HTTP {response.status_code}"
         try:
-            return True, served_model_ids(response.json()), None
+            payload = response.json()
+            self._no_logprobs[root] = models_without_logprobs(payload)
+            return True, served_model_ids(payload), None
         except ValueError:
             return True, (), f"{root}: GET /v1/models is not JSON"
 
@@ -120,7 +137,8 @@ class UpstreamWatch:
             else:  # a read that failed (a timeout under load) does not forget the model that upstream served
                 served = self._known.get(root, ())
             kept.append((reachable, served, error))
-        self.snapshot = merge(kept, time.monotonic())
+        without = [m for root in roots for m in self._no_logprobs.get(root, ())]
+        self.snapshot = replace(merge(kept, time.monotonic()), without_logprobs=tuple(dict.fromkeys(without)))
         return self.snapshot
 
     async def fresh(self) -> UpstreamSnapshot:

@@ -39,7 +39,8 @@ async def chat_completions(request: Request, body: bytes = Depends(request_body)
     served = state.served_models()
     if settings.check_model and isinstance(model, str):
         served = await _check_model(state, model, served)
-    profile, cot = state.profiles.choose(model if isinstance(model, str) else None, served)
+    profile, cot = state.profiles.choose(model if isinstance(model, str) else None, served,
+                                         state.models_without_logprobs())
     # A request naming its policy does not wait for the server's default (its setup read upstream).
     asked = parse_options(payload.get("certaindex")).policy
     plan = plan_chat(payload, asked or await state.default_policy(), cot, state.sc, settings.max_tokens_limit)

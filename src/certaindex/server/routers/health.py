@@ -32,7 +32,7 @@ def _details(state: ProxyState) -> dict[str, Any]:
         if snapshot.error:
             details["upstream_error"] = snapshot.error
     if state.profiles is not None:
-        details.update(state.profiles.report(served))
+        details.update(state.profiles.report(served, state.models_without_logprobs()))
     return details
 
 
