@@ -102,6 +102,21 @@ def test_a_worker_stuck_beyond_the_timer_is_killed_and_the_rest_still_graded():
     assert all(results[("eq", str(i), str(i))] is True for i in range(6))
 
 
+def dying_grader(job):
+    """A fake grader whose process dies on one answer (as a crash in C would end it)."""
+    if job[1] == "die":
+        os._exit(3)
+    return job[0] != "eq" or job[1] == job[2]
+
+
+def test_a_worker_that_dies_mid_job_counts_as_timed_out_and_the_rest_are_graded():
+    jobs = [("eq", str(i), str(i)) for i in range(3)] + [("eq", "die", "die")] + [("eq", str(i), "x") for i in range(4)]
+    results = run_jobs(jobs, grader=dying_grader, timeout_s=30, workers=2)
+    assert results[("eq", "die", "die")] is TIMEOUT  # no answer came, well before the 61 s hard limit
+    assert all(results[("eq", str(i), str(i))] is True for i in range(3))
+    assert all(results[("eq", str(i), "x")] is False for i in range(4))
+
+
 _BROKEN = False
 
 

@@ -29,8 +29,11 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -127,39 +130,104 @@ def warm_project_grader() -> None:
     canonical_answer("x^2 + 2x + 1")
 
 
+@dataclass
+class _Worker:
+    """One grading process and the parent's end of its pipe; ``job`` is what it is working on."""
+
+    process: Any
+    conn: Any
+    job: Job | None = None
+    deadline: float = 0.0
+
+
+def _serve(conn: Any, grader: Callable[[Job], Any], timeout_s: float) -> None:
+    """A worker's main loop: grade each job the parent sends until the pipe closes."""
+    _init_worker(grader, timeout_s)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(_work(job))
+
+
+def _start(ctx: Any, grader: Callable[[Job], Any], timeout_s: float) -> _Worker:
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_serve, args=(child, grader, timeout_s), daemon=True)
+    process.start()
+    child.close()
+    return _Worker(process, parent)
+
+
+def _stop(worker: _Worker) -> None:
+    """Kill, never ask: a worker that ran out of time may not be listening."""
+    worker.process.kill()
+    worker.process.join(timeout=5)
+    worker.conn.close()
+
+
+def _answer(worker: _Worker, ready: list[Any], now: float) -> Any | None:
+    """The worker's answer if it has one, TIMEOUT if it died or its time is up, else None (still working)."""
+    if worker.conn in ready:
+        try:
+            return worker.conn.recv()[1]
+        except (EOFError, OSError):  # the process died mid-job (a crash in C): as a timeout
+            return TIMEOUT
+    return TIMEOUT if now >= worker.deadline else None
+
+
 def run_jobs(jobs: Sequence[Job], grader: Callable[[Job], Any] = project_grader, timeout_s: float = 5.0,
              workers: int = 2, on_result: Callable[[Job, Any], None] | None = None) -> dict[Job, Any]:
     """Run ``grader`` on every job in worker processes, each call bounded by ``timeout_s``.
 
     The timer interrupts Python code; a worker that does not answer within ``2 * timeout_s + 1`` s
-    after its turn came (stuck in C, or ignoring the timer) is killed. After any timeout the pool is
-    replaced (an interrupted call can leave a worker's caches half-written) and the jobs after the
-    timed-out one are run again in fresh workers; the timed-out job counts as :data:`TIMEOUT`."""
+    after its turn came (stuck in C, or ignoring the timer), or that dies, is killed and its job
+    counts as :data:`TIMEOUT`. A worker whose call timed out is never reused (an interrupted call can
+    leave its caches half-written): the jobs after it run in a fresh process. Each worker has its own
+    pipe and every wait here has a deadline, so no worker, however it fails, can hang the parent (a
+    ``multiprocessing.Pool`` can: its terminate waits on a queue lock a killed worker may hold)."""
     results: dict[Job, Any] = {}
-    pending = list(dict.fromkeys(jobs))
+    queue = deque(dict.fromkeys(jobs))
     hard = 2 * timeout_s + 1
     ctx = mp.get_context("fork")
-    if grader is project_grader and pending:
+    if grader is project_grader and queue:
         warm_project_grader()
-    while pending:
-        pool = ctx.Pool(max(1, workers), initializer=_init_worker, initargs=(grader, timeout_s))
-        try:
-            handles = [(job, pool.apply_async(_work, (job,))) for job in pending]
-            pending = []
-            for i, (job, handle) in enumerate(handles):
+    live: list[_Worker] = []
+    try:
+        while queue or any(w.job is not None for w in live):
+            while queue and len(live) < max(1, workers):
+                live.append(_start(ctx, grader, timeout_s))
+            for worker in [w for w in live if w.job is None]:
+                if not queue:
+                    break
+                job = queue.popleft()
                 try:
-                    _, value = handle.get(timeout=hard)
-                except mp.TimeoutError:
-                    value = TIMEOUT
+                    worker.conn.send(job)
+                except (BrokenPipeError, OSError):  # died while idle: a fresh one takes the job
+                    queue.appendleft(job)
+                    _stop(worker)
+                    live.remove(worker)
+                    continue
+                worker.job, worker.deadline = job, time.monotonic() + hard
+            busy = [w for w in live if w.job is not None]
+            if not busy:
+                continue
+            ready = wait([w.conn for w in busy], timeout=max(0.0, min(w.deadline for w in busy) - time.monotonic()))
+            now = time.monotonic()
+            for worker in busy:
+                value = _answer(worker, ready, now)
+                if value is None:
+                    continue
+                job, worker.job = worker.job, None
                 results[job] = value
                 if on_result:
                     on_result(job, value)
                 if value is TIMEOUT:
-                    pending = [later for later, _ in handles[i + 1:]]
-                    break
-        finally:
-            pool.terminate()
-            pool.join()
+                    _stop(worker)
+                    live.remove(worker)
+    finally:
+        for worker in live:
+            _stop(worker)
     return results
 
 
