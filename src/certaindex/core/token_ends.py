@@ -5,8 +5,8 @@ points by token count, and the profiles were fitted on the model's own tokenizat
 delivers several tokens per piece (vLLM's stream interval, a busy server's batched flush, a reader
 catching up) gives the piece's text and token count but not where each token ends. Spreading the
 characters evenly puts a "Wait" a token before or after its trial point at random, which flips
-whether the trial counts its own "Wait" (the score's wait features) and moves exits by hundreds of
-tokens on the R1 profile (docs/replay-server.md, "Live against evaluate").
+whether the trial counts its own "Wait" (the score's wait features) and moved R1-7B exits by hundreds
+of tokens against ``evaluate`` (benchmarks/results/token-placement/README.md).
 
 Byte-level BPE tokenizers (Qwen2/Qwen3, Llama 3, GPT) never merge across the pieces of their
 pre-tokenizer: every pre-token end is a token end. So the piece is cut at the pre-token ends of the
