@@ -415,11 +415,11 @@ def test_live_score_decides_like_the_offline_features():
     quiet.boxed()
     assert quiet.decide()[0] is False
     tr = LiveScore(dict(rule, schedule="tr", trials={"max": 3}), key)
-    tr.add_text("so. Wait", 2)
+    tr.add_text("so. Wait", 3)  # "so", ".", " Wait"
     assert not tr.trial_due() and tr.trial_pending()  # "Wait" at the very end: maybe "Waiting"
-    tr.add_text(", hmm, Hmm, but wait", 5)  # Hmm is a reflection word, but DEER's trials are at Wait/wait
-    assert tr.trial_points() == [(4, 1)]  # the text before "Wait": 4 characters, the first token
-    assert tr.trial_points(final=True) == [(24, 6)]  # "wait" at the very end counts once the text ended
+    tr.add_text(", hmm, Hmm, but wait", 7)  # Hmm is a reflection word, but DEER's trials are at Wait/wait
+    assert tr.trial_points() == [(4, 3)]  # the text before "Wait": 4 characters, ending in the " Wait" token
+    assert tr.trial_points(final=True) == [(24, 10)]  # "wait" at the very end counts once the text ended
     tr.add_text(" Waiting. Wait. Wait. Wait.", 8)
     assert len(tr.trial_points()) == 1 and tr.trials_offered == 3  # at most trials.max in all
     assert LiveScore(rule, key).trial_points(final=True) == []  # the schedule reads no trials

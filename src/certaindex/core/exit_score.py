@@ -28,6 +28,7 @@ from typing import Any, Callable, Hashable, Optional, Sequence
 import numpy as np
 
 from certaindex.core.answers import _boxes, _closing_brace
+from certaindex.core.token_ends import piece_token_ends
 
 __all__ = [
     "FEATURES",
@@ -500,13 +501,13 @@ class LiveScore:
         self.last_score: float | None = None  # the score of the latest observation decided on
 
     def add_text(self, chunk: str, tokens: int) -> None:
-        """Append streamed text; its characters are spread evenly over its ``tokens`` (exact for
-        one-token chunks, as engines stream)."""
+        """Append streamed text of ``tokens`` tokens, each placed where the model's tokenizer would
+        end it (:func:`~certaindex.core.token_ends.piece_token_ends`: exact for one-token chunks,
+        and for most of a several-token chunk)."""
         start = len(self.text)
         self.text += chunk
         n = max(int(tokens), 0)
-        for i in range(1, n + 1):
-            self._ends.append(start + round(len(chunk) * i / n))
+        self._ends += [start + e for e in piece_token_ends(chunk, n)]
         self.tokens += n
 
     def sync(self, text: str, tokens: int) -> None:
