@@ -35,6 +35,12 @@ CONTEXT_FULL = re.compile(
 )
 
 
+def cut_by_engine(finish_reason: str | None, tokens: int, asked: int) -> bool:
+    """True when a generation ended on ``length`` with fewer than the ``asked`` tokens: the engine's
+    own limit (its context filled, or a scheduler's allowance capped it), not the request's."""
+    return finish_reason == "length" and tokens < asked
+
+
 def is_context_full(message: str, status: int | None = None) -> bool:
     """True when ``message`` (an engine's error text) says the request does not fit the engine's
     context. ``status``: the HTTP status where one came (only a 4xx refuses a request; None: an
@@ -44,4 +50,4 @@ def is_context_full(message: str, status: int | None = None) -> bool:
     return CONTEXT_FULL.search(message) is not None
 
 
-__all__ = ["CONTEXT_FULL", "is_context_full"]
+__all__ = ["CONTEXT_FULL", "cut_by_engine", "is_context_full"]

@@ -26,9 +26,10 @@ import numpy as np
 
 from certaindex.core.answers import answers_equal, extract_answer
 from certaindex.engines.base import Engine, EngineError, GenerationRequest
+from certaindex.engines.context_full import cut_by_engine
 from certaindex.core.prompting import DEFAULT_SYSTEM_PROMPT
 from certaindex.programs.base import open_prompt
-from certaindex.programs.self_consistency import NoAnswerError, cut_note
+from certaindex.programs.self_consistency import NoAnswerError
 from certaindex.core.signals import Vote, majority_vote, token_confidence, trace_confidence
 from certaindex.core.validation import require
 
@@ -158,7 +159,7 @@ async def _trace(
         finish = "refused"
     finally:
         await stream.aclose()
-    cut = finish == "refused" or (finish == "length" and tokens < config.max_tokens)
+    cut = finish == "refused" or cut_by_engine(finish, tokens, config.max_tokens)
     if not confs:
         if cut and (finish == "refused" or tokens == 0):  # nothing to weigh it by
             return Trace(text, None, tokens, float("-inf"), float("-inf"), stopped_early=False, cut=True)
@@ -201,7 +202,7 @@ async def deepconf(engine: Engine, question: str, config: DeepConfConfig = DeepC
     if vote.answer is None:
         cut = sum(t.cut for t in traces)
         raise NoAnswerError(
-            f"none of the {len(traces)} traces gave an answer{cut_note(cut)}",
+            f"none of the {len(traces)} traces gave an answer",
             total_tokens=sum(t.tokens for t in traces),
             samples_used=len(traces),
             cut=cut,

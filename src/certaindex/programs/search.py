@@ -31,9 +31,10 @@ import numpy as np
 
 from certaindex.core.answers import answers_equal, extract_answer
 from certaindex.engines.base import Choice, Engine, EngineError, GenerationRequest
+from certaindex.engines.context_full import cut_by_engine
 from certaindex.core.prompting import DEFAULT_SYSTEM_PROMPT
 from certaindex.programs.base import open_prompt
-from certaindex.programs.self_consistency import NoAnswerError, cut_note
+from certaindex.programs.self_consistency import NoAnswerError
 from certaindex.core.signals import aggregate_rewards, cluster_answers, reward_certaindex
 from certaindex.core.validation import require
 
@@ -201,7 +202,7 @@ async def best_of_n(
     nodes = []
     for choice in completion.choices:
         confidence = step_confidence(choice)
-        cut = choice.finish_reason == "length" and choice.completion_tokens < config.max_tokens
+        cut = cut_by_engine(choice.finish_reason, choice.completion_tokens, config.max_tokens)
         nodes.append(
             Node([choice.text], [], [confidence] if confidence is not None else [], True, choice.completion_tokens, cut)
         )
@@ -216,7 +217,7 @@ async def best_of_n(
     scored = [(n.reward(config.aggregate), n, a) for n, a in zip(nodes, answers) if a is not None]
     if not scored:
         cut = sum(n.cut for n in nodes)
-        raise NoAnswerError(f"none of the {len(nodes)} candidates gave an answer{cut_note(cut)}", total, len(nodes), cut)
+        raise NoAnswerError(f"none of the {len(nodes)} candidates gave an answer", total, len(nodes), cut)
     best_reward, best, answer = max(scored, key=lambda t: t[0])
     certaindex = reward_certaindex([s for s, _, _ in scored])
     return SearchResult(question, answer, best, nodes, total, "budget", certaindex)
@@ -269,7 +270,7 @@ async def rebase_search(
     if not answered:
         cut = sum(n.cut for n in finished)
         raise NoAnswerError(
-            f"none of the {len(finished)} finished candidates gave an answer{cut_note(cut)}", total, len(finished), cut
+            f"none of the {len(finished)} finished candidates gave an answer", total, len(finished), cut
         )
     best = max(answered, key=lambda n: n.reward(config.aggregate))
     return SearchResult(
@@ -302,7 +303,7 @@ async def _expand(
     children = []
     for choice in completion.choices:
         confidence = step_confidence(choice)
-        cut = choice.finish_reason == "length" and choice.completion_tokens < config.step_tokens
+        cut = cut_by_engine(choice.finish_reason, choice.completion_tokens, config.step_tokens)
         # Servers drop the stop string, so "stop" means the separator or the model's end: a step
         # with a boxed answer, or an empty step, finishes the candidate; so does the engine's cut.
         ended = (choice.finish_reason == "stop" and "\\boxed{" in choice.text) or not choice.text.strip() or cut

@@ -26,6 +26,7 @@ from typing import Callable, Literal, Sequence
 
 from certaindex.core.answers import answers_equal, extract_answer
 from certaindex.engines.base import Engine, EngineError, GenerationRequest, StreamDelta
+from certaindex.engines.context_full import cut_by_engine
 from certaindex.core.prompting import DEFAULT_SYSTEM_PROMPT
 from certaindex.programs.base import open_prompt
 from certaindex.core.signals import Equal, Vote, majority_vote
@@ -41,7 +42,7 @@ class NoAnswerError(RuntimeError):
     and how many of the samples the engine cut (or refused for a full context)."""
 
     def __init__(self, message: str, total_tokens: int = 0, samples_used: int = 0, cut: int = 0) -> None:
-        super().__init__(message)
+        super().__init__(message + (f" ({cut} cut by the engine)" if cut else ""))
         self.total_tokens = total_tokens
         self.samples_used = samples_used
         self.cut = cut
@@ -88,11 +89,6 @@ class Sample:
     # Cut short: ended on ``length`` before ``max_tokens`` (the engine's context filled, or a
     # scheduler's allowance capped it), or refused because the engine's context is full (no text).
     cut: bool = False
-
-
-def cut_note(cut: int) -> str:
-    """`` (N cut by the engine)`` for an error message, or nothing when none was cut."""
-    return f" ({cut} cut by the engine)" if cut else ""
 
 
 @dataclass
@@ -166,7 +162,7 @@ async def self_consistency(
     if vote.answer is None:
         cut = sum(s.cut for s in samples)
         raise NoAnswerError(
-            f"none of the {len(samples)} samples gave an answer{cut_note(cut)}",
+            f"none of the {len(samples)} samples gave an answer",
             total_tokens=sum(s.tokens for s in samples),
             samples_used=len(samples),
             cut=cut,
@@ -203,7 +199,7 @@ async def _draw_round(
         return [Sample("", None, 0, "length", cut=True) for _ in range(size)], 0, True
     samples = [
         Sample(c.text, extract_answer(c.text), c.completion_tokens, c.finish_reason,
-               cut=c.finish_reason == "length" and c.completion_tokens < config.max_tokens)
+               cut=cut_by_engine(c.finish_reason, c.completion_tokens, config.max_tokens))
         for c in completion.choices
     ]
     return samples, completion.prompt_tokens, False

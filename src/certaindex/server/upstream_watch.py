@@ -34,10 +34,7 @@ class UpstreamSnapshot:
 
 def served_model_ids(payload: Any) -> tuple[str, ...]:
     """The model ids in an OpenAI ``/v1/models`` answer; () when it is not one."""
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, list):
-        return ()
-    return tuple(str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"])
+    return tuple(m["id"] for m in _model_entries(payload))
 
 
 def models_without_logprobs(payload: Any) -> tuple[str, ...]:
@@ -45,11 +42,16 @@ def models_without_logprobs(payload: Any) -> tuple[str, ...]:
     (``supported_parameters``, as OpenRouter's model list and the replay server give them) without
     ``logprobs``: served without token logprobs. An entry that lists none says nothing (vLLM, SGLang
     and llama.cpp's server list none, and return logprobs)."""
+    return tuple(m["id"] for m in _model_entries(payload)
+                 if isinstance(m.get("supported_parameters"), list) and "logprobs" not in m["supported_parameters"])
+
+
+def _model_entries(payload: Any) -> list[dict[str, Any]]:
+    """The entries of a ``/v1/models`` answer that name a model (a non-empty string ``id``)."""
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list):
-        return ()
-    return tuple(str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]
-                 and isinstance(m.get("supported_parameters"), list) and "logprobs" not in m["supported_parameters"])
+        return []
+    return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]]
 
 
 def merge(reads: list[tuple[bool, tuple[str, ...], str | None]], now: float) -> UpstreamSnapshot:
