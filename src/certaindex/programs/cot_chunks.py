@@ -13,6 +13,7 @@ from contextlib import aclosing
 
 from certaindex.core.prompting import marks_probe_event
 from certaindex.engines.base import BudgetExhausted, Engine, EngineError, GenerationRequest
+from certaindex.engines.context_full import cut_by_engine
 from certaindex.programs.cot_run import CoTRun
 from certaindex.programs.cot_types import StopReason
 
@@ -149,7 +150,7 @@ async def reason_in_chunks(run: CoTRun, engine: Engine) -> None:
                 raise  # refused before any reasoning: the prompt itself does not fit
             # the engine's context is full: as a continuation that gives no token
             text, tokens, finish_reason, chunk_prompt_tokens = "", 0, "length", 0
-        cut_short = finish_reason == "length" and 0 < tokens < request.max_tokens
+        cut_short = tokens > 0 and cut_by_engine(finish_reason, tokens, request.max_tokens)
         run.prompt_tokens = run.prompt_tokens or chunk_prompt_tokens
         chunk_start = len(run.reasoning)
         run.reasoning += text

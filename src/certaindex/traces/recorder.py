@@ -14,6 +14,7 @@ from certaindex.core.datasets import Problem
 from certaindex.core.prompting import PROBE_STOPS, THINK_CLOSE, THINK_OPEN, opens_box, read_probe_answer
 from certaindex.core.signals import token_confidence, token_entropy, trace_confidence
 from certaindex.engines.base import Choice, Engine, EngineError, GenerationRequest, TokenLogprobs
+from certaindex.engines.context_full import cut_by_engine
 from certaindex.programs.base import open_prompt
 from certaindex.traces.format import (
     Chunk,
@@ -101,7 +102,7 @@ async def record_one(engine: Engine, problem: Problem, settings: TraceSettings, 
         choice = completion.first
         if choice.completion_tokens > want:
             raise EngineError(f"{engine.name} returned {choice.completion_tokens} tokens for max_tokens={want}")
-        if choice.finish_reason == "length" and choice.completion_tokens < want:
+        if cut_by_engine(choice.finish_reason, choice.completion_tokens, want):
             raise engine_cut(engine, problem, tokens + choice.completion_tokens, settings.budget,
                              f"a chunk asked for {want} tokens ended on length after {choice.completion_tokens}")
         prompt_tokens = prompt_tokens or completion.prompt_tokens
