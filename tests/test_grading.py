@@ -102,6 +102,17 @@ def test_a_worker_stuck_beyond_the_timer_is_killed_and_the_rest_still_graded():
     assert all(results[("eq", str(i), str(i))] is True for i in range(6))
 
 
+def keyless_grader(job):
+    """A fake grader that finds no key for any answer (as canonical_answer does for unreadable text)."""
+    return None
+
+
+def test_a_grader_answering_none_is_a_result_not_a_timeout():
+    jobs = [("key", f"junk{i}", "") for i in range(4)]
+    results = run_jobs(jobs, grader=keyless_grader, timeout_s=30, workers=2)
+    assert all(results[job] is None for job in jobs)  # before: each waited out the 61 s hard limit as TIMEOUT
+
+
 def dying_grader(job):
     """A fake grader whose process dies on one answer (as a crash in C would end it)."""
     if job[1] == "die":

@@ -166,14 +166,17 @@ def _stop(worker: _Worker) -> None:
     worker.conn.close()
 
 
-def _answer(worker: _Worker, ready: list[Any], now: float) -> Any | None:
-    """The worker's answer if it has one, TIMEOUT if it died or its time is up, else None (still working)."""
+_WORKING = object()  # a worker with no answer yet (a grader's own answer may be None: no key)
+
+
+def _answer(worker: _Worker, ready: list[Any], now: float) -> Any:
+    """The worker's answer if it has one, TIMEOUT if it died or its time is up, else _WORKING."""
     if worker.conn in ready:
         try:
             return worker.conn.recv()[1]
         except (EOFError, OSError):  # the process died mid-job (a crash in C): as a timeout
             return TIMEOUT
-    return TIMEOUT if now >= worker.deadline else None
+    return TIMEOUT if now >= worker.deadline else _WORKING
 
 
 def run_jobs(jobs: Sequence[Job], grader: Callable[[Job], Any] = project_grader, timeout_s: float = 5.0,
@@ -216,7 +219,7 @@ def run_jobs(jobs: Sequence[Job], grader: Callable[[Job], Any] = project_grader,
             now = time.monotonic()
             for worker in busy:
                 value = _answer(worker, ready, now)
-                if value is None:
+                if value is _WORKING:
                     continue
                 job, worker.job = worker.job, None
                 results[job] = value
