@@ -171,7 +171,7 @@ def main() -> int:
     lofo = option("--start", "generic") == "lofo"  # start from a profile that never saw the model's family
     values = {option(o, None) for o in ("--draws", "--alpha", "--sizes", "--strength", "--start", "--fit-mod")}
     args = [a for a in sys.argv[1:] if not a.startswith("--") and a not in values]
-    path = Path(args[0]) if args else Path("/work/shared/traces/governor")
+    path = Path(args[0]) if args else ROOT.parent / "shared" / "traces" / "governor"
     started = time.perf_counter()
     train, _, _ = read_trajectories(path, "train", quiet=True)
     train = [t for t in train if t.model in MODELS]

@@ -48,7 +48,7 @@ def verdict(dataset: str, n: int, full: Point, default: Point, peers: dict[str, 
 
 def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    path = Path(args[0]) if args else Path("/work/shared/traces/governor")
+    path = Path(args[0]) if args else ROOT.parent / "shared" / "traces" / "governor"
     cache_path = os.environ.get("GRADE_CACHE")
     started = time.perf_counter()
     train, _, _ = read_trajectories(path, "train", quiet=True)

@@ -40,7 +40,7 @@ def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     path = Path(args[0]) if args else ROOT.parent / "shared" / "traces" / "governor"
     if not path.is_dir():
-        path = Path("/work/shared/traces/governor")
+        raise SystemExit(f"{path}: not a folder of Governor traces (give GOVERNOR_DIR, e.g. ../shared/traces/governor)")
     work = Path(tempfile.mkdtemp(prefix="certaindex-bench-"))
     cache = Path(os.environ.get("GRADE_CACHE", Path.home() / ".cache" / "certaindex" / "grades.json"))
     cmd = [sys.executable, "-m", "certaindex.cli", "evaluate", str(path), "--split", "all", "--quiet",

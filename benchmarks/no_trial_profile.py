@@ -233,7 +233,7 @@ def main() -> int:
     cache_path = pop_value(args, "--grade-cache")
     write = "--write" in args
     args = [a for a in args if not a.startswith("--")]
-    path = Path(args[0]) if args else Path("/work/shared/traces/governor")
+    path = Path(args[0]) if args else ROOT.parent / "shared" / "traces" / "governor"
     started = time.perf_counter()
     trajs = with_final_answers([t for r in read_governor(path, "all") for t in r.trajectories])
     cache = graded(trajs, cache_path)

@@ -234,7 +234,7 @@ def main() -> int:
     args = [a for a in args if not a.startswith("--")]
     path = Path(args[0]) if args else ROOT.parent / "shared" / "traces" / "governor"
     if not path.is_dir():
-        path = Path("/work/shared/traces/governor")
+        raise SystemExit(f"{path}: not a folder of Governor traces (give GOVERNOR_DIR, e.g. ../shared/traces/governor)")
     started = time.perf_counter()
     runs = read_governor(path, "all")
     trajs = with_final_answers([t for r in runs for t in r.trajectories])

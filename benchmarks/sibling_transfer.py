@@ -42,12 +42,11 @@ import numpy as np
 
 from certaindex.core.exit_score import FEATURES, RELATIVE_FEATURES
 from certaindex.evaluation import score_policy
-from certaindex.evaluation.governor import with_final_answers
 from certaindex.evaluation.profiles import shipped_profiles
 from certaindex.evaluation.score_policy import Calibration, held_aside_outcomes, part_of
-from certaindex.traces.governor import Trajectory, read_governor
+from certaindex.traces.governor import Trajectory
 from _cli_args import pop_value
-from transfer_profiles import ALL, LLAMA, QWEN3, R1, R32, admissible, fit, graded, quick_report, report, rule_of
+from transfer_profiles import ALL, LLAMA, QWEN3, R1, R32, admissible, fit, quick_report, read_and_grade, report, rule_of
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "sibling-transfer"
@@ -306,9 +305,7 @@ def main() -> int:
     args = [a for a in args if not a.startswith("--")]
     path = Path(args[0]) if args else ROOT.parent / "shared" / "traces" / "governor"
     started = time.perf_counter()
-    trajs = with_final_answers([t for r in read_governor(path, "all") for t in r.trajectories])
-    cache = graded(trajs, cache_path)
-    print(f"read and graded {len(trajs)} trajectories ({time.perf_counter() - started:.0f} s)", flush=True)
+    trajs, cache = read_and_grade(path, cache_path, started)
     res: dict[str, Any] = {"command": COMMAND, "data": f"{path} (Governor development traces, seeds 42-44)",
                            "machine": f"{platform.machine()} {platform.system()}, 2 cores shared (nice 10)",
                            "recipe": {"schedule": SCHEDULE, "alpha": ALPHA, "delta": 0.1, "guard": "per dataset",

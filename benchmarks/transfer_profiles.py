@@ -109,6 +109,15 @@ def graded(trajs: Sequence[Trajectory], cache_path: str | None) -> GradeCache:
     return cache
 
 
+def read_and_grade(path: Path, cache_path: str | None, started: float) -> tuple[list[Trajectory], GradeCache]:
+    """Every trajectory of the Governor folder (final answers re-extracted) and the grade cache
+    filled for them, saying how long that took since ``started``."""
+    trajs = with_final_answers([t for r in read_governor(path, "all") for t in r.trajectories])
+    cache = graded(trajs, cache_path)
+    print(f"read and graded {len(trajs)} trajectories ({time.perf_counter() - started:.0f} s)", flush=True)
+    return trajs, cache
+
+
 _TABLES: dict[tuple, Any] = {}
 
 
@@ -404,9 +413,7 @@ def main() -> int:
     args = [a for a in args if not a.startswith("--")]
     path = Path(args[0]) if args else ROOT.parent / "shared" / "traces" / "governor"
     started = time.perf_counter()
-    trajs = with_final_answers([t for r in read_governor(path, "all") for t in r.trajectories])
-    cache = graded(trajs, cache_path)
-    print(f"read and graded {len(trajs)} trajectories ({time.perf_counter() - started:.0f} s)", flush=True)
+    trajs, cache = read_and_grade(path, cache_path, started)
     read = [trials_as_read(t, GENERIC_TRIALS) for t in trajs]
     if reach:
         study = reach_study(read, trajs, cache, path, started)
